@@ -1,0 +1,1 @@
+"""Running parties: the multiprocess launcher and cost accounting."""

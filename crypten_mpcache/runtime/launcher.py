@@ -1,0 +1,251 @@
+"""Run a function as N CrypTen parties (plus an optional trusted dealer) on one machine.
+
+Why our own launcher: CrypTen's ``run_multiprocess`` joins its children before draining
+their result queue (a hang for results larger than a pipe buffer), ships tensors through
+fd-sharing (fails once the child has exited), and waits forever when one party dies. Here
+results travel as pickled numpy, the queue is drained while the parties run, and a party
+that fails or a run that exceeds its timeout stops every process with one error that names
+the party.
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+import os
+import queue as queue_module
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+Dealer = Literal["ttp", "tfp"]
+DEALERS: tuple[str, ...] = ("ttp", "tfp")
+_PROVIDER_NAMES = {"ttp": "TTP", "tfp": "TFP"}
+
+
+class PartyError(RuntimeError):
+    """A party (or the dealer) failed or stalled; the message names it."""
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """How to run the parties.
+
+    ``dealer``: ``ttp`` runs a separate trusted-dealer process (secure for semi-honest
+    parties); ``tfp`` lets party 0 deal the correlated randomness, which hands party 0
+    every mask: test and cost measurement only.
+    """
+
+    parties: int = 2
+    dealer: Dealer = "ttp"
+    timeout_s: float = 1800.0
+    threads_per_party: int = 1
+    count_communication: bool = True
+
+    def __post_init__(self) -> None:
+        if self.parties not in (2, 3):
+            raise ValueError(f"parties must be 2 or 3, got {self.parties}")
+        if self.dealer not in DEALERS:
+            raise ValueError(f"dealer must be one of {DEALERS}, got {self.dealer!r}")
+        if not self.timeout_s > 0:
+            raise ValueError(f"timeout_s must be positive, got {self.timeout_s}")
+        if self.threads_per_party < 1:
+            raise ValueError("threads_per_party must be >= 1")
+
+
+def party_name(rank: int, world_size: int) -> str:
+    if rank == world_size:
+        return "dealer (TTP)"
+    role = {0: "model owner", 1: "client"}.get(rank, "helper")
+    return f"party {rank} ({role})"
+
+
+def configure_crypten(dealer: Dealer, count_communication: bool = True) -> None:
+    """Select the dealer and turn on communication counting (CrypTen reads 0 otherwise)."""
+    from crypten.config import cfg
+
+    cfg.mpc.provider = _PROVIDER_NAMES[dealer]
+    cfg.communicator.verbose = bool(count_communication)
+
+
+def to_picklable(value: Any) -> Any:
+    """Tensors become numpy arrays so that no torch fd-sharing crosses processes."""
+    if isinstance(value, torch.Tensor):
+        return _TensorBox(value.detach().cpu().numpy())
+    if isinstance(value, dict):
+        return {k: to_picklable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_picklable(v) for v in value)
+    return value
+
+
+def from_picklable(value: Any) -> Any:
+    if isinstance(value, _TensorBox):
+        return torch.from_numpy(value.array)
+    if isinstance(value, dict):
+        return {k: from_picklable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(from_picklable(v) for v in value)
+    return value
+
+
+@dataclass
+class _TensorBox:
+    array: np.ndarray
+
+
+def _child(target: Callable[..., Any], rank: int, world_size: int, rendezvous: str,
+           config: LaunchConfig, results: Any, args: tuple, kwargs: dict) -> None:
+    os.environ.update({
+        "WORLD_SIZE": str(world_size), "RANK": str(rank), "RENDEZVOUS": rendezvous,
+        "DISTRIBUTED_BACKEND": "gloo",
+    })
+    torch.set_num_threads(config.threads_per_party)
+    try:
+        import crypten
+
+        configure_crypten(config.dealer, config.count_communication)
+        if rank == world_size:  # the trusted dealer serves until party 0 says terminate
+            crypten.mpc.provider.TTPServer()
+            results.put((rank, "ok", None))
+            return
+        crypten.init()
+        try:
+            value = target(*args, **kwargs)
+        finally:
+            crypten.uninit()
+        results.put((rank, "ok", to_picklable(value)))
+    except BaseException as error:  # report any failure to the parent, then exit non-zero
+        detail = "".join(traceback.format_exception_only(type(error), error)).strip()
+        results.put((rank, "error", (detail, traceback.format_exc())))
+        os._exit(1)
+
+
+def launch(func: Callable[..., Any], *args: Any, config: LaunchConfig | None = None,
+           **kwargs: Any) -> list[Any]:
+    """Run ``func(*args, **kwargs)`` in every party; return the results in rank order.
+
+    Raises ``PartyError`` naming the first party that failed, died or timed out; every
+    other process is stopped first, so nothing is left hanging.
+    """
+    config = config or LaunchConfig()
+    world_size = config.parties
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.Queue()
+    rendezvous = "file://" + tempfile.NamedTemporaryFile(prefix="crypten-rdv-", delete=True).name
+    ranks = list(range(world_size)) + ([world_size] if config.dealer == "ttp" else [])
+    processes = {
+        rank: ctx.Process(target=_child, name=party_name(rank, world_size), daemon=False,
+                          args=(func, rank, world_size, rendezvous, config, results,
+                                args, kwargs))
+        for rank in ranks
+    }
+    _uninit_parent_crypten()
+    for process in processes.values():
+        process.start()
+    try:
+        return _collect(processes, results, world_size, config.timeout_s)
+    finally:
+        _stop(processes.values())
+        _remove_rendezvous(rendezvous)
+
+
+def _collect(processes: dict[int, multiprocessing.Process], results: Any, world_size: int,
+             timeout_s: float) -> list[Any]:
+    deadline = time.monotonic() + timeout_s
+    outputs: dict[int, Any] = {}
+    pending = set(processes)
+    while pending:
+        try:
+            rank, status, payload = results.get(timeout=0.1)
+        except queue_module.Empty:
+            _check_alive(processes, pending, results, world_size)
+            if time.monotonic() > deadline:
+                names = ", ".join(party_name(r, world_size) for r in sorted(pending))
+                raise PartyError(f"timed out after {timeout_s:.0f}s waiting for {names}")
+            continue
+        pending.discard(rank)
+        if status == "error":
+            detail, trace = payload
+            raise PartyError(f"{party_name(rank, world_size)} failed: {detail}\n{trace}")
+        outputs[rank] = from_picklable(payload)
+    return [outputs[rank] for rank in range(world_size)]
+
+
+def _check_alive(processes: dict[int, multiprocessing.Process], pending: set[int],
+                 results: Any, world_size: int) -> None:
+    for rank in sorted(pending):
+        code = processes[rank].exitcode
+        if code is None:
+            continue
+        time.sleep(0.2)  # a failing child reports before exiting: prefer its message
+        try:
+            r, status, payload = results.get_nowait()
+            if status == "error":
+                raise PartyError(f"{party_name(r, world_size)} failed: {payload[0]}\n{payload[1]}")
+            results.put((r, status, payload))
+        except queue_module.Empty:
+            pass
+        raise PartyError(f"{party_name(rank, world_size)} died (exit code {code}) "
+                         "without reporting a result")
+
+
+def _stop(processes: Any) -> None:
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(timeout=5)
+        if process.is_alive():
+            process.kill()
+            process.join(timeout=5)
+
+
+def _uninit_parent_crypten() -> None:
+    """A forked child must initialize its own communicator, not inherit the parent's."""
+    try:
+        import crypten.communicator as comm
+
+        if comm.is_initialized():
+            import crypten
+
+            crypten.uninit()
+    except ImportError:
+        pass
+
+
+def _remove_rendezvous(rendezvous: str) -> None:
+    path = rendezvous.removeprefix("file://")
+    if os.path.exists(path):
+        os.remove(path)
+
+
+def crypten_compatible_run_multiprocess(world_size: int, maxsize: int | None = None):
+    """Drop-in replacement for ``crypten.mpc.run_multiprocess`` built on ``launch``.
+
+    The dealer follows CrypTen's configured provider. Unlike the original it never hangs
+    on large results and raises ``PartyError`` instead of returning None on failure.
+    """
+    del maxsize  # our queue is drained while the parties run: no size limit is needed
+
+    def decorator(func: Callable[..., Any]) -> Callable[..., list[Any]]:
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> list[Any]:
+            import crypten
+
+            dealer: Dealer = "ttp" if crypten.mpc.ttp_required() else "tfp"
+            from crypten.config import cfg
+
+            config = LaunchConfig(parties=world_size, dealer=dealer,
+                                  count_communication=bool(cfg.communicator.verbose))
+            return launch(func, *args, config=config, **kwargs)
+
+        return wrapper
+
+    return decorator
