@@ -123,7 +123,9 @@ def _child(target: Callable[..., Any], rank: int, world_size: int, rendezvous: s
         results.put((rank, "ok", to_picklable(value)))
     except BaseException as error:  # report any failure to the parent, then exit non-zero
         detail = "".join(traceback.format_exception_only(type(error), error)).strip()
-        results.put((rank, "error", (detail, traceback.format_exc())))
+        results.put((rank, "error", (time.time(), detail, traceback.format_exc())))
+        results.close()
+        results.join_thread()  # flush the report before the hard exit
         os._exit(1)
 
 
@@ -165,35 +167,46 @@ def _collect(processes: dict[int, multiprocessing.Process], results: Any, world_
         try:
             rank, status, payload = results.get(timeout=0.1)
         except queue_module.Empty:
-            _check_alive(processes, pending, results, world_size)
+            if any(processes[r].exitcode is not None for r in pending):
+                _raise_first_failure(results, world_size, {}, processes, pending)
             if time.monotonic() > deadline:
                 names = ", ".join(party_name(r, world_size) for r in sorted(pending))
                 raise PartyError(f"timed out after {timeout_s:.0f}s waiting for {names}")
             continue
         pending.discard(rank)
         if status == "error":
-            detail, trace = payload
-            raise PartyError(f"{party_name(rank, world_size)} failed: {detail}\n{trace}")
+            _raise_first_failure(results, world_size, {rank: payload}, processes, pending)
         outputs[rank] = from_picklable(payload)
     return [outputs[rank] for rank in range(world_size)]
 
 
-def _check_alive(processes: dict[int, multiprocessing.Process], pending: set[int],
-                 results: Any, world_size: int) -> None:
-    for rank in sorted(pending):
-        code = processes[rank].exitcode
-        if code is None:
-            continue
-        time.sleep(0.2)  # a failing child reports before exiting: prefer its message
+def _raise_first_failure(results: Any, world_size: int, errors: dict[int, tuple],
+                         processes: dict[int, multiprocessing.Process], pending: set[int],
+                         grace_s: float = 1.0) -> None:
+    """Name the party that failed first: when one party fails, its peers fail soon after
+    with connection errors, so collect reports for a moment and blame the earliest."""
+    end = time.monotonic() + grace_s
+    while time.monotonic() < end:
         try:
-            r, status, payload = results.get_nowait()
-            if status == "error":
-                raise PartyError(f"{party_name(r, world_size)} failed: {payload[0]}\n{payload[1]}")
-            results.put((r, status, payload))
+            rank, status, payload = results.get(timeout=0.05)
         except queue_module.Empty:
-            pass
-        raise PartyError(f"{party_name(rank, world_size)} died (exit code {code}) "
-                         "without reporting a result")
+            continue
+        if status == "error":
+            errors[rank] = payload
+    silent = [r for r in sorted(pending - set(errors))
+              if processes[r].exitcode not in (None, 0)]
+    if silent:  # a party that died without a word is the root cause of its peers' errors
+        names = ", ".join(f"{party_name(r, world_size)} (exit code {processes[r].exitcode})"
+                          for r in silent)
+        raise PartyError(f"{names} died without reporting a result")
+    if errors:
+        rank = min(errors, key=lambda r: errors[r][0])
+        _, detail, trace = errors[rank]
+        others = sorted(set(errors) - {rank})
+        also = f" (then {', '.join(party_name(r, world_size) for r in others)} stopped)" \
+            if others else ""
+        raise PartyError(f"{party_name(rank, world_size)} failed: {detail}{also}\n{trace}")
+    raise PartyError("a party exited without reporting a result")
 
 
 def _stop(processes: Any) -> None:
