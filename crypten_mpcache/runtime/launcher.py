@@ -171,7 +171,7 @@ def _collect(processes: dict[int, multiprocessing.Process], results: Any, world_
                 _raise_first_failure(results, world_size, {}, processes, pending)
             if time.monotonic() > deadline:
                 names = ", ".join(party_name(r, world_size) for r in sorted(pending))
-                raise PartyError(f"timed out after {timeout_s:.0f}s waiting for {names}")
+                raise PartyError(f"timed out after {timeout_s:.0f}s waiting for {names}") from None
             continue
         pending.discard(rank)
         if status == "error":
