@@ -126,6 +126,8 @@ def _load_weights_only() -> Callable[[], None]:
             f, preloaded=preloaded, encrypted=encrypted, model_class=model_class,
             src=src, load_closure=load_closure, **kwargs)
 
+    load.__crypten_mpcache_patch__ = load_from_party.__crypten_mpcache_patch__ = \
+        "load_weights_only"
     crypten.load, crypten.load_from_party = load, load_from_party
 
     def undo() -> None:
