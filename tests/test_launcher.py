@@ -112,3 +112,52 @@ def test_crypten_run_multiprocess_decorator_is_served_by_the_launcher():
     results = _inside_run_multiprocess()
     assert len(results) == 2
     assert torch.allclose(results[0], torch.tensor([1.0, 4.0]), atol=1e-3)
+
+
+_SEPARATE_PROCESS = """
+import sys, torch
+import crypten_mpcache
+from crypten_mpcache.runtime.launcher import LaunchConfig, run_party
+
+def work():
+    import crypten
+    x = crypten.cryptensor(torch.tensor([3.0]), src=1)
+    return float((x * x).get_plain_text())
+
+out = run_party(work, rank=int(sys.argv[1]), rendezvous=sys.argv[2],
+                config=LaunchConfig(parties=2, dealer="ttp"))
+print("RESULT", out)
+"""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_parties_as_separate_processes_over_tcp(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "party.py"
+    script.write_text(_SEPARATE_PROCESS)
+    rendezvous = f"tcp://127.0.0.1:{_free_port()}"
+    procs = [subprocess.Popen([sys.executable, str(script), str(rank), rendezvous],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for rank in range(3)]  # two parties and the TTP dealer
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-500:] for o in outs]
+    assert "RESULT 9.0" in outs[0][0] and "RESULT 9.0" in outs[1][0]
+    assert "RESULT None" in outs[2][0]  # the dealer returns nothing
+
+
+def test_run_party_rejects_bad_rank_and_rendezvous():
+    from crypten_mpcache.runtime.launcher import run_party
+
+    with pytest.raises(ValueError, match="rank must be in"):
+        run_party(print, rank=5, rendezvous="tcp://127.0.0.1:1")
+    with pytest.raises(ValueError, match="rendezvous must start"):
+        run_party(print, rank=0, rendezvous="127.0.0.1:1")

@@ -100,13 +100,49 @@ class _TensorBox:
     array: np.ndarray
 
 
-def _child(target: Callable[..., Any], rank: int, world_size: int, rendezvous: str,
-           config: LaunchConfig, results: Any, args: tuple, kwargs: dict) -> None:
+def run_party(func: Callable[..., Any], *args: Any, rank: int, rendezvous: str,
+              config: LaunchConfig | None = None, **kwargs: Any) -> Any:
+    """Run ONE party (or, with ``rank == parties``, the TTP dealer) in this process.
+
+    For parties on separate hosts: start one process per party on its own host, all with
+    the same ``rendezvous`` (``tcp://HOST:PORT`` of party 0's host, or ``env://`` with
+    MASTER_ADDR/MASTER_PORT set) and the same ``config``. Traffic between hosts is not
+    encrypted by torch.distributed: use a VPN or TLS tunnel on untrusted networks.
+    """
+    config = config or LaunchConfig()
+    last_rank = config.parties if config.dealer == "ttp" else config.parties - 1
+    if not 0 <= rank <= last_rank:
+        raise ValueError(f"rank must be in [0, {last_rank}] for {config.parties} parties "
+                         f"and dealer {config.dealer}, got {rank}")
+    if not rendezvous.startswith(("tcp://", "env://", "file://")):
+        raise ValueError(f"rendezvous must start with tcp://, env:// or file://, got "
+                         f"{rendezvous!r}")
+    _set_party_environment(rank, config.parties, rendezvous, config)
+    import crypten
+
+    configure_crypten(config.dealer, config.count_communication)
+    if rank == config.parties:
+        crypten.mpc.provider.TTPServer()
+        return None
+    crypten.init()
+    try:
+        return func(*args, **kwargs)
+    finally:
+        crypten.uninit()
+
+
+def _set_party_environment(rank: int, world_size: int, rendezvous: str,
+                           config: LaunchConfig) -> None:
     os.environ.update({
         "WORLD_SIZE": str(world_size), "RANK": str(rank), "RENDEZVOUS": rendezvous,
         "DISTRIBUTED_BACKEND": "gloo",
     })
     torch.set_num_threads(config.threads_per_party)
+
+
+def _child(target: Callable[..., Any], rank: int, world_size: int, rendezvous: str,
+           config: LaunchConfig, results: Any, args: tuple, kwargs: dict) -> None:
+    _set_party_environment(rank, world_size, rendezvous, config)
     try:
         import crypten
 
