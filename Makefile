@@ -15,6 +15,7 @@ demo: setup
 
 ## The default test suite (slow real-model tests excluded).
 test: setup
+	$(VENV)/bin/ruff check crypten_mpcache patches tests demos benchmarks
 	$(PY) -m pytest -q -m "not slow" tests
 
 lint: setup

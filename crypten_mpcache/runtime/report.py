@@ -1,0 +1,42 @@
+"""Human-readable cost tables from a combined cost report (see ``runtime.cost``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+MIB = 1024 * 1024
+
+
+def _row(name: str, cost: dict[str, float]) -> str:
+    return (f"{name:<22} {cost['bytes'] / MIB:>12.3f} {int(cost['rounds']):>8d} "
+            f"{cost['seconds']:>9.2f}")
+
+
+def _header(title: str) -> list[str]:
+    return [f"{title:<22} {'MiB (sum)':>12} {'rounds':>8} {'seconds':>9}",
+            "-" * 54]
+
+
+def format_cost(cost: dict[str, Any], *, max_steps: int = 8) -> str:
+    """Prefill, decode steps (the first ``max_steps`` and a mean), and operators.
+
+    ``cost`` holds ``prefill`` {bytes, rounds, seconds}, ``decode`` [{step, ...}] and
+    ``operators`` {kind: {...}}. Bytes are summed over parties, rounds and seconds are the
+    max over parties.
+    """
+    lines = _header("phase")
+    lines.append(_row("prefill", cost["prefill"]))
+    steps = cost.get("decode", [])
+    for step in steps[:max_steps]:
+        lines.append(_row(f"decode step {step['step']}", step))
+    if len(steps) > max_steps:
+        lines.append(f"... {len(steps) - max_steps} more decode steps")
+    if steps:
+        mean = {k: sum(s[k] for s in steps) / len(steps) for k in ("bytes", "rounds", "seconds")}
+        lines.append(_row("decode (mean/step)", mean))
+    lines.append("")
+    lines.extend(_header("operator (all phases)"))
+    operators = cost.get("operators", {})
+    for kind, op in sorted(operators.items(), key=lambda kv: -kv[1]["bytes"]):
+        lines.append(_row(kind, op))
+    return "\n".join(lines)
