@@ -1,0 +1,199 @@
+"""The dealer side of premasking: fixed masks and (A_t, A_t (op) M) triples for them.
+
+CrypTen's dealers only hand out triples (a, b, a*b) with a fresh b every time, so a fixed
+operand (a weight, a cached key) is re-masked and re-opened at every product. Premasking
+(``crypten_mpcache.secure.premask``) masks a fixed operand B once with a registered mask M
+and later asks the dealer for (A_t, A_t (op) M') where M' is M or a view of several
+registered masks (transposes, concatenations). The dealer learns nothing new: it already
+knows every mask and triple it deals.
+
+What lives here:
+
+* a *recipe* (plain nested tuples, small and picklable through CrypTen's restricted
+  unpickler) names the mask of a derived operand:
+  ``("mask", id)``, ``("transpose", dim0, dim1, child)``, ``("cat", dim, (child, ...))``.
+* ``AppendCat``: a concatenation whose result grows in place when the list of parts only
+  grows (a KV cache gets one row per decode step), so each step costs O(new rows).
+* ``MaskStore``: the dealer's plaintext masks (refuses to register an id twice) and the
+  products ``A (op) build(recipe)``. The TTP server and the TFP dealer (party 0) use it.
+* ``PATCH``: a reversible patch that teaches CrypTen's ``TTPServer`` two requests,
+  ``premask_register`` and ``premask_triple``. Apply it in the parent process before
+  ``launch`` (the TTP process is forked from it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from typing import Any
+
+import torch
+
+from crypten_mpcache.patches.crypten_compat import Patch
+
+Recipe = tuple
+OPS = ("matmul", "mul")
+
+
+class MaskReuseError(RuntimeError):
+    """A mask id was registered twice: reusing a mask for another value leaks B - B'."""
+
+
+def mask_recipe(mask_id: int) -> Recipe:
+    return ("mask", int(mask_id))
+
+
+def transpose_recipe(child: Recipe, dim0: int, dim1: int) -> Recipe:
+    return ("transpose", int(dim0), int(dim1), child)
+
+
+def cat_recipe(children: tuple[Recipe, ...], dim: int) -> Recipe:
+    return ("cat", int(dim), tuple(children))
+
+
+class AppendCat:
+    """``torch.cat(parts, dim)`` that appends in place when the keyed list only grows.
+
+    Views handed out earlier stay valid: only the region past the longest view handed out
+    is ever written, and a list that is not an extension of the previous one gets a fresh
+    buffer.
+    """
+
+    def __init__(self, dim: int) -> None:
+        self._dim = dim
+        self._keys: tuple[Hashable, ...] = ()
+        self._buffer: torch.Tensor | None = None
+        self._length = 0
+
+    def cat(self, keys: tuple[Hashable, ...],
+            part: Callable[[int], torch.Tensor]) -> torch.Tensor:
+        """The concatenation of ``part(i)`` for each index of ``keys`` (which name them)."""
+        if not keys:
+            raise ValueError("cannot concatenate an empty list")
+        n = len(self._keys)
+        if self._buffer is None or keys[:n] != self._keys:
+            self._buffer, self._length, self._keys = None, 0, ()
+            n = 0
+        for i in range(n, len(keys)):
+            self._append(part(i))
+        self._keys = tuple(keys)
+        return self._buffer.narrow(self._dim_of(self._buffer), 0, self._length)
+
+    def _dim_of(self, tensor: torch.Tensor) -> int:
+        return self._dim % tensor.dim()
+
+    def _append(self, part: torch.Tensor) -> None:
+        dim = self._dim_of(part)
+        size = part.shape[dim]
+        capacity = 0 if self._buffer is None else self._buffer.shape[dim]
+        if self._buffer is not None and _without(self._buffer.shape, dim) != \
+                _without(part.shape, dim):
+            raise ValueError(f"cannot concatenate {tuple(part.shape)} to "
+                             f"{tuple(self._buffer.shape)} along dim {dim}")
+        if self._length + size > capacity:
+            shape = list(part.shape)
+            shape[dim] = max(2 * capacity, self._length + size)
+            grown = part.new_empty(shape)
+            if self._buffer is not None:
+                kept = self._buffer.narrow(dim, 0, self._length)
+                grown.narrow(dim, 0, self._length).copy_(kept)
+            self._buffer = grown
+        self._buffer.narrow(dim, self._length, size).copy_(part)
+        self._length += size
+
+
+def _without(shape: torch.Size, dim: int) -> tuple[int, ...]:
+    return tuple(shape[:dim]) + tuple(shape[dim + 1:])
+
+
+class MaskStore:
+    """The dealer's plaintext masks, and the mask of any recipe built from them."""
+
+    def __init__(self) -> None:
+        self._masks: dict[int, torch.Tensor] = {}
+        self._cats: dict[tuple[int, Recipe], AppendCat] = {}
+
+    def __contains__(self, mask_id: int) -> bool:
+        return mask_id in self._masks
+
+    def register(self, mask_id: int, mask: torch.Tensor) -> None:
+        if mask_id in self._masks:
+            raise MaskReuseError(f"mask {mask_id} is already registered; a mask masks one "
+                                 "value only")
+        self._masks[mask_id] = mask
+
+    def build(self, recipe: Recipe) -> torch.Tensor:
+        """The (plaintext) mask that ``recipe`` names."""
+        kind = recipe[0]
+        if kind == "mask":
+            if recipe[1] not in self._masks:
+                raise KeyError(f"mask {recipe[1]} was never registered")
+            return self._masks[recipe[1]]
+        if kind == "transpose":
+            _, dim0, dim1, child = recipe
+            return self.build(child).transpose(dim0, dim1)
+        if kind == "cat":
+            _, dim, children = recipe
+            joiner = self._cats.setdefault((dim, children[0]), AppendCat(dim))
+            return joiner.cat(children, lambda i: self.build(children[i]))
+        raise ValueError(f"unknown recipe node {kind!r}")
+
+    def product(self, op: str, a: torch.Tensor, recipe: Recipe) -> torch.Tensor:
+        """``a (op) M`` for the mask M that ``recipe`` names (ring arithmetic)."""
+        if op not in OPS:
+            raise ValueError(f"op must be one of {OPS}, got {op!r}")
+        return getattr(torch, op)(a, self.build(recipe))
+
+
+def _server_store(server: Any) -> MaskStore:
+    """The TTP server's mask store (its ``__init__`` runs the serve loop, so lazily)."""
+    store = server.__dict__.get("_premask_store")
+    if store is None:
+        store = server._premask_store = MaskStore()
+    return store
+
+
+def _ttp_premask_register(server: Any, mask_id: int, size: tuple[int, ...]) -> torch.Tensor:
+    """Rebuild the mask that the parties drew from the generators they share with us."""
+    _server_store(server).register(mask_id, server._get_additive_PRSS(torch.Size(size)))
+    return torch.empty(0, dtype=torch.long)
+
+
+def _ttp_premask_triple(server: Any, recipe: Recipe, size_x: tuple[int, ...],
+                        op: str) -> torch.Tensor:
+    """Party 0's share of C = A (op) M; the parties drew A and the other C shares."""
+    a = server._get_additive_PRSS(torch.Size(size_x))
+    c = _server_store(server).product(op, a, recipe)
+    return c - server._get_additive_PRSS(c.size(), remove_rank=True)
+
+
+_REQUESTS = {"premask_register": _ttp_premask_register,
+             "premask_triple": _ttp_premask_triple}
+
+
+def _add_ttp_requests() -> Callable[[], None]:
+    from crypten.mpc.provider.ttp_provider import TTPServer
+
+    added = [name for name in _REQUESTS if name not in TTPServer.__dict__]
+    for name in added:
+        setattr(TTPServer, name, _REQUESTS[name])
+
+    def undo() -> None:
+        for name in added:
+            if TTPServer.__dict__.get(name) is _REQUESTS[name]:
+                delattr(TTPServer, name)
+
+    return undo
+
+
+PATCH = Patch("ttp_premask_dealer",
+              "TTPServer requests premask_register and premask_triple (fixed masks)",
+              _add_ttp_requests)
+
+
+def apply() -> None:
+    """Teach CrypTen's TTP server the premask requests (idempotent)."""
+    PATCH.apply()
+
+
+def revert() -> None:
+    PATCH.revert()
