@@ -1,0 +1,256 @@
+"""CrypTen-aware Llama modules: encrypted weights, secure attention over the encrypted cache.
+
+Why: parameters cannot hold CrypTensors, so each transformers module that owns weights is
+replaced by one that holds them as fixed operands (``secure.premask``): W^T of every
+linear, the embedding table (and its transpose for a tied LM head), the RMSNorm gammas.
+The transformers decoder layers stay as they are and call these modules.
+
+- SecureEmbedding: one-hot @ table (the token stays secret: no index is ever opened).
+- SecureLlamaAttention: RoPE on shares (cos/sin are public: positions are public), GQA by
+  grouping the query heads of one KV head (the cache is never repeated), causal attention
+  with a public 0/1 mask inside the softmax (no additive -inf), and a ``CachePolicy`` that
+  chooses the (K, V) attended at decode and sees the prefill's last-window probabilities.
+- ``secure_forward`` runs embedding -> decoder layers -> norm -> LM head on the last
+  position (transformers' own model forward builds masks from plain tensors).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from crypten_mpcache.runtime.cost import operator_scope
+from crypten_mpcache.secure import functions
+from crypten_mpcache.secure.functions import ActivationConfig, NormConfig, SoftmaxConfig
+from crypten_mpcache.secure.kv_cache import CachePolicy, FullCache, SecureKVCache
+from crypten_mpcache.secure.premask import fixed_operand
+
+
+@dataclass(frozen=True)
+class SecureModelOptions:
+    """How weights are encrypted and how attention uses the cache."""
+
+    src: int = 0  # the party that holds the real weights (the model owner)
+    premask: bool = True  # mask each fixed operand once (see secure.premask)
+    policy: CachePolicy = field(default_factory=FullCache)
+    norm: NormConfig = field(default_factory=NormConfig)
+    softmax: SoftmaxConfig = field(default_factory=SoftmaxConfig)
+    activation: ActivationConfig = field(default_factory=ActivationConfig)
+
+    def __post_init__(self) -> None:
+        if self.src < 0:
+            raise ValueError(f"src must be a party rank >= 0, got {self.src}")
+
+
+# --- encrypted weights -----------------------------------------------------------------
+
+
+def encrypt_operand(weight: torch.Tensor, name: str, options: SecureModelOptions) -> Any:
+    """Encrypt a weight from party ``src`` (other parties' values are ignored)."""
+    import crypten
+
+    encrypted = crypten.cryptensor(weight.detach().float(), src=options.src)
+    return fixed_operand(encrypted, name=name, premask=options.premask)
+
+
+def _encrypt_bias(bias: torch.Tensor | None, options: SecureModelOptions) -> Any:
+    if bias is None:
+        return None
+    import crypten
+
+    return crypten.cryptensor(bias.detach().float(), src=options.src)
+
+
+class SecureLinear(nn.Module):
+    """y = x @ W^T (+ b) with W^T a fixed operand."""
+
+    def __init__(self, weight_t: Any, bias: Any = None, kind: str = "linear") -> None:
+        super().__init__()
+        self.weight_t = weight_t
+        self.bias = bias
+        self.kind = kind
+        self.in_features, self.out_features = (int(s) for s in weight_t.shape)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, name: str,
+                    options: SecureModelOptions) -> SecureLinear:
+        weight_t = encrypt_operand(linear.weight.t(), name, options)
+        return cls(weight_t, _encrypt_bias(linear.bias, options))
+
+    def forward(self, x: Any) -> Any:
+        with operator_scope(self.kind):
+            y = self.weight_t.rmatmul(x)
+            return y if self.bias is None else y + self.bias
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, encrypted"
+
+
+class SecureEmbedding(nn.Module):
+    """Rows of an encrypted table selected by an encrypted one-hot (B, T, vocab)."""
+
+    def __init__(self, table: Any) -> None:
+        super().__init__()
+        self.table = table
+        self.num_embeddings, self.embedding_dim = (int(s) for s in table.shape)
+
+    def forward(self, onehot: Any) -> Any:
+        with operator_scope("embedding"):
+            return self.table.rmatmul(onehot)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, encrypted"
+
+
+class SecureRMSNorm(nn.Module):
+    """RMSNorm with an encrypted gamma (``functions.rms_norm`` keeps inv_sqrt in range)."""
+
+    def __init__(self, weight: Any, eps: float, config: NormConfig) -> None:
+        super().__init__()
+        self.weight = weight
+        self.variance_epsilon = float(eps)
+        self.config = config
+
+    def forward(self, x: Any) -> Any:
+        with operator_scope("norm"):
+            return functions.rms_norm(x, self.weight, self.variance_epsilon,
+                                      config=self.config)
+
+
+class SecureMLP(nn.Module):
+    """down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, gate: SecureLinear, up: SecureLinear, down: SecureLinear,
+                 config: ActivationConfig) -> None:
+        super().__init__()
+        self.gate_proj, self.up_proj, self.down_proj = gate, up, down
+        self.config = config
+
+    def forward(self, x: Any) -> Any:
+        gate, up = self.gate_proj(x), self.up_proj(x)
+        with operator_scope("activation"):
+            hidden = functions.silu(gate, config=self.config) * up
+        return self.down_proj(hidden)
+
+
+# --- attention -------------------------------------------------------------------------
+
+
+def rotate_half(x: Any) -> Any:
+    import crypten
+
+    half = x.shape[-1] // 2
+    return crypten.cat([-x[..., half:], x[..., :half]], dim=-1)
+
+
+def apply_rope(x: Any, cos: torch.Tensor, sin: torch.Tensor) -> Any:
+    """RoPE on shares: cos and sin are public (B, T, d), so only public products."""
+    return x * cos.unsqueeze(1) + rotate_half(x) * sin.unsqueeze(1)
+
+
+def causal_mask01(queries: int, keys: int) -> torch.Tensor:
+    """Public 0/1 mask: query i (the last ``queries`` of ``keys`` positions) sees keys <= i."""
+    past = keys - queries
+    rows = torch.arange(queries).unsqueeze(1) + past
+    return (torch.arange(keys).unsqueeze(0) <= rows).float()
+
+
+class SecureLlamaAttention(nn.Module):
+    """Llama attention over the encrypted KV cache, with a pluggable cache policy."""
+
+    def __init__(self, config: Any, layer_idx: int, projections: dict[str, SecureLinear],
+                 options: SecureModelOptions) -> None:
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.num_heads = int(config.num_attention_heads)
+        self.num_kv_heads = int(config.num_key_value_heads)
+        self.head_dim = int(getattr(config, "head_dim", None)
+                            or config.hidden_size // config.num_attention_heads)
+        self.num_key_value_groups = self.num_heads // self.num_kv_heads
+        self.scaling = self.head_dim ** -0.5
+        self.options = options
+        self.q_proj, self.k_proj = projections["q_proj"], projections["k_proj"]
+        self.v_proj, self.o_proj = projections["v_proj"], projections["o_proj"]
+
+    def _heads(self, x: Any, heads: int) -> Any:
+        batch, length = x.shape[0], x.shape[1]
+        return x.reshape(batch, length, heads, self.head_dim).transpose(1, 2)
+
+    def _grouped(self, x: Any) -> Any:
+        """(B, Hq, T, n) -> (B, Hkv, groups*T, n): the query heads sharing one KV head."""
+        b, _, t, n = x.shape
+        return x.reshape(b, self.num_kv_heads, self.num_key_value_groups * t, n)
+
+    def _ungrouped(self, x: Any, queries: int) -> Any:
+        b, _, _, n = x.shape
+        return x.reshape(b, self.num_heads, queries, n)
+
+    def forward(self, hidden_states: Any, position_embeddings: tuple[torch.Tensor, ...],
+                attention_mask: Any = None, cache: SecureKVCache | None = None,
+                **kwargs: Any) -> tuple[Any, None]:
+        if cache is None:
+            raise ValueError("secure attention needs a SecureKVCache")
+        batch, queries = hidden_states.shape[0], hidden_states.shape[1]
+        q = self._heads(self.q_proj(hidden_states), self.num_heads)
+        k = self._heads(self.k_proj(hidden_states), self.num_kv_heads)
+        v = self._heads(self.v_proj(hidden_states), self.num_kv_heads)
+        cos, sin = position_embeddings
+        with operator_scope("attention_scores"):  # public products only (RoPE, scaling)
+            q = apply_rope(q, cos, sin) * self.scaling
+            k = apply_rope(k, cos, sin)
+        layer = cache.layer(self.layer_idx)
+        prefill = layer.get_seq_length() == 0
+        keys, values = cache.update(k, v, self.layer_idx)
+        if not prefill:
+            keys, values = self.options.policy.select(layer, q)
+        probs = self._probabilities(q, keys, causal_mask01(queries, int(keys.shape[-2])))
+        with operator_scope("attention_values"):
+            out = values.rmatmul(self._grouped(probs))
+        out = self._ungrouped(out, queries).transpose(1, 2)
+        out = self.o_proj(out.reshape(batch, queries, self.num_heads * self.head_dim))
+        window = self.options.policy.prefill_window(queries) if prefill else 0
+        if prefill:
+            self.options.policy.after_prefill(layer, probs[:, :, -window:, :] if window else None)
+        return out, None
+
+    def _probabilities(self, q: Any, keys: Any, mask01: torch.Tensor) -> Any:
+        queries = q.shape[2]
+        with operator_scope("attention_scores"):
+            scores = keys.transpose(-1, -2).rmatmul(self._grouped(q))
+        scores = self._ungrouped(scores, queries)
+        with operator_scope("softmax"):
+            return functions.masked_softmax(scores, mask01, dim=-1,
+                                            config=self.options.softmax)
+
+
+# --- the forward pass ------------------------------------------------------------------
+
+
+def secure_argmax(logits: Any) -> Any:
+    """The next token as an encrypted fixed-point one-hot (B, 1, vocab); it stays secret."""
+    with operator_scope("argmax"):
+        return functions.argmax_onehot(logits, dim=-1)
+
+
+def secure_forward(model: nn.Module, onehot: Any, cache: SecureKVCache,
+                   start_position: int) -> Any:
+    """Encrypted logits (B, 1, vocab) of the last position of an encrypted one-hot input.
+
+    ``model`` is a patched LlamaForCausalLM; ``start_position`` (public) is the position
+    of the first input token, so the decode positions continue after the prompt even when
+    a policy has evicted cache entries.
+    """
+    inner = model.model
+    length = int(onehot.shape[1])
+    positions = torch.arange(start_position, start_position + length).unsqueeze(0)
+    cos, sin = inner.rotary_emb(torch.empty(0), positions)
+    hidden = inner.embed_tokens(onehot)
+    for layer in inner.layers[: model.config.num_hidden_layers]:
+        hidden = layer(hidden, attention_mask=None, position_ids=positions, cache=cache,
+                       use_cache=True, position_embeddings=(cos, sin))
+    hidden = inner.norm(hidden[:, -1:, :])
+    return model.lm_head(hidden)
