@@ -91,7 +91,7 @@ class AppendCat:
                              f"{tuple(self._buffer.shape)} along dim {dim}")
         if self._length + size > capacity:
             shape = list(part.shape)
-            shape[dim] = max(2 * capacity, self._length + size)
+            shape[dim] = 2 * (self._length + size)  # doubling: amortized O(1) per row
             grown = part.new_empty(shape)
             if self._buffer is not None:
                 kept = self._buffer.narrow(dim, 0, self._length)

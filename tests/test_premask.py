@@ -1,0 +1,276 @@
+"""Premasking: products with a fixed operand are correct, open only the fresh operand, and
+have a transcript that does not depend on the secret values."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+from crypten_mpcache.patches import crypten_dealer
+from crypten_mpcache.patches.crypten_dealer import (
+    AppendCat,
+    MaskReuseError,
+    MaskStore,
+    cat_recipe,
+    mask_recipe,
+    transpose_recipe,
+)
+from crypten_mpcache.runtime.launcher import LaunchConfig, launch
+from crypten_mpcache.secure import premask
+
+CONFIGS = [(2, "ttp"), (2, "tfp"), (3, "ttp"), (3, "tfp")]
+TOL = 2e-3
+
+
+# ---------------------------------------------------------------- dealer-side units
+
+
+def test_append_cat_grows_in_place_and_keeps_old_views():
+    joiner = AppendCat(dim=1)
+    parts = [torch.full((2, 1, 3), float(i)) for i in range(24)]
+    views, buffers = [], set()
+    for n in range(1, len(parts) + 1):  # one row more per call, like a KV cache
+        views.append(joiner.cat(tuple(range(n)), lambda i: parts[i]))
+        buffers.add(views[-1].untyped_storage().data_ptr())
+    assert len(buffers) <= 5  # capacity doubles: O(log n) reallocations, else in place
+    for n, view in enumerate(views, start=1):  # views handed out earlier are untouched
+        assert torch.equal(view, torch.cat(parts[:n], dim=1))
+    keys = (0, 4)
+    branch = joiner.cat(keys, lambda i: parts[keys[i]])  # not an extension: fresh buffer
+    assert torch.equal(branch, torch.cat([parts[0], parts[4]], dim=1))
+    assert torch.equal(views[-1], torch.cat(parts, dim=1))
+
+
+def test_append_cat_rejects_mismatched_parts():
+    joiner = AppendCat(dim=0)
+    parts = [torch.zeros(1, 3), torch.zeros(1, 1)]
+    with pytest.raises(ValueError, match="cannot concatenate"):
+        joiner.cat((0, 1), lambda i: parts[i])
+
+
+def test_mask_store_builds_recipes_and_refuses_reuse():
+    store = MaskStore()
+    masks = {i: torch.randint(-100, 100, (2, 1, 4)) for i in (1, 2, 3)}
+    for mask_id, mask in masks.items():
+        store.register(mask_id, mask)
+    with pytest.raises(MaskReuseError):
+        store.register(2, torch.zeros(2, 1, 4, dtype=torch.long))
+    recipe = transpose_recipe(cat_recipe(tuple(mask_recipe(i) for i in (1, 2, 3)), 1), 1, 2)
+    expected = torch.cat([masks[1], masks[2], masks[3]], dim=1).transpose(1, 2)
+    assert torch.equal(store.build(recipe), expected)
+    a = torch.randint(-100, 100, (2, 5, 3))
+    assert torch.equal(store.product("matmul", a, recipe[3]),
+                       torch.matmul(a, torch.cat(list(masks.values()), dim=1)))
+    with pytest.raises(KeyError):
+        store.build(mask_recipe(9))
+
+
+def test_patch_is_reversible():
+    from crypten.mpc.provider.ttp_provider import TTPServer
+
+    assert crypten_dealer.PATCH.applied and hasattr(TTPServer, "premask_triple")
+    crypten_dealer.revert()
+    try:
+        assert not hasattr(TTPServer, "premask_triple")
+        assert not hasattr(TTPServer, "premask_register")
+    finally:
+        crypten_dealer.apply()
+    assert hasattr(TTPServer, "premask_triple")
+
+
+# ---------------------------------------------------------------- correctness
+
+
+def _correctness(values: dict[str, torch.Tensor], steps: int) -> dict[str, torch.Tensor]:
+    import crypten
+
+    def enc(t, src=0):
+        return crypten.cryptensor(t, src=src)
+
+    out: dict[str, torch.Tensor] = {}
+    w = premask.fixed_operand(enc(values["w"]), name="w")
+    out["value"] = w.value().get_plain_text()
+    for t in range(steps):  # the same operand, many products with fresh activations
+        out[f"batched/{t}"] = w.rmatmul(enc(values["x"][t], src=1)).get_plain_text()
+    g = premask.fixed_operand(enc(values["g"]), name="g")
+    out["mul"] = g.mul(enc(values["y"], src=1)).get_plain_text()
+    out["mul_broadcast"] = g.mul(enc(values["y"][:1], src=1)).get_plain_text()
+    parts = [premask.fixed_operand(enc(p), name=f"part{i}") for i, p in enumerate(values["parts"])]
+    fused = premask.FixedOperand.cat(parts, dim=-1)
+    out["cat_columns"] = fused.rmatmul(enc(values["x"][0], src=1)).get_plain_text()
+    # an encrypted KV cache: rows appended per step, q @ K^T and p @ V with batch dims
+    keys = [premask.fixed_operand(enc(values["k0"]), name="k0")]
+    vals = [premask.fixed_operand(enc(values["v0"]), name="v0")]
+    for t in range(steps):
+        keys.append(premask.fixed_operand(enc(values["k"][t]), name=f"k{t + 1}"))
+        vals.append(premask.fixed_operand(enc(values["v"][t]), name=f"v{t + 1}"))
+        k_t = premask.FixedOperand.cat(keys, dim=-2).transpose(-1, -2)
+        v = premask.FixedOperand.cat(vals, dim=-2)
+        out[f"scores/{t}"] = k_t.rmatmul(enc(values["q"][t], src=1)).get_plain_text()
+        out[f"values/{t}"] = v.rmatmul(enc(values["p"][t], src=1)).get_plain_text()
+    return out
+
+
+def _plain_expectations(values: dict[str, torch.Tensor], steps: int) -> dict[str, torch.Tensor]:
+    exp = {"value": values["w"]}
+    for t in range(steps):
+        exp[f"batched/{t}"] = values["x"][t] @ values["w"]
+    exp["mul"] = values["y"] * values["g"]
+    exp["mul_broadcast"] = values["y"][:1] * values["g"]
+    exp["cat_columns"] = values["x"][0] @ torch.cat(values["parts"], dim=-1)
+    for t in range(steps):
+        k = torch.cat([values["k0"], *values["k"][: t + 1]], dim=-2)
+        v = torch.cat([values["v0"], *values["v"][: t + 1]], dim=-2)
+        exp[f"scores/{t}"] = values["q"][t] @ k.transpose(-1, -2)
+        exp[f"values/{t}"] = values["p"][t] @ v
+    return exp
+
+
+def _values(steps: int, heads: int = 3, d: int = 8, prompt: int = 3) -> dict:
+    gen = torch.Generator().manual_seed(7)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=gen)
+
+    return {
+        "w": r(6, 5), "x": [r(2, 3, 6) for _ in range(steps)], "g": r(3, 4), "y": r(3, 4),
+        "parts": [r(6, 2), r(6, 3), r(6, 1)],
+        "k0": r(heads, prompt, d), "v0": r(heads, prompt, d),
+        "k": [r(heads, 1, d) for _ in range(steps)], "v": [r(heads, 1, d) for _ in range(steps)],
+        "q": [r(heads, 1, d) for _ in range(steps)],
+        "p": [torch.softmax(r(heads, 1, prompt + t + 1), -1) for t in range(steps)],
+    }
+
+
+@pytest.mark.parametrize("parties,dealer", CONFIGS)
+def test_products_match_plaintext(parties, dealer):
+    steps = 4
+    values = _values(steps)
+    results = launch(_correctness, values, steps,
+                     config=LaunchConfig(parties=parties, dealer=dealer, timeout_s=120))
+    expected = _plain_expectations(values, steps)
+    for rank_result in results:
+        assert set(rank_result) == set(expected)
+        for key, want in expected.items():
+            got = rank_result[key]
+            assert got.shape == want.shape, key
+            assert torch.allclose(got, want, atol=TOL), (key, (got - want).abs().max())
+
+
+# ---------------------------------------------------------------- names and masks
+
+
+def _reuse_name() -> str:
+    import crypten
+
+    premask.fixed_operand(crypten.cryptensor(torch.ones(2, 2)), name="weight")
+    try:
+        premask.fixed_operand(crypten.cryptensor(torch.ones(2, 2)), name="weight")
+    except premask.OperandNameError as error:
+        return str(error)
+    return ""
+
+
+def test_a_name_masks_one_value_only():
+    results = launch(_reuse_name, config=LaunchConfig(parties=2, dealer="tfp", timeout_s=60))
+    assert all("already exists" in message for message in results)
+
+
+# ---------------------------------------------------------------- communication
+
+
+def _costs(fn) -> tuple[object, dict]:
+    from crypten_mpcache.runtime.cost import CostMeter, operator_scope
+
+    meter = CostMeter()
+    with meter.phase("p"), operator_scope("linear"):
+        result = fn()
+    ops = meter.report()["phase_operators"]["p"]
+    zero = {"bytes": 0, "rounds": 0}
+    return result, {kind: (ops.get(kind, zero)["bytes"], ops.get(kind, zero)["rounds"])
+                    for kind in ("linear", "dealer", "premask")}
+
+
+def _product_costs(x_shape: tuple, b_shapes: list[tuple], premask_on: bool) -> list[dict]:
+    import crypten
+
+    costs = []
+    for i, b_shape in enumerate(b_shapes):
+        b = crypten.cryptensor(torch.randn(b_shape) / 10)
+        operand = premask.fixed_operand(b, name=f"b{i}", premask=premask_on)
+        x = crypten.cryptensor(torch.randn(x_shape), src=1)
+        _, cost = _costs(lambda operand=operand, x=x: operand.rmatmul(x))
+        costs.append(cost)
+    return costs
+
+
+X_SHAPE = (1, 576)
+B_SHAPES = [(576, 1536), (576, 768)]
+
+
+def _ttp_request_overhead(out_shape: tuple) -> int:
+    """What CrypTen's counters charge party 0 for one TTP request besides the result."""
+    message = {"function": "", "device": None, "args": (), "kwargs": {}}
+    return int(sys.getsizeof(message) + sys.getsizeof(torch.Size(out_shape)))
+
+
+@pytest.mark.parametrize("dealer", ["tfp", "ttp"])
+def test_premasked_product_opens_only_the_activation(dealer):
+    config = LaunchConfig(parties=2, dealer=dealer, timeout_s=120)
+    premasked = launch(_product_costs, X_SHAPE, B_SHAPES, True, config=config)
+    plain = launch(_product_costs, X_SHAPE, B_SHAPES, False, config=config)
+    x_elements = X_SHAPE[0] * X_SHAPE[1]
+    for rank in (0, 1):
+        for b_shape, cost, base in zip(B_SHAPES, premasked[rank], plain[rank], strict=True):
+            # online: one all-reduce of eps = x - A (8 bytes, sent and received), 1 round
+            assert cost["linear"] == (2 * 8 * x_elements, 1)
+            assert cost["premask"] == (0, 0)  # D was opened when the operand was created
+            out_shape = (X_SHAPE[0], b_shape[1])
+            dealt = 0  # TFP shares by pseudo-random zero sharing; TTP parties > 0 use PRGs
+            if dealer == "ttp" and rank == 0:  # party 0 receives its share of C = A M
+                dealt = 8 * out_shape[0] * out_shape[1] + _ttp_request_overhead(out_shape)
+            assert cost["dealer"] == ((dealt, 3) if dealt else (0, 0))
+            # CrypTen's plain product opens x - a AND the whole operand B - b (its triple
+            # request is charged to the caller's scope)
+            b_elements = b_shape[0] * b_shape[1]
+            assert base["linear"][0] == 2 * 8 * (x_elements + b_elements) + dealt
+        # independent of the operand's size: same bytes for B of 1536 and of 768 columns
+        assert premasked[rank][0]["linear"] == premasked[rank][1]["linear"]
+
+
+def _transcripts(scale: float) -> list[tuple[int, int]]:
+    import crypten
+    import crypten.communicator as comm
+
+    gen = torch.Generator().manual_seed(int(scale * 1000))
+    trace = []
+
+    def mark(fn):
+        before = (comm.get().comm_bytes, comm.get().comm_rounds)
+        result = fn()
+        trace.append((comm.get().comm_bytes - before[0], comm.get().comm_rounds - before[1]))
+        return result
+
+    w = mark(lambda: premask.fixed_operand(
+        crypten.cryptensor(scale * torch.randn(16, 8, generator=gen)), name="w"))
+    keys = []
+    for t in range(3):
+        k = mark(lambda t=t: premask.fixed_operand(
+            crypten.cryptensor(scale * torch.randn(2, 1, 8, generator=gen)), name=f"k{t}"))
+        keys.append(k)
+        x = crypten.cryptensor(scale * torch.randn(2, 1, 16, generator=gen), src=1)
+        h = mark(lambda x=x: w.rmatmul(x))
+        mark(lambda h=h, t=t: premask.FixedOperand.cat(keys, -2).transpose(-1, -2).rmatmul(h))
+        mark(lambda: w.transpose(0, 1).mul(crypten.cryptensor(torch.ones(1, 16), src=1)))
+    return trace
+
+
+@pytest.mark.parametrize("parties,dealer", [(2, "ttp"), (3, "tfp")])
+def test_transcript_does_not_depend_on_secret_values(parties, dealer):
+    config = LaunchConfig(parties=parties, dealer=dealer, timeout_s=120)
+    small = launch(_transcripts, 0.5, config=config)
+    large = launch(_transcripts, 3.0, config=config)
+    assert small == large
+    assert all(len(trace) == 13 for trace in small)
