@@ -1,0 +1,158 @@
+"""Cluster bounding boxes and cluster scores.
+
+The cache after the first ``start`` (sink) tokens is cut into contiguous clusters of
+fixed size at every level (boundaries at ``start + i * size``). For each FULL cluster we
+keep the per-dimension max and min of its keys (a bounding box) and its representative:
+``alpha * r_max + (1 - alpha) * r_min`` ("linear", MPCache) or the mean key ("mean",
+InfLLM-like). A full cluster's box and representative are computed once; only the still
+filling finest cluster is updated at each step (2 x head_dim comparisons per head).
+Coarser boxes are built from their children the moment the last child is full.
+
+Scores per KV head sum the scores of the query heads that share it. The linear score is
+ONE inner product per cluster: sum_g q_g . rep = (sum_g q_g) . rep. The max-bound score
+sum_i max(q_i r_max_i, q_i r_min_i) is the exact max of q.k over the box corners (Quest);
+it costs comparisons and is kept for the ablation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from crypten_mpcache.algorithm.backend import Backend, Value
+
+
+@dataclass
+class LevelBoxes:
+    """Boxes of the full clusters of one level; ``count`` is public."""
+
+    size: int
+    rmax: Value | None = None
+    rmin: Value | None = None
+    rep: Value | None = None
+    count: int = 0
+
+
+class ClusterState:
+    """Per-layer boxes for every level plus the filling finest cluster (incremental)."""
+
+    def __init__(self, backend: Backend, sizes: tuple[int, ...], start: int, alpha: float,
+                 similarity: str) -> None:
+        self.backend = backend
+        self.start = start
+        self.alpha = alpha
+        self.similarity = similarity
+        self.levels = [LevelBoxes(size) for size in sizes]
+        self.tokens = 0
+        self._fill: list[Value] | None = None  # [max, min, sum] of the filling cluster
+        self._fill_count = 0
+
+    @property
+    def finest(self) -> LevelBoxes:
+        return self.levels[-1]
+
+    def _representative(self, rmax: Value, rmin: Value, total: Value | None, size: int) -> Value:
+        b = self.backend
+        if self.similarity == "mean":
+            return b.scale(total, 1.0 / size)
+        return b.add(b.scale(rmax, self.alpha), b.scale(rmin, 1.0 - self.alpha))
+
+    def build(self, keys: Value) -> None:
+        """Initialise from a whole cache ``keys (B, H, N, D)`` (end of prefill)."""
+        b = self.backend
+        batch, heads, n, dim = keys.shape
+        self.tokens = n
+        region = max(0, n - self.start)
+        size = self.finest.size
+        full = region // size
+        if full:
+            chunk = keys[..., self.start: self.start + full * size, :]
+            chunk = chunk.reshape(batch, heads, full, size, dim)
+            total = b.sum(chunk, dim=3) if self.similarity == "mean" else None
+            self._append_finest(b.max(chunk, dim=3), b.min(chunk, dim=3), total)
+        self._fill, self._fill_count = None, 0
+        for pos in range(self.start + full * size, n):
+            self._add_to_fill(keys[..., pos: pos + 1, :])
+
+    def append(self, key: Value) -> None:
+        """Account for one new key ``(B, H, 1, D)`` at the end of the cache."""
+        if self.tokens < self.start:
+            self.tokens += 1
+            return
+        self.tokens += 1
+        self._add_to_fill(key)
+        if self._fill_count == self.finest.size:
+            fmax, fmin, fsum = self._fill
+            self._append_finest(fmax, fmin, fsum if self.similarity == "mean" else None)
+            self._fill, self._fill_count = None, 0
+
+    def _add_to_fill(self, key: Value) -> None:
+        b = self.backend
+        if self._fill is None:
+            self._fill = [key, key, key]
+        else:
+            fmax, fmin, fsum = self._fill
+            self._fill = [b.maximum(fmax, key), b.minimum(fmin, key), b.add(fsum, key)]
+        self._fill_count += 1
+
+    def _append_finest(self, rmax: Value, rmin: Value, total: Value | None) -> None:
+        b = self.backend
+        level = self.finest
+        new = rmax.shape[-2]
+        rep = self._representative(rmax, rmin, total, level.size)
+        if level.count:
+            level.rmax = b.cat([level.rmax, rmax], dim=-2)
+            level.rmin = b.cat([level.rmin, rmin], dim=-2)
+            level.rep = b.cat([level.rep, rep], dim=-2)
+        else:
+            level.rmax, level.rmin, level.rep = rmax, rmin, rep
+        level.count += new
+        self._grow_coarse_levels()
+
+    def _grow_coarse_levels(self) -> None:
+        """Build boxes of coarse clusters whose children are now all full."""
+        b = self.backend
+        fine = self.finest
+        batch, heads, _, dim = fine.rmax.shape
+        for level in self.levels[:-1]:
+            ratio = level.size // fine.size
+            target = fine.count // ratio
+            if target <= level.count:
+                continue
+            lo, hi = level.count * ratio, target * ratio
+            groups = target - level.count
+            kids_max = fine.rmax[..., lo:hi, :].reshape(batch, heads, groups, ratio, dim)
+            kids_min = fine.rmin[..., lo:hi, :].reshape(batch, heads, groups, ratio, dim)
+            rmax, rmin = b.max(kids_max, dim=3), b.min(kids_min, dim=3)
+            total = None
+            if self.similarity == "mean":
+                kids_rep = fine.rep[..., lo:hi, :].reshape(batch, heads, groups, ratio, dim)
+                total = b.scale(b.sum(kids_rep, dim=3), float(fine.size))
+            rep = self._representative(rmax, rmin, total, level.size)
+            if level.count:
+                level.rmax = b.cat([level.rmax, rmax], dim=-2)
+                level.rmin = b.cat([level.rmin, rmin], dim=-2)
+                level.rep = b.cat([level.rep, rep], dim=-2)
+            else:
+                level.rmax, level.rmin, level.rep = rmax, rmin, rep
+            level.count = target
+
+
+def group_queries(query: Value, n_kv_heads: int) -> Value:
+    """``(B, Hq, 1, D)`` decode query -> ``(B, Hkv, g, D)`` grouped by KV head."""
+    batch, hq, _, dim = query.shape
+    return query.reshape(batch, n_kv_heads, hq // n_kv_heads, dim)
+
+
+def score_dot(backend: Backend, grouped_q: Value, rep: Value) -> Value:
+    """Linear / mean score ``(B, Hkv, G)``: one inner product per cluster and KV head."""
+    q_sum = backend.sum(grouped_q, dim=2, keepdim=True)  # (B, Hkv, 1, D)
+    return backend.matmul(q_sum, rep.transpose(-1, -2))[..., 0, :]
+
+
+def score_maxbound(backend: Backend, grouped_q: Value, rmax: Value, rmin: Value) -> Value:
+    """Exact upper bound of q.k over each box, summed over the group: ``(B, Hkv, G)``."""
+    q = grouped_q.unsqueeze(-2)  # (B, Hkv, g, 1, D)
+    hi = backend.mul(q, rmax.unsqueeze(2))
+    lo = backend.mul(q, rmin.unsqueeze(2))
+    bound = backend.sum(backend.maximum(hi, lo), dim=-1)  # (B, Hkv, g, G)
+    return backend.sum(bound, dim=2)

@@ -1,0 +1,179 @@
+"""Query-aware hierarchical cluster selection at every decode step.
+
+Layout of a cache of N tokens (all boundaries public):
+
+    [0, S)                sink tokens, always attended (S = spec.sink)
+    [S, S + G1 * s1)      G1 full coarsest clusters that compete
+    [S + G1 * s1, N)      recent tokens, always attended (at least spec.recent of them)
+
+With two levels (s1 = 32, s2 = 16) the G1 level-1 clusters are scored and the top k1 kept;
+only their children (k1 * s1/s2 level-2 clusters) compete at level 2, and the top k2 are
+kept. Forced sink/recent tokens are outside the competing region, so no cluster is ever
+counted twice. Every selection is a one-hot matrix (secret under MPC) with rows in
+ascending order; tokens are fetched by chained one-hot gathers, so attention runs on
+``sink + k2 * s2 + recent`` tokens in their original order.
+
+Counts: in ratio mode k_l = ceil(ratio_l * G_l) (G_l = all level-l clusters of the region),
+clamped to the children of the kept parents. In budget mode (tokens attended per step)
+k_last = floor((budget - S - recent) / s_last) and the coarser levels keep at least enough
+parents for it. A cache no longer than the budget, or without a full competing cluster,
+is attended densely.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from crypten_mpcache.algorithm.backend import Backend, Value, onehot_to_indices
+from crypten_mpcache.algorithm.clusters import (
+    ClusterState,
+    group_queries,
+    score_dot,
+    score_maxbound,
+)
+from crypten_mpcache.algorithm.plan import DynamicSpec
+from crypten_mpcache.algorithm.torch_backend import TorchBackend
+
+
+@dataclass(frozen=True)
+class StepCounts:
+    """Public counts of one decode step's selection."""
+
+    n_tokens: int
+    sink: int
+    sizes: tuple[int, ...]
+    n_top: int
+    ks: tuple[int, ...]
+    dense: bool
+
+    @property
+    def recent_start(self) -> int:
+        return self.sink + self.n_top * self.sizes[0]
+
+    @property
+    def totals(self) -> tuple[int, ...]:
+        return tuple(self.n_top * (self.sizes[0] // s) for s in self.sizes)
+
+    @property
+    def attended(self) -> int:
+        if self.dense:
+            return self.n_tokens
+        return self.sink + self.ks[-1] * self.sizes[-1] + self.n_tokens - self.recent_start
+
+
+def _ceil(x: float) -> int:
+    return math.ceil(x - 1e-9)
+
+
+def step_counts(spec: DynamicSpec, n_tokens: int, budget: int | None) -> StepCounts:
+    """Derive the public per-step counts from the spec, cache length and token budget."""
+    sizes = spec.cluster_sizes
+    sink = min(spec.sink, n_tokens)
+    n_top = max(0, (n_tokens - sink - spec.recent) // sizes[0])
+    dense = n_top == 0 or (budget is not None and n_tokens <= budget)
+    if dense:
+        return StepCounts(n_tokens, sink, sizes, n_top, (0,) * len(sizes), True)
+    totals = [n_top * (sizes[0] // s) for s in sizes]
+    fan = [sizes[i] // sizes[i + 1] for i in range(len(sizes) - 1)]
+    if budget is None:
+        ks = [min(totals[0], max(1, _ceil(spec.keep_ratios[0] * totals[0])))]
+        for level in range(1, len(sizes)):
+            want = max(1, _ceil(spec.keep_ratios[level] * totals[level]))
+            ks.append(min(want, ks[-1] * fan[level - 1]))
+    else:
+        recent = n_tokens - (sink + n_top * sizes[0])
+        last = max(0, min(totals[-1], (budget - sink - recent) // sizes[-1]))
+        ks = [last]
+        for level in range(len(sizes) - 2, -1, -1):
+            need = _ceil(ks[0] / fan[level])
+            want = max(need, _ceil(spec.keep_ratios[level] * totals[level]))
+            ks.insert(0, 0 if last == 0 else min(totals[level], max(1, want)))
+    return StepCounts(n_tokens, sink, sizes, n_top, tuple(ks), False)
+
+
+def descend(backend: Backend, grouped: Value, onehots: list[Value], sizes: tuple[int, ...],
+            unit: int) -> Value:
+    """Apply a chain of selections to data grouped by coarsest cluster ``(B, H, G1, W)``.
+
+    After selection i the kept rows are split into their children (factor
+    sizes[i] / sizes[i+1]; the last split uses ``unit``, the per-finest-cluster width
+    divisor), so the next selection indexes candidates in ascending order.
+    """
+    x = grouped
+    for i, onehot in enumerate(onehots):
+        x = backend.gather(onehot, x)
+        batch, heads, kept, width = x.shape
+        factor = sizes[i] // sizes[i + 1] if i + 1 < len(sizes) else unit
+        x = x.reshape(batch, heads, kept * factor, width // factor)
+    return x
+
+
+def _level_data(level_tensor: Value, counts: StepCounts, level: int) -> Value:
+    """A level's per-cluster tensor ``(B, H, G_l, D)`` grouped by coarsest cluster."""
+    batch, heads, _, dim = level_tensor.shape
+    total = counts.totals[level]
+    per_top = total // counts.n_top
+    return level_tensor[..., :total, :].reshape(batch, heads, counts.n_top, per_top * dim)
+
+
+def select(backend: Backend, query: Value, state: ClusterState, counts: StepCounts,
+           similarity: str) -> list[Value]:
+    """Local one-hot selections per level (level l indexes the children of level l-1)."""
+    if counts.dense or counts.ks[-1] == 0:
+        return []
+    n_kv = state.finest.rmax.shape[1]
+    grouped_q = group_queries(query, n_kv)
+    onehots: list[Value] = []
+    for level, boxes in enumerate(state.levels):
+        fetch = lambda t, lv=level: descend(  # noqa: B023 - evaluated immediately
+            backend, _level_data(t, counts, lv), onehots, counts.sizes, 1)
+        if similarity == "maxbound":
+            scores = score_maxbound(backend, grouped_q, fetch(boxes.rmax), fetch(boxes.rmin))
+        else:
+            scores = score_dot(backend, grouped_q, fetch(boxes.rep))
+        onehots.append(backend.topk_onehot(scores, counts.ks[level]))
+    return onehots
+
+
+def gather_tokens(backend: Backend, x: Value, onehots: list[Value], counts: StepCounts) -> Value:
+    """``x (B, H, N, D)`` -> attended rows ``(B, H, counts.attended, D)`` in original order."""
+    if counts.dense:
+        return x
+    batch, heads, _, dim = x.shape
+    parts = [x[..., : counts.sink, :]]
+    if counts.ks[-1] > 0:
+        region = x[..., counts.sink: counts.recent_start, :]
+        grouped = region.reshape(batch, heads, counts.n_top, counts.sizes[0] * dim)
+        picked = descend(backend, grouped, onehots, counts.sizes, counts.sizes[-1])
+        parts.append(picked.reshape(batch, heads, counts.ks[-1] * counts.sizes[-1], dim))
+    parts.append(x[..., counts.recent_start:, :])
+    return backend.cat(parts, dim=-2)
+
+
+def finest_clusters(backend: Backend, onehots: list[Value], counts: StepCounts) -> torch.Tensor:
+    """Plaintext (debug): absolute finest-level cluster indices kept, ``(B, H, k_last)``."""
+    absolute = None
+    for level, onehot in enumerate(onehots):
+        local = onehot_to_indices(backend.reveal(onehot))
+        if absolute is None:
+            absolute = local
+        else:
+            fan = counts.sizes[level - 1] // counts.sizes[level]
+            parent = torch.gather(absolute, -1, local // fan)
+            absolute = parent * fan + local % fan
+    if absolute is None or counts.ks[-1] == 0:
+        return torch.zeros(0, dtype=torch.long)
+    return absolute
+
+
+def attended_positions(backend: Backend, onehots: list[Value], counts: StepCounts,
+                       batch: int, heads: int) -> torch.Tensor:
+    """Plaintext (debug): cache indices attended this step, ``(B, H, attended)``."""
+    index = torch.arange(counts.n_tokens, dtype=torch.float32)
+    index = index.view(1, 1, -1, 1).expand(batch, heads, -1, 1)
+    revealed = [backend.reveal(o).float() for o in onehots]
+    picked = gather_tokens(TorchBackend(), index, revealed, counts)
+    return picked[..., 0].round().long()

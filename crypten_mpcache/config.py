@@ -1,0 +1,156 @@
+"""MPCacheConfig: every knob of MPCache, validated, with the authors' defaults.
+
+A config is lowered to a ``MethodPlan`` (``crypten_mpcache.algorithm.plan``) that the
+plaintext ``apply`` and the secure model both run. Amounts are a float ratio of the
+prompt in (0, 1] or an int count of tokens. A *budget* counts every token attended per
+decode step, forced sink and recent tokens included; a cache no longer than the budget
+is attended in full.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from crypten_mpcache.algorithm.plan import (
+    Amount,
+    DynamicSpec,
+    MethodPlan,
+    StaticSpec,
+    check_amount,
+)
+
+
+@dataclass(frozen=True)
+class MPCacheConfig:
+    """MPCache knobs (defaults = the authors' code: ~5% budget on HotpotQA).
+
+    static_keep: prompt tokens kept by look-once static eviction (sinks and window
+        included). window_ratio: observation window (always kept), long_window_ratio past
+        long_context_tokens. sink_tokens: first tokens always kept (static) and attended
+        (dynamic). recent_tokens: minimum most-recent tokens always attended.
+    cluster_sizes / keep_ratios: per level, coarsest first (32, 16) / (0.5, 0.2); the
+        level-l ratio is a fraction of ALL level-l clusters. budget: optional cap on tokens
+        attended per decode step (overrides the last-level ratio). alpha: weight of r_max
+        in the linear representative. similarity: "linear" (MPCache) or "maxbound"
+        (ablation). index_sharing: first alone_head and last alone_tail layers select
+        alone, in between layer 2i selects and 2i+1 reuses. dense_layers: layers that
+        attend to their whole (statically compacted) cache.
+    """
+
+    static: bool = True
+    static_keep: Amount = 0.3
+    window_ratio: float = 0.2
+    long_window_ratio: float = 0.1
+    long_context_tokens: int = 24_000
+    sink_tokens: int = 16
+    recent_tokens: int = 16
+    static_scope: Literal["layer", "kv_head"] = "layer"
+    dynamic: bool = True
+    hierarchy: bool = True
+    cluster_sizes: tuple[int, ...] = (32, 16)
+    keep_ratios: tuple[float, ...] = (0.5, 0.2)
+    budget: Amount | None = None
+    alpha: float = 0.6
+    similarity: Literal["linear", "maxbound"] = "linear"
+    index_sharing: bool = True
+    alone_head: int = 2
+    alone_tail: int = 2
+    dense_layers: tuple[int, ...] = ()
+
+    name = "mpcache"
+
+    def __post_init__(self) -> None:
+        check_amount("static_keep", self.static_keep)
+        check_amount("budget", self.budget, allow_none=True)
+        for field in ("window_ratio", "long_window_ratio"):
+            value = getattr(self, field)
+            if not 0.0 < value <= 1.0:
+                raise ValueError(f"{field} must be in (0, 1], got {value}")
+        if isinstance(self.static_keep, float) and self.static_keep < self.window_ratio:
+            raise ValueError(
+                f"static_keep={self.static_keep} must cover the observation window "
+                f"(window_ratio={self.window_ratio})")
+        for field in ("sink_tokens", "long_context_tokens", "alone_head", "alone_tail"):
+            if getattr(self, field) < 0:
+                raise ValueError(f"{field} must be >= 0")
+        if self.recent_tokens < 1:
+            raise ValueError("recent_tokens must be >= 1 (a decode query attends to itself)")
+        self._check_levels()
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+        if self.similarity not in ("linear", "maxbound"):
+            raise ValueError(f"similarity must be 'linear' or 'maxbound', got {self.similarity!r}")
+        if self.static_scope not in ("layer", "kv_head"):
+            raise ValueError(
+                f"static_scope must be 'layer' or 'kv_head', got {self.static_scope!r}")
+        if any(layer < 0 for layer in self.dense_layers):
+            raise ValueError("dense_layers must be non-negative layer indices")
+
+    def _check_levels(self) -> None:
+        sizes, ratios = self.cluster_sizes, self.keep_ratios
+        if not sizes or len(sizes) != len(ratios):
+            raise ValueError("cluster_sizes and keep_ratios need one entry per level")
+        if any(s < 1 for s in sizes):
+            raise ValueError(f"cluster sizes must be >= 1, got {sizes}")
+        for coarse, fine in zip(sizes, sizes[1:], strict=False):
+            if coarse <= fine or coarse % fine:
+                raise ValueError(f"each cluster size must be a multiple of the next: {sizes}")
+        if any(not 0.0 < r <= 1.0 for r in ratios):
+            raise ValueError(f"keep ratios must be in (0, 1], got {ratios}")
+
+    @classmethod
+    def paper(cls) -> MPCacheConfig:
+        """The authors' configuration (their code defaults; the paper's '5%' setting)."""
+        return cls(static=True, static_keep=0.3, window_ratio=0.2, long_window_ratio=0.1,
+                   long_context_tokens=24_000, cluster_sizes=(32, 16), keep_ratios=(0.5, 0.2),
+                   alpha=0.6, similarity="linear", hierarchy=True, index_sharing=True,
+                   alone_head=2, alone_tail=2)
+
+    @classmethod
+    def from_budget(cls, budget: Amount, **overrides: object) -> MPCacheConfig:
+        """A config whose decode steps attend to at most ``budget`` tokens.
+
+        For a ratio ``b`` the static stage keeps ``window_ratio + 2b`` of the prompt (the
+        paper's 30% at b = 5%), the last level keeps ``b / static_keep`` of the compacted
+        cache and level 1 keeps twice that (at least half), as in the authors' setting.
+        """
+        base = cls(**overrides)  # validates the overrides
+        check_amount("budget", budget)
+        if isinstance(budget, int):
+            return replace(base, budget=budget)
+        keep = round(min(1.0, base.window_ratio + 2.0 * budget), 6)
+        last = min(1.0, budget / keep)
+        ratios = list(base.keep_ratios)
+        ratios[-1] = round(last, 6)
+        for i in range(len(ratios) - 2, -1, -1):
+            ratios[i] = round(min(1.0, max(0.5, 2.0 * ratios[i + 1])), 6)
+        return replace(base, budget=budget, static_keep=keep, keep_ratios=tuple(ratios))
+
+    def dynamic_spec(self) -> DynamicSpec:
+        sizes, ratios = self.cluster_sizes, self.keep_ratios
+        if not self.hierarchy:
+            sizes, ratios = sizes[-1:], ratios[-1:]
+        return DynamicSpec(cluster_sizes=sizes, keep_ratios=ratios, alpha=self.alpha,
+                           similarity=self.similarity, sink=self.sink_tokens,
+                           recent=self.recent_tokens)
+
+    def static_spec(self) -> StaticSpec:
+        return StaticSpec(keep=self.static_keep, window=self.window_ratio,
+                          long_window=self.long_window_ratio,
+                          long_context_tokens=self.long_context_tokens, sink=self.sink_tokens,
+                          score="window", scope=self.static_scope)
+
+    def plan(self) -> MethodPlan:
+        """Lower to the backend-independent plan run by ``apply`` and the secure model."""
+        return MethodPlan(
+            name=self.name,
+            static=self.static_spec() if self.static else None,
+            decode="select" if self.dynamic else "full",
+            dynamic=self.dynamic_spec() if self.dynamic else None,
+            budget=self.budget,
+            share_layers=self.index_sharing,
+            alone_head=self.alone_head,
+            alone_tail=self.alone_tail,
+            dense_layers=self.dense_layers,
+        )
