@@ -1,0 +1,325 @@
+"""Private greedy generation: the model owner's weights and the client's prompt stay secret.
+
+Party 0 (model owner) loads the real weights and encrypts them; party 1 (client) builds
+the same model from its config alone (it never holds the weights: ``weight_checksums``
+in each party's output lets tests check that), encrypts its prompt as one-hot tokens and
+is the only one to learn the generated tokens. With 3 parties, party 2 is a helper built
+from the config like party 1. The dealer is a trusted third process ("ttp", default) or
+party 0 ("tfp": tests and cost measurement only).
+
+Decoding runs exactly ``max_new_tokens`` tokens (public): no early stop on EOS, which
+would leak. The secure argmax one-hot is fed back as the next input and stays secret; only
+its index is opened, to party 1 (``secure.reveal``).
+
+Phases of the cost report: ``setup`` (weight encryption and premasking, once),
+``prefill`` (the prompt forward, the first token), ``decode/<i>`` for token i >= 1.
+
+    result = private_generate("What is the capital of France?", max_new_tokens=8)
+    result.text, result.cost["decode"][0]["bytes"]
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import crypten_mpcache.secure.premask  # noqa: F401  (patches the TTP dealer in the parent)
+from crypten_mpcache.models import check_architecture
+from crypten_mpcache.runtime.cost import CostMeter, combine
+from crypten_mpcache.runtime.launcher import DEALERS, LaunchConfig, launch
+from crypten_mpcache.secure.kv_cache import default_policies
+
+DEFAULT_PROMPT = ("In two short sentences, explain why the sky looks blue on a clear day "
+                  "and why sunsets often look red or orange.")
+CLIENT = 1
+OWNER = 0
+
+
+@dataclass(frozen=True)
+class PrivateGenerationConfig:
+    """The knobs of one private generation (validated on construction)."""
+
+    max_new_tokens: int = 16
+    model_path: str | None = None  # None: the embedded SmolLM2-135M-Instruct
+    parties: int = 2
+    dealer: str = "ttp"
+    cache: str = "full"
+    check: bool = False  # also run the plaintext model and compare (reveals logits)
+    premask: bool = True
+    progress: bool = True
+    chat_template: bool = True
+    timeout_s: float = 7200.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be an int >= 1, got {self.max_new_tokens!r}")
+        if self.parties not in (2, 3):
+            raise ValueError(f"parties must be 2 or 3 (owner, client[, helper]), "
+                             f"got {self.parties!r}")
+        if self.dealer not in DEALERS:
+            raise ValueError(f"dealer must be one of {DEALERS}, got {self.dealer!r}")
+        if self.cache not in default_policies().names():
+            raise ValueError(f"unknown cache policy {self.cache!r}; "
+                             f"known: {default_policies().names()}")
+        if self.model_path is not None and not (Path(self.model_path) / "config.json").is_file():
+            raise ValueError(f"unknown model folder {self.model_path!r}: no config.json there "
+                             "(give a local transformers checkpoint folder, or None for the "
+                             "embedded SmolLM2)")
+        if not self.timeout_s > 0:
+            raise ValueError("timeout_s must be positive")
+
+    def model_folder(self) -> Path:
+        if self.model_path is not None:
+            return Path(self.model_path)
+        from crypten_mpcache.assets import smollm2_folder
+
+        return smollm2_folder()
+
+    def launch_config(self) -> LaunchConfig:
+        return LaunchConfig(parties=self.parties, dealer=self.dealer,  # type: ignore[arg-type]
+                            timeout_s=self.timeout_s)
+
+
+@dataclass
+class GenerationResult:
+    """What the client learns (tokens, text) plus the measured cost and optional check."""
+
+    generated_ids: list[int]
+    text: str | None
+    prompt_tokens: int
+    parties: int
+    dealer: str
+    cache: str
+    premask: bool
+    cost: dict[str, Any]
+    reveals: dict[str, dict[str, int]] = field(default_factory=dict)
+    seconds: float = 0.0
+    plaintext_ids: list[int] | None = None
+    match: bool | None = None
+    max_abs_logit_error: float | None = None
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(asdict(self), indent=indent)
+
+
+# --- public model information (no weights) ---------------------------------------------
+
+
+def public_model_config(folder: Path) -> Any:
+    """The model's config (public), after checking that its architecture is supported."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(folder))
+    names = list(getattr(config, "architectures", None) or [])
+    check_architecture(names[0] if names else type(config).__name__)
+    return config
+
+
+def tokenize_prompt(prompt: str, folder: Path, chat_template: bool) -> tuple[list[int], Any]:
+    """Token ids of the prompt (the tokenizer is public; the ids are the client's secret)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    if chat_template and getattr(tokenizer, "chat_template", None):
+        encoded = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True)
+        if hasattr(encoded, "keys"):
+            encoded = encoded["input_ids"]
+        return [int(t) for t in encoded], tokenizer
+    return [int(t) for t in tokenizer(prompt)["input_ids"]], tokenizer
+
+
+def check_prompt_length(prompt_ids: list[int], config: Any, max_new_tokens: int) -> None:
+    if not prompt_ids:
+        raise ValueError("the prompt is empty")
+    context = int(getattr(config, "max_position_embeddings", 0) or 0)
+    if context and len(prompt_ids) + max_new_tokens > context:
+        raise ValueError(f"prompt of {len(prompt_ids)} tokens + {max_new_tokens} new tokens "
+                         f"exceeds the model's context of {context} tokens")
+
+
+# --- inside the parties ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PartyTask:
+    """What every party receives. Only party 1 reads ``prompt_ids``; the others use only
+    its length (public)."""
+
+    folder: str
+    prompt_ids: tuple[int, ...]
+    max_new_tokens: int
+    premask: bool
+    cache: str
+    check: bool
+    progress: bool
+
+
+def load_party_model(folder: str, owner: bool) -> torch.nn.Module:
+    """The owner loads the real weights; everyone else builds the model from its config."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if owner:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    else:
+        config = AutoConfig.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    return model.eval()
+
+
+def weight_checksums(model: torch.nn.Module) -> dict[str, float]:
+    """A checksum per parameter, so tests can see whose weights a party holds."""
+    return {name: float(p.detach().double().sum()) for name, p in model.named_parameters()}
+
+
+def _client_onehot(task: PartyTask, rank: int, vocab: int) -> torch.Tensor:
+    ids = list(task.prompt_ids) if rank == CLIENT else [0] * len(task.prompt_ids)
+    return torch.nn.functional.one_hot(torch.tensor([ids]), vocab).float()
+
+
+def _decode_steps(task: PartyTask, rank: int) -> Any:
+    steps = range(1, task.max_new_tokens)
+    if task.progress and rank == CLIENT and len(steps):
+        from tqdm import tqdm
+
+        return tqdm(steps, desc="private decode", unit="token")
+    return steps
+
+
+def run_party(task: PartyTask) -> dict[str, Any]:
+    """One party's whole generation (module level: ``launch`` forks it)."""
+    import crypten
+    import crypten.communicator as comm
+
+    from crypten_mpcache.models.llama import SecureModelOptions, secure_argmax, secure_forward
+    from crypten_mpcache.patches.transformers_llama import patch
+    from crypten_mpcache.runtime.cost import operator_scope
+    from crypten_mpcache.secure.kv_cache import SecureKVCache
+    from crypten_mpcache.secure.reveal import (
+        RevealLedger,
+        debug_reveal_logits,
+        reveal_generated_token,
+    )
+
+    rank = comm.get().get_rank()
+    model = load_party_model(task.folder, owner=rank == OWNER)
+    checksums = weight_checksums(model)
+    options = SecureModelOptions(src=OWNER, premask=task.premask,
+                                 policy=default_policies().create(task.cache))
+    meter, ledger = CostMeter(), RevealLedger()
+    tokens: list[int | None] = []
+    logits_seen: list[torch.Tensor] = []
+
+    def emit(logits: Any) -> Any:
+        onehot = secure_argmax(logits)
+        if task.check:
+            logits_seen.append(debug_reveal_logits(logits, to=CLIENT))
+        tokens.append(reveal_generated_token(onehot, to=CLIENT))
+        return onehot
+
+    with ledger:
+        with meter.phase("setup"):
+            handle = patch(model, options)
+        cache = SecureKVCache(model.config.num_hidden_layers, premask=task.premask)
+        with meter.phase("prefill"):
+            with operator_scope("embedding"):
+                prompt = crypten.cryptensor(
+                    _client_onehot(task, rank, model.config.vocab_size), src=CLIENT)
+            token = emit(secure_forward(model, prompt, cache, 0))
+        for step in _decode_steps(task, rank):
+            with meter.phase(f"decode/{step}"):
+                position = len(task.prompt_ids) + step - 1
+                token = emit(secure_forward(model, token, cache, position))
+        handle.restore()
+    return {
+        "rank": rank,
+        "tokens": tokens if rank == CLIENT else None,
+        "logits": torch.stack([t.reshape(-1) for t in logits_seen])
+        if rank == CLIENT and logits_seen else None,
+        "cost": meter.report(),
+        "reveals": ledger.as_dict(),
+        "checksums": checksums,
+    }
+
+
+# --- the client-side API ---------------------------------------------------------------
+
+
+def cost_summary(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-party meter reports -> {setup, prefill, decode: [...], operators, phase_operators}."""
+    merged = combine(reports)
+    phases = {p["phase"]: {k: p[k] for k in ("bytes", "rounds", "seconds")}
+              for p in merged["phases"]}
+    decode = [{"step": int(name.split("/")[1]), **value}
+              for name, value in phases.items() if name.startswith("decode/")]
+    return {"setup": phases.get("setup"), "prefill": phases.get("prefill"), "decode": decode,
+            "operators": merged["operators"], "phase_operators": merged["phase_operators"]}
+
+
+def plaintext_reference(folder: Path, prompt_ids: list[int], generated: list[int],
+                        steps: int) -> tuple[list[int], torch.Tensor]:
+    """(plaintext greedy ids, plaintext logits along the PRIVATE tokens' prefix)."""
+    model = load_party_model(str(folder), owner=True)
+    with torch.no_grad():
+        sequence = list(prompt_ids)
+        for _ in range(steps):
+            logits = model(torch.tensor([sequence])).logits[0, -1]
+            sequence.append(int(logits.argmax()))
+        forced = torch.tensor([list(prompt_ids) + generated[:-1]])
+        teacher = model(forced).logits[0, len(prompt_ids) - 1:]
+    return sequence[len(prompt_ids):], teacher
+
+
+def generate_ids(prompt_ids: list[int], config: PrivateGenerationConfig | None = None,
+                 tokenizer: Any = None) -> GenerationResult:
+    """Private greedy generation from token ids (the client's secret)."""
+    config = config or PrivateGenerationConfig()
+    folder = config.model_folder()
+    model_config = public_model_config(folder)
+    prompt_ids = [int(t) for t in prompt_ids]
+    check_prompt_length(prompt_ids, model_config, config.max_new_tokens)
+    task = PartyTask(str(folder), tuple(prompt_ids), config.max_new_tokens, config.premask,
+                     config.cache, config.check, config.progress)
+    start = time.perf_counter()
+    outputs = launch(run_party, task, config=config.launch_config())
+    seconds = time.perf_counter() - start
+    client = outputs[CLIENT]
+    generated = [int(t) for t in client["tokens"]]
+    result = GenerationResult(
+        generated_ids=generated,
+        text=tokenizer.decode(generated, skip_special_tokens=True) if tokenizer else None,
+        prompt_tokens=len(prompt_ids), parties=config.parties, dealer=config.dealer,
+        cache=config.cache, premask=config.premask,
+        cost=cost_summary([o["cost"] for o in outputs]),
+        reveals={f"party{o['rank']}": o["reveals"]["counts"] for o in outputs},
+        seconds=seconds)
+    if config.check:
+        plain_ids, plain_logits = plaintext_reference(folder, prompt_ids, generated,
+                                                      config.max_new_tokens)
+        error = (client["logits"].float() - plain_logits.float()).abs().max()
+        result.plaintext_ids, result.match = plain_ids, plain_ids == generated
+        result.max_abs_logit_error = float(error)
+    return result
+
+
+def private_generate(prompt: str | None = None, *, max_new_tokens: int = 16,
+                     model_path: str | None = None, parties: int = 2, dealer: str = "ttp",
+                     cache: str = "full", check: bool = False, premask: bool = True,
+                     progress: bool = True, chat_template: bool = True) -> GenerationResult:
+    """Generate ``max_new_tokens`` tokens privately (see the module docstring)."""
+    config = PrivateGenerationConfig(
+        max_new_tokens=max_new_tokens, model_path=model_path, parties=parties, dealer=dealer,
+        cache=cache, check=check, premask=premask, progress=progress,
+        chat_template=chat_template)
+    prompt = DEFAULT_PROMPT if prompt is None else prompt
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError("the prompt is empty")
+    folder = config.model_folder()
+    public_model_config(folder)
+    prompt_ids, tokenizer = tokenize_prompt(prompt, folder, config.chat_template)
+    return generate_ids(prompt_ids, config, tokenizer)
