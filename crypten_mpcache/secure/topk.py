@@ -1,0 +1,337 @@
+"""Secure top-k with a PUBLIC k over secret scores (..., G), and a cost model to pick one.
+
+Every protocol returns a secret one-hot selection matrix (..., k, G) whose row r selects
+the r-th chosen item IN ASCENDING ORIGINAL INDEX ORDER (gathering with it keeps token
+order). Nothing is revealed and every shape, and so the transcript, depends on (G, k)
+only.
+
+Tie rule (all protocols): items are ranked by (score descending, index ascending), i.e. on
+equal scores the LOWER index wins. On distinct scores this is exactly torch.topk's set.
+
+Protocols
+- ``iterative``: k rounds of a tournament argmax (lowest index wins ties), each winner
+  pushed below every score by a public offset (no multiplication needed).
+  k (G - 1) comparisons in k ceil(log2 G) comparison rounds.
+- ``rank``: rank_i = #{j: s_j > s_i or (s_j == s_i and j < i)} from the G (G - 1) / 2
+  comparisons of the pairs i < j (one round), selected = [rank < k] (one round).
+  Constant rounds, G^2 / 2 comparisons.
+- ``network``: scores made distinct (exactly, in the ring) by s * 2^b + (G - 1 - i) raw
+  units, bitonic sort of blocks of k' = 2^ceil(log2 k), then pairwise "keep the top k'"
+  bitonic merges; the k-th largest is the threshold, selected = [s' >= threshold].
+  ~G log^2 k' comparisons, log^2 k' + log(G / k') log k' rounds.
+Each then builds the ordered one-hot from the inclusive prefix count c = cumsum(selected):
+a[r, i] = [c_i >= r + 1] (k G comparisons on small integers, one round) and
+onehot[r, i] = a[r, i] - a[r, i - 1]: the first index where the count reaches r + 1 is
+the (r + 1)-th selected item. ``topk_mask`` skips that step and returns the (..., G) bits.
+
+Costs are charged to ``operator_scope("topk")``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from crypten_mpcache.runtime.cost import operator_scope
+from crypten_mpcache.secure.functions import (
+    _expand_winner,
+    _tournament,
+    fixed_scale,
+    mul_public_int,
+    to_fixed,
+)
+from crypten_mpcache.secure.network import LAN, NetworkProfile
+
+PROTOCOLS = ("iterative", "rank", "network")
+
+# --------------------------------------------------------------------------- shared steps
+
+
+def _check(scores: Any, k: int) -> int:
+    g = scores.size(-1)
+    if not 1 <= k <= g:
+        raise ValueError(f"k must be in [1, {g}], got {k}")
+    return g
+
+
+def ordered_onehot(selected: Any, k: int) -> Any:
+    """(..., k, G) scale-1 one-hot of the selected items in ascending index order.
+
+    ``selected``: scale-1 bits (..., G) with exactly k ones.
+    """
+    import crypten
+
+    counts = selected.cumsum(-1)                                     # inclusive, 0..k
+    thresholds = torch.arange(1, k + 1, dtype=torch.float64).unsqueeze(-1)
+    reached = counts.unsqueeze(-2).ge(thresholds)                   # (..., k, G) bits
+    zero = reached[..., :1] * 0
+    before = crypten.cat([zero, reached[..., :-1]], dim=-1)
+    return reached - before
+
+
+def _iterative_mask(scores: Any, k: int) -> Any:
+    """Selection bits from k tournament argmaxes; winners pushed down by a public offset."""
+    offset = _push_down_offset(scores)
+    current = scores
+    selected = None
+    for _ in range(k):
+        _, levels = _tournament(current)
+        winner = _expand_winner(levels, current)                     # scale-1 one-hot
+        selected = winner if selected is None else selected + winner
+        current = current - winner * offset                          # public product: local
+    return selected
+
+
+def _push_down_offset(scores: Any) -> int:
+    """A public integer larger than any score spread we support (2**24)."""
+    del scores
+    return 2 ** 24
+
+
+def _pair_indices(g: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.triu_indices(g, g, offset=1)
+
+
+def _rank_mask(scores: Any, k: int) -> Any:
+    """[rank < k] with rank from all pairs i < j compared once, in one round."""
+    g = scores.size(-1)
+    first, second = _pair_indices(g)
+    left = scores.index_select(-1, first)
+    right = scores.index_select(-1, second)
+    first_wins = left.ge(right)                                      # ties: lower index
+    # rank_j += [i beats j]; rank_i += 1 - [i beats j]  =>  rank = P @ (M_j - M_i) + (G-1-i)
+    incidence = torch.zeros(first.numel(), g, dtype=torch.long)
+    incidence[torch.arange(first.numel()), second] += 1
+    incidence[torch.arange(first.numel()), first] -= 1
+    later = torch.arange(g - 1, -1, -1, dtype=torch.long)
+    rank = first_wins.matmul(incidence) + later                      # scale-1 integers
+    return (rank - k)._ltz()                                         # [rank < k]
+
+
+# --------------------------------------------------------------------------- network
+
+
+def _distinct(scores: Any) -> Any:
+    """s * 2**b + (G - 1 - i) raw units: exact, order-preserving, lower index wins ties."""
+    g = scores.size(-1)
+    b = max(1, math.ceil(math.log2(g)))
+    tie = torch.arange(g - 1, -1, -1, dtype=torch.float64) / fixed_scale()
+    return mul_public_int(scores, torch.tensor(2 ** b)) + tie     # raw units: exact
+
+
+def _compare_exchange(values: Any, lo: torch.Tensor, hi: torch.Tensor,
+                      descending: torch.Tensor) -> Any:
+    """One network layer: for each pair (lo, hi) put the max first where ``descending``."""
+    import crypten
+
+    a = values.index_select(-1, lo)
+    b = values.index_select(-1, hi)
+    a_wins = a.ge(b)
+    big = b + a_wins * (a - b)
+    small = a + b - big
+    first = small + mul_public_int(big - small, descending.to(torch.long))  # exact
+    second = big + small - first
+    order = torch.empty(values.size(-1), dtype=torch.long)
+    order[lo] = torch.arange(lo.numel())
+    order[hi] = torch.arange(lo.numel()) + lo.numel()
+    return crypten.cat([first, second], dim=-1).index_select(-1, order)
+
+
+def _bitonic_sort_stages(n: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Layers of a bitonic network sorting n (a power of two) values descending."""
+    idx = torch.arange(n)
+    stages = []
+    size = 2
+    while size <= n:
+        stride = size // 2
+        while stride >= 1:
+            lo = idx[(idx & stride) == 0]
+            hi = lo + stride
+            stages.append((lo, hi, (lo & size) == 0))
+            stride //= 2
+        size *= 2
+    return stages
+
+
+def _bitonic_merge_stages(n: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Layers turning a bitonic sequence of n values into a descending one."""
+    idx = torch.arange(n)
+    stages = []
+    stride = n // 2
+    while stride >= 1:
+        lo = idx[(idx & stride) == 0]
+        stages.append((lo, lo + stride, torch.ones(lo.numel(), dtype=torch.bool)))
+        stride //= 2
+    return stages
+
+
+def _blockwise(stages: list, blocks: int, width: int) -> list:
+    """Repeat per-block layers over ``blocks`` consecutive blocks of ``width``."""
+    out = []
+    for lo, hi, desc in stages:
+        offs = (torch.arange(blocks) * width).unsqueeze(1)
+        out.append(((lo + offs).flatten(), (hi + offs).flatten(), desc.repeat(blocks)))
+    return out
+
+
+def _kth_largest(values: Any, k: int) -> Any:
+    """The k-th largest of distinct values (..., G) by a bitonic top-k selection network."""
+    import crypten
+
+    g = values.size(-1)
+    width = 1 << max(0, math.ceil(math.log2(k)))
+    blocks = 1 << max(0, math.ceil(math.log2(math.ceil(g / width))))
+    padded = blocks * width
+    if padded > g:  # pad with public values below every score, distinct among themselves
+        pad_values = -(2.0 ** 40) - torch.arange(padded - g, dtype=torch.float64)
+        pad = values[..., :1] * 0 + pad_values.expand(*values.size()[:-1], padded - g)
+        values = crypten.cat([values, pad], dim=-1)
+    for lo, hi, desc in _blockwise(_bitonic_sort_stages(width), blocks, width):
+        values = _compare_exchange(values, lo, hi, desc)
+    while blocks > 1:
+        # keep the top ``width`` of each pair of sorted blocks: a bitonic sequence, merged
+        shaped = values.reshape(*values.size()[:-1], blocks // 2, 2, width)
+        first = shaped[..., 0, :]
+        second = shaped[..., 1, :].index_select(-1, torch.arange(width - 1, -1, -1))
+        first_wins = first.ge(second)
+        values = (second + first_wins * (first - second)).flatten(-2)
+        blocks //= 2
+        for lo, hi, desc in _blockwise(_bitonic_merge_stages(width), blocks, width):
+            values = _compare_exchange(values, lo, hi, desc)
+    return values[..., k - 1:k]
+
+
+def _network_mask(scores: Any, k: int) -> Any:
+    distinct = _distinct(scores)
+    threshold = _kth_largest(distinct, k)
+    return distinct.ge(threshold)
+
+
+# --------------------------------------------------------------------------- public API
+
+_MASKS = {"iterative": _iterative_mask, "rank": _rank_mask, "network": _network_mask}
+
+
+def topk_mask(scores: Any, k: int, protocol: str = "rank") -> Any:
+    """Secret (..., G) 0/1 bits (fixed-point encoded) of the k best items (tie rule above)."""
+    _check(scores, k)
+    if protocol not in _MASKS:
+        raise ValueError(f"unknown protocol {protocol!r}; known: {PROTOCOLS}")
+    with operator_scope("topk"):
+        return to_fixed(_MASKS[protocol](scores, k))
+
+
+def topk_onehot(scores: Any, k: int, protocol: str = "rank") -> Any:
+    """Secret (..., k, G) one-hot rows selecting the top k in ascending index order."""
+    _check(scores, k)
+    if protocol not in _MASKS:
+        raise ValueError(f"unknown protocol {protocol!r}; known: {PROTOCOLS}")
+    with operator_scope("topk"):
+        return to_fixed(ordered_onehot(_MASKS[protocol](scores, k), k))
+
+
+# --------------------------------------------------------------------------- cost model
+
+
+@dataclass(frozen=True)
+class UnitCosts:
+    """Measured per-party cost of CrypTen primitives (see benchmarks/topk_cost.py).
+
+    cmp_bytes / cmp_rounds: one batched comparison (bytes per element, rounds per call);
+    mul_bytes / mul_rounds: one batched Beaver multiplication.
+    """
+
+    cmp_bytes: float
+    cmp_rounds: float
+    mul_bytes: float
+    mul_rounds: float
+
+
+@dataclass(frozen=True)
+class Counts:
+    """What a protocol does, independent of the dealer: element and round counts."""
+
+    comparisons: int
+    comparison_rounds: int
+    multiplications: int
+    multiplication_rounds: int
+
+    def bytes(self, unit: UnitCosts) -> float:
+        return self.comparisons * unit.cmp_bytes + self.multiplications * unit.mul_bytes
+
+    def rounds(self, unit: UnitCosts) -> float:
+        return (self.comparison_rounds * unit.cmp_rounds
+                + self.multiplication_rounds * unit.mul_rounds)
+
+
+def _log2(n: int) -> int:
+    return max(0, math.ceil(math.log2(n))) if n > 1 else 0
+
+
+def protocol_counts(protocol: str, g: int, k: int, ordered: bool = True) -> Counts:
+    """Counts per score vector (multiply bytes by the batch of vectors; rounds do not grow)."""
+    if protocol == "iterative":
+        levels = _log2(g)
+        counts = Counts(k * (g - 1), k * levels, k * (g - 1) + k * (g - 2), 2 * k * levels - k)
+    elif protocol == "rank":
+        counts = Counts(g * (g - 1) // 2 + g, 2, 0, 0)
+    elif protocol == "network":
+        width = 1 << _log2(k)
+        blocks = 1 << _log2(math.ceil(g / width))
+        n = width * blocks
+        sort_layers = _log2(width) * (_log2(width) + 1) // 2
+        merges = _log2(blocks)
+        merge_layers = merges * (1 + _log2(width))
+        cmp = n // 2 * sort_layers + sum(
+            (blocks >> (m + 1)) * width * (1 + _log2(width) / 2) for m in range(merges))
+        counts = Counts(int(cmp) + g, sort_layers + merge_layers + 1, int(cmp),
+                        sort_layers + merge_layers)
+    else:
+        raise ValueError(f"unknown protocol {protocol!r}; known: {PROTOCOLS}")
+    if ordered:
+        counts = Counts(counts.comparisons + k * g, counts.comparison_rounds + 1,
+                        counts.multiplications, counts.multiplication_rounds)
+    return counts
+
+
+@dataclass(frozen=True)
+class TopKConfig:
+    """The cost model: measured unit costs per dealer and the candidate protocols.
+
+    Unit costs were measured with 2 parties (benchmarks/topk_cost.py, docs/numerics.md).
+    """
+
+    protocols: tuple[str, ...] = PROTOCOLS
+    dealer: str = "ttp"
+    units: dict[str, UnitCosts] = field(default_factory=lambda: {
+        "tfp": UnitCosts(cmp_bytes=432.0, cmp_rounds=8.0, mul_bytes=16.0, mul_rounds=1.0),
+        "ttp": UnitCosts(cmp_bytes=432.0, cmp_rounds=8.0, mul_bytes=16.0, mul_rounds=1.0),
+    })
+
+    def __post_init__(self) -> None:
+        unknown = set(self.protocols) - set(PROTOCOLS)
+        if unknown or not self.protocols:
+            raise ValueError(f"protocols must be a non-empty subset of {PROTOCOLS}")
+        if self.dealer not in self.units:
+            raise ValueError(f"no unit costs for dealer {self.dealer!r}")
+
+    def estimate(self, protocol: str, g: int, k: int, batch: int = 1,
+                 ordered: bool = True) -> tuple[float, float]:
+        """(per-party bytes, rounds) predicted for ``batch`` score vectors of length g."""
+        counts = protocol_counts(protocol, g, k, ordered)
+        unit = self.units[self.dealer]
+        return counts.bytes(unit) * batch, counts.rounds(unit)
+
+    def latency(self, protocol: str, g: int, k: int, network: NetworkProfile = LAN,
+                batch: int = 1, ordered: bool = True) -> float:
+        bytes_, rounds = self.estimate(protocol, g, k, batch, ordered)
+        return network.latency(0.0, rounds, bytes_)
+
+
+def choose_protocol(g: int, k: int, network: NetworkProfile = LAN,
+                    config: TopKConfig = TopKConfig(), batch: int = 1) -> str:
+    """The protocol of least predicted latency (rounds * RTT + bytes / bandwidth)."""
+    return min(config.protocols, key=lambda p: config.latency(p, g, k, network, batch))
