@@ -48,6 +48,7 @@ class StepCounts:
     n_top: int
     ks: tuple[int, ...]
     dense: bool
+    recent_drop: int = 0  # oldest recent tokens left out when the budget is below them
 
     @property
     def recent_start(self) -> int:
@@ -61,7 +62,8 @@ class StepCounts:
     def attended(self) -> int:
         if self.dense:
             return self.n_tokens
-        return self.sink + self.ks[-1] * self.sizes[-1] + self.n_tokens - self.recent_start
+        recent = self.n_tokens - self.recent_start - self.recent_drop
+        return self.sink + self.ks[-1] * self.sizes[-1] + recent
 
 
 def _ceil(x: float) -> int:
@@ -85,12 +87,14 @@ def step_counts(spec: DynamicSpec, n_tokens: int, budget: int | None) -> StepCou
             ks.append(min(want, ks[-1] * fan[level - 1]))
     else:
         recent = n_tokens - (sink + n_top * sizes[0])
+        drop = min(recent - 1, max(0, sink + recent - budget))
         last = max(0, min(totals[-1], (budget - sink - recent) // sizes[-1]))
         ks = [last]
         for level in range(len(sizes) - 2, -1, -1):
             need = _ceil(ks[0] / fan[level])
             want = max(need, _ceil(spec.keep_ratios[level] * totals[level]))
             ks.insert(0, 0 if last == 0 else min(totals[level], max(1, want)))
+        return StepCounts(n_tokens, sink, sizes, n_top, tuple(ks), False, drop)
     return StepCounts(n_tokens, sink, sizes, n_top, tuple(ks), False)
 
 
@@ -149,7 +153,7 @@ def gather_tokens(backend: Backend, x: Value, onehots: list[Value], counts: Step
         grouped = region.reshape(batch, heads, counts.n_top, counts.sizes[0] * dim)
         picked = descend(backend, grouped, onehots, counts.sizes, counts.sizes[-1])
         parts.append(picked.reshape(batch, heads, counts.ks[-1] * counts.sizes[-1], dim))
-    parts.append(x[..., counts.recent_start:, :])
+    parts.append(x[..., counts.recent_start + counts.recent_drop:, :])
     return backend.cat(parts, dim=-2)
 
 
