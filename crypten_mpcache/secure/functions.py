@@ -449,11 +449,10 @@ def masked_softmax(scores: Any, mask01: torch.Tensor, dim: int = -1,
     a moderate public fill for the max, and exps are multiplied by the integer mask.
     """
     with operator_scope("softmax"):
-        if dim not in (-1, scores.dim() - 1):
-            scores = scores.transpose(dim, -1)
-            mask01 = torch.as_tensor(mask01).transpose(dim, -1) \
-                if torch.as_tensor(mask01).dim() == scores.dim() else mask01
         mask = torch.as_tensor(mask01).to(torch.long)
+        if dim not in (-1, scores.dim() - 1):
+            mask = mask.expand(scores.size()).transpose(dim, -1)
+            scores = scores.transpose(dim, -1)
         filled = mul_public_int(scores, mask) + (1 - mask).to(torch.float64) * config.fill
         row_max = tournament_max(filled)
         exps = exp_nonpositive(filled - row_max, config.exp_iterations, config.exp_order)

@@ -1,0 +1,190 @@
+"""Accuracy of the secure nonlinear functions against plaintext torch, 2 parties, TFP.
+
+The ranges come from the embedded SmolLM2-135M (docs/numerics.md): mean(x^2) at RMSNorm
+inputs in [0.0059, 1.12e6] (|x| up to 25,199), gate pre-activations in [-33.3, 50.2].
+All checks of one kind run inside one launch to keep the suite fast.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import crypten_mpcache  # noqa: F401
+from crypten_mpcache.runtime.launcher import LaunchConfig, launch
+from crypten_mpcache.secure import functions as F
+
+TFP = LaunchConfig(parties=2, dealer="tfp", timeout_s=300)
+
+
+def _comm() -> tuple[float, int]:
+    import crypten.communicator as comm
+
+    return comm.get().comm_bytes, comm.get().comm_rounds
+
+
+def _norm_job() -> dict:
+    import crypten
+
+    torch.manual_seed(0)
+    # rows whose mean(x^2) spans the measured range, plus one massive activation
+    scales = torch.tensor([0.075, 0.3, 1.0, 3.0, 30.0, 300.0, 1000.0])
+    x = torch.randn(len(scales), 576) * scales[:, None]
+    x[-1, 7] = 25_000.0
+    weight = torch.rand(576) + 0.5
+    ref = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * weight
+    out = {"ref": ref}
+    out["enc_weight"] = F.rms_norm(crypten.cryptensor(x), crypten.cryptensor(weight),
+                                   1e-5).get_plain_text()
+    out["public_weight"] = F.rms_norm(crypten.cryptensor(x), weight, 1e-5).get_plain_text()
+
+    class Premasked:  # stands for a fixed operand premasked once
+        def mul(self, y):
+            return y * weight
+
+    out["premasked"] = F.rms_norm(crypten.cryptensor(x), Premasked(), 1e-5).get_plain_text()
+    costs = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        b0, r0 = _comm()
+        F.rms_norm(crypten.cryptensor(torch.randn(3, 576) * seed * 40), None, 1e-5)
+        b1, r1 = _comm()
+        costs.append((b1 - b0, r1 - r0))
+    out["costs"] = costs
+    return out
+
+
+def test_rms_norm_over_measured_range() -> None:
+    result = launch(_norm_job, config=TFP)[0]
+    ref = result["ref"]
+    for key in ("enc_weight", "public_weight", "premasked"):
+        rel = (result[key] - ref).norm(dim=-1) / ref.norm(dim=-1)
+        assert rel.max() < 1e-2, (key, rel)
+    assert result["costs"][0] == result["costs"][1]           # oblivious transcript
+
+
+def _silu_job() -> dict:
+    import crypten
+
+    xs = torch.cat([torch.linspace(-33.3, 50.2, 1500), torch.randn(500) * 3])
+    out = {"x": xs}
+    for method in ("sigmoid", "exp_poly", "piecewise"):
+        b0, r0 = _comm()
+        y = F.silu(crypten.cryptensor(xs), config=F.ActivationConfig(method=method))
+        b1, r1 = _comm()
+        out[method] = (y.get_plain_text(), (b1 - b0) / xs.numel(), r1 - r0)
+    return out
+
+
+def test_silu_methods_accurate_on_gate_range() -> None:
+    result = launch(_silu_job, config=TFP)[0]
+    ref = torch.nn.functional.silu(result["x"])
+    limits = {"sigmoid": 1e-2, "exp_poly": 5e-3, "piecewise": 2e-2}
+    for method, limit in limits.items():
+        y, _, _ = result[method]
+        assert (y - ref).abs().max() < limit, method
+    # the cheap options must not cost more rounds than x * sigmoid(x)
+    assert result["exp_poly"][2] <= result["sigmoid"][2]
+    assert result["piecewise"][2] < result["sigmoid"][2]
+
+
+def _softmax_job() -> dict:
+    import crypten
+
+    torch.manual_seed(0)
+    scores = torch.randn(2, 3, 12, 12) * 6
+    causal = torch.tril(torch.ones(12, 12))
+    long_rows = torch.randn(2, 3000) * 3
+    long_mask = torch.ones(2, 3000)
+    long_mask[1, 2500:] = 0                                  # 2500 allowed entries
+    out = {"scores": scores, "causal": causal, "long": long_rows, "long_mask": long_mask}
+    out["p"] = F.masked_softmax(crypten.cryptensor(scores), causal).get_plain_text()
+    out["p_dim"] = F.masked_softmax(crypten.cryptensor(scores.transpose(-1, -2)),
+                                    causal.T, dim=-2).get_plain_text()
+    out["p_long"] = F.masked_softmax(crypten.cryptensor(long_rows),
+                                     long_mask).get_plain_text()
+    return out
+
+
+def _reference_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(scores.masked_fill(mask == 0, float("-inf")), dim=-1)
+
+
+def test_masked_softmax_causal_and_long_rows() -> None:
+    r = launch(_softmax_job, config=TFP)[0]
+    ref = _reference_softmax(r["scores"], r["causal"])
+    assert (r["p"] - ref).abs().max() < 3e-3
+    assert torch.all(r["p"][..., r["causal"] == 0] == 0)     # exact zeros where masked
+    assert (r["p_dim"].transpose(-1, -2) - ref).abs().max() < 3e-3
+    ref_long = _reference_softmax(r["long"], r["long_mask"])
+    assert torch.all(r["p_long"][1, 2500:] == 0)
+    err = (r["p_long"] - ref_long).abs().max(-1).values
+    assert (err / ref_long.max(-1).values).max() < 1e-2     # exp's 2**8 powers: ~0.4%
+    assert (r["p_long"].sum(-1) - 1).abs().max() < 2e-2
+
+
+def _argmax_job() -> dict:
+    import crypten
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 37) * 5
+    x[0, 4] = x[0, 20] = 100.0                               # a tie: lowest index wins
+    vocab = torch.randn(1, 49_152)
+    out = {"x": x, "vocab": vocab}
+    out["oh"] = F.argmax_onehot(crypten.cryptensor(x)).get_plain_text()
+    out["oh_dim0"] = F.argmax_onehot(crypten.cryptensor(x.T), dim=0).get_plain_text()
+    out["oh_vocab"] = F.argmax_onehot(crypten.cryptensor(vocab)).get_plain_text()
+    return out
+
+
+def test_argmax_onehot_exactly_one_lowest_index() -> None:
+    r = launch(_argmax_job, config=TFP)[0]
+    expected = torch.nn.functional.one_hot(r["x"].argmax(-1), 37).float()
+    assert torch.equal(r["oh"], expected)
+    assert expected[0, 4] == 1
+    assert torch.equal(r["oh_dim0"], expected.T)
+    assert torch.equal(r["oh_vocab"],
+                       torch.nn.functional.one_hot(r["vocab"].argmax(-1), 49_152).float())
+
+
+def test_configs_validate() -> None:
+    with pytest.raises(ValueError):
+        F.NormConfig(low=0.3)
+    with pytest.raises(ValueError):
+        F.ActivationConfig(method="relu")
+    with pytest.raises(ValueError):
+        F.SoftmaxConfig(buckets=12)
+    with pytest.raises(ValueError):
+        F.RangeReduction(low=1.0, ratio=3, buckets=4)
+
+
+@pytest.mark.slow
+def test_measured_ranges_inside_supported() -> None:
+    """Re-measure SmolLM2's ranges on real text; they must lie inside the configs' ranges."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from crypten_mpcache import assets
+
+    folder = assets.smollm2_folder()
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    seen = {"ms": [], "gate": []}
+    hooks = []
+    for name, module in model.named_modules():
+        if type(module).__name__.endswith("RMSNorm"):
+            hooks.append(module.register_forward_pre_hook(
+                lambda m, a: seen["ms"].append(a[0].float().pow(2).mean(-1))))
+        if name.endswith("mlp.gate_proj"):
+            hooks.append(module.register_forward_hook(
+                lambda m, a, o: seen["gate"].append(o.detach())))
+    texts = [essay[:6000] for essay in assets.essay_texts()[:3]]
+    with torch.no_grad():
+        for text in texts:
+            model(tok(text, return_tensors="pt").input_ids[:, :512])
+    for hook in hooks:
+        hook.remove()
+    ms = torch.cat([m.flatten() for m in seen["ms"]])
+    gate = torch.cat([g.flatten() for g in seen["gate"]])
+    red = F.NormConfig().reduction
+    assert red.low < ms.min() and ms.max() < red.high
+    assert gate.abs().max() < 2 ** F.ActivationConfig().exp_iterations
