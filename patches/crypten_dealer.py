@@ -101,6 +101,25 @@ class AppendCat:
         self._length += size
 
 
+def ring_op(op: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a (op) b`` on ring (int64) tensors. torch's integer matmul is a plain loop that
+    is several times slower when a matrix ``b`` is a transposed view (an LM head over a
+    tied embedding), so such products run as ``(b^T a^T)^T`` on the dense layout (torch's
+    batched kernel handles transposed batches well: those are left alone)."""
+    if op not in OPS:
+        raise ValueError(f"op must be one of {OPS}, got {op!r}")
+    if op == "matmul" and a.dim() >= 1 and b.dim() == 2 and _column_major(b):
+        rows = a.reshape(-1, a.size(-1))
+        return torch.matmul(b.mT, rows.mT).mT.reshape(*a.shape[:-1], b.size(-1))
+    return getattr(torch, op)(a, b)
+
+
+def _column_major(t: torch.Tensor) -> bool:
+    """True when the last two dims of ``t`` are a transposed dense (row-major) matrix."""
+    return t.dim() >= 2 and t.size(-1) > 1 and t.stride(-2) == 1 and \
+        t.stride(-1) == t.size(-2)
+
+
 def _without(shape: torch.Size, dim: int) -> tuple[int, ...]:
     return tuple(shape[:dim]) + tuple(shape[dim + 1:])
 
@@ -139,9 +158,7 @@ class MaskStore:
 
     def product(self, op: str, a: torch.Tensor, recipe: Recipe) -> torch.Tensor:
         """``a (op) M`` for the mask M that ``recipe`` names (ring arithmetic)."""
-        if op not in OPS:
-            raise ValueError(f"op must be one of {OPS}, got {op!r}")
-        return getattr(torch, op)(a, self.build(recipe))
+        return ring_op(op, a, self.build(recipe))
 
 
 def _server_store(server: Any) -> MaskStore:

@@ -15,6 +15,7 @@ from crypten_mpcache.patches.crypten_dealer import (
     MaskStore,
     cat_recipe,
     mask_recipe,
+    ring_op,
     transpose_recipe,
 )
 from crypten_mpcache.runtime.launcher import LaunchConfig, launch
@@ -67,6 +68,15 @@ def test_mask_store_builds_recipes_and_refuses_reuse():
         store.build(mask_recipe(9))
 
 
+@pytest.mark.parametrize("x_shape", [(1, 7), (1, 1, 7), (2, 3, 7), (7,)])
+def test_ring_matmul_with_transposed_operand_is_exact(x_shape):
+    gen = torch.Generator().manual_seed(1)
+    e = torch.randint(-(2**62), 2**62, (11, 7), generator=gen)  # wraps around the ring
+    x = torch.randint(-(2**62), 2**62, x_shape, generator=gen)
+    assert torch.equal(ring_op("matmul", x, e.T), torch.matmul(x, e.T))
+    assert torch.equal(ring_op("mul", x, e), x * e)
+
+
 def test_patch_is_reversible():
     from crypten.mpc.provider.ttp_provider import TTPServer
 
@@ -100,6 +110,8 @@ def _correctness(values: dict[str, torch.Tensor], steps: int) -> dict[str, torch
     parts = [premask.fixed_operand(enc(p), name=f"part{i}") for i, p in enumerate(values["parts"])]
     fused = premask.FixedOperand.cat(parts, dim=-1)
     out["cat_columns"] = fused.rmatmul(enc(values["x"][0], src=1)).get_plain_text()
+    out["cat_value"] = fused.transpose(0, 1).value().get_plain_text()
+    out["mul_transposed"] = w.transpose(0, 1).mul(enc(values["y2"], src=1)).get_plain_text()
     # an encrypted KV cache: rows appended per step, q @ K^T and p @ V with batch dims
     keys = [premask.fixed_operand(enc(values["k0"]), name="k0")]
     vals = [premask.fixed_operand(enc(values["v0"]), name="v0")]
@@ -120,6 +132,8 @@ def _plain_expectations(values: dict[str, torch.Tensor], steps: int) -> dict[str
     exp["mul"] = values["y"] * values["g"]
     exp["mul_broadcast"] = values["y"][:1] * values["g"]
     exp["cat_columns"] = values["x"][0] @ torch.cat(values["parts"], dim=-1)
+    exp["cat_value"] = torch.cat(values["parts"], dim=-1).T
+    exp["mul_transposed"] = values["y2"] * values["w"].T
     for t in range(steps):
         k = torch.cat([values["k0"], *values["k"][: t + 1]], dim=-2)
         v = torch.cat([values["v0"], *values["v"][: t + 1]], dim=-2)
@@ -135,7 +149,8 @@ def _values(steps: int, heads: int = 3, d: int = 8, prompt: int = 3) -> dict:
         return torch.randn(*shape, generator=gen)
 
     return {
-        "w": r(6, 5), "x": [r(2, 3, 6) for _ in range(steps)], "g": r(3, 4), "y": r(3, 4),
+        "w": r(6, 5), "y2": r(5, 6), "x": [r(2, 3, 6) for _ in range(steps)],
+        "g": r(3, 4), "y": r(3, 4),
         "parts": [r(6, 2), r(6, 3), r(6, 1)],
         "k0": r(heads, prompt, d), "v0": r(heads, prompt, d),
         "k": [r(heads, 1, d) for _ in range(steps)], "v": [r(heads, 1, d) for _ in range(steps)],

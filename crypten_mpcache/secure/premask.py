@@ -41,6 +41,7 @@ from crypten_mpcache.patches.crypten_dealer import (
     Recipe,
     cat_recipe,
     mask_recipe,
+    ring_op,
     transpose_recipe,
 )
 from crypten_mpcache.runtime.cost import operator_scope
@@ -239,11 +240,10 @@ class FixedOperand:
         with operator_scope("dealer"):
             a, c = _dealer().triple(_session(), self._recipe, x_share.shape, out_shape, op)
         eps = comm.get().all_reduce(x_share - a)
-        f = getattr(torch, op)
         d, mask_share = self._pair[0], self._pair[1]
-        z = c + f(eps, mask_share) + f(a, d)
+        z = c + ring_op(op, eps, mask_share) + ring_op(op, a, d)
         if _rank() == 0:
-            z = z + f(eps, d)
+            z = z + ring_op(op, eps, d)
         return self._rescale(z, x_ast.encoder)
 
     def _rescale(self, z: torch.Tensor, x_encoder: FixedPointEncoder) -> MPCTensor:
