@@ -74,7 +74,7 @@ def test_ring_matmul_with_transposed_operand_is_exact(x_shape):
     e = torch.randint(-(2**62), 2**62, (11, 7), generator=gen)  # wraps around the ring
     x = torch.randint(-(2**62), 2**62, x_shape, generator=gen)
     assert torch.equal(ring_op("matmul", x, e.T), torch.matmul(x, e.T))
-    assert torch.equal(ring_op("mul", x, e), x * e)
+    assert torch.equal(ring_op("mul", x, e[:1]), x * e[:1])
 
 
 def test_patch_is_reversible():
