@@ -1,0 +1,131 @@
+"""``crypten-mpcache eval``: accuracy vs KV-cache budget on the embedded SmolLM2.
+
+``add_arguments`` fills a parser; ``run`` turns the arguments into an EvalConfig, runs it,
+writes the JSON / plots / markdown table and prints a one-line summary. Bad input gives
+a one-line error and exit status 2. ``--report-only`` rebuilds the table and plots from
+existing JSONs without running anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from crypten_mpcache.eval.methods import METHODS
+from crypten_mpcache.eval.runner import QUERY_AT, EvalConfig
+
+DEFAULTS = EvalConfig()
+
+
+def _csv(kind: Callable[[str], Any]) -> Callable[[str], tuple[Any, ...]]:
+    def parse(text: str) -> tuple[Any, ...]:
+        try:
+            return tuple(kind(x.strip()) for x in text.split(",") if x.strip())
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"bad list {text!r}: {exc}") from exc
+    return parse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The eval subcommand's options (comma-separated lists where several are allowed)."""
+    add = parser.add_argument
+    add("--task", dest="tasks", type=_csv(str), default=DEFAULTS.tasks,
+        help="passkey,needle,kv-retrieval,ppl (default: all four)")
+    add("--context", dest="contexts", type=_csv(int), default=DEFAULTS.contexts,
+        help="prompt lengths in tokens, e.g. 1024,2048,4096 (default: 1024)")
+    add("--method", dest="methods", type=_csv(str), default=DEFAULTS.methods,
+        help=f"{','.join(METHODS)} and MPCache ablations mpcache:no-static, "
+             "mpcache:no-hierarchy, mpcache:maxbound, mpcache:no-sharing (default: all 7)")
+    add("--budget", dest="budgets", type=_csv(float), default=DEFAULTS.budgets,
+        help="fractions of the prompt attended per decode step (default: 0.05,0.1,0.2)")
+    add("--query-at", dest="query_at", type=_csv(str), default=DEFAULTS.query_at,
+        help=f"{'|'.join(QUERY_AT)} or both comma-separated: question inside the prompt or "
+             "fed token by token after prefill (default: both)")
+    add("--samples", type=int, default=DEFAULTS.samples, help="samples per task and context")
+    add("--fraction", type=float, default=DEFAULTS.fraction,
+        help="run only this fraction of the samples (quick look)")
+    add("--seed", type=int, default=DEFAULTS.seed)
+    add("--style", default=DEFAULTS.style, help="prompt style: chat (default) or plain")
+    add("--out-dir", default=DEFAULTS.out_dir, help="where run folders go")
+    add("--run-name", default="", help="run folder name; an existing one is resumed")
+    add("--json", dest="json_path", default="", help="write the result JSON here too")
+    add("--plot", dest="plot_path", default="",
+        help="PNG base path: one file per task, e.g. out.png -> out-passkey.png")
+    add("--markdown", dest="markdown_path", default="", help="write the results table here")
+    add("--report-only", nargs="+", default=None, metavar="JSON",
+        help="skip running; build --markdown/--plot from these result JSONs")
+    add("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _config(args: argparse.Namespace) -> EvalConfig:
+    return EvalConfig(
+        tasks=tuple(args.tasks), contexts=tuple(args.contexts), methods=tuple(args.methods),
+        budgets=tuple(args.budgets), query_at=tuple(args.query_at), samples=args.samples,
+        fraction=args.fraction, seed=args.seed, style=args.style, out_dir=args.out_dir,
+        run_name=args.run_name)
+
+
+def _check_methods(names: tuple[str, ...]) -> None:
+    from crypten_mpcache.eval.methods import known_methods
+
+    bad = [m for m in names if m not in known_methods()]
+    if bad:
+        raise ValueError(f"unknown method(s) {bad}; choose from {', '.join(known_methods())}")
+
+
+def _outputs(rows: list[dict[str, Any]], args: argparse.Namespace, command: str) -> None:
+    if args.plot_path:
+        from crypten_mpcache.eval.plots import plot_all
+
+        for path in plot_all(rows, args.plot_path):
+            print(f"plot: {path}")
+    if args.markdown_path:
+        from crypten_mpcache.eval.report import markdown
+
+        Path(args.markdown_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown_path).write_text(markdown(rows, command))
+        print(f"table: {args.markdown_path}")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the evaluation described by ``args``; 0 on success, 2 on bad input."""
+    argv = sys.argv[sys.argv.index("eval") + 1:] if "eval" in sys.argv else sys.argv[1:]
+    command = "crypten-mpcache eval " + " ".join(shlex.quote(a) for a in argv)
+    try:
+        if args.report_only:
+            from crypten_mpcache.eval.report import load_rows
+
+            _outputs(load_rows(args.report_only), args, command)
+            return 0
+        cfg = _config(args)
+        _check_methods(cfg.methods)
+    except (ValueError, FileNotFoundError, KeyError, json.JSONDecodeError) as exc:
+        print(f"crypten-mpcache eval: error: {exc}", file=sys.stderr)
+        return 2
+    from crypten_mpcache.eval.runner import run_eval
+
+    result = run_eval(cfg, progress=not args.no_progress)
+    for name, why in result["unavailable"].items():
+        print(f"unavailable: {name}: {why}")
+    if args.json_path:
+        Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_path).write_text(json.dumps(result, indent=2))
+    _outputs(result["rows"], args, command)
+    print(f"{len(result['rows'])} rows in {result['seconds']} s; run folder {result['run_dir']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry point (``python -m crypten_mpcache.eval.cli``)."""
+    parser = argparse.ArgumentParser(prog="crypten-mpcache eval", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

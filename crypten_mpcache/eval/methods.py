@@ -1,0 +1,106 @@
+"""Method registry: a method name plus a budget becomes a method config and a context.
+
+The eviction methods live elsewhere (``crypten_mpcache.config``,
+``crypten_mpcache.algorithm.baselines``, ``crypten_mpcache.plaintext``); this module only
+maps names to their configs, so that the harness never implements a method itself.
+``full`` needs nothing (no patch). A method whose module is missing or that rejects a
+budget is reported as unavailable with the reason, never silently skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+FULL = "full"
+BASELINES = ("streaming", "snapkv", "h2o", "quest", "infllm")
+METHODS = (FULL, "mpcache", *BASELINES)
+
+
+class MethodUnavailable(RuntimeError):
+    """The method cannot run (its implementation is missing or rejects the budget)."""
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A resolved method: its name, its budget (None for full cache) and its config."""
+
+    name: str
+    budget: float | None
+    config: Any = None
+
+    @property
+    def is_full(self) -> bool:
+        return self.config is None
+
+
+def _import(module: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MethodUnavailable(f"{module} is not importable ({exc})") from exc
+
+
+# MPCache ablations: overrides of MPCacheConfig.from_budget (each removes one idea).
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "no-static": {"static": False},
+    "no-hierarchy": {"hierarchy": False},
+    "maxbound": {"similarity": "maxbound"},
+    "no-sharing": {"index_sharing": False},
+}
+# Baseline name in this harness -> key of crypten_mpcache.algorithm.baselines.BASELINES.
+BASELINE_KEYS = {"streaming": "streamingllm", "snapkv": "snapkv", "h2o": "h2o",
+                 "quest": "quest", "infllm": "infllm"}
+
+
+def _mpcache(name: str, budget: float) -> Any:
+    config = _import("crypten_mpcache.config")
+    cls = getattr(config, "MPCacheConfig", None)
+    if cls is None or not hasattr(cls, "from_budget"):
+        raise MethodUnavailable("crypten_mpcache.config has no MPCacheConfig.from_budget")
+    if name == "mpcache":
+        return cls.from_budget(budget)
+    ablation = name.split(":", 1)[1]
+    if ablation not in ABLATIONS:
+        raise ValueError(f"unknown MPCache ablation {ablation!r}; choose from {sorted(ABLATIONS)}")
+    return cls.from_budget(budget, **ABLATIONS[ablation])
+
+
+def _baseline(name: str, budget: float) -> Any:
+    module = _import("crypten_mpcache.algorithm.baselines")
+    table = getattr(module, "BASELINES", {})
+    key = BASELINE_KEYS[name]
+    if key not in table:
+        raise MethodUnavailable(f"crypten_mpcache.algorithm.baselines has no {key!r}")
+    return table[key](budget=budget)
+
+
+def known_methods() -> tuple[str, ...]:
+    """Every method name this registry understands, MPCache ablations included."""
+    return METHODS + tuple(f"mpcache:{a}" for a in ABLATIONS)
+
+
+def resolve(name: str, budget: float | None) -> MethodSpec:
+    """The config of ``name`` at ``budget`` (fraction of the prompt attended per step)."""
+    if name == FULL:
+        return MethodSpec(FULL, None)
+    if name not in known_methods():
+        raise ValueError(f"unknown method {name!r}; choose from {', '.join(known_methods())}")
+    if budget is None or not 0 < budget <= 1:
+        raise ValueError(f"budget must be in (0, 1], got {budget!r}")
+    try:
+        if name.startswith("mpcache"):
+            return MethodSpec(name, budget, _mpcache(name, budget))
+        return MethodSpec(name, budget, _baseline(name, budget))
+    except (TypeError, ValueError) as exc:
+        raise MethodUnavailable(f"{name} at budget {budget}: {exc}") from exc
+
+
+def apply(model: Any, spec: MethodSpec) -> contextlib.AbstractContextManager[Any]:
+    """The context in which ``model`` runs ``spec`` (nothing to patch for full cache)."""
+    if spec.is_full:
+        return contextlib.nullcontext()
+    plaintext = _import("crypten_mpcache.plaintext")
+    return plaintext.apply(model, spec.config, record=False)

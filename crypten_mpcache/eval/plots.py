@@ -1,0 +1,59 @@
+"""Accuracy-vs-budget plots: one PNG per task (and context, query placement panel)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def plot_paths(base: str | Path, tasks: Sequence[str]) -> dict[str, Path]:
+    """``out.png`` + tasks -> ``out-passkey.png``, ... (one file per task)."""
+    base = Path(base)
+    stem = base.stem if base.suffix == ".png" else base.name
+    return {t: base.with_name(f"{stem}-{t}.png") for t in tasks}
+
+
+def _panels(rows: list[dict[str, Any]]) -> list[tuple[int, str]]:
+    return sorted({(r["context"], r["query_at"]) for r in rows})
+
+
+def plot_task(rows: list[dict[str, Any]], task: str, path: Path) -> Path:
+    """Score vs budget, one line per method, full cache as a horizontal line per panel."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mine = [r for r in rows if r["task"] == task]
+    panels = _panels([r for r in mine if r["method"] != "full"]) or _panels(mine)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for ax, (context, query_at) in zip(axes[0], panels, strict=True):
+        here = [r for r in mine if r["context"] == context
+                and r["query_at"] in (query_at, "none")]
+        for r in (r for r in here if r["method"] == "full"):
+            ax.axhline(r["score"], color="black", linestyle="--", label="full")
+        for method in sorted({r["method"] for r in here} - {"full"}):
+            pts = sorted((r["budget"], r["score"], r["ci_low"], r["ci_high"])
+                         for r in here if r["method"] == method)
+            xs = [p[0] for p in pts]
+            ys = [p[1] for p in pts]
+            err = [[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]]
+            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=2, label=method)
+        metric = mine[0]["metric"] if mine else ""
+        ax.set_title(f"{task}, {context} tokens, query at {query_at}", fontsize=9)
+        ax.set_xlabel("budget (fraction of KV cache kept)")
+        ax.set_ylabel("1 / perplexity" if metric == "perplexity" else metric)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_all(rows: list[dict[str, Any]], base: str | Path) -> list[Path]:
+    """One PNG per task found in ``rows``; returns the written paths."""
+    tasks = sorted({r["task"] for r in rows})
+    return [plot_task(rows, t, p) for t, p in plot_paths(base, tasks).items()]

@@ -1,0 +1,299 @@
+"""Run the accuracy-vs-budget grid and write one folder per run.
+
+A run folder holds ``config.json`` (the EvalConfig), ``predictions.jsonl`` (one line per
+sample x method x budget, appended as it goes, so an interrupted run resumes where it
+stopped when started again with the same run name) and ``metrics.json`` (the rows).
+
+Decoding is greedy with a manual loop so that the question can be fed one token at a
+time after prefill (``query_at="decode"``): static eviction then cannot see it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from crypten_mpcache.eval import methods as registry
+from crypten_mpcache.eval.metrics import exact_match, first_match, summarize, token_f1
+from crypten_mpcache.eval.tasks import PROMPT_STYLES, TASKS, Haystack, Sample, TaskConfig
+
+QUERY_AT = ("prefill", "decode")
+NO_QUERY = "none"  # ppl has no question: its rows carry query_at="none"
+TASK_METRIC = {"passkey": "exact_match", "kv-retrieval": "exact_match", "needle": "f1",
+               "ppl": "perplexity"}
+ANSWER_PATTERN = {"passkey": r"\d{5}", "kv-retrieval": r"[0-9a-f]{4}-[0-9a-f]{4}"}
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Everything that defines an evaluation; saved as the run's config.json."""
+
+    tasks: tuple[str, ...] = ("passkey", "needle", "kv-retrieval", "ppl")
+    contexts: tuple[int, ...] = (1024,)
+    methods: tuple[str, ...] = registry.METHODS
+    budgets: tuple[float, ...] = (0.05, 0.1, 0.2)
+    query_at: tuple[str, ...] = QUERY_AT
+    samples: int = 5
+    fraction: float = 1.0
+    seed: int = 0
+    style: str = "chat"
+    ppl_tokens: int = 64
+    out_dir: str = "results/runs"
+    run_name: str = ""
+    model_folder: str = ""
+
+    def __post_init__(self) -> None:
+        bad = [t for t in self.tasks if t not in TASKS]
+        if bad or not self.tasks:
+            raise ValueError(f"unknown task(s) {bad}; choose from {sorted(TASKS)}")
+        if not self.contexts or any(c < 64 for c in self.contexts):
+            raise ValueError(f"contexts must be >= 64 tokens, got {self.contexts}")
+        if not self.methods:
+            raise ValueError("at least one method is needed")
+        if any(not 0 < b <= 1 for b in self.budgets):
+            raise ValueError(f"budgets must be in (0, 1], got {self.budgets}")
+        if not self.query_at or any(q not in QUERY_AT for q in self.query_at):
+            raise ValueError(f"query_at must be among {QUERY_AT}, got {self.query_at}")
+        if self.samples < 1:
+            raise ValueError("samples must be >= 1")
+        if not 0 < self.fraction <= 1:
+            raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
+        if self.style not in PROMPT_STYLES:
+            raise ValueError(f"style must be one of {PROMPT_STYLES}, got {self.style!r}")
+
+    @property
+    def n_run(self) -> int:
+        """How many of the ``samples`` are run (the first ones: a ``fraction`` subset)."""
+        return max(1, math.ceil(self.samples * self.fraction))
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One thing to run: a sample under one method, budget and query placement."""
+
+    sample: Sample
+    context: int
+    query_at: str
+    spec: registry.MethodSpec
+
+    @property
+    def key(self) -> str:
+        return "|".join([self.sample.task, str(self.context), str(self.sample.index),
+                         self.query_at, self.spec.name, str(self.spec.budget)])
+
+
+@dataclass
+class Plan:
+    units: list[Unit] = field(default_factory=list)
+    unavailable: dict[str, str] = field(default_factory=dict)
+
+
+def _specs(cfg: EvalConfig, unavailable: dict[str, str]) -> list[registry.MethodSpec]:
+    specs = []
+    for name in cfg.methods:
+        budgets: Iterable[float | None] = [None] if name == registry.FULL else cfg.budgets
+        for budget in budgets:
+            try:
+                specs.append(registry.resolve(name, budget))
+            except registry.MethodUnavailable as exc:
+                unavailable.setdefault(name, str(exc))
+    return specs
+
+
+def plan(cfg: EvalConfig, hay: Haystack) -> Plan:
+    """Build the samples (deterministic from the seed) and every unit to run."""
+    from crypten_mpcache.eval.tasks import build_samples
+
+    out = Plan()
+    specs = _specs(cfg, out.unavailable)
+    task_cfg = TaskConfig(style=cfg.style, ppl_tokens=cfg.ppl_tokens)
+    for task in cfg.tasks:
+        modes = (NO_QUERY,) if task == "ppl" else cfg.query_at
+        for context in cfg.contexts:
+            for sample in build_samples(task, hay, task_cfg, context, cfg.n_run, cfg.seed):
+                out.units += [Unit(sample, context, q, s) for q in modes for s in specs]
+    return out
+
+
+def _step(model: Any, ids: list[int], start: int, cache: Any) -> tuple[Any, Any]:
+    """One forward over ``ids`` at positions ``start``..; returns last logits and the cache."""
+    import torch
+
+    x = torch.tensor([ids], dtype=torch.long)
+    pos = torch.arange(start, start + len(ids), dtype=torch.long).unsqueeze(0)
+    out = model(input_ids=x, position_ids=pos, cache=cache, use_cache=True, logits_to_keep=1)
+    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    return out.logits[0, -1].float(), cache
+
+
+def _feed(model: Any, unit: Unit) -> tuple[Any, Any, int]:
+    """Prefill (with or without the question), then the question one token at a time."""
+    sample = unit.sample
+    if unit.query_at == "decode" and sample.query_ids:
+        logits, cache = _step(model, list(sample.context_ids), 0, None)
+        pos = len(sample.context_ids)
+        for tok in sample.query_ids:
+            logits, cache = _step(model, [tok], pos, cache)
+            pos += 1
+        return logits, cache, pos
+    ids = list(sample.context_ids) + list(sample.query_ids)
+    logits, cache = _step(model, ids, 0, None)
+    return logits, cache, len(ids)
+
+
+def _greedy(model: Any, unit: Unit, stop_ids: set[int]) -> list[int]:
+    logits, cache, pos = _feed(model, unit)
+    out: list[int] = []
+    for _ in range(unit.sample.max_new_tokens):
+        tok = int(logits.argmax())
+        if tok in stop_ids:
+            break
+        out.append(tok)
+        logits, cache = _step(model, [tok], pos, cache)
+        pos += 1
+    return out
+
+
+def _nll(model: Any, unit: Unit) -> list[float]:
+    """Per-token NLL of the real continuation, fed one token at a time after prefill."""
+    import torch
+
+    logits, cache, pos = _feed(model, unit)
+    nll = []
+    targets = unit.sample.target_ids
+    for i, tok in enumerate(targets):
+        nll.append(float(-torch.log_softmax(logits, -1)[tok]))
+        if i + 1 < len(targets):
+            logits, cache = _step(model, [tok], pos, cache)
+            pos += 1
+    return nll
+
+
+def score_prediction(task: str, text: str, answer: str) -> tuple[str, float]:
+    """Extract the answer from generated ``text`` and score it (EM or token F1)."""
+    if task in ANSWER_PATTERN:
+        pred = first_match(text, ANSWER_PATTERN[task])
+        return pred, exact_match(pred, answer)
+    pred = text.strip().split("\n")[0].split(".")[0]
+    return pred, token_f1(pred, answer)
+
+
+def run_unit(model: Any, tokenizer: Any, unit: Unit, stop_ids: set[int]) -> dict[str, Any]:
+    """Run one unit under its method; return its prediction record."""
+    import torch
+
+    t0 = time.perf_counter()
+    record: dict[str, Any] = {
+        "key": unit.key, "task": unit.sample.task, "index": unit.sample.index,
+        "context": unit.context, "tokens": unit.sample.length, "query_at": unit.query_at,
+        "method": unit.spec.name, "budget": unit.spec.budget, "meta": unit.sample.meta}
+    with torch.inference_mode(), registry.apply(model, unit.spec):
+        if unit.sample.task == "ppl":
+            nll = _nll(model, unit)
+            record.update(value=sum(nll) / len(nll), nll=nll)
+        else:
+            text = tokenizer.decode(_greedy(model, unit, stop_ids), skip_special_tokens=True)
+            pred, value = score_prediction(unit.sample.task, text, unit.sample.answer)
+            record.update(output=text, prediction=pred, answer=unit.sample.answer, value=value)
+    record["seconds"] = round(time.perf_counter() - t0, 3)
+    return record
+
+
+def aggregate(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (task, method, budget, context, query_at) with its score and 95% CI."""
+    groups: dict[tuple[Any, ...], list[float]] = {}
+    for r in records:
+        key = (r["task"], r["method"], r["budget"], r["context"], r["query_at"])
+        groups.setdefault(key, []).append(r["value"])
+    rows = []
+    for (task, method, budget, context, query_at), values in sorted(
+            groups.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
+        s = summarize(TASK_METRIC[task], values)
+        row = {"task": task, "method": method, "budget": 1.0 if budget is None else budget,
+               "context": context, "query_at": query_at, "metric": s.metric,
+               "score": s.score, "ci_low": s.ci_low, "ci_high": s.ci_high, "n": s.n}
+        if s.perplexity is not None:
+            row["perplexity"] = s.perplexity
+        rows.append(row)
+    return rows
+
+
+def _read_done(path: Path) -> dict[str, dict[str, Any]]:
+    if not path.is_file():
+        return {}
+    done = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            done[rec["key"]] = rec
+    return done
+
+
+def load_model(folder: str = "") -> tuple[Any, Any]:
+    """The embedded SmolLM2 (or the checkpoint in ``folder``) in float32, eval mode."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from crypten_mpcache import assets
+
+    path = folder or str(assets.smollm2_folder())
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    return model, tokenizer
+
+
+def _stop_ids(tokenizer: Any) -> set[int]:
+    ids = {tokenizer.eos_token_id} - {None}
+    for text in ("<|im_end|>", "<|endoftext|>"):
+        tid = tokenizer.convert_tokens_to_ids(text)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id:
+            ids.add(tid)
+    return ids
+
+
+def run_folder(cfg: EvalConfig) -> Path:
+    name = cfg.run_name or time.strftime("run-%Y%m%d-%H%M%S")
+    return Path(cfg.out_dir) / name
+
+
+def _progress(units: list[Unit], show: bool) -> Iterator[Unit]:
+    from tqdm import tqdm
+
+    yield from tqdm(units, desc="eval", unit="run", disable=not show)
+
+
+def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None,
+             texts: list[str] | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run the grid; returns {config, rows, unavailable, run_dir, seconds}."""
+    from crypten_mpcache import assets
+
+    t0 = time.perf_counter()
+    if model is None or tokenizer is None:
+        model, tokenizer = load_model(cfg.model_folder)
+    hay = Haystack(tokenizer, texts if texts is not None else assets.essay_texts())
+    the_plan = plan(cfg, hay)
+    folder = run_folder(cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    pred_path = folder / "predictions.jsonl"
+    done = _read_done(pred_path)
+    stop = _stop_ids(tokenizer)
+    records = []
+    with pred_path.open("a") as sink:
+        for unit in _progress(the_plan.units, progress):
+            rec = done.get(unit.key)
+            if rec is None:
+                rec = run_unit(model, tokenizer, unit, stop)
+                sink.write(json.dumps(rec) + "\n")
+                sink.flush()
+            records.append(rec)
+    result = {"config": asdict(cfg), "rows": aggregate(records),
+              "unavailable": the_plan.unavailable, "run_dir": str(folder),
+              "seconds": round(time.perf_counter() - t0, 1)}
+    (folder / "metrics.json").write_text(json.dumps(result, indent=2))
+    return result
