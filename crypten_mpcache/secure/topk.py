@@ -307,7 +307,7 @@ class TopKConfig:
     protocols: tuple[str, ...] = PROTOCOLS
     dealer: str = "ttp"
     units: dict[str, UnitCosts] = field(default_factory=lambda: {
-        "tfp": UnitCosts(cmp_bytes=432.0, cmp_rounds=8.0, mul_bytes=16.0, mul_rounds=1.0),
+        "tfp": UnitCosts(cmp_bytes=432.0, cmp_rounds=8.0, mul_bytes=32.0, mul_rounds=1.0),
         "ttp": UnitCosts(cmp_bytes=432.0, cmp_rounds=8.0, mul_bytes=16.0, mul_rounds=1.0),
     })
 
