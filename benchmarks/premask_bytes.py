@@ -5,8 +5,10 @@ shapes under ``launch`` with CrypTen's communication counters, for each dealer: 
 CrypTen's Beaver product (the operand is re-opened every call) and once with premasked
 operands (opened once at setup, then only the activation is opened). The per-step total is
 ``layers`` x (the seven per-layer products) + the tied embedding (one-hot @ E) + the LM
-head (h @ E^T, the same premasked E transposed). Bytes are summed over parties (each
-party counts its own traffic), rounds are the maximum over parties.
+head (h @ E^T, the same premasked E transposed). With ``--context N`` it also measures
+q @ K^T and p @ V over an N-row encrypted KV cache (premasked: each new K/V row is opened
+once when written). Bytes are summed over parties (each party counts its own traffic),
+rounds are the maximum over parties. Seconds are wall time on a shared machine: noisy.
 
     python benchmarks/premask_bytes.py --out runs/premask_bytes.json
 """
@@ -36,10 +38,15 @@ class SmolLM2Shapes:
     mlp: int = 1536
     vocab: int = 49152
     layers: int = 30
+    heads: int = 9
+    kv_heads: int = 3
+    head_dim: int = 64
 
     def __post_init__(self) -> None:
         if min(asdict(self).values()) < 1:
             raise ValueError(f"every shape must be positive: {self}")
+        if self.heads % self.kv_heads:
+            raise ValueError("heads must be a multiple of kv_heads")
 
     def layer_products(self) -> dict[str, tuple[int, int]]:
         """Per-layer weight shapes (in, out): a decode step multiplies (1, in) by each."""
@@ -56,6 +63,7 @@ class BenchConfig:
     parties: int = 2
     dealers: tuple[str, ...] = DEALERS
     repeats: int = 2  # products per operand: the per-call cost must not change
+    context: int = 1024  # KV-cache length for the attention products (0: skip them)
 
     def __post_init__(self) -> None:
         if self.parties not in (2, 3):
@@ -64,6 +72,8 @@ class BenchConfig:
             raise ValueError(f"dealers must be a non-empty subset of {DEALERS}")
         if self.repeats < 1:
             raise ValueError("repeats must be >= 1")
+        if self.context < 0:
+            raise ValueError("context must be >= 0")
 
 
 def _counters() -> tuple[float, int, float]:
@@ -81,16 +91,18 @@ def _measure(fn) -> tuple[object, dict]:
                     "seconds": end[2] - start[2]}
 
 
-def _product_costs(name: str, weight_shape: tuple[int, int], x_shape: tuple[int, int],
+def _product_costs(name: str, weight_shape: tuple[int, ...], x_shape: tuple[int, ...] | None,
                    premask_on: bool, repeats: int, transpose: bool = False) -> dict:
     """One party: create the operand (setup) and multiply fresh activations by it."""
     import crypten
 
-    weight = crypten.cryptensor(torch.randn(weight_shape) / weight_shape[0] ** 0.5)
+    weight = crypten.cryptensor(torch.randn(weight_shape) / weight_shape[-2] ** 0.5)
     operand, setup = _measure(lambda: premask.fixed_operand(weight, name=name,
                                                             premask=premask_on))
     if transpose:
-        operand = operand.transpose(0, 1)
+        operand = operand.transpose(-1, -2)
+    if x_shape is None:  # setup only (a KV row written to the cache)
+        return {"setup": setup, "call": {"bytes": 0, "rounds": 0, "seconds": 0.0}}
     calls = []
     for _ in range(repeats):
         x = crypten.cryptensor(torch.randn(x_shape), src=1)
@@ -116,6 +128,27 @@ def _products(shapes: SmolLM2Shapes) -> dict[str, dict]:
     return products
 
 
+def _attention_products(shapes: SmolLM2Shapes, context: int) -> dict[str, dict]:
+    """Per-layer q @ K^T and p @ V over a cache of ``context`` rows (GQA: the query heads
+    of a KV head form the rows of x), and the new K (or V) row that each step writes."""
+    kv, group, d = shapes.kv_heads, shapes.heads // shapes.kv_heads, shapes.head_dim
+    return {"attn_scores": {"weight": (kv, context, d), "x": (kv, group, d),
+                            "transpose": True},
+            "attn_values": {"weight": (kv, context, d), "x": (kv, group, context)},
+            "kv_row": {"weight": (kv, 1, d), "x": None}}
+
+
+def _attention_step(costs: dict[str, dict], shapes: SmolLM2Shapes, premask_on: bool) -> dict:
+    """layers x (scores + values); premasking also opens the new K and V rows once."""
+    total = {"bytes": 0, "rounds": 0, "seconds": 0.0}
+    for key in total:
+        per_layer = costs["attn_scores"]["call"][key] + costs["attn_values"]["call"][key]
+        if premask_on:
+            per_layer += 2 * costs["kv_row"]["setup"][key]
+        total[key] = shapes.layers * per_layer
+    return total
+
+
 def _combine(per_party: list[dict]) -> dict:
     """Bytes summed over parties, rounds and seconds the maximum (as cost.combine)."""
     return {"bytes": sum(p["bytes"] for p in per_party),
@@ -139,28 +172,45 @@ def _one_time(costs: dict[str, dict], shapes: SmolLM2Shapes) -> dict:
     return _per_step(once, shapes, "setup")
 
 
+def _measure_products(products: dict[str, dict], premask_on: bool, config: BenchConfig,
+                      launch_config: LaunchConfig) -> dict[str, dict]:
+    """One launch per product keeps the peak memory to one operand per process."""
+    per_product = {}
+    for name, spec in products.items():
+        parties = launch(_run_products, {name: spec}, premask_on, config.repeats,
+                         config=launch_config)
+        per_product[name] = {kind: _combine([p[name][kind] for p in parties])
+                             for kind in ("setup", "call")}
+        per_product[name]["party0_call_bytes"] = parties[0][name]["call"]["bytes"]
+    return per_product
+
+
+def _ratios(plain: dict, pre: dict) -> dict:
+    return {"bytes": plain["bytes"] / pre["bytes"], "rounds": plain["rounds"] / pre["rounds"]}
+
+
 def run(config: BenchConfig) -> dict:
-    products = _products(config.shapes)
+    linear = _products(config.shapes)
+    attention = _attention_products(config.shapes, config.context) if config.context else {}
     result: dict = {"config": asdict(config), "dealers": {}}
     for dealer in config.dealers:
         launch_config = LaunchConfig(parties=config.parties, dealer=dealer, timeout_s=3600)
         entry: dict = {}
         for label, premask_on in (("plain", False), ("premask", True)):
-            # one launch per product keeps the peak memory to one operand per process
-            per_product = {}
-            for name, spec in products.items():
-                parties = launch(_run_products, {name: spec}, premask_on, config.repeats,
-                                 config=launch_config)
-                per_product[name] = {
-                    kind: _combine([p[name][kind] for p in parties])
-                    for kind in ("setup", "call")}
-                per_product[name]["party0_call_bytes"] = parties[0][name]["call"]["bytes"]
-            entry[label] = {"products": per_product,
-                            "per_step": _per_step(per_product, config.shapes, "call"),
-                            "one_time": _one_time(per_product, config.shapes)}
-        plain, pre = entry["plain"]["per_step"], entry["premask"]["per_step"]
-        entry["ratio_bytes_per_step"] = plain["bytes"] / pre["bytes"]
-        entry["ratio_rounds_per_step"] = plain["rounds"] / pre["rounds"]
+            costs = _measure_products(linear, premask_on, config, launch_config)
+            entry[label] = {"products": costs,
+                            "per_step": _per_step(costs, config.shapes, "call"),
+                            "one_time": _one_time(costs, config.shapes)}
+            if attention:
+                att = _measure_products(attention, premask_on, config, launch_config)
+                entry[label]["attention_products"] = att
+                entry[label]["attention_per_step"] = _attention_step(
+                    att, config.shapes, premask_on)
+        entry["ratio_per_step"] = _ratios(entry["plain"]["per_step"],
+                                          entry["premask"]["per_step"])
+        if attention:
+            entry["attention_ratio_per_step"] = _ratios(
+                entry["plain"]["attention_per_step"], entry["premask"]["attention_per_step"])
         result["dealers"][dealer] = entry
     return result
 
@@ -169,26 +219,41 @@ def _mib(n: float) -> str:
     return f"{n / 2**20:10.2f}"
 
 
+def _print_table(plain: dict[str, dict], pre: dict[str, dict]) -> None:
+    print(f"{'product':<12} {'plain MiB':>10} {'rounds':>6} {'premask MiB':>11} "
+          f"{'rounds':>6} {'setup MiB':>10}")
+    for name, base in plain.items():
+        ours = pre[name]
+        print(f"{name:<12} {_mib(base['call']['bytes'])} {base['call']['rounds']:>6} "
+              f"{_mib(ours['call']['bytes']):>11} {ours['call']['rounds']:>6} "
+              f"{_mib(ours['setup']['bytes'])}")
+
+
+def _print_step(label: str, plain: dict, pre: dict, ratio: dict) -> None:
+    print(f"{label}: plain {_mib(plain['bytes'])} MiB, {plain['rounds']} rounds, "
+          f"{plain['seconds']:.1f} s | premask {_mib(pre['bytes'])} MiB, {pre['rounds']} "
+          f"rounds, {pre['seconds']:.1f} s | bytes {ratio['bytes']:.1f}x less, "
+          f"rounds ratio {ratio['rounds']:.2f}")
+
+
 def print_report(result: dict) -> None:
-    shapes = result["config"]["shapes"]
-    print(f"SmolLM2 linear layers per decode step ({shapes['layers']} layers, "
-          f"{result['config']['parties']} parties; bytes summed over parties)")
+    config = result["config"]
+    print(f"SmolLM2 per decode step ({config['shapes']['layers']} layers, "
+          f"{config['parties']} parties; bytes summed over parties, rounds and seconds "
+          "the max over parties)")
     for dealer, entry in result["dealers"].items():
-        print(f"\n== dealer {dealer.upper()} ==")
-        print(f"{'product':<11} {'plain MiB':>10} {'rounds':>6} {'premask MiB':>11} "
-              f"{'rounds':>6} {'setup MiB':>10}")
-        for name, plain in entry["plain"]["products"].items():
-            pre = entry["premask"]["products"][name]
-            print(f"{name:<11} {_mib(plain['call']['bytes'])} {plain['call']['rounds']:>6} "
-                  f"{_mib(pre['call']['bytes']):>11} {pre['call']['rounds']:>6} "
-                  f"{_mib(pre['setup']['bytes'])}")
-        plain, pre = entry["plain"]["per_step"], entry["premask"]["per_step"]
-        print(f"per step:   plain {_mib(plain['bytes'])} MiB, {plain['rounds']} rounds | "
-              f"premask {_mib(pre['bytes'])} MiB, {pre['rounds']} rounds | "
-              f"bytes ratio {entry['ratio_bytes_per_step']:.1f}x, "
-              f"rounds ratio {entry['ratio_rounds_per_step']:.2f}x")
+        plain, pre = entry["plain"], entry["premask"]
+        print(f"\n== dealer {dealer.upper()}: linear layers + tied embedding / LM head ==")
+        _print_table(plain["products"], pre["products"])
+        _print_step("per step", plain["per_step"], pre["per_step"], entry["ratio_per_step"])
         print(f"one-time premask setup (all weights opened once): "
-              f"{_mib(entry['premask']['one_time']['bytes'])} MiB")
+              f"{_mib(pre['one_time']['bytes'])} MiB")
+        if "attention_products" in plain:
+            print(f"-- attention over a {config['context']}-row KV cache (per layer; "
+                  "kv_row: a new K or V row premasked once, 2 per layer per step) --")
+            _print_table(plain["attention_products"], pre["attention_products"])
+            _print_step("attention per step", plain["attention_per_step"],
+                        pre["attention_per_step"], entry["attention_ratio_per_step"])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -196,10 +261,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--parties", type=int, default=2)
     parser.add_argument("--dealers", nargs="+", default=list(DEALERS))
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--context", type=int, default=1024,
+                        help="KV-cache rows for the attention products (0: skip)")
     parser.add_argument("--out", type=Path, default=Path("runs/premask_bytes.json"))
     args = parser.parse_args(argv)
     config = BenchConfig(parties=args.parties, dealers=tuple(args.dealers),
-                         repeats=args.repeats)
+                         repeats=args.repeats, context=args.context)
     result = run(config)
     print_report(result)
     args.out.parent.mkdir(parents=True, exist_ok=True)
