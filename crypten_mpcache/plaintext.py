@@ -231,7 +231,7 @@ class _Engine:
                            budget=plan.budget)
         self.session.layers[layer] = state
         if plan.static is not None:
-            counts = static.static_counts(plan.static, length)
+            counts = static.static_counts(plan.static, length, state.budget_tokens)
             if plan.static.score == "accumulated":
                 _, probs = _attend(query, key, key, scaling, causal_offset=0)
                 state.scores = static.head_importance(BACKEND, probs.float(), n_kv,

@@ -16,8 +16,9 @@ ascending order; tokens are fetched by chained one-hot gathers, so attention run
 Counts: in ratio mode k_l = ceil(ratio_l * G_l) (G_l = all level-l clusters of the region),
 clamped to the children of the kept parents. In budget mode (tokens attended per step)
 k_last = floor((budget - S - recent) / s_last) and the coarser levels keep at least enough
-parents for it. A cache no longer than the budget, or without a full competing cluster,
-is attended densely.
+parents for it; when sink + recent alone exceed the budget the oldest recent tokens are
+left out. A cache no longer than the budget (or, in ratio mode, without a full competing
+cluster) is attended densely.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def step_counts(spec: DynamicSpec, n_tokens: int, budget: int | None) -> StepCou
     sizes = spec.cluster_sizes
     sink = min(spec.sink, n_tokens)
     n_top = max(0, (n_tokens - sink - spec.recent) // sizes[0])
-    dense = n_top == 0 or (budget is not None and n_tokens <= budget)
+    dense = n_tokens <= budget if budget is not None else n_top == 0
     if dense:
         return StepCounts(n_tokens, sink, sizes, n_top, (0,) * len(sizes), True)
     totals = [n_top * (sizes[0] // s) for s in sizes]
@@ -88,7 +89,7 @@ def step_counts(spec: DynamicSpec, n_tokens: int, budget: int | None) -> StepCou
     else:
         recent = n_tokens - (sink + n_top * sizes[0])
         drop = min(recent - 1, max(0, sink + recent - budget))
-        last = max(0, min(totals[-1], (budget - sink - recent) // sizes[-1]))
+        last = max(0, min(totals[-1], (budget - sink - recent) // sizes[-1])) if n_top else 0
         ks = [last]
         for level in range(len(sizes) - 2, -1, -1):
             need = _ceil(ks[0] / fan[level])

@@ -42,9 +42,16 @@ class StaticCounts:
         return self.keep < self.prompt_len
 
 
-def static_counts(spec: StaticSpec, prompt_len: int) -> StaticCounts:
-    """Derive the public counts from the spec and the (public) prompt length."""
-    keep = min(prompt_len, resolve_tokens(spec.keep, prompt_len))
+def static_counts(spec: StaticSpec, prompt_len: int, budget: int | None = None) -> StaticCounts:
+    """Derive the public counts from the spec and the (public) prompt length.
+
+    Static eviction never keeps fewer tokens than the decode ``budget`` (tokens attended
+    per step): a prompt that fits the budget is not evicted at all.
+    """
+    keep = resolve_tokens(spec.keep, prompt_len)
+    if budget is not None:
+        keep = max(keep, budget)
+    keep = min(prompt_len, keep)
     sink = min(spec.sink, keep)
     if spec.window is None or spec.score == "none":
         window = keep - sink

@@ -1,0 +1,191 @@
+"""apply(): exact full-cache equivalence, real eviction, restore, records (tiny Llamas)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import crypten_mpcache  # noqa: F401  (compat patches first)
+from crypten_mpcache.algorithm.plan import resolve_tokens
+from crypten_mpcache.config import MPCacheConfig
+from crypten_mpcache.plaintext import EvictedLayer, apply
+
+PROMPT = 300
+NEW = 6
+
+
+def _tiny(kv_heads: int) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128,
+                      num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=kv_heads,
+                      max_position_embeddings=1024)
+    return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="module", params=[4, 2], ids=["mha", "gqa"])
+def model(request) -> LlamaForCausalLM:
+    return _tiny(request.param)
+
+
+@pytest.fixture(scope="module")
+def prompt() -> torch.Tensor:
+    return torch.randint(0, 128, (1, PROMPT), generator=torch.Generator().manual_seed(1))
+
+
+def _generate(model, ids, method=None, new=NEW):
+    with torch.no_grad():
+        if method is None:
+            return model.generate(ids, max_new_tokens=new, do_sample=False, output_scores=True,
+                                  return_dict_in_generate=True), None
+        with apply(model, method) as session:
+            out = model.generate(ids, max_new_tokens=new, do_sample=False, output_scores=True,
+                                 return_dict_in_generate=True)
+        return out, session
+
+
+@pytest.mark.parametrize("method", [MPCacheConfig.from_budget(1.0), MPCacheConfig(budget=10_000)],
+                         ids=["budget-1.0", "short-cache"])
+def test_full_budget_gives_exactly_full_cache_logits(model, prompt, method) -> None:
+    ref, _ = _generate(model, prompt)
+    out, session = _generate(model, prompt, method)
+    for a, b in zip(ref.scores, out.scores, strict=True):
+        assert torch.equal(a, b)
+    assert session.max_attended() == PROMPT + NEW - 1
+
+
+def test_eviction_attends_within_budget(model, prompt) -> None:
+    method = MPCacheConfig.from_budget(0.2)
+    out, session = _generate(model, prompt, method)
+    decode = session.decode_records()
+    assert len(decode) == (NEW - 1) * model.config.num_hidden_layers
+    keep = resolve_tokens(method.static_keep, PROMPT)
+    for rec in decode:
+        seen = PROMPT + rec["step"]
+        assert rec["attended"] <= resolve_tokens(0.2, seen)
+        assert rec["attended"] < rec["cache"] == keep + rec["step"]
+        assert rec["positions"].shape[-1] == rec["attended"]
+    prefill = [r for r in session.records if r["phase"] == "prefill"]
+    assert all(r["cache"] == keep for r in prefill)
+
+
+def test_cache_is_really_compacted_and_reports_logical_length(model, prompt) -> None:
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad(), apply(model, MPCacheConfig()):
+        model(prompt, cache=cache, use_cache=True)
+    keep = resolve_tokens(0.3, PROMPT)
+    assert all(isinstance(layer, EvictedLayer) for layer in cache.layers)
+    assert cache.layers[0].keys.shape[-2] == keep
+    assert cache.get_seq_length() == PROMPT
+
+
+def test_manual_loop_matches_generate(model, prompt) -> None:
+    method = MPCacheConfig.from_budget(0.2)
+    ref, _ = _generate(model, prompt, method)
+    tokens = []
+    with torch.no_grad(), apply(model, method):
+        out = model(prompt, use_cache=True)
+        cache = out.cache if hasattr(out, "cache") else out.past_key_values
+        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        for _ in range(NEW):
+            tokens.append(nxt.item())
+            out = model(nxt, cache=cache, use_cache=True)
+            nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+    assert tokens == ref.sequences[0, PROMPT:].tolist()
+
+
+def test_restores_model_on_exit_and_on_exception(model, prompt) -> None:
+    from transformers.modeling_utils import AttentionInterface
+
+    before = model.config._attn_implementation
+    names = set(AttentionInterface._global_mapping)
+    with pytest.raises(RuntimeError, match="boom"), apply(model, MPCacheConfig()):
+        assert model.config._attn_implementation != before
+        raise RuntimeError("boom")
+    assert model.config._attn_implementation == before
+    assert set(AttentionInterface._global_mapping) == names
+    assert all(not m._forward_pre_hooks for m in model.modules())
+    with apply(model, MPCacheConfig()):
+        pass
+    assert model.config._attn_implementation == before
+    ref, _ = _generate(model, prompt, new=2)
+    again, _ = _generate(model, prompt, new=2)
+    assert torch.equal(ref.scores[0], again.scores[0])
+
+
+def test_selections_are_deterministic(model, prompt) -> None:
+    method = MPCacheConfig.from_budget(0.2)
+    _, first = _generate(model, prompt, method)
+    _, second = _generate(model, prompt, method)
+    assert len(first.records) == len(second.records)
+    for a, b in zip(first.records, second.records, strict=True):
+        assert torch.equal(a["positions"], b["positions"])
+
+
+def test_sink_and_recent_always_attended_and_sharing(model, prompt) -> None:
+    method = MPCacheConfig.from_budget(0.2)
+    _, session = _generate(model, prompt, method)
+    sink, recent = method.sink_tokens, method.recent_tokens
+    for rec in session.decode_records():
+        seen = PROMPT + rec["step"]
+        pos = rec["positions"][0, 0].tolist()
+        assert pos[:sink] == list(range(sink))
+        assert pos[-1] == seen - 1
+        assert pos == sorted(pos) and len(set(pos)) == len(pos)
+        assert len(pos) >= sink + recent
+    by_key = {(r["step"], r["layer"]): r for r in session.decode_records()}
+    assert session.schedule == (0, 1, 2, 2, 4, 5)  # 2 head + 2 tail alone; 3 reuses 2
+    for (step, layer), rec in by_key.items():
+        selector = session.schedule[layer]
+        assert torch.equal(rec["positions"], by_key[(step, selector)]["positions"])
+
+
+# -- real model: passkey retrieval on the embedded SmolLM2 (slow) -------------------------
+
+def _passkey_prompt(tokenizer, n_tokens: int, key: str, depth: float) -> torch.Tensor:
+    from crypten_mpcache.assets import essay_texts
+
+    needle = f" The pass key is {key}. Remember it. {key} is the pass key. "
+    question = "\n\nWhat is the pass key? The pass key is"
+    text = " ".join(essay_texts())
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    budget = n_tokens - len(tokenizer(needle + question).input_ids)
+    hay = ids[:budget]
+    cut = int(len(hay) * depth)
+    prompt = (tokenizer.decode(hay[:cut]) + needle + tokenizer.decode(hay[cut:]) + question)
+    return tokenizer(prompt, return_tensors="pt").input_ids
+
+
+def _passkey_run(model, tokenizer, method, ids: torch.Tensor) -> tuple[str, int]:
+    with torch.no_grad(), apply(model, method, record=True) as session:
+        out = model.generate(ids, max_new_tokens=8, do_sample=False)
+    text = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    return text, session.max_attended()
+
+
+@pytest.mark.slow
+def test_smollm2_passkey_full_cache_and_mpcache_budgets() -> None:
+    """Full cache finds the passkey at ~2k tokens; report MPCache at 0.1/0.2/0.3."""
+    from transformers import AutoTokenizer
+
+    from crypten_mpcache.assets import smollm2_folder
+
+    folder = smollm2_folder()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    keys = ["71432", "38095", "52817"]
+    results: dict[str, list[bool]] = {}
+    for depth, key in zip((0.1, 0.5, 0.9), keys, strict=True):
+        ids = _passkey_prompt(tokenizer, 2048, key, depth)
+        methods = {"full": None}
+        for budget in (0.1, 0.2, 0.3):
+            methods[f"mpcache@{budget}"] = MPCacheConfig.from_budget(budget)
+        for name, method in methods.items():
+            text, attended = _passkey_run(model, tokenizer, method, ids)
+            results.setdefault(name, []).append(key in text)
+            print(f"depth={depth} len={ids.shape[1]} {name}: {text!r} "
+                  f"max_attended={attended}", flush=True)
+    print({name: f"{sum(hits)}/{len(hits)}" for name, hits in results.items()})
+    assert all(results["full"]), results
