@@ -308,7 +308,7 @@ class TopKConfig:
     dealer: str = "ttp"
     units: dict[str, UnitCosts] = field(default_factory=lambda: {
         "tfp": UnitCosts(cmp_bytes=432.0, cmp_rounds=8.0, mul_bytes=32.0, mul_rounds=1.0),
-        "ttp": UnitCosts(cmp_bytes=432.0, cmp_rounds=8.0, mul_bytes=16.0, mul_rounds=1.0),
+        "ttp": UnitCosts(cmp_bytes=544.1, cmp_rounds=32.0, mul_bytes=111.6, mul_rounds=4.0),
     })
 
     def __post_init__(self) -> None:
