@@ -214,10 +214,11 @@ def _product_costs(x_shape: tuple, b_shapes: list[tuple], premask_on: bool) -> l
     costs = []
     for i, b_shape in enumerate(b_shapes):
         b = crypten.cryptensor(torch.randn(b_shape) / 10)
-        operand = premask.fixed_operand(b, name=f"b{i}", premask=premask_on)
+        operand, setup = _costs(lambda b=b, i=i: premask.fixed_operand(
+            b, name=f"b{i}", premask=premask_on))
         x = crypten.cryptensor(torch.randn(x_shape), src=1)
         _, cost = _costs(lambda operand=operand, x=x: operand.rmatmul(x))
-        costs.append(cost)
+        costs.append({**cost, "setup": setup})
     return costs
 
 
@@ -251,6 +252,12 @@ def test_premasked_product_opens_only_the_activation(dealer):
             # request is charged to the caller's scope)
             b_elements = b_shape[0] * b_shape[1]
             assert base["linear"][0] == 2 * 8 * (x_elements + b_elements) + dealt
+            setup = cost["setup"]  # D = B - M is opened once, charged to "premask"
+            assert setup["premask"] == (2 * 8 * b_elements, 1)
+            assert setup["linear"] == (0, 0)
+            registered = _ttp_request_overhead((0,)) if dealer == "ttp" and rank == 0 else 0
+            assert setup["dealer"] == ((registered, 3) if registered else (0, 0))
+            assert base["setup"] == {"linear": (0, 0), "dealer": (0, 0), "premask": (0, 0)}
         # independent of the operand's size: same bytes for B of 1536 and of 768 columns
         assert premasked[rank][0]["linear"] == premasked[rank][1]["linear"]
 

@@ -189,7 +189,8 @@ class FixedOperand:
     """A secret operand that is fixed across many products; masked and opened once.
 
     Holds the opened D = B - M and this party's share of M, stacked as ``pair`` (2, *shape)
-    so that transposes and concatenations move both together.
+    so that transposes and concatenations move both together. D is private and never
+    written in place: every transformation returns a new view.
     """
 
     def __init__(self, pair: torch.Tensor, recipe: Recipe, encoder: FixedPointEncoder) -> None:
@@ -219,11 +220,6 @@ class FixedOperand:
     def recipe(self) -> Recipe:
         """How the dealer rebuilds this operand's mask from registered masks."""
         return self._recipe
-
-    @property
-    def masked(self) -> torch.Tensor:
-        """The public D = value - mask (a ring tensor); never modify it."""
-        return self._pair[0]
 
     def rmatmul(self, x: MPCTensor) -> MPCTensor:
         """``x @ value`` (batch dims broadcast like ``torch.matmul``); opens x - A only."""
