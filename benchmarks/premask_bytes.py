@@ -97,12 +97,13 @@ def _product_costs(name: str, weight_shape: tuple[int, ...], x_shape: tuple[int,
     import crypten
 
     weight = crypten.cryptensor(torch.randn(weight_shape) / weight_shape[-2] ** 0.5)
+    if x_shape is None:  # setup only: the new K and V rows of a step, opened together
+        return {"setup": _kv_rows_setup(name, weight, premask_on),
+                "call": {"bytes": 0, "rounds": 0, "seconds": 0.0}}
     operand, setup = _measure(lambda: premask.fixed_operand(weight, name=name,
                                                             premask=premask_on))
     if transpose:
         operand = operand.transpose(-1, -2)
-    if x_shape is None:  # setup only (a KV row written to the cache)
-        return {"setup": setup, "call": {"bytes": 0, "rounds": 0, "seconds": 0.0}}
     calls = []
     for _ in range(repeats):
         x = crypten.cryptensor(torch.randn(x_shape), src=1)
@@ -111,6 +112,16 @@ def _product_costs(name: str, weight_shape: tuple[int, ...], x_shape: tuple[int,
     if len({(c["bytes"], c["rounds"]) for c in calls}) != 1:
         raise AssertionError(f"{name}: per-call traffic changed between calls: {calls}")
     return {"setup": setup, "call": calls[-1]}
+
+
+def _kv_rows_setup(name: str, row, premask_on: bool) -> dict:
+    names = [f"{name}/k", f"{name}/v"]
+    if premask_on:
+        _, cost = _measure(lambda: premask.FixedOperand.create_many([row, row.clone()],
+                                                                    names=names))
+    else:
+        _, cost = _measure(lambda: [premask.PlainOperand.create(row, name=n) for n in names])
+    return cost
 
 
 def _run_products(products: dict[str, dict], premask_on: bool, repeats: int) -> dict:
@@ -135,16 +146,17 @@ def _attention_products(shapes: SmolLM2Shapes, context: int) -> dict[str, dict]:
     return {"attn_scores": {"weight": (kv, context, d), "x": (kv, group, d),
                             "transpose": True},
             "attn_values": {"weight": (kv, context, d), "x": (kv, group, context)},
-            "kv_row": {"weight": (kv, 1, d), "x": None}}
+            "kv_row": {"weight": (kv, 1, d), "x": None}}  # K and V rows, one opening
 
 
 def _attention_step(costs: dict[str, dict], shapes: SmolLM2Shapes, premask_on: bool) -> dict:
-    """layers x (scores + values); premasking also opens the new K and V rows once."""
+    """layers x (scores + values); premasking also opens the new K and V rows once
+    (in one round, ``FixedOperand.create_many``)."""
     total = {"bytes": 0, "rounds": 0, "seconds": 0.0}
     for key in total:
         per_layer = costs["attn_scores"]["call"][key] + costs["attn_values"]["call"][key]
         if premask_on:
-            per_layer += 2 * costs["kv_row"]["setup"][key]
+            per_layer += costs["kv_row"]["setup"][key]
         total[key] = shapes.layers * per_layer
     return total
 
@@ -250,7 +262,7 @@ def print_report(result: dict) -> None:
               f"{_mib(pre['one_time']['bytes'])} MiB")
         if "attention_products" in plain:
             print(f"-- attention over a {config['context']}-row KV cache (per layer; "
-                  "kv_row: a new K or V row premasked once, 2 per layer per step) --")
+                  "kv_row: the step's new K and V rows, premasked together once) --")
             _print_table(plain["attention_products"], pre["attention_products"])
             _print_step("attention per step", plain["attention_per_step"],
                         pre["attention_per_step"], entry["attention_ratio_per_step"])

@@ -169,9 +169,13 @@ def _server_store(server: Any) -> MaskStore:
     return store
 
 
-def _ttp_premask_register(server: Any, mask_id: int, size: tuple[int, ...]) -> torch.Tensor:
-    """Rebuild the mask that the parties drew from the generators they share with us."""
-    _server_store(server).register(mask_id, server._get_additive_PRSS(torch.Size(size)))
+def _ttp_premask_register(server: Any, masks: tuple[tuple[int, tuple[int, ...]], ...]
+                          ) -> torch.Tensor:
+    """Rebuild the masks (id, shape), in order, that the parties drew from the generators
+    they share with us."""
+    store = _server_store(server)
+    for mask_id, size in masks:
+        store.register(mask_id, server._get_additive_PRSS(torch.Size(size)))
     return torch.empty(0, dtype=torch.long)
 
 

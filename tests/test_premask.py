@@ -116,8 +116,10 @@ def _correctness(values: dict[str, torch.Tensor], steps: int) -> dict[str, torch
     keys = [premask.fixed_operand(enc(values["k0"]), name="k0")]
     vals = [premask.fixed_operand(enc(values["v0"]), name="v0")]
     for t in range(steps):
-        keys.append(premask.fixed_operand(enc(values["k"][t]), name=f"k{t + 1}"))
-        vals.append(premask.fixed_operand(enc(values["v"][t]), name=f"v{t + 1}"))
+        k_row, v_row = premask.FixedOperand.create_many(
+            [enc(values["k"][t]), enc(values["v"][t])], names=[f"k{t + 1}", f"v{t + 1}"])
+        keys.append(k_row)
+        vals.append(v_row)
         k_t = premask.FixedOperand.cat(keys, dim=-2).transpose(-1, -2)
         v = premask.FixedOperand.cat(vals, dim=-2)
         out[f"scores/{t}"] = k_t.rmatmul(enc(values["q"][t], src=1)).get_plain_text()
@@ -260,6 +262,27 @@ def test_premasked_product_opens_only_the_activation(dealer):
             assert base["setup"] == {"linear": (0, 0), "dealer": (0, 0), "premask": (0, 0)}
         # independent of the operand's size: same bytes for B of 1536 and of 768 columns
         assert premasked[rank][0]["linear"] == premasked[rank][1]["linear"]
+
+
+def _create_many_costs(shapes: list[tuple[int, ...]]) -> dict:
+    import crypten
+
+    values = [crypten.cryptensor(torch.randn(shape)) for shape in shapes]
+    operands, cost = _costs(lambda: premask.FixedOperand.create_many(
+        values, names=[f"row{i}" for i in range(len(values))]))
+    cost["values"] = [o.value().get_plain_text() for o in operands]
+    return cost
+
+
+def test_create_many_opens_all_operands_in_one_round():
+    shapes = [(3, 1, 8), (3, 1, 8), (5, 7)]
+    results = launch(_create_many_costs, shapes,
+                     config=LaunchConfig(parties=2, dealer="ttp", timeout_s=60))
+    elements = sum(torch.Size(s).numel() for s in shapes)
+    for rank, cost in enumerate(results):
+        assert cost["premask"] == (2 * 8 * elements, 1)
+        assert cost["dealer"] == ((_ttp_request_overhead((0,)), 3) if rank == 0 else (0, 0))
+        assert [tuple(v.shape) for v in cost["values"]] == shapes
 
 
 def _transcripts(scale: float) -> list[tuple[int, int]]:

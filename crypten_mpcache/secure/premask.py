@@ -91,8 +91,9 @@ def _rank() -> int:
 
 
 class _Dealer(Protocol):
-    def register(self, session: _Session, mask_id: int, shape: torch.Size) -> torch.Tensor:
-        """Draw a fresh mask for ``mask_id``; return this party's share of it."""
+    def register(self, session: _Session, masks: list[tuple[int, torch.Size]]
+                 ) -> list[torch.Tensor]:
+        """Draw a fresh mask per (id, shape); return this party's shares of them."""
 
     def triple(self, session: _Session, recipe: Recipe, x_shape: torch.Size,
                out_shape: torch.Size, op: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,12 +113,15 @@ class _TrustedThirdParty:
                                "crypten_mpcache.patches.crypten_dealer.PATCH before launch")
         return TTPClient.get()
 
-    def register(self, session: _Session, mask_id: int, shape: torch.Size) -> torch.Tensor:
+    def register(self, session: _Session, masks: list[tuple[int, torch.Size]]
+                 ) -> list[torch.Tensor]:
         client = self._client()
-        share = generate_random_ring_element(shape, generator=client.get_generator())
+        shares = [generate_random_ring_element(shape, generator=client.get_generator())
+                  for _, shape in masks]
         if _rank() == 0:
-            client.ttp_request("premask_register", None, mask_id, tuple(shape))
-        return share
+            request = tuple((mask_id, tuple(shape)) for mask_id, shape in masks)
+            client.ttp_request("premask_register", None, request)
+        return shares
 
     def triple(self, session: _Session, recipe: Recipe, x_shape: torch.Size,
                out_shape: torch.Size, op: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,12 +143,16 @@ class _TrustedFirstParty:
     def _share(tensor: torch.Tensor | None, shape: torch.Size) -> torch.Tensor:
         return ArithmeticSharedTensor(tensor, size=shape, precision=0, src=0).share
 
-    def register(self, session: _Session, mask_id: int, shape: torch.Size) -> torch.Tensor:
-        mask = None
-        if _rank() == 0:
-            mask = generate_random_ring_element(shape)
-            session.store.register(mask_id, mask)
-        return self._share(mask, shape)
+    def register(self, session: _Session, masks: list[tuple[int, torch.Size]]
+                 ) -> list[torch.Tensor]:
+        shares = []
+        for mask_id, shape in masks:
+            mask = None
+            if _rank() == 0:
+                mask = generate_random_ring_element(shape)
+                session.store.register(mask_id, mask)
+            shares.append(self._share(mask, shape))
+        return shares
 
     def triple(self, session: _Session, recipe: Recipe, x_shape: torch.Size,
                out_shape: torch.Size, op: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -201,16 +209,26 @@ class FixedOperand:
     @classmethod
     def create(cls, value: MPCTensor, *, name: str) -> FixedOperand:
         """Mask ``value`` with a fresh mask and open D = value - mask (once)."""
+        return cls.create_many([value], names=[name])[0]
+
+    @classmethod
+    def create_many(cls, values: list[MPCTensor], *, names: list[str]) -> list[FixedOperand]:
+        """Several operands with one dealer request and one opening round (e.g. the new K
+        and V rows of every layer that shares a step)."""
+        if len(values) != len(names) or not values:
+            raise ValueError("create_many needs as many names as values (at least one)")
         session = _session()
-        session.claim(name)
-        value_ast = _arithmetic(value)
-        share = value_ast.share
-        mask_id = session.new_mask_id()
+        for name in names:
+            session.claim(name)
+        asts = [_arithmetic(v) for v in values]
+        masks = [(session.new_mask_id(), a.share.shape) for a in asts]
         with operator_scope("dealer"):
-            mask_share = _dealer().register(session, mask_id, share.shape)
+            mask_shares = _dealer().register(session, masks)
         with operator_scope("premask"):
-            d = comm.get().all_reduce(share - mask_share)
-        return cls(torch.stack([d, mask_share]), mask_recipe(mask_id), value_ast.encoder)
+            masked = [a.share - m for a, m in zip(asts, mask_shares, strict=True)]
+            opened = comm.get().all_reduce(masked, batched=True)
+        return [cls(torch.stack([d, m]), mask_recipe(mask_id), a.encoder)
+                for d, m, (mask_id, _), a in zip(opened, mask_shares, masks, asts, strict=True)]
 
     @property
     def shape(self) -> torch.Size:
