@@ -1,0 +1,222 @@
+"""Inside one party: random encrypted layers and KV cache, static eviction, decode steps.
+
+Why build the cache directly: the decode-step cost depends on the cache's public length,
+not on how it was filled, so a secure prefill of thousands of tokens is not needed. Every
+value here is random; party 0 encrypts the weights (it plays the model owner) and the
+cache rows (their values are never looked at). Phases of the returned cost report:
+``setup`` (weights and KV premasking), ``static/<layer>`` (the policy's one-time static
+eviction), ``decode/<step>``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from crypten_mpcache.bench.shapes import ModelShape, get_shape
+from crypten_mpcache.bench.variants import resolve
+from crypten_mpcache.runtime.cost import CostMeter
+from crypten_mpcache.secure.kv_cache import CachePolicy
+
+OWNER = 0
+
+
+@dataclass(frozen=True)
+class RowTask:
+    """What every party needs to measure one (context, cache) row; all public."""
+
+    shape: str
+    layers: int
+    context: int
+    cache: str
+    budget: float
+    steps: int
+    share_weights: bool = True
+    seed: int = 0
+
+    def model_shape(self) -> ModelShape:
+        return get_shape(self.shape)
+
+
+class CountingPolicy(CachePolicy):
+    """Delegates to a policy and records how many tokens each decode ``select`` returns
+    (a public shape), so the bench can check the budget really holds."""
+
+    def __init__(self, inner: CachePolicy) -> None:
+        self.inner = inner
+        self.name = getattr(inner, "name", type(inner).__name__)
+        self.attended: list[int] = []
+
+    def prefill_window(self, prompt_len: int) -> int:
+        return self.inner.prefill_window(prompt_len)
+
+    def after_prefill(self, layer: Any, window_probs: Any | None) -> None:
+        self.inner.after_prefill(layer, window_probs)
+
+    def select(self, layer: Any, query: Any) -> tuple[Any, Any]:
+        keys, values = self.inner.select(layer, query)
+        self.attended.append(int(keys.shape[-2]))
+        return keys, values
+
+    def __getattr__(self, name: str) -> Any:  # anything else the attention may ask
+        return getattr(self.inner, name)
+
+
+def _owner_tensor(shape: tuple[int, ...], fill: str, generator: torch.Generator,
+                  rank: int) -> torch.Tensor:
+    """Party 0's random values; the others pass zeros of the same (public) shape."""
+    if rank != OWNER:
+        return torch.zeros(shape)
+    if fill == "ones":
+        return torch.ones(shape) + 0.01 * torch.randn(shape, generator=generator)
+    return 0.02 * torch.randn(shape, generator=generator)
+
+
+def _linear(shape_in: int, shape_out: int, name: str, ctx: _BuildContext) -> Any:
+    from crypten_mpcache.models.llama import SecureLinear, encrypt_operand
+
+    weight_t = _owner_tensor((shape_in, shape_out), "randn", ctx.generator, ctx.rank)
+    return SecureLinear(encrypt_operand(weight_t, name, ctx.options))
+
+
+def _norm(name: str, ctx: _BuildContext) -> Any:
+    from crypten_mpcache.models.llama import SecureRMSNorm, encrypt_operand
+
+    gamma = _owner_tensor((ctx.shape.hidden,), "ones", ctx.generator, ctx.rank)
+    return SecureRMSNorm(encrypt_operand(gamma, name, ctx.options), ctx.shape.rms_eps,
+                         ctx.options.norm)
+
+
+@dataclass
+class _BuildContext:
+    shape: ModelShape
+    config: Any
+    options: Any
+    generator: torch.Generator
+    rank: int
+
+
+def _weights(prefix: str, ctx: _BuildContext) -> dict[str, Any]:
+    """One layer's encrypted, premasked modules (projections, MLP, norms)."""
+    from crypten_mpcache.models.llama import SecureMLP
+
+    s = ctx.shape
+    q_out, kv_out = s.heads * s.head_dim, s.kv_heads * s.head_dim
+    dims = {"q_proj": (s.hidden, q_out), "k_proj": (s.hidden, kv_out),
+            "v_proj": (s.hidden, kv_out), "o_proj": (q_out, s.hidden)}
+    projections = {p: _linear(*dims[p], f"{prefix}/{p}", ctx) for p in dims}
+    mlp = SecureMLP(_linear(s.hidden, s.mlp, f"{prefix}/gate_proj", ctx),
+                    _linear(s.hidden, s.mlp, f"{prefix}/up_proj", ctx),
+                    _linear(s.mlp, s.hidden, f"{prefix}/down_proj", ctx),
+                    ctx.options.activation)
+    return {"projections": projections, "mlp": mlp,
+            "input_layernorm": _norm(f"{prefix}/input_layernorm", ctx),
+            "post_attention_layernorm": _norm(f"{prefix}/post_attention_layernorm", ctx)}
+
+
+def build_layers(task: RowTask, options: Any, rank: int) -> list[torch.nn.Module]:
+    """transformers decoder layers (built on the meta device: no plaintext weights are
+    allocated) whose modules are replaced by encrypted ones. With ``share_weights`` all
+    layers use ONE set of encrypted weights: a premasked product opens only the fresh
+    activation, so the per-step transcript is the same as with distinct weights, and the
+    memory is one layer's."""
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+    from crypten_mpcache.models.llama import SecureLlamaAttention
+
+    shape = task.model_shape()
+    config = shape.llama_config(task.layers)
+    ctx = _BuildContext(shape, config, options, torch.Generator().manual_seed(task.seed), rank)
+    shared = _weights("shared", ctx) if task.share_weights else None
+    layers = []
+    for index in range(task.layers):
+        weights = shared or _weights(f"layer{index}", ctx)
+        with torch.device("meta"):
+            layer = LlamaDecoderLayer(config, index)
+        layer.self_attn = SecureLlamaAttention(config, index, weights["projections"], options)
+        layer.mlp = weights["mlp"]
+        layer.input_layernorm = weights["input_layernorm"]
+        layer.post_attention_layernorm = weights["post_attention_layernorm"]
+        layers.append(layer)
+    return layers
+
+
+def fill_cache(task: RowTask, rank: int) -> Any:
+    """A SecureKVCache whose every layer holds ``context`` random encrypted K/V rows,
+    written as one operand like a prefill writes them."""
+    import crypten
+
+    from crypten_mpcache.secure.kv_cache import SecureKVCache
+
+    shape = task.model_shape()
+    generator = torch.Generator().manual_seed(task.seed + 1)
+    cache = SecureKVCache(task.layers, premask=True)
+    rows = (1, shape.kv_heads, task.context, shape.head_dim)
+    for index in range(task.layers):
+        k = crypten.cryptensor(_owner_tensor(rows, "randn", generator, rank) * 50, src=OWNER)
+        v = crypten.cryptensor(_owner_tensor(rows, "randn", generator, rank) * 50, src=OWNER)
+        cache.update(k, v, index)
+    return cache
+
+
+def window_probs(task: RowTask, window: int, generator: torch.Generator, rank: int) -> Any:
+    """Random attention rows (1, heads, window, context) for the static stage: positive,
+    summing to one along the keys, causal like a prefill's last rows."""
+    import crypten
+
+    shape = task.model_shape()
+    probs = torch.zeros(1, shape.heads, window, task.context)
+    if rank == OWNER:
+        scores = torch.randn(probs.shape, generator=generator)
+        first = task.context - window
+        causal = torch.arange(task.context)[None, :] <= (torch.arange(window)[:, None] + first)
+        probs = torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
+    return crypten.cryptensor(probs, src=OWNER)
+
+
+def _rope(task: RowTask, position: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    config = task.model_shape().llama_config(task.layers)
+    positions = torch.tensor([[position]])
+    return LlamaRotaryEmbedding(config)(torch.empty(0), positions)
+
+
+def run_row(task: RowTask) -> dict[str, Any]:
+    """One party's measurement of one row (module level: ``launch`` forks it)."""
+    import crypten
+    import crypten.communicator as comm
+    import transformers.models.llama.modeling_llama  # noqa: F401  (import outside the timing)
+
+    from crypten_mpcache.models.llama import SecureModelOptions
+
+    rank = comm.get().get_rank()
+    policy = CountingPolicy(resolve(task.cache).create(task.budget))
+    options = SecureModelOptions(src=OWNER, premask=True, policy=policy)
+    meter = CostMeter()
+    with meter.phase("setup"):
+        layers = build_layers(task, options, rank)
+        cache = fill_cache(task, rank)
+    generator = torch.Generator().manual_seed(task.seed + 2)
+    window = policy.prefill_window(task.context)
+    for index in range(task.layers):
+        probs = window_probs(task, window, generator, rank) if window else None
+        with meter.phase(f"static/{index}"):
+            policy.after_prefill(cache.layer(index), probs)
+        del probs
+    hidden_size = task.model_shape().hidden
+    for step in range(task.steps):
+        hidden = crypten.cryptensor(
+            _owner_tensor((1, 1, hidden_size), "randn", generator, rank) * 50, src=OWNER)
+        position = task.context + step
+        cos_sin = _rope(task, position)
+        with meter.phase(f"decode/{step}"):
+            for layer in layers:
+                hidden = layer(hidden, attention_mask=None,
+                               position_ids=torch.tensor([[position]]), cache=cache,
+                               use_cache=True, position_embeddings=cos_sin)
+    return {"rank": rank, "cost": meter.report(), "attended": policy.attended,
+            "window": window, "cache_lengths": [cache.get_seq_length(i)
+                                                for i in range(task.layers)]}

@@ -1,0 +1,104 @@
+"""The side-by-side table: per-step costs per (context, cache), and full/cache ratios.
+
+Why ratios against ``full`` at the same context, shape, layers and dealer: every
+optimization that does not depend on eviction (premasking, activations, softmax and
+comparison protocols) runs in both, so the ratio measures eviction and nothing else.
+Latency: measured compute + rounds x RTT + per-party bytes / bandwidth
+(``secure.network``: LAN 3 Gbps / 0.8 ms RTT, WAN 200 Mbps / 40 ms RTT).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from crypten_mpcache.secure.network import LAN, WAN
+
+MIB = 1024 * 1024
+BASELINE = "full"
+KINDS = ("similarity", "topk", "gather", "softmax", "attention_scores", "attention_values",
+         "linear", "norm", "activation", "premask", "dealer", "other")
+
+
+def _fmt(value: float, digits: int = 2) -> str:
+    return f"{value:.{digits}f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def cost_table(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per row: per decode step of the benchmarked layers, and one-time static."""
+    header = ["context", "cache", "attended", "MiB/step", "rounds", "compute s", "LAN s",
+              "WAN s", "MiB/layer", "static MiB", "static rounds"]
+    body = [[str(r["context"]), r["cache"], str(r["attended_max"]),
+             _fmt(r["bytes"] / MIB), str(int(r["rounds"])), _fmt(r["seconds"]),
+             _fmt(r["lan_seconds"]), _fmt(r["wan_seconds"]),
+             _fmt(r["per_layer"]["bytes"] / MIB), _fmt(r["static_bytes"] / MIB),
+             str(int(r["static_rounds"]))] for r in rows]
+    return _table(header, body)
+
+
+def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """full/cache for every non-full row that has a full row at the same context."""
+    full = {r["context"]: r for r in rows if r["cache"] == BASELINE}
+    out = []
+    for r in rows:
+        base = full.get(r["context"])
+        if base is None or r["cache"] == BASELINE:
+            continue
+        out.append({"context": r["context"], "cache": r["cache"],
+                    "bytes": base["bytes"] / r["bytes"],
+                    "rounds": base["rounds"] / r["rounds"],
+                    "compute": base["seconds"] / r["seconds"],
+                    "lan": base["lan_seconds"] / r["lan_seconds"],
+                    "wan": base["wan_seconds"] / r["wan_seconds"]})
+    return out
+
+
+def ratio_table(rows: list[dict[str, Any]]) -> list[str]:
+    header = ["context", "full / cache", "bytes", "rounds", "compute", "LAN latency",
+              "WAN latency"]
+    body = [[str(q["context"]), q["cache"], _fmt(q["bytes"]) + "x", _fmt(q["rounds"]) + "x",
+             _fmt(q["compute"]) + "x", _fmt(q["lan"]) + "x", _fmt(q["wan"]) + "x"]
+            for q in ratios(rows)]
+    return _table(header, body)
+
+
+def operator_table(rows: list[dict[str, Any]]) -> list[str]:
+    """MiB / rounds per decode step for each operator kind."""
+    present = [k for k in KINDS if any(k in r["operators"] for r in rows)]
+    present += sorted({k for r in rows for k in r["operators"]} - set(present))
+    header = ["context", "cache"] + present
+    body = []
+    for r in rows:
+        cells = []
+        for kind in present:
+            op = r["operators"].get(kind)
+            cells.append("-" if op is None else
+                         f"{op['bytes'] / MIB:.2f} / {int(round(op['rounds']))}")
+        body.append([str(r["context"]), r["cache"]] + cells)
+    return _table(header, body)
+
+
+def format_report(result: dict[str, Any]) -> str:
+    """The whole markdown report of a ``BenchResult.as_dict()``."""
+    config, rows = result["config"], result["rows"]
+    lines = [
+        f"shape {config['shape']}, {config['layers']} layer(s), budget {config['budget']}, "
+        f"dealer {config['dealer']}, {config['parties']} parties, {config['steps']} decode "
+        f"step(s) per row; bytes summed over parties, per decode step of the "
+        f"{config['layers']} benchmarked layer(s)",
+        f"latency = compute + rounds x RTT + per-party bytes / bandwidth; "
+        f"{LAN.name} {LAN.bandwidth_bps / 1e9:g} Gbps / {LAN.rtt_s * 1e3:g} ms RTT, "
+        f"{WAN.name} {WAN.bandwidth_bps / 1e6:g} Mbps / {WAN.rtt_s * 1e3:g} ms RTT",
+        "", "Per decode step:", ""]
+    lines += cost_table(rows)
+    if ratios(rows):
+        lines += ["", "Ratios full / cache (same context, same run):", ""]
+        lines += ratio_table(rows)
+    lines += ["", "Per-operator MiB / rounds per decode step:", ""]
+    lines += operator_table(rows)
+    return "\n".join(lines)

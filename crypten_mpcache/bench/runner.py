@@ -1,0 +1,204 @@
+"""Run the benchmark: one MPC launch per (context, cache) row, summarized per decode step.
+
+Why one launch per row: each row gets a fresh MPC session (fresh masks, an empty dealer
+store), so memory never accumulates across rows and no row can disturb another's
+counters. Bytes are summed over the parties (``runtime.cost.combine``); latency uses
+the bytes ONE party sends (``secure.network``); rounds and seconds are the max over
+parties.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import crypten_mpcache.secure.premask  # noqa: F401  (patches the TTP dealer in the parent)
+from crypten_mpcache.bench.party import RowTask, run_row
+from crypten_mpcache.bench.shapes import get_shape
+from crypten_mpcache.bench.variants import default_caches, resolve
+from crypten_mpcache.runtime.cost import combine
+from crypten_mpcache.runtime.launcher import DEALERS, LaunchConfig, launch
+from crypten_mpcache.secure.network import LAN, WAN
+
+BYTES_PER_ELEMENT = 8  # int64 ring elements
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One benchmark run; validated on construction."""
+
+    shape: str = "llama2-7b"
+    layers: int = 1
+    contexts: tuple[int, ...] = (512, 1024, 2048, 4096)
+    caches: tuple[str, ...] = field(default_factory=default_caches)
+    budget: float = 0.05
+    dealer: str = "ttp"
+    steps: int = 2
+    share_weights: bool = True
+    seed: int = 0
+    parties: int = 2
+    timeout_s: float = 3600.0
+    max_memory_gb: float | None = None  # refuse rows estimated above this (None: no check)
+
+    def __post_init__(self) -> None:
+        get_shape(self.shape)
+        if self.layers < 1:
+            raise ValueError(f"layers must be >= 1, got {self.layers}")
+        if not self.contexts or any(c < 1 for c in self.contexts):
+            raise ValueError(f"contexts must be positive token counts, got {self.contexts}")
+        if len(set(self.contexts)) != len(self.contexts):
+            raise ValueError(f"contexts repeat: {self.contexts}")
+        if not self.caches or len(set(self.caches)) != len(self.caches):
+            raise ValueError(f"caches must be distinct and non-empty, got {self.caches}")
+        for cache in self.caches:
+            resolve(cache)
+        if not 0.0 < self.budget <= 1.0:
+            raise ValueError(f"budget must be a ratio in (0, 1], got {self.budget}")
+        if self.dealer not in DEALERS:
+            raise ValueError(f"dealer must be one of {DEALERS}, got {self.dealer!r}")
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.parties not in (2, 3):
+            raise ValueError(f"parties must be 2 or 3, got {self.parties}")
+
+    def tasks(self) -> list[RowTask]:
+        return [RowTask(self.shape, self.layers, context, cache, self.budget, self.steps,
+                        self.share_weights, self.seed)
+                for context in self.contexts for cache in self.caches]
+
+
+def memory_estimate_gb(config: BenchConfig, context: int) -> float:
+    """Rough peak memory of one row over all processes (parties + dealer), in GB.
+
+    A premasked operand holds D and a mask share (2 ring elements per element) in every
+    party; the dealer (TTP process, or party 0 under TFP) keeps the plaintext mask (one
+    more). Weights count once with ``share_weights``; the KV cache once per layer. Add the
+    transient of encrypting the largest matrix (~4 copies in one party) and the static
+    stage's window probabilities (window ~20% of the context, all heads).
+    """
+    shape = get_shape(config.shape)
+    per_element = (2 * config.parties + 1) * BYTES_PER_ELEMENT
+    weight_sets = 1 if config.share_weights else config.layers
+    weights = weight_sets * shape.layer_weight_elements() * per_element
+    kv = config.layers * shape.kv_elements(context) * per_element
+    transient = 4 * shape.hidden * shape.mlp * BYTES_PER_ELEMENT
+    window = 3 * shape.heads * int(0.2 * context) * context * BYTES_PER_ELEMENT
+    return (weights + kv + max(transient, window)) / 1e9
+
+
+def _sum_phases(report: dict[str, Any], prefix: str) -> dict[str, float]:
+    total = {"bytes": 0.0, "rounds": 0.0, "seconds": 0.0}
+    for phase in report["phases"]:
+        if phase["phase"] == prefix or phase["phase"].startswith(prefix + "/"):
+            for key in total:
+                total[key] += phase[key]
+    return total
+
+
+def _operators(report: dict[str, Any], prefix: str, steps: int) -> dict[str, dict[str, float]]:
+    """Per-operator cost per step, summed over the phases named ``prefix/<i>``."""
+    out: dict[str, dict[str, float]] = {}
+    for phase, kinds in report["phase_operators"].items():
+        if not phase.startswith(prefix + "/"):
+            continue
+        for kind, cost in kinds.items():
+            slot = out.setdefault(kind, {"bytes": 0.0, "rounds": 0.0, "seconds": 0.0})
+            for key in slot:
+                slot[key] += cost[key] / steps
+    return dict(sorted(out.items()))
+
+
+def _per_step(total: dict[str, float], steps: int) -> dict[str, float]:
+    return {key: value / steps for key, value in total.items()}
+
+
+def summarize(task: RowTask, config: BenchConfig, outputs: list[dict[str, Any]],
+              wall_s: float) -> dict[str, Any]:
+    """One JSON row from the parties' outputs (see the module docstring for merging)."""
+    reports = [o["cost"] for o in outputs]
+    merged = combine(reports)
+    decode = _per_step(_sum_phases(merged, "decode"), task.steps)
+    # per-party bytes: what one party sends per step (the larger of the parties)
+    party_bytes = max(_sum_phases(r, "decode")["bytes"] for r in reports) / task.steps
+    static = _sum_phases(merged, "static")
+    setup = _sum_phases(merged, "setup")
+    shape = get_shape(task.shape)
+    per_layer = {k: v / task.layers for k, v in decode.items()}
+    model = {k: v * shape.depth for k, v in per_layer.items()}
+    model_party_bytes = party_bytes / task.layers * shape.depth
+    attended = outputs[0]["attended"]
+    return {
+        "shape": task.shape, "layers": task.layers, "context": task.context,
+        "cache": task.cache, "budget": task.budget, "dealer": config.dealer,
+        "parties": config.parties, "steps": task.steps,
+        "bytes": int(decode["bytes"]), "bytes_per_party": int(party_bytes),
+        "rounds": decode["rounds"], "seconds": decode["seconds"],
+        "lan_seconds": LAN.latency(decode["seconds"], decode["rounds"], party_bytes),
+        "wan_seconds": WAN.latency(decode["seconds"], decode["rounds"], party_bytes),
+        "per_layer": per_layer,
+        "model_estimate": {"layers": shape.depth, **model,
+                           "lan_seconds": LAN.latency(model["seconds"], model["rounds"],
+                                                      model_party_bytes),
+                           "wan_seconds": WAN.latency(model["seconds"], model["rounds"],
+                                                      model_party_bytes)},
+        "static_bytes": int(static["bytes"]), "static_rounds": static["rounds"],
+        "static_seconds": static["seconds"],
+        "setup_bytes": int(setup["bytes"]), "setup_seconds": setup["seconds"],
+        "operators": _operators(merged, "decode", task.steps),
+        "static_operators": _operators(merged, "static", 1),
+        "attended_max": max(attended) if attended else task.context + 1,
+        "attended_per_step": attended[: task.layers],
+        "static_window": outputs[0]["window"],
+        "cache_lengths": outputs[0]["cache_lengths"],
+        "wall_seconds": wall_s,
+    }
+
+
+@dataclass
+class BenchResult:
+    """Everything one run produced (JSON-ready with ``as_dict``)."""
+
+    config: BenchConfig
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        config = asdict(self.config)
+        config["contexts"], config["caches"] = list(self.config.contexts), list(
+            self.config.caches)
+        return {"config": config, "networks": {p.name: {"bandwidth_bps": p.bandwidth_bps,
+                                                        "rtt_s": p.rtt_s} for p in (LAN, WAN)},
+                "rows": self.rows}
+
+
+def check_memory(config: BenchConfig) -> None:
+    """Refuse (ValueError) a run whose largest row is estimated above the limit."""
+    if config.max_memory_gb is None:
+        return
+    worst = max(memory_estimate_gb(config, c) for c in config.contexts)
+    if worst > config.max_memory_gb:
+        raise ValueError(f"estimated peak memory {worst:.1f} GB exceeds the limit of "
+                         f"{config.max_memory_gb:.1f} GB: use fewer --layers or shorter "
+                         "--context")
+
+
+def run_bench(config: BenchConfig,
+              on_row: Callable[[RowTask, dict[str, Any] | None], None] | None = None
+              ) -> BenchResult:
+    """Measure every (context, cache) row; ``on_row`` is called before (None) and after
+    each row (progress reporting)."""
+    check_memory(config)
+    launch_config = LaunchConfig(parties=config.parties, dealer=config.dealer,  # type: ignore[arg-type]
+                                 timeout_s=config.timeout_s)
+    result = BenchResult(config)
+    for task in config.tasks():
+        if on_row is not None:
+            on_row(task, None)
+        start = time.perf_counter()
+        outputs = launch(run_row, task, config=launch_config)
+        row = summarize(task, config, outputs, time.perf_counter() - start)
+        result.rows.append(row)
+        if on_row is not None:
+            on_row(task, row)
+    return result

@@ -1,0 +1,78 @@
+"""The cache variants that ``bench`` compares: full cache, MPCache and its ablations.
+
+A variant is a name the user types (``--cache full,mpcache,...``) that resolves to a cache
+policy of ``secure.kv_cache.default_policies()`` plus options. The MPCache ablations
+differ from ``mpcache`` in ONE ``MPCacheConfig`` field each, all at the same token budget,
+so a ratio between two rows measures that one design choice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from crypten_mpcache.secure.kv_cache import CachePolicy, CachePolicyRegistry, default_policies
+
+MPCACHE_POLICY = "mpcache"
+
+# variant -> (MPCacheConfig overrides, one-line description)
+ABLATIONS: dict[str, tuple[dict[str, Any], str]] = {
+    "mpcache": ({}, "static + dynamic + hierarchy + index sharing (linearized similarity)"),
+    "mpcache:no-dynamic": ({"dynamic": False}, "look-once static eviction only"),
+    "mpcache:no-static": ({"static": False}, "query-aware dynamic selection only"),
+    "mpcache:maxbound": ({"similarity": "maxbound"},
+                         "exact max-bound similarity (comparisons) instead of the linear one"),
+    "mpcache:no-hierarchy": ({"hierarchy": False}, "one cluster level instead of two"),
+    "mpcache:no-sharing": ({"index_sharing": False}, "no cross-layer index sharing"),
+}
+
+
+@dataclass(frozen=True)
+class CacheVariant:
+    """A benchmarked cache: the policy name in the registry and its MPCacheConfig
+    overrides (None for policies that take no MPCache config, e.g. ``full``)."""
+
+    name: str
+    policy: str
+    overrides: dict[str, Any] | None = field(default=None, hash=False)
+    description: str = ""
+
+    def create(self, budget: float, registry: CachePolicyRegistry | None = None
+               ) -> CachePolicy:
+        """A fresh policy instance (one per run: policies may keep state)."""
+        registry = registry or default_policies()
+        if self.overrides is None:
+            return registry.create(self.policy)
+        from crypten_mpcache.config import MPCacheConfig
+
+        config = MPCacheConfig.from_budget(budget, **self.overrides)
+        return registry.create(self.policy, config=config)
+
+
+def known_variants(registry: CachePolicyRegistry | None = None) -> tuple[str, ...]:
+    """Every variant name usable now: registry policies, plus the MPCache ablations when
+    the ``mpcache`` policy is registered."""
+    names = list((registry or default_policies()).names())
+    if MPCACHE_POLICY in names:
+        names += [a for a in ABLATIONS if a not in names]
+    return tuple(names)
+
+
+def default_caches(registry: CachePolicyRegistry | None = None) -> tuple[str, ...]:
+    """``full`` and ``mpcache`` (just ``full`` until the mpcache policy is registered)."""
+    names = known_variants(registry)
+    return tuple(n for n in ("full", MPCACHE_POLICY) if n in names)
+
+
+def resolve(name: str, registry: CachePolicyRegistry | None = None) -> CacheVariant:
+    """The variant called ``name``; a ValueError names the known ones."""
+    registry = registry or default_policies()
+    if name not in known_variants(registry):
+        hint = "" if MPCACHE_POLICY in registry.names() else (
+            " (the mpcache policy and its ablations appear once it is registered)")
+        raise ValueError(f"unknown cache {name!r}; known: "
+                         f"{', '.join(known_variants(registry))}{hint}")
+    if name in ABLATIONS:
+        overrides, description = ABLATIONS[name]
+        return CacheVariant(name, MPCACHE_POLICY, dict(overrides), description)
+    return CacheVariant(name, name, None, "registry policy")
