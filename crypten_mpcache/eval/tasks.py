@@ -111,7 +111,7 @@ def _insert_at_depth(hay: Haystack, window: list[int], fact: list[int], depth: f
     target = round(depth * len(window))
     ends = [i + 1 for i, t in enumerate(window) if hay.ends_sentence(t)]
     pos = min(ends, key=lambda p: abs(p - target)) if ends else target
-    if abs(pos - target) > max(64, len(window) // 20):
+    if abs(pos - target) > max(4, len(window) // 20):
         pos = target
     return window[:pos] + fact + window[pos:], pos
 
@@ -133,7 +133,7 @@ def _haystack_sample(name: str, index: int, hay: Haystack, cfg: TaskConfig, cont
         task=name, index=index, context_ids=tuple(ctx), query_ids=tuple(query),
         answer=answer, max_new_tokens=max_new_tokens,
         meta={"depth": depth, "fact_start": start, "fact_len": len(fact),
-              "fact_depth": start / (len(ctx) + len(query))})
+              "fact_depth": pos / (len(body) - len(fact))})
 
 
 def build_passkey(index: int, hay: Haystack, cfg: TaskConfig, context: int,
@@ -188,26 +188,37 @@ def build_kv(index: int, hay: Haystack, cfg: TaskConfig, context: int,
                          f'What is the value of key "{probe_key}"? Answer with the value only.',
                          f'The value of key "{probe_key}" is "')
     entry = lambda k, v: encode(tok, f' {{"key": "{k}", "value": "{v}"}},\n')
-    per_entry = len(entry("0000-0000", "0000-0000"))
-    count = max(2, (context - len(head) - len(query) - 2) // per_entry)
+    opening, closing = encode(tok, "[\n"), encode(tok, "]")
+    room = context - len(head) - len(query) - len(opening) - len(closing) - 4
+    pairs: list[tuple[str, str]] = []
+    used = 0
+    while True:  # fill the context with pairs; entry lengths vary with the hex digits
+        pair = (_kv_token(rng), _kv_token(rng))
+        size = len(entry(*pair))
+        if used + size > room:
+            break
+        pairs.append(pair)
+        used += size
+    if len(pairs) < 2:
+        raise ValueError(f"context {context} is too short for task kv-retrieval")
     depth = DEPTHS[index % len(DEPTHS)]
-    probe_at = min(count - 1, int(depth * count))
-    body: list[int] = encode(tok, "[\n")
-    answer, fact_start, fact_len = "", 0, 0
-    for i in range(count):
-        key = probe_key if i == probe_at else _kv_token(rng)
-        value = _kv_token(rng)
-        ids = entry(key, value)
+    probe_at = min(len(pairs) - 1, int(depth * len(pairs)))
+    answer = pairs[probe_at][1]
+    pairs[probe_at] = (probe_key, answer)
+    body: list[int] = list(opening)
+    fact_start, fact_len = 0, 0
+    for i, pair in enumerate(pairs):
+        ids = entry(*pair)
         if i == probe_at:
-            answer, fact_start, fact_len = value, len(head) + len(body), len(ids)
+            fact_start, fact_len = len(head) + len(body), len(ids)
         body.extend(ids)
-    body.extend(encode(tok, "]"))
+    body.extend(closing)
     ctx = head + body
     return Sample(
         task="kv-retrieval", index=index, context_ids=tuple(ctx), query_ids=tuple(query),
         answer=answer, max_new_tokens=12,
-        meta={"depth": depth, "pairs": count, "fact_start": fact_start, "fact_len": fact_len,
-              "fact_depth": fact_start / (len(ctx) + len(query))})
+        meta={"depth": depth, "pairs": len(pairs), "fact_start": fact_start, "fact_len": fact_len,
+              "fact_depth": (fact_start - len(head) - len(opening)) / used})
 
 
 def build_ppl(index: int, hay: Haystack, cfg: TaskConfig, context: int,

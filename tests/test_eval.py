@@ -1,0 +1,196 @@
+"""The evaluation harness: metric definitions, task construction, a tiny end-to-end run.
+
+The tiny run uses a Llama built from a config (random weights) and the real SmolLM2
+tokenizer on short contexts; it checks the JSON schema and the run folder, not accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import pytest
+import torch
+
+import crypten_mpcache  # noqa: F401  (CrypTen patches first)
+from crypten_mpcache import assets
+from crypten_mpcache.eval import cli, methods, metrics, report, tasks
+from crypten_mpcache.eval.runner import EvalConfig, aggregate, run_eval
+
+# --- metrics -------------------------------------------------------------------------
+
+
+def test_normalize_and_f1_known_values() -> None:
+    assert metrics.normalize_answer("The  Cat, sat!") == "cat sat"
+    assert metrics.token_f1("the cat sat", "a cat sat") == pytest.approx(1.0)
+    # prediction "cat sat on mat" vs reference "cat sat": P = 2/4, R = 1 -> F1 = 2/3
+    assert metrics.token_f1("cat sat on the mat", "The cat sat.") == pytest.approx(2 / 3)
+    assert metrics.token_f1("dog", "cat") == 0.0
+    assert metrics.token_f1("", "cat") == 0.0
+
+
+def test_wilson_interval_known_values() -> None:
+    low, high = metrics.wilson_interval(5, 10)
+    assert (low, high) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    low, high = metrics.wilson_interval(10, 10)
+    assert high == 1.0 and low == pytest.approx(0.7225, abs=1e-4)
+    assert metrics.wilson_interval(0, 10)[0] == 0.0
+
+
+def test_summaries() -> None:
+    s = metrics.summarize("exact_match", [1, 1, 0, 1])
+    assert s.score == 0.75 and s.n == 4 and s.ci_low < 0.75 < s.ci_high
+    p = metrics.summarize("perplexity", [2.0, 2.0, 2.0])
+    assert p.perplexity == pytest.approx(math.exp(2.0)) and p.score == pytest.approx(
+        math.exp(-2.0))
+    f = metrics.summarize("f1", [0.5])
+    assert (f.ci_low, f.ci_high) == (0.5, 0.5)
+
+
+# --- tasks ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(assets.smollm2_folder())
+
+
+@pytest.fixture(scope="module")
+def hay(tokenizer) -> tasks.Haystack:
+    return tasks.Haystack(tokenizer, assets.essay_texts()[:4])
+
+
+@pytest.mark.parametrize("style", tasks.PROMPT_STYLES)
+@pytest.mark.parametrize("task", ["passkey", "needle", "kv-retrieval"])
+def test_fact_inside_context_at_depth(hay, tokenizer, task, style) -> None:
+    cfg = tasks.TaskConfig(style=style)
+    for sample in tasks.build_samples(task, hay, cfg, 512, 5, seed=3):
+        assert abs(sample.length - 512) <= 32
+        start, n = sample.meta["fact_start"], sample.meta["fact_len"]
+        fact = tokenizer.decode(list(sample.context_ids[start:start + n]))
+        assert sample.answer in fact
+        assert sample.answer not in tokenizer.decode(list(sample.query_ids))
+        assert abs(sample.meta["fact_depth"] - sample.meta["depth"]) < 0.1
+
+
+def test_samples_are_deterministic(hay) -> None:
+    cfg = tasks.TaskConfig()
+    a = tasks.build_samples("passkey", hay, cfg, 256, 3, seed=1)
+    b = tasks.build_samples("passkey", hay, cfg, 256, 3, seed=1)
+    c = tasks.build_samples("passkey", hay, cfg, 256, 3, seed=2)
+    assert a == b and a != c
+    assert len({s.answer for s in a}) == 3
+
+
+def test_ppl_sample_is_real_continuation(hay) -> None:
+    (s,) = tasks.build_samples("ppl", hay, tasks.TaskConfig(ppl_tokens=16), 300, 1, seed=0)
+    assert len(s.context_ids) == 300 and len(s.target_ids) == 16 and not s.query_ids
+    joined = s.context_ids + s.target_ids
+    text = "".join(str(t) + "," for t in hay.ids)
+    assert "".join(str(t) + "," for t in joined) in text
+
+
+# --- registry and CLI ----------------------------------------------------------------
+
+
+def test_registry_names_and_errors() -> None:
+    assert methods.resolve("full", None).is_full
+    with pytest.raises(ValueError):
+        methods.resolve("nope", 0.1)
+    with pytest.raises(ValueError):
+        methods.resolve("mpcache", 1.5)
+
+
+def test_cli_bad_input_is_one_line_error(capsys) -> None:
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    assert cli.run(parser.parse_args(["--task", "bogus"])) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("crypten-mpcache eval: error:") and "\n" not in err
+    assert cli.run(parser.parse_args(["--method", "full,magic"])) == 2
+    assert cli.run(parser.parse_args(["--budget", "0,0.1"])) == 2
+
+
+# --- tiny end-to-end -----------------------------------------------------------------
+
+
+def _tiny_llama(vocab: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=1024)
+    return LlamaForCausalLM(cfg).eval()
+
+
+ROW_KEYS = {"task", "method", "budget", "context", "query_at", "metric", "score", "n",
+            "ci_low", "ci_high"}
+
+
+def test_tiny_eval_end_to_end(tokenizer, tmp_path) -> None:
+    model = _tiny_llama(len(tokenizer))
+    cfg = EvalConfig(contexts=(192,), methods=("full", "mpcache", "streaming"),
+                     budgets=(0.2, 0.5), samples=2, ppl_tokens=4, out_dir=str(tmp_path),
+                     run_name="tiny")
+    result = run_eval(cfg, model, tokenizer, texts=assets.essay_texts()[:2], progress=False)
+    rows = result["rows"]
+    assert rows and all(ROW_KEYS <= set(r) for r in rows)
+    assert all(0.0 <= r["score"] <= 1.0 for r in rows if r["metric"] != "perplexity")
+    assert all(r["perplexity"] > 1.0 for r in rows if r["task"] == "ppl")
+    assert {r["query_at"] for r in rows} == {"prefill", "decode", "none"}
+    available = {r["method"] for r in rows}
+    assert "full" in available and available | set(result["unavailable"]) == {
+        "full", "mpcache", "streaming"}
+    folder = tmp_path / "tiny"
+    assert json.loads((folder / "config.json").read_text())["contexts"] == [192]
+    preds = [json.loads(x) for x in (folder / "predictions.jsonl").read_text().splitlines()]
+    assert len(preds) == sum(r["n"] for r in rows)
+    assert json.loads((folder / "metrics.json").read_text())["rows"] == rows
+    # Resuming the same run name re-runs nothing and gives the same rows.
+    again = run_eval(cfg, model, tokenizer, texts=assets.essay_texts()[:2], progress=False)
+    assert again["rows"] == rows
+    assert len((folder / "predictions.jsonl").read_text().splitlines()) == len(preds)
+    # Report and plots from the JSON.
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(result))
+    md = report.markdown(report.load_rows([path]), "cmd")
+    assert "Budget-to-parity" in md and "| mpcache |" in md
+    from crypten_mpcache.eval.plots import plot_all
+
+    pngs = plot_all(rows, tmp_path / "plot.png")
+    assert len(pngs) == 4 and all(p.stat().st_size > 1000 for p in pngs)
+
+
+def test_full_cache_same_logits_in_both_query_modes(tokenizer, hay) -> None:
+    """With no eviction, feeding the question after prefill changes nothing."""
+    from crypten_mpcache.eval.runner import Unit, _feed
+
+    model = _tiny_llama(len(tokenizer))
+    (s,) = tasks.build_samples("passkey", hay, tasks.TaskConfig(), 160, 1, seed=0)
+    spec = methods.resolve("full", None)
+    with torch.inference_mode():
+        a, _, pa = _feed(model, Unit(s, 160, "prefill", spec))
+        b, _, pb = _feed(model, Unit(s, 160, "decode", spec))
+    assert pa == pb == s.length
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_budget_to_parity() -> None:
+    rows = [dict(task="t", context=1, query_at="q", method="full", budget=1.0, score=1.0),
+            dict(task="t", context=1, query_at="q", method="a", budget=0.1, score=0.5),
+            dict(task="t", context=1, query_at="q", method="a", budget=0.2, score=0.96),
+            dict(task="t", context=1, query_at="q", method="a", budget=0.5, score=1.0),
+            dict(task="t", context=1, query_at="q", method="b", budget=0.5, score=0.9)]
+    btp = report.budget_to_parity(rows)
+    assert btp[("t", 1, "q", "a")] == 0.2 and btp[("t", 1, "q", "b")] is None
+
+
+def test_aggregate_groups_full_once() -> None:
+    recs = [dict(task="passkey", method="full", budget=None, context=8, query_at="prefill",
+                 value=v) for v in (1.0, 0.0)]
+    (row,) = aggregate(recs)
+    assert row["budget"] == 1.0 and row["score"] == 0.5 and row["n"] == 2
