@@ -20,11 +20,14 @@ def _header(title: str) -> list[str]:
 def format_cost(cost: dict[str, Any], *, max_steps: int = 8) -> str:
     """Prefill, decode steps (the first ``max_steps`` and a mean), and operators.
 
-    ``cost`` holds ``prefill`` {bytes, rounds, seconds}, ``decode`` [{step, ...}] and
+    ``cost`` holds an optional ``setup`` (encrypting and premasking the weights, once),
+    ``prefill`` {bytes, rounds, seconds}, ``decode`` [{step, ...}] and
     ``operators`` {kind: {...}}. Bytes are summed over parties, rounds and seconds are the
     max over parties.
     """
     lines = _header("phase")
+    if cost.get("setup"):
+        lines.append(_row("setup (one-time)", cost["setup"]))
     lines.append(_row("prefill", cost["prefill"]))
     steps = cost.get("decode", [])
     for step in steps[:max_steps]:

@@ -1,0 +1,97 @@
+"""The command line: private generation end to end, JSON output, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from crypten_mpcache.cli import main
+from crypten_mpcache.testing import tiny_llama_checkpoint
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory) -> Path:
+    return tiny_llama_checkpoint(tmp_path_factory.mktemp("tiny"), seed=3, context=64)
+
+
+def test_generate_writes_the_documented_json(tiny_folder, tmp_path, capsys):
+    out = tmp_path / "run.json"
+    code = main(["generate", "--model", str(tiny_folder), "--prompt", "Hello there",
+                 "--max-new-tokens", "3", "--dealer", "tfp", "--check", "--quiet",
+                 "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "plaintext check: MATCH" in printed and "decode (mean/step)" in printed
+    data = json.loads(out.read_text())
+    for key in ("generated_ids", "text", "plaintext_ids", "match", "max_abs_logit_error",
+                "prompt_tokens", "parties", "dealer", "cost"):
+        assert key in data, key
+    assert len(data["generated_ids"]) == 3 and data["match"] is True
+    assert data["generated_ids"] == data["plaintext_ids"]
+    assert data["dealer"] == "tfp" and data["parties"] == 2
+    cost = data["cost"]
+    assert set(cost["prefill"]) >= {"bytes", "rounds", "seconds"}
+    assert [s["step"] for s in cost["decode"]] == [1, 2]
+    assert all(s["bytes"] > 0 and s["rounds"] > 0 for s in cost["decode"])
+    assert {"linear", "softmax", "norm", "activation", "argmax"} <= set(cost["operators"])
+
+
+def _error_of(argv: list[str], capsys) -> str:
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert code == 2, captured
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("crypten-mpcache: error: "), captured.err
+    assert "Traceback" not in captured.err
+    return lines[0]
+
+
+def test_empty_prompt(tiny_folder, capsys):
+    assert "prompt is empty" in _error_of(
+        ["generate", "--model", str(tiny_folder), "--prompt", "  "], capsys)
+
+
+def test_prompt_longer_than_the_context(tiny_folder, capsys):
+    long_prompt = "word " * 200
+    assert "exceeds the model's context" in _error_of(
+        ["generate", "--model", str(tiny_folder), "--prompt", long_prompt,
+         "--no-chat-template"], capsys)
+
+
+def test_unknown_model_folder(tmp_path, capsys):
+    assert "unknown model folder" in _error_of(
+        ["generate", "--model", str(tmp_path / "nowhere")], capsys)
+
+
+def test_unsupported_architecture_names_the_supported_ones(tmp_path, capsys):
+    from transformers import GPT2Config
+
+    GPT2Config(n_layer=1, n_embd=8, n_head=2,
+               architectures=["GPT2LMHeadModel"]).save_pretrained(tmp_path)
+    message = _error_of(["generate", "--model", str(tmp_path)], capsys)
+    assert "GPT2LMHeadModel" in message and "LlamaForCausalLM" in message
+
+
+def test_invalid_party_count(tiny_folder, capsys):
+    assert "parties must be 2 or 3" in _error_of(
+        ["generate", "--model", str(tiny_folder), "--parties", "5"], capsys)
+
+
+def test_invalid_dealer_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "--dealer", "bank"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'bank'" in capsys.readouterr().err
+
+
+def test_demo_walkthrough_runs(tmp_path):
+    demo = Path(__file__).resolve().parents[1] / "demos" / "private_generation.py"
+    result = subprocess.run([sys.executable, str(demo), "--tiny", "--max-new-tokens", "2"],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "party 0 learned None" in result.stdout
+    assert "matches plaintext greedy: True" in result.stdout
