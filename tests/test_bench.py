@@ -1,0 +1,161 @@
+"""``crypten-mpcache bench``: shapes, config validation, JSON schema, data-independence of
+the transcript, report ratios and the CLI (tiny shapes, TFP dealer, one decode step)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from crypten_mpcache.bench import cli
+from crypten_mpcache.bench.report import format_report, ratios
+from crypten_mpcache.bench.runner import BenchConfig, check_memory, memory_estimate_gb, run_bench
+from crypten_mpcache.bench.shapes import SHAPES, get_shape
+from crypten_mpcache.bench.variants import known_variants, resolve
+from crypten_mpcache.secure.network import LAN, WAN
+
+ROW_KEYS = {"shape", "layers", "context", "cache", "budget", "dealer", "bytes", "rounds",
+            "seconds", "lan_seconds", "wan_seconds", "static_bytes", "static_rounds",
+            "operators", "bytes_per_party", "per_layer", "model_estimate"}
+TINY = BenchConfig(shape="tiny", layers=2, contexts=(64, 128), caches=("full",),
+                   dealer="tfp", steps=1)
+
+
+def _caches() -> tuple[str, ...]:
+    """full, plus mpcache when the policy is registered."""
+    return tuple(c for c in ("full", "mpcache") if c in known_variants())
+
+
+@pytest.fixture(scope="module")
+def tiny_run() -> dict:
+    return run_bench(replace(TINY, caches=_caches())).as_dict()
+
+
+@pytest.fixture(scope="module")
+def other_values_run() -> dict:
+    """Same public shapes, different random weights/cache values, distinct weights."""
+    config = replace(TINY, caches=_caches(), seed=7, share_weights=False)
+    return run_bench(config).as_dict()
+
+
+def test_real_shapes() -> None:
+    llama2, llama3, smol = SHAPES["llama2-7b"], SHAPES["llama3-8b"], SHAPES["smollm2"]
+    assert (llama2.hidden, llama2.heads, llama2.kv_heads, llama2.head_dim, llama2.mlp) == \
+        (4096, 32, 32, 128, 11008)
+    assert (llama3.hidden, llama3.heads, llama3.kv_heads, llama3.mlp) == (4096, 32, 8, 14336)
+    assert (smol.hidden, smol.heads, smol.kv_heads, smol.head_dim, smol.mlp) == \
+        (576, 9, 3, 64, 1536)
+    config = llama3.llama_config(2)
+    assert config.num_key_value_heads == 8 and config.num_hidden_layers == 2
+    with pytest.raises(ValueError, match="unknown shape"):
+        get_shape("gpt5")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"layers": 0}, "layers"), ({"contexts": ()}, "contexts"),
+    ({"contexts": (64, 64)}, "repeat"), ({"caches": ("nope",)}, "unknown cache"),
+    ({"budget": 0.0}, "budget"), ({"dealer": "x"}, "dealer"), ({"steps": 0}, "steps"),
+])
+def test_config_rejects_bad_input(change: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        replace(TINY, **change)
+
+
+def test_memory_estimate_and_check() -> None:
+    one_layer = BenchConfig(shape="llama2-7b", layers=1, contexts=(4096,), caches=("full",))
+    # measured: ~11 GB peak over 2 parties + TTP for one layer at 512 tokens
+    assert 8.0 < memory_estimate_gb(one_layer, 512) < 14.0
+    more = replace(one_layer, layers=4)
+    assert memory_estimate_gb(more, 4096) > memory_estimate_gb(one_layer, 4096) + 3.0
+    with pytest.raises(ValueError, match="exceeds the limit"):
+        check_memory(replace(one_layer, max_memory_gb=4.0))
+
+
+def test_json_schema(tiny_run: dict) -> None:
+    rows = tiny_run["rows"]
+    assert len(rows) == len(TINY.contexts) * len(_caches())
+    for row in rows:
+        assert ROW_KEYS <= set(row)
+        assert row["bytes"] > 0 and row["rounds"] > 0 and row["seconds"] > 0
+        assert row["bytes_per_party"] <= row["bytes"]
+        assert row["lan_seconds"] == pytest.approx(
+            LAN.latency(row["seconds"], row["rounds"], row["bytes_per_party"]))
+        assert row["wan_seconds"] == pytest.approx(
+            WAN.latency(row["seconds"], row["rounds"], row["bytes_per_party"]))
+        for kind in ("softmax", "linear", "norm", "activation"):
+            assert set(row["operators"][kind]) == {"bytes", "rounds", "seconds"}
+        assert sum(op["bytes"] for op in row["operators"].values()) == pytest.approx(
+            row["bytes"], rel=1e-9)
+        assert row["per_layer"]["bytes"] == pytest.approx(row["bytes"] / row["layers"])
+    json.dumps(tiny_run)  # JSON-ready
+
+
+def test_full_cache_grows_with_context(tiny_run: dict) -> None:
+    full = {r["context"]: r for r in tiny_run["rows"] if r["cache"] == "full"}
+    assert full[128]["operators"]["softmax"]["bytes"] > full[64]["operators"]["softmax"]["bytes"]
+    assert full[128]["attended_max"] == 129  # the whole cache plus the new token
+    assert full[64]["static_bytes"] == 0  # the full cache evicts nothing
+
+
+def _transcript(result: dict) -> list[tuple]:
+    return [(r["context"], r["cache"], r["bytes"], r["rounds"], r["static_bytes"],
+             r["static_rounds"], tuple((k, v["bytes"], v["rounds"])
+                                       for k, v in sorted(r["operators"].items())))
+            for r in result["rows"]]
+
+
+def test_transcript_independent_of_values(tiny_run: dict, other_values_run: dict) -> None:
+    """Different weights and cache values, distinct instead of shared weights: the same
+    bytes and rounds per step, per operator, and for the static stage."""
+    assert _transcript(tiny_run) == _transcript(other_values_run)
+
+
+def test_full_vs_full_ratio_is_one(tiny_run: dict, other_values_run: dict) -> None:
+    full = [r for r in tiny_run["rows"] if r["cache"] == "full"]
+    copies = [dict(r, cache="full-again") for r in other_values_run["rows"]
+              if r["cache"] == "full"]
+    found = ratios(full + copies)
+    assert len(found) == len(full)
+    for q in found:
+        assert q["bytes"] == 1.0 and q["rounds"] == 1.0
+    assert "full-again" in format_report({"config": tiny_run["config"], "rows": full + copies})
+
+
+@pytest.mark.skipif("mpcache" not in known_variants(), reason="mpcache policy not registered")
+def test_mpcache_respects_budget(tiny_run: dict) -> None:
+    for row in tiny_run["rows"]:
+        if row["cache"] == "mpcache":
+            assert row["attended_max"] <= max(1, int(row["budget"] * row["context"])) + 1
+
+
+def test_variants_resolve() -> None:
+    assert resolve("full").policy == "full"
+    with pytest.raises(ValueError, match="unknown cache"):
+        resolve("mpcache:nothing")
+
+
+def _parse(argv: list[str]):
+    parser = cli.argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_cli_errors_are_one_line(capsys: pytest.CaptureFixture) -> None:
+    assert cli.main(["--shape", "tiny", "--cache", "bogus"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("crypten-mpcache bench: error: unknown cache") and "\n" not in err
+    assert cli.main(["--shape", "tiny", "--json", "/no/such/dir/x.json"]) == 2
+    assert cli.main(["--shape", "tiny", "--plot", "/tmp/x.jpg"]) == 2
+    with pytest.raises(SystemExit):
+        _parse(["--context", "a,b"])
+
+
+def test_cli_report_only(tiny_run: dict, tmp_path) -> None:
+    source = tmp_path / "run.json"
+    source.write_text(json.dumps(tiny_run))
+    png, md = tmp_path / "out.png", tmp_path / "out.md"
+    code = cli.run(_parse(["--report-only", str(source), "--plot", str(png),
+                           "--markdown", str(md)]))
+    assert code == 0 and png.stat().st_size > 1000
+    assert "MiB/step" in md.read_text()
