@@ -74,15 +74,19 @@ def memory_estimate_gb(config: BenchConfig, context: int) -> float:
 
     A premasked operand holds D and a mask share (2 ring elements per element) in every
     party; the dealer (TTP process, or party 0 under TFP) keeps the plaintext mask (one
-    more). Weights count once with ``share_weights``; the KV cache once per layer. Add the
-    transient of encrypting the largest matrix (~4 copies in one party) and the static
-    stage's window probabilities (window ~20% of the context, all heads).
+    more). Weights count once with ``share_weights``. The KV cache counts per layer and
+    twice over: the first decode step appends a row, and the in-place append
+    (``AppendCat``) allocates a buffer of twice the rows, in the parties and the dealer.
+    Add the transient of encrypting the largest matrix (~4 copies in one party) or the
+    static stage's window probabilities (window ~20% of the context, all heads).
+    Measured: one Llama-2-7B layer at 512 tokens peaks at ~11 GB (2 parties + TTP).
     """
     shape = get_shape(config.shape)
     per_element = (2 * config.parties + 1) * BYTES_PER_ELEMENT
     weight_sets = 1 if config.share_weights else config.layers
     weights = weight_sets * shape.layer_weight_elements() * per_element
-    kv = config.layers * shape.kv_elements(context) * per_element
+    kv_per_element = (4 * config.parties + 3) * BYTES_PER_ELEMENT
+    kv = config.layers * shape.kv_elements(context) * kv_per_element
     transient = 4 * shape.hidden * shape.mlp * BYTES_PER_ELEMENT
     window = 3 * shape.heads * int(0.2 * context) * context * BYTES_PER_ELEMENT
     return (weights + kv + max(transient, window)) / 1e9
