@@ -121,6 +121,14 @@ def _write(result: dict[str, Any], args: argparse.Namespace) -> None:
         print(f"wrote {plot(result, args.plot_path)}")
 
 
+def _command_line() -> str:
+    """How this run was started, for the record in the JSON and markdown."""
+    argv = sys.argv[1:]
+    if "bench" in argv[:2]:
+        return "crypten-mpcache " + shlex.join(argv)
+    return "python -m crypten_mpcache.bench.cli " + shlex.join(argv)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark (or rebuild its report) and write the requested outputs."""
     _check_outputs(args)
@@ -135,8 +143,7 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     on_row = _progress(len(config.tasks()), args.quiet)
     result = run_bench(config, on_row=on_row).as_dict()
-    result["command"] = "crypten-mpcache bench " + shlex.join(sys.argv[2:]) \
-        if len(sys.argv) > 1 and sys.argv[1] == "bench" else ""
+    result["command"] = _command_line()
     _write(result, args)
     return 0
 
