@@ -23,7 +23,7 @@ What lives here:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import torch
@@ -47,7 +47,19 @@ def transpose_recipe(child: Recipe, dim0: int, dim1: int) -> Recipe:
 
 
 def cat_recipe(children: tuple[Recipe, ...], dim: int) -> Recipe:
-    return ("cat", int(dim), tuple(children))
+    """A concatenation, flattened: a child that is itself a cat along ``dim`` contributes
+    its children, so a cache grown by ``cat([cache, row])`` stays one flat node."""
+    return ("cat", int(dim), cat_children(children, dim))
+
+
+def cat_children(children: tuple[Recipe, ...], dim: int) -> tuple[Recipe, ...]:
+    flat: list[Recipe] = []
+    for child in children:
+        if child[0] == "cat" and child[1] == dim:
+            flat.extend(child[2])
+        else:
+            flat.append(child)
+    return tuple(flat)
 
 
 class AppendCat:
@@ -66,15 +78,39 @@ class AppendCat:
 
     def cat(self, keys: tuple[Hashable, ...],
             part: Callable[[int], torch.Tensor]) -> torch.Tensor:
-        """The concatenation of ``part(i)`` for each index of ``keys`` (which name them)."""
+        """The concatenation of ``part(i)`` for each index of ``keys`` (which name them);
+        only the parts past the cached prefix are materialized."""
+        for i in range(self._cached_prefix(keys), len(keys)):
+            self._append(part(i))
+        return self._finish(keys)
+
+    def extend(self, keys: tuple[Hashable, ...],
+               segments: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The concatenation of ``segments``, which hold the parts named by ``keys`` in
+        order (a segment may hold several, e.g. an earlier result); only the rows past the
+        cached prefix are copied."""
+        self._cached_prefix(keys)
+        covered, start = self._length, 0
+        for segment in segments:
+            dim = self._dim_of(segment)
+            rows = segment.shape[dim]
+            if start + rows > covered:
+                skip = max(0, covered - start)
+                self._append(segment.narrow(dim, skip, rows - skip))
+            start += rows
+        return self._finish(keys)
+
+    def _cached_prefix(self, keys: tuple[Hashable, ...]) -> int:
+        """How many leading parts the buffer already holds (0 after a reset)."""
         if not keys:
             raise ValueError("cannot concatenate an empty list")
         n = len(self._keys)
         if self._buffer is None or keys[:n] != self._keys:
             self._buffer, self._length, self._keys = None, 0, ()
-            n = 0
-        for i in range(n, len(keys)):
-            self._append(part(i))
+            return 0
+        return n
+
+    def _finish(self, keys: tuple[Hashable, ...]) -> torch.Tensor:
         self._keys = tuple(keys)
         return self._buffer.narrow(self._dim_of(self._buffer), 0, self._length)
 

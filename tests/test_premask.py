@@ -44,6 +44,25 @@ def test_append_cat_grows_in_place_and_keeps_old_views():
     assert torch.equal(views[-1], torch.cat(parts, dim=1))
 
 
+def test_append_cat_extend_copies_only_new_rows():
+    joiner = AppendCat(dim=-2)
+    rows = [torch.full((2, 1, 3), float(i)) for i in range(10)]
+    result = joiner.extend((0,), [rows[0]])
+    for n in range(1, len(rows)):  # cat([previous result, new row]), like a cache layer
+        result = joiner.extend(tuple(range(n + 1)), [result, rows[n]])
+        assert torch.equal(result, torch.cat(rows[: n + 1], dim=-2))
+    mixed = joiner.extend(tuple(range(12)), [result[:, :4], result[:, 4:], rows[0], rows[1]])
+    assert torch.equal(mixed, torch.cat([*rows, rows[0], rows[1]], dim=-2))
+
+
+def test_cat_recipes_are_flat():
+    a, b, c = (mask_recipe(i) for i in (1, 2, 3))
+    nested = cat_recipe((cat_recipe((a, b), 1), c), 1)
+    assert nested == ("cat", 1, (a, b, c))
+    other_dim = cat_recipe((cat_recipe((a, b), 0), c), 1)
+    assert other_dim == ("cat", 1, (("cat", 0, (a, b)), c))
+
+
 def test_append_cat_rejects_mismatched_parts():
     joiner = AppendCat(dim=0)
     parts = [torch.zeros(1, 3), torch.zeros(1, 1)]
@@ -124,6 +143,14 @@ def _correctness(values: dict[str, torch.Tensor], steps: int) -> dict[str, torch
         v = premask.FixedOperand.cat(vals, dim=-2)
         out[f"scores/{t}"] = k_t.rmatmul(enc(values["q"][t], src=1)).get_plain_text()
         out[f"values/{t}"] = v.rmatmul(enc(values["p"][t], src=1)).get_plain_text()
+    # the same cache grown as cat([cache, row]) (a transformers cache layer does this)
+    cache = keys[0]
+    for row in keys[1:]:
+        cache = premask.FixedOperand.cat([cache, row], dim=1)
+        assert len(cache.recipe[2]) == cache.shape[1] - values["k0"].shape[1] + 1  # flat
+    out["nested_cat"] = cache.transpose(-1, -2).rmatmul(
+        enc(values["q"][0], src=1)).get_plain_text()
+    out["cat_memos"] = torch.tensor(len(premask._session().cats))
     return out
 
 
@@ -136,6 +163,9 @@ def _plain_expectations(values: dict[str, torch.Tensor], steps: int) -> dict[str
     exp["cat_columns"] = values["x"][0] @ torch.cat(values["parts"], dim=-1)
     exp["cat_value"] = torch.cat(values["parts"], dim=-1).T
     exp["mul_transposed"] = values["y2"] * values["w"].T
+    all_keys = torch.cat([values["k0"], *values["k"]], dim=-2)
+    exp["nested_cat"] = values["q"][0] @ all_keys.transpose(-1, -2)
+    exp["cat_memos"] = torch.tensor(3)  # fused weight, K cache (shared by both ways), V
     for t in range(steps):
         k = torch.cat([values["k0"], *values["k"][: t + 1]], dim=-2)
         v = torch.cat([values["v0"], *values["v"][: t + 1]], dim=-2)

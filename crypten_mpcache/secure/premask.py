@@ -278,8 +278,9 @@ class FixedOperand:
 
     @staticmethod
     def cat(operands: list[FixedOperand], dim: int) -> FixedOperand:
-        """Concatenation of views (same masks, nothing opened). Growing the same list by a
-        few operands per call (a KV cache) costs only the new operands."""
+        """Concatenation of views (same masks, nothing opened). Growing a list by a few
+        operands per call, as ``cat(list + [row])`` or ``cat([previous_result, row])`` (a
+        KV cache), copies only the new operands."""
         if not operands:
             raise ValueError("cannot concatenate an empty list of operands")
         if any(not isinstance(o, FixedOperand) for o in operands):
@@ -288,10 +289,11 @@ class FixedOperand:
         if any(o._encoder.scale != scale for o in operands):
             raise ValueError("cannot concatenate operands with different encodings")
         d = dim % len(operands[0].shape)
-        keys = tuple(o._recipe for o in operands)
+        recipe = cat_recipe(tuple(o._recipe for o in operands), d)
+        keys = recipe[2]  # flattened: cat([cache, row]) extends the cache's own parts
         joiner = _session().cats.setdefault((d, keys[0]), AppendCat(d + 1))
-        pair = joiner.cat(keys, lambda i: operands[i]._pair)
-        return FixedOperand(pair, cat_recipe(keys, d), operands[0]._encoder)
+        pair = joiner.extend(keys, [o._pair for o in operands])
+        return FixedOperand(pair, recipe, operands[0]._encoder)
 
     def value(self) -> MPCTensor:
         """The secret value again, as shares mask + D (party 0 adds D); no traffic."""
