@@ -100,6 +100,12 @@ class AppendCat:
             start += rows
         return self._finish(keys)
 
+    def parts(self) -> int:
+        return len(self._keys)
+
+    def holds_prefix_of(self, keys: tuple[Hashable, ...]) -> bool:
+        return self._buffer is not None and keys[:len(self._keys)] == self._keys
+
     def _cached_prefix(self, keys: tuple[Hashable, ...]) -> int:
         """How many leading parts the buffer already holds (0 after a reset)."""
         if not keys:
@@ -137,6 +143,35 @@ class AppendCat:
         self._length += size
 
 
+class AppendCatPool:
+    """A few ``AppendCat`` buffers per (dim, first part): concatenations that start alike
+    but grow differently (the whole KV cache, a selection from it) do not evict each
+    other. The least recently used buffer goes when ``per_key`` are in use."""
+
+    def __init__(self, per_key: int = 4) -> None:
+        if per_key < 1:
+            raise ValueError("per_key must be >= 1")
+        self._per_key = per_key
+        self._joiners: dict[tuple[int, Hashable], list[AppendCat]] = {}
+
+    def __len__(self) -> int:
+        return sum(len(joiners) for joiners in self._joiners.values())
+
+    def joiner(self, dim: int, keys: tuple[Hashable, ...]) -> AppendCat:
+        """The buffer that already holds the longest prefix of ``keys`` (or a free one)."""
+        joiners = self._joiners.setdefault((dim, keys[0]), [])
+        best = max((j for j in joiners if j.holds_prefix_of(keys)),
+                   key=AppendCat.parts, default=None)
+        if best is None:
+            best = AppendCat(dim)
+            if len(joiners) >= self._per_key:
+                joiners.pop(0)
+        else:
+            joiners.remove(best)
+        joiners.append(best)  # most recently used last
+        return best
+
+
 def ring_op(op: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a (op) b`` on ring (int64) tensors. torch's integer matmul is a plain loop that
     is several times slower when a matrix ``b`` is a transposed view (an LM head over a
@@ -165,7 +200,7 @@ class MaskStore:
 
     def __init__(self) -> None:
         self._masks: dict[int, torch.Tensor] = {}
-        self._cats: dict[tuple[int, Recipe], AppendCat] = {}
+        self._cats = AppendCatPool()
 
     def __contains__(self, mask_id: int) -> bool:
         return mask_id in self._masks
@@ -188,7 +223,7 @@ class MaskStore:
             return self.build(child).transpose(dim0, dim1)
         if kind == "cat":
             _, dim, children = recipe
-            joiner = self._cats.setdefault((dim, children[0]), AppendCat(dim))
+            joiner = self._cats.joiner(dim, children)
             return joiner.cat(children, lambda i: self.build(children[i]))
         raise ValueError(f"unknown recipe node {kind!r}")
 

@@ -11,6 +11,7 @@ import torch
 from crypten_mpcache.patches import crypten_dealer
 from crypten_mpcache.patches.crypten_dealer import (
     AppendCat,
+    AppendCatPool,
     MaskReuseError,
     MaskStore,
     cat_recipe,
@@ -53,6 +54,22 @@ def test_append_cat_extend_copies_only_new_rows():
         assert torch.equal(result, torch.cat(rows[: n + 1], dim=-2))
     mixed = joiner.extend(tuple(range(12)), [result[:, :4], result[:, 4:], rows[0], rows[1]])
     assert torch.equal(mixed, torch.cat([*rows, rows[0], rows[1]], dim=-2))
+
+
+def test_append_cat_pool_keeps_alternating_concatenations_apart():
+    pool = AppendCatPool(per_key=2)
+    rows = {i: torch.full((1, 2), float(i)) for i in range(40)}
+    cache_keys, selection_keys = (0,), (0, 30)
+    pointers = {"cache": set(), "selection": set()}
+    for step in range(1, 12):  # the cache grows; a selection starting at row 0 alternates
+        cache_keys += (step,)
+        selection_keys += (30 + step % 8,) if step < 8 else ()
+        for label, keys in (("cache", cache_keys), ("selection", selection_keys)):
+            out = pool.joiner(0, keys).cat(keys, lambda i, keys=keys: rows[keys[i]])
+            assert torch.equal(out, torch.cat([rows[k] for k in keys]))
+            pointers[label].add(out.untyped_storage().data_ptr())
+    assert len(pointers["cache"]) <= 4 and len(pointers["selection"]) <= 4  # no thrashing
+    assert len(pool) == 2
 
 
 def test_cat_recipes_are_flat():
@@ -165,7 +182,7 @@ def _plain_expectations(values: dict[str, torch.Tensor], steps: int) -> dict[str
     exp["mul_transposed"] = values["y2"] * values["w"].T
     all_keys = torch.cat([values["k0"], *values["k"]], dim=-2)
     exp["nested_cat"] = values["q"][0] @ all_keys.transpose(-1, -2)
-    exp["cat_memos"] = torch.tensor(3)  # fused weight, K cache (shared by both ways), V
+    exp["cat_memos"] = torch.tensor(4)  # fused weight, V cache, K cache grown both ways
     for t in range(steps):
         k = torch.cat([values["k0"], *values["k"][: t + 1]], dim=-2)
         v = torch.cat([values["v0"], *values["v"][: t + 1]], dim=-2)

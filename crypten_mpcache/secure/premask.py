@@ -36,7 +36,7 @@ from crypten.mpc.primitives import ArithmeticSharedTensor
 
 from crypten_mpcache.patches import crypten_dealer
 from crypten_mpcache.patches.crypten_dealer import (
-    AppendCat,
+    AppendCatPool,
     MaskStore,
     Recipe,
     cat_recipe,
@@ -62,7 +62,7 @@ class _Session:
     names: set[str] = field(default_factory=set)
     next_mask_id: int = 0
     store: MaskStore = field(default_factory=MaskStore)  # TFP: party 0's plaintext masks
-    cats: dict[tuple[int, Recipe], AppendCat] = field(default_factory=dict)
+    cats: AppendCatPool = field(default_factory=AppendCatPool)
 
     def claim(self, name: str) -> None:
         if not isinstance(name, str) or not name:
@@ -291,7 +291,7 @@ class FixedOperand:
         d = dim % len(operands[0].shape)
         recipe = cat_recipe(tuple(o._recipe for o in operands), d)
         keys = recipe[2]  # flattened: cat([cache, row]) extends the cache's own parts
-        joiner = _session().cats.setdefault((d, keys[0]), AppendCat(d + 1))
+        joiner = _session().cats.joiner(d + 1, keys)
         pair = joiner.extend(keys, [o._pair for o in operands])
         return FixedOperand(pair, recipe, operands[0]._encoder)
 
