@@ -1,8 +1,9 @@
 """The ``crypten-mpcache`` command line.
 
 Subcommands: ``generate`` (private generation), ``eval`` (plaintext accuracy of eviction
-methods on the embedded model). Bad input ends with one line ``crypten-mpcache: error:
-...`` and exit status 2, never a bare traceback (``--debug`` shows it).
+methods on the embedded model), ``bench`` (MPC cost of a decode step, full vs MPCache).
+Bad input ends with one line ``crypten-mpcache: error: ...`` and exit status 2, never a
+bare traceback (``--debug`` shows it).
 """
 
 from __future__ import annotations
@@ -99,6 +100,16 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=eval_cli.run)
 
 
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    from crypten_mpcache.bench import cli as bench_cli
+
+    p = sub.add_parser("bench", help="MPC cost of a decode step: full cache vs MPCache",
+                       description="Bytes, rounds and seconds of one decode step under MPC "
+                       "for Llama-shaped decoders (random weights), side by side.")
+    bench_cli.add_arguments(p)
+    p.set_defaults(handler=bench_cli.run)
+
+
 def _check_writable(path: str) -> None:
     parent = Path(path).expanduser().resolve().parent
     if not parent.is_dir():
@@ -106,7 +117,9 @@ def _check_writable(path: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Private LLM inference under MPC (CrypTen) with MPCache "
+        "KV-cache eviction.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -115,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_generate, _add_eval]
+_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_generate, _add_eval, _add_bench]
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
