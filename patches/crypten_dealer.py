@@ -23,6 +23,7 @@ What lives here:
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
@@ -144,31 +145,38 @@ class AppendCat:
 
 
 class AppendCatPool:
-    """A few ``AppendCat`` buffers per (dim, first part): concatenations that start alike
-    but grow differently (the whole KV cache, a selection from it) do not evict each
-    other. The least recently used buffer goes when ``per_key`` are in use."""
+    """Growing buffers keyed by (dim, first part), least recently used first out.
 
-    def __init__(self, per_key: int = 4) -> None:
-        if per_key < 1:
-            raise ValueError("per_key must be >= 1")
-        self._per_key = per_key
-        self._joiners: dict[tuple[int, Hashable], list[AppendCat]] = {}
+    Up to ``per_key`` buffers per key, so concatenations that start alike but grow
+    differently (the whole KV cache, a selection from it) do not evict each other; at most
+    ``total`` buffers overall, so buffers of operands that are gone (a cache compacted by
+    eviction) are dropped eventually.
+    """
+
+    def __init__(self, per_key: int = 4, total: int = 512) -> None:
+        if not 1 <= per_key <= total:
+            raise ValueError("need 1 <= per_key <= total")
+        self._per_key, self._total = per_key, total
+        self._lru: OrderedDict[int, tuple[tuple[int, Hashable], AppendCat]] = OrderedDict()
 
     def __len__(self) -> int:
-        return sum(len(joiners) for joiners in self._joiners.values())
+        return len(self._lru)
 
     def joiner(self, dim: int, keys: tuple[Hashable, ...]) -> AppendCat:
-        """The buffer that already holds the longest prefix of ``keys`` (or a free one)."""
-        joiners = self._joiners.setdefault((dim, keys[0]), [])
-        best = max((j for j in joiners if j.holds_prefix_of(keys)),
-                   key=AppendCat.parts, default=None)
-        if best is None:
-            best = AppendCat(dim)
-            if len(joiners) >= self._per_key:
-                joiners.pop(0)
-        else:
-            joiners.remove(best)
-        joiners.append(best)  # most recently used last
+        """The buffer that already holds the longest prefix of ``keys`` (or a fresh one)."""
+        key = (dim, keys[0])
+        same = [j for k, j in self._lru.values() if k == key]
+        holding = [j for j in same if j.holds_prefix_of(keys)]
+        if holding:
+            best = max(holding, key=AppendCat.parts)
+            self._lru.move_to_end(id(best))
+            return best
+        if len(same) >= self._per_key:
+            del self._lru[id(same[0])]  # the least recently used of this key
+        best = AppendCat(dim)
+        self._lru[id(best)] = (key, best)
+        if len(self._lru) > self._total:
+            self._lru.popitem(last=False)
         return best
 
 

@@ -70,6 +70,10 @@ def test_append_cat_pool_keeps_alternating_concatenations_apart():
             pointers[label].add(out.untyped_storage().data_ptr())
     assert len(pointers["cache"]) <= 4 and len(pointers["selection"]) <= 4  # no thrashing
     assert len(pool) == 2
+    small = AppendCatPool(per_key=1, total=3)
+    for first in range(5):  # operands that are gone (compacted caches) age out
+        small.joiner(0, (first, 99)).cat((first, 99), lambda i: rows[i])
+    assert len(small) == 3
 
 
 def test_cat_recipes_are_flat():
