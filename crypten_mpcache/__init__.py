@@ -2,7 +2,8 @@
 
 Importing the package applies the CrypTen compatibility patches (see
 ``crypten_mpcache.patches.crypten_compat``) so that ``import crypten`` works on torch 2.x
-without deprecation noise. The heavy parts (transformers, the secure model) load lazily on
+without deprecation noise, and teaches CrypTen's trusted dealer the premasking requests
+(``crypten_mpcache.patches.crypten_dealer``). The heavy parts (transformers, the secure model) load lazily on
 first use of the names below.
 """
 
@@ -12,8 +13,10 @@ import importlib
 from typing import Any
 
 from crypten_mpcache.patches import crypten_compat as _crypten_compat
+from crypten_mpcache.patches import crypten_dealer as _crypten_dealer
 
 _crypten_compat.apply_all()
+_crypten_dealer.apply()  # premasking requests on CrypTen's trusted dealer (TTPServer)
 
 __version__ = "0.1.0"
 
