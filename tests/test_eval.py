@@ -150,6 +150,7 @@ def test_tiny_eval_end_to_end(tokenizer, tmp_path) -> None:
     preds = [json.loads(x) for x in (folder / "predictions.jsonl").read_text().splitlines()]
     assert len(preds) == sum(r["n"] for r in rows)
     assert json.loads((folder / "metrics.json").read_text())["rows"] == rows
+    assert report.load_rows([folder]) == rows  # an unfinished run folder aggregates too
     # Resuming the same run name re-runs nothing and gives the same rows.
     again = run_eval(cfg, model, tokenizer, texts=assets.essay_texts()[:2], progress=False)
     assert again["rows"] == rows

@@ -58,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="PNG base path: one file per task, e.g. out.png -> out-passkey.png")
     add("--markdown", dest="markdown_path", default="", help="write the results table here")
     add("--report-only", nargs="+", default=None, metavar="JSON",
-        help="skip running; build --markdown/--plot from these result JSONs")
+        help="skip running; build --markdown/--plot from these result JSONs or run folders")
     add("--no-progress", action="store_true", help="hide the progress bar")
 
 

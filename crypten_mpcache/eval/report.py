@@ -15,11 +15,23 @@ from typing import Any
 Key = tuple[str, int, str]  # task, context, query_at
 
 
+def _rows_of(path: Path) -> list[dict[str, Any]]:
+    """Rows of a result JSON, or aggregated from a (possibly unfinished) run folder."""
+    if path.is_dir():
+        path = path / "predictions.jsonl"
+    if path.suffix == ".jsonl":
+        from crypten_mpcache.eval.runner import aggregate
+
+        lines = path.read_text().splitlines()
+        return aggregate(json.loads(x) for x in lines if x.strip())
+    return json.loads(path.read_text())["rows"]
+
+
 def load_rows(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
-    """Rows of several JSON results; a later file's row replaces an earlier identical key."""
+    """Rows of result JSONs or run folders; a later row replaces an earlier identical key."""
     merged: dict[tuple[Any, ...], dict[str, Any]] = {}
     for path in paths:
-        for row in json.loads(Path(path).read_text())["rows"]:
+        for row in _rows_of(Path(path)):
             key = (row["task"], row["method"], row["budget"], row["context"], row["query_at"])
             merged[key] = row
     return list(merged.values())

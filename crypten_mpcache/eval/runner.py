@@ -38,7 +38,7 @@ class EvalConfig:
     methods: tuple[str, ...] = registry.METHODS
     budgets: tuple[float, ...] = (0.05, 0.1, 0.2)
     query_at: tuple[str, ...] = QUERY_AT
-    samples: int = 5
+    samples: int = 3
     fraction: float = 1.0
     seed: int = 0
     style: str = "chat"
@@ -115,8 +115,10 @@ def plan(cfg: EvalConfig, hay: Haystack) -> Plan:
     for task in cfg.tasks:
         modes = (NO_QUERY,) if task == "ppl" else cfg.query_at
         for context in cfg.contexts:
-            for sample in build_samples(task, hay, task_cfg, context, cfg.n_run, cfg.seed):
-                out.units += [Unit(sample, context, q, s) for q in modes for s in specs]
+            samples = build_samples(task, hay, task_cfg, context, cfg.n_run, cfg.seed)
+            # Method-major order: an interrupted run has whole (method, budget) cells done.
+            out.units += [Unit(sample, context, q, s)
+                          for q in modes for s in specs for sample in samples]
     return out
 
 

@@ -149,30 +149,32 @@ def build_passkey(index: int, hay: Haystack, cfg: TaskConfig, context: int,
         max_new_tokens=8)
 
 
-_NEEDLE_SUBJECTS = ("Alice", "Marcus", "Priya", "Tomas", "Yuki", "Fatima", "Oleg", "Grace")
-_NEEDLE_THINGS = (
-    ("hobby", ("restoring old sailboats", "painting river landscapes", "growing purple tomatoes",
-               "building wooden clocks", "collecting vintage maps")),
-    ("favorite food", ("spicy lentil soup", "grilled pineapple pizza", "lemon almond cake",
-                       "smoked salmon bagels", "mushroom risotto")),
-    ("secret plan", ("opening a bakery in Lisbon", "sailing around Iceland",
-                     "learning to fly gliders", "writing a novel about bees",
-                     "walking across Scotland")),
+_NEEDLE_CITIES = ("Paris", "Boston", "Kyoto", "Lima", "Oslo", "Nairobi", "Toronto", "Seville")
+_NEEDLE_ACTIVITIES = (
+    "eat a sandwich and sit in the park on a sunny day",
+    "ride a bicycle along the river at sunset",
+    "visit the old harbor and watch the fishing boats",
+    "drink hot chocolate in a tiny cafe near the station",
+    "climb the hill behind the cathedral at dawn",
+    "listen to street musicians in the central square",
+    "swim in the cold lake before breakfast",
+    "browse the used bookshops on a rainy afternoon",
 )
 
 
 def build_needle(index: int, hay: Haystack, cfg: TaskConfig, context: int,
                  rng: random.Random) -> Sample:
-    who = rng.choice(_NEEDLE_SUBJECTS)
-    thing, values = rng.choice(_NEEDLE_THINGS)
-    value = rng.choice(values)
+    """The classic needle-in-a-haystack fact, with a seeded city and activity."""
+    city = rng.choice(_NEEDLE_CITIES)
+    activity = rng.choice(_NEEDLE_ACTIVITIES)
     return _haystack_sample(
         "needle", index, hay, cfg, context, rng,
-        fact_text=f"{who}'s {thing} is {value}.",
-        question=f"According to the text, what is {who}'s {thing}? Answer briefly.",
-        answer=value, answer_prefix=f"{who}'s {thing} is",
-        instruction="Read the text below carefully; a question about it follows.",
-        max_new_tokens=12)
+        fact_text=f"The best thing to do in {city} is to {activity}.",
+        question=f"What is the best thing to do in {city}?",
+        answer=activity, answer_prefix=f"The best thing to do in {city} is to",
+        instruction=("There is an important fact hidden inside a lot of irrelevant text. "
+                     "Find it and memorize it."),
+        max_new_tokens=16)
 
 
 def _kv_token(rng: random.Random) -> str:
