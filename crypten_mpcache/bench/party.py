@@ -193,7 +193,7 @@ def run_row(task: RowTask) -> dict[str, Any]:
     from crypten_mpcache.models.llama import SecureModelOptions
 
     rank = comm.get().get_rank()
-    policy = CountingPolicy(resolve(task.cache).create(task.budget))
+    policy = CountingPolicy(resolve(task.cache).create(task.budget, task.layers))
     options = SecureModelOptions(src=OWNER, premask=True, policy=policy)
     meter = CostMeter()
     with meter.phase("setup"):

@@ -37,16 +37,17 @@ class CacheVariant:
     overrides: dict[str, Any] | None = field(default=None, hash=False)
     description: str = ""
 
-    def create(self, budget: float, registry: CachePolicyRegistry | None = None
-               ) -> CachePolicy:
-        """A fresh policy instance (one per run: policies may keep state)."""
+    def create(self, budget: float, n_layers: int,
+               registry: CachePolicyRegistry | None = None) -> CachePolicy:
+        """A fresh policy instance (one per run: policies keep per-step state).
+        ``n_layers`` places the layers that select alone (index sharing)."""
         registry = registry or default_policies()
         if self.overrides is None:
             return registry.create(self.policy)
         from crypten_mpcache.config import MPCacheConfig
 
-        config = MPCacheConfig.from_budget(budget, **self.overrides)
-        return registry.create(self.policy, config=config)
+        return registry.create(self.policy, config=MPCacheConfig(**self.overrides),
+                               budget=budget, n_layers=n_layers)
 
 
 def known_variants(registry: CachePolicyRegistry | None = None) -> tuple[str, ...]:
