@@ -57,6 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--plot", dest="plot_path", default="",
         help="PNG base path: one file per task, e.g. out.png -> out-passkey.png")
     add("--markdown", dest="markdown_path", default="", help="write the results table here")
+    add("--notes", dest="notes_path", default="",
+        help="markdown file inserted near the top of --markdown (hand-written findings)")
     add("--report-only", nargs="+", default=None, metavar="JSON",
         help="skip running; build --markdown/--plot from these result JSONs or run folders")
     add("--no-progress", action="store_true", help="hide the progress bar")
@@ -88,7 +90,8 @@ def _outputs(rows: list[dict[str, Any]], args: argparse.Namespace, command: str)
         from crypten_mpcache.eval.report import markdown
 
         Path(args.markdown_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown_path).write_text(markdown(rows, command))
+        notes = Path(args.notes_path).read_text() if args.notes_path else ""
+        Path(args.markdown_path).write_text(markdown(rows, command, notes=notes))
         print(f"table: {args.markdown_path}")
 
 

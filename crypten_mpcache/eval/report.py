@@ -111,9 +111,12 @@ def parity_table(rows: Sequence[dict[str, Any]], parity: float = 0.95) -> list[s
     return lines + [""]
 
 
-def markdown(rows: Sequence[dict[str, Any]], command: str = "", parity: float = 0.95) -> str:
-    """The full results page: how to regenerate it, parity table, then every score table."""
+def markdown(rows: Sequence[dict[str, Any]], command: str = "", parity: float = 0.95,
+             notes: str = "") -> str:
+    """The results page: how to regenerate it, notes, parity table, every score table."""
     head = ["# Accuracy vs KV-cache budget (plaintext, SmolLM2-135M-Instruct, real essays)", ""]
     if command:
-        head += ["Regenerate with:", "", "```", command, "```", ""]
+        head += ["Regenerate this page (no model run) with:", "", "```", command, "```", ""]
+    if notes:
+        head += [notes.strip(), ""]
     return "\n".join(head + parity_table(rows, parity) + score_table(rows))
