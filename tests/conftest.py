@@ -9,6 +9,7 @@ import pytest
 import crypten_mpcache  # noqa: F401  (applies the CrypTen compatibility patches first)
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may download at run time
 
 
 def tiny_llama_config(*, kv_heads: int = 2, heads: int = 4, layers: int = 2, hidden: int = 32,
