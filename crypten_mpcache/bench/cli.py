@@ -88,7 +88,9 @@ def _check_outputs(args: argparse.Namespace) -> None:
         raise ValueError(f"--plot must name a .png file, got {args.plot_path!r}")
 
 
-def _progress(total: int, quiet: bool) -> Callable[[Any, Any], None]:
+def _progress(total: int, quiet: bool, partial: Path | None) -> Callable[[Any, Any], None]:
+    """A tqdm bar over rows; with ``partial``, each finished row is also appended there
+    (JSON lines) so that a run that dies late keeps its rows."""
     from tqdm import tqdm
 
     bar = tqdm(total=total, desc="bench", unit="row", disable=quiet, file=sys.stderr)
@@ -98,6 +100,9 @@ def _progress(total: int, quiet: bool) -> Callable[[Any, Any], None]:
             bar.set_postfix_str(f"ctx {task.context} {task.cache}")
             return
         bar.update(1)
+        if partial is not None:
+            with partial.open("a") as out:
+                out.write(json.dumps(row) + "\n")
         if bar.n == bar.total:
             bar.close()
     return update
@@ -141,10 +146,13 @@ def run(args: argparse.Namespace) -> int:
     from crypten_mpcache.bench.runner import run_bench
 
     config = config_from_args(args)
-    on_row = _progress(len(config.tasks()), args.quiet)
+    partial = Path(args.json_path + ".partial") if args.json_path else None
+    on_row = _progress(len(config.tasks()), args.quiet, partial)
     result = run_bench(config, on_row=on_row).as_dict()
     result["command"] = _command_line()
     _write(result, args)
+    if partial is not None:
+        partial.unlink(missing_ok=True)
     return 0
 
 
