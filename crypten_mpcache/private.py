@@ -16,6 +16,11 @@ Phases of the cost report: ``setup`` (weight encryption and premasking, once),
 
     result = private_generate("What is the capital of France?", max_new_tokens=8)
     result.text, result.cost["decode"][0]["bytes"]
+
+With ``cache="mpcache"`` the encrypted KV cache is evicted by MPCache
+(``secure.mpcache_policy``): ``budget`` (a ratio of the context or a token count per
+decode step) and/or ``mpcache`` (an ``MPCacheConfig``) configure it, and ``check=True``
+compares with the PLAINTEXT MPCache generation of the same config (``plaintext.apply``).
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from typing import Any
 import torch
 
 import crypten_mpcache.secure.premask  # noqa: F401  (patches the TTP dealer in the parent)
+from crypten_mpcache.algorithm.plan import Amount, check_amount
+from crypten_mpcache.config import MPCacheConfig
 from crypten_mpcache.models import check_architecture
 from crypten_mpcache.runtime.cost import CostMeter, combine
 from crypten_mpcache.runtime.launcher import DEALERS, LaunchConfig, launch
@@ -54,6 +61,8 @@ class PrivateGenerationConfig:
     progress: bool = True
     chat_template: bool = True
     timeout_s: float = 7200.0
+    budget: Amount | None = None  # mpcache only: tokens attended per decode step
+    mpcache: MPCacheConfig | None = None  # mpcache only: every other MPCache knob
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
@@ -72,6 +81,20 @@ class PrivateGenerationConfig:
                              "embedded SmolLM2)")
         if not self.timeout_s > 0:
             raise ValueError("timeout_s must be positive")
+        check_amount("budget", self.budget, allow_none=True)
+        if self.mpcache is not None and not isinstance(self.mpcache, MPCacheConfig):
+            raise ValueError(f"mpcache must be an MPCacheConfig, got {self.mpcache!r}")
+        if self.cache != "mpcache" and (self.budget is not None or self.mpcache is not None):
+            raise ValueError(f"budget and mpcache options need cache='mpcache', "
+                             f"not {self.cache!r}")
+
+    def mpcache_config(self) -> MPCacheConfig | None:
+        """The MPCacheConfig of the run (None unless cache is ``mpcache``)."""
+        if self.cache != "mpcache":
+            return None
+        from crypten_mpcache.secure.mpcache_policy import resolve_config
+
+        return resolve_config(self.budget, self.mpcache)
 
     def model_folder(self) -> Path:
         if self.model_path is not None:
@@ -158,6 +181,17 @@ class PartyTask:
     cache: str
     check: bool
     progress: bool
+    mpcache: MPCacheConfig | None = None  # the resolved config when cache is "mpcache"
+    debug_selections: bool = False  # TESTS ONLY: reveal and return the mpcache selections
+
+
+def party_policy(task: PartyTask, n_layers: int) -> Any:
+    """The task's cache policy (mpcache gets its config and the model's layer count)."""
+    registry = default_policies()
+    if task.cache != "mpcache":
+        return registry.create(task.cache)
+    return registry.create("mpcache", config=task.mpcache or MPCacheConfig(),
+                           n_layers=n_layers, debug=task.debug_selections)
 
 
 def load_party_model(folder: str, owner: bool) -> torch.nn.Module:
@@ -209,8 +243,8 @@ def run_party(task: PartyTask) -> dict[str, Any]:
     rank = comm.get().get_rank()
     model = load_party_model(task.folder, owner=rank == OWNER)
     checksums = weight_checksums(model)
-    options = SecureModelOptions(src=OWNER, premask=task.premask,
-                                 policy=default_policies().create(task.cache))
+    policy = party_policy(task, model.config.num_hidden_layers)
+    options = SecureModelOptions(src=OWNER, premask=task.premask, policy=policy)
     meter, ledger = CostMeter(), RevealLedger()
     tokens: list[int | None] = []
     logits_seen: list[torch.Tensor] = []
@@ -244,6 +278,7 @@ def run_party(task: PartyTask) -> dict[str, Any]:
         "cost": meter.report(),
         "reveals": ledger.as_dict(),
         "checksums": checksums,
+        "selections": policy.records if task.debug_selections else None,
     }
 
 
@@ -275,6 +310,34 @@ def plaintext_reference(folder: Path, prompt_ids: list[int], generated: list[int
     return sequence[len(prompt_ids):], teacher
 
 
+def plaintext_mpcache_reference(folder: Path, prompt_ids: list[int], generated: list[int],
+                                 steps: int, config: MPCacheConfig
+                                 ) -> tuple[list[int], torch.Tensor]:
+    """Like ``plaintext_reference`` with MPCache applied (``plaintext.apply``): greedy ids,
+    and logits along the PRIVATE tokens' prefix (a cache policy needs step-by-step runs)."""
+    from crypten_mpcache.plaintext import apply
+
+    model = load_party_model(str(folder), owner=True)
+
+    def run(feed: list[int] | None) -> tuple[list[int], torch.Tensor]:
+        ids, logits = [], []
+        with torch.no_grad(), apply(model, config, record=False):
+            out = model(torch.tensor([prompt_ids]), use_cache=True)
+            for step in range(steps):
+                last = out.logits[0, -1]
+                logits.append(last)
+                ids.append(int(last.argmax()))
+                if step + 1 < steps:
+                    token = ids[-1] if feed is None else feed[step]
+                    out = model(torch.tensor([[token]]), past_key_values=out.past_key_values,
+                                use_cache=True)
+        return ids, torch.stack(logits)
+
+    plain_ids, _ = run(None)
+    _, teacher = run(generated)
+    return plain_ids, teacher
+
+
 def generate_ids(prompt_ids: list[int], config: PrivateGenerationConfig | None = None,
                  tokenizer: Any = None) -> GenerationResult:
     """Private greedy generation from token ids (the client's secret)."""
@@ -283,8 +346,9 @@ def generate_ids(prompt_ids: list[int], config: PrivateGenerationConfig | None =
     model_config = public_model_config(folder)
     prompt_ids = [int(t) for t in prompt_ids]
     check_prompt_length(prompt_ids, model_config, config.max_new_tokens)
+    mpcache = config.mpcache_config()
     task = PartyTask(str(folder), tuple(prompt_ids), config.max_new_tokens, config.premask,
-                     config.cache, config.check, config.progress)
+                     config.cache, config.check, config.progress, mpcache)
     start = time.perf_counter()
     outputs = launch(run_party, task, config=config.launch_config())
     seconds = time.perf_counter() - start
@@ -299,8 +363,12 @@ def generate_ids(prompt_ids: list[int], config: PrivateGenerationConfig | None =
         reveals={f"party{o['rank']}": o["reveals"]["counts"] for o in outputs},
         seconds=seconds)
     if config.check:
-        plain_ids, plain_logits = plaintext_reference(folder, prompt_ids, generated,
-                                                      config.max_new_tokens)
+        if mpcache is not None:
+            plain_ids, plain_logits = plaintext_mpcache_reference(
+                folder, prompt_ids, generated, config.max_new_tokens, mpcache)
+        else:
+            plain_ids, plain_logits = plaintext_reference(folder, prompt_ids, generated,
+                                                          config.max_new_tokens)
         error = (client["logits"].float() - plain_logits.float()).abs().max()
         result.plaintext_ids, result.match = plain_ids, plain_ids == generated
         result.max_abs_logit_error = float(error)
@@ -310,12 +378,14 @@ def generate_ids(prompt_ids: list[int], config: PrivateGenerationConfig | None =
 def private_generate(prompt: str | None = None, *, max_new_tokens: int = 16,
                      model_path: str | None = None, parties: int = 2, dealer: str = "ttp",
                      cache: str = "full", check: bool = False, premask: bool = True,
-                     progress: bool = True, chat_template: bool = True) -> GenerationResult:
+                     progress: bool = True, chat_template: bool = True,
+                     budget: float | int | None = None,
+                     mpcache: MPCacheConfig | None = None) -> GenerationResult:
     """Generate ``max_new_tokens`` tokens privately (see the module docstring)."""
     config = PrivateGenerationConfig(
         max_new_tokens=max_new_tokens, model_path=model_path, parties=parties, dealer=dealer,
         cache=cache, check=check, premask=premask, progress=progress,
-        chat_template=chat_template)
+        chat_template=chat_template, budget=budget, mpcache=mpcache)
     prompt = DEFAULT_PROMPT if prompt is None else prompt
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError("the prompt is empty")

@@ -151,5 +151,8 @@ class CachePolicyRegistry:
 
 
 def default_policies() -> CachePolicyRegistry:
-    """The policies this package ships (``mpcache`` is added here when it lands)."""
-    return CachePolicyRegistry()
+    """The policies this package ships: ``full`` and ``mpcache`` (options: ``config``,
+    ``n_layers``, ``budget``, ``backend_config``, ``debug``)."""
+    from crypten_mpcache.secure.mpcache_policy import create_policy
+
+    return CachePolicyRegistry().with_policy("mpcache", create_policy)

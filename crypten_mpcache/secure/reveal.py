@@ -26,6 +26,8 @@ from crypten_mpcache.runtime.cost import operator_scope
 REVEALS: dict[str, str] = {
     "reveal_generated_token": "the index of a generated token, to the client only",
     "debug_reveal_logits": "the next-token logits, to the client; only with --check",
+    "debug_reveal_selection": "which tokens / clusters a cache policy kept, to every party; "
+                              "test-only debug mode of the mpcache policy",
 }
 
 
@@ -95,7 +97,14 @@ def debug_reveal_logits(logits: Any, to: int = 1) -> torch.Tensor | None:
     return _open(last, to)
 
 
+def debug_reveal_selection(onehot: Any, to: int | None = None) -> torch.Tensor | None:
+    """Open a secret selection one-hot (TEST ONLY: it leaks which tokens were kept)."""
+    _record("debug_reveal_selection", onehot)
+    return _open(onehot, to)
+
+
 def reveal_functions() -> dict[str, Callable[..., Any]]:
     """Name -> function, for tests that check every declared reveal exists."""
     return {"reveal_generated_token": reveal_generated_token,
-            "debug_reveal_logits": debug_reveal_logits}
+            "debug_reveal_logits": debug_reveal_logits,
+            "debug_reveal_selection": debug_reveal_selection}

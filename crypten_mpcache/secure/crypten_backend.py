@@ -1,0 +1,190 @@
+"""The MPCache ``Backend`` protocol on CrypTen MPCTensors (secret shares).
+
+Why: the algorithm (``crypten_mpcache.algorithm``) is written once against ``Backend``;
+this backend runs it under MPC, so the secure selections are by construction the same
+computation as the plaintext ones. Every output shape depends on input shapes and public
+integers only, so the transcript depends on public values only.
+
+Values are MPCTensors; plain ``torch.Tensor`` operands are public (identity matrices,
+zero padding). A fixed operand (``secure.premask``: a premasked KV cache or cluster
+layout) is accepted as the gathered side of ``gather``: ``x.rmatmul(onehot)`` opens only
+the one-hot, never the operand again.
+
+Costs: ``topk_onehot`` -> "topk" (inside ``secure.topk``), ``gather`` -> "gather",
+``softmax`` -> "softmax"; comparisons of cluster boxes and the cluster scores are charged
+by the caller (the policy wraps selection in "similarity" and the static stage in
+"static_eviction"). The top-k protocol is the cheapest one for the configured network and
+the number of score vectors per call (the cost model of ``secure.topk``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from crypten_mpcache.runtime.cost import operator_scope
+from crypten_mpcache.secure import topk
+from crypten_mpcache.secure.network import PROFILES, NetworkProfile
+
+Value = Any  # MPCTensor, public torch.Tensor, or a fixed operand (gather only)
+
+
+@dataclass(frozen=True)
+class CryptenBackendConfig:
+    """How the backend picks its top-k protocol: the network the parties run on and the
+    candidate protocols (``secure.topk.PROTOCOLS`` by default)."""
+
+    network: str = "LAN"
+    protocols: tuple[str, ...] = topk.PROTOCOLS
+
+    def __post_init__(self) -> None:
+        if self.network not in PROFILES:
+            raise ValueError(f"unknown network {self.network!r}; known: {tuple(PROFILES)}")
+        if not self.protocols or set(self.protocols) - set(topk.PROTOCOLS):
+            raise ValueError(f"protocols must be a non-empty subset of {topk.PROTOCOLS}")
+
+    @property
+    def profile(self) -> NetworkProfile:
+        return PROFILES[self.network]
+
+
+def is_public(x: Value) -> bool:
+    return isinstance(x, torch.Tensor)
+
+
+def is_operand(x: Value) -> bool:
+    """A premasked (or plain) fixed operand of ``secure.premask``."""
+    return hasattr(x, "rmatmul") and not is_public(x) and not _is_cryptensor(x)
+
+
+def _is_cryptensor(x: Value) -> bool:
+    import crypten
+
+    return isinstance(x, crypten.CrypTensor)
+
+
+def secret(x: Value) -> Any:
+    """A public tensor as an MPCTensor (pseudo-random zero shares: no traffic)."""
+    if not is_public(x):
+        return x
+    import crypten
+
+    return crypten.cryptensor(x.double(), src=0)
+
+
+def current_dealer() -> str:
+    """``ttp`` or ``tfp``: the configured CrypTen provider, for the top-k cost model."""
+    import crypten
+
+    return crypten.mpc.get_default_provider().NAME.lower()
+
+
+class CryptenBackend:
+    """Backend on MPCTensors; semantics exactly as in ``algorithm.backend``."""
+
+    name = "crypten"
+
+    def __init__(self, config: CryptenBackendConfig | None = None) -> None:
+        self.config = config or CryptenBackendConfig()
+        self.protocols_used: list[tuple[int, int, int, str]] = []  # (G, k, batch, protocol)
+
+    # -- linear -------------------------------------------------------------------------
+    def matmul(self, a: Value, b: Value) -> Value:
+        if is_public(a) and is_public(b):
+            return torch.matmul(a, b)
+        if is_public(a):  # (b^T a^T)^T keeps the secret on the left
+            return b.transpose(-1, -2).matmul(a.transpose(-1, -2)).transpose(-1, -2)
+        return a.matmul(b)
+
+    def mul(self, a: Value, b: Value) -> Value:
+        return a * b if not is_public(a) else b * a
+
+    def add(self, a: Value, b: Value) -> Value:
+        return a + b if not is_public(a) else b + a
+
+    def sub(self, a: Value, b: Value) -> Value:
+        return a - b if not is_public(a) else -(b - a)
+
+    def scale(self, a: Value, c: float) -> Value:
+        return a * float(c)
+
+    def sum(self, x: Value, dim: int, keepdim: bool = False) -> Value:
+        return x.sum(dim, keepdim=keepdim)
+
+    def mean(self, x: Value, dim: int, keepdim: bool = False) -> Value:
+        return x.mean(dim, keepdim=keepdim)
+
+    def cat(self, xs: Sequence[Value], dim: int) -> Value:
+        if all(is_public(x) for x in xs):
+            return torch.cat(list(xs), dim=dim)
+        import crypten
+
+        return crypten.cat([secret(x) for x in xs], dim=dim)
+
+    # -- comparisons --------------------------------------------------------------------
+    def maximum(self, a: Value, b: Value) -> Value:
+        if is_public(a) and is_public(b):
+            return torch.maximum(a, b)
+        a, b = secret(a), secret(b)
+        return b + a.ge(b) * (a - b)  # scale-1 bit times fixed point: exact
+
+    def minimum(self, a: Value, b: Value) -> Value:
+        if is_public(a) and is_public(b):
+            return torch.minimum(a, b)
+        return self.sub(self.add(a, b), self.maximum(a, b))
+
+    def max(self, x: Value, dim: int) -> Value:
+        """Log-depth tournament over ``dim`` (moved last; other dims keep their order)."""
+        if is_public(x):
+            return x.amax(dim=dim)
+        from crypten_mpcache.secure.functions import tournament_max
+
+        dim = dim % x.dim()
+        order = [d for d in range(x.dim()) if d != dim] + [dim]
+        return tournament_max(x.permute(*order))[..., 0]
+
+    def min(self, x: Value, dim: int) -> Value:
+        if is_public(x):
+            return x.amin(dim=dim)
+        return -self.max(-x, dim)
+
+    def softmax(self, x: Value, dim: int) -> Value:
+        from crypten_mpcache.secure.functions import masked_softmax
+
+        with operator_scope("softmax"):
+            return masked_softmax(x, torch.ones(x.shape), dim=dim)
+
+    # -- selection ----------------------------------------------------------------------
+    def protocol(self, g: int, k: int, batch: int) -> str:
+        """The top-k protocol of least predicted latency for ``batch`` vectors of G."""
+        model = topk.TopKConfig(protocols=self.config.protocols, dealer=current_dealer())
+        return topk.choose_protocol(g, k, self.config.profile, model, batch=batch)
+
+    def topk_onehot(self, scores: Value, k: int) -> Value:
+        g = int(scores.shape[-1])
+        if not 0 <= k <= g:
+            raise ValueError(f"k={k} out of range for {g} items")
+        if k == 0:
+            return torch.zeros(*scores.shape[:-1], 0, g, dtype=torch.float64)
+        batch = max(1, int(torch.Size(scores.shape[:-1]).numel()))
+        protocol = self.protocol(g, k, batch)
+        self.protocols_used.append((g, k, batch, protocol))
+        return topk.topk_onehot(secret(scores), k, protocol)
+
+    def gather(self, onehot: Value, x: Value) -> Value:
+        """``onehot @ x``; a fixed operand ``x`` is not opened again (only the one-hot)."""
+        with operator_scope("gather"):
+            if is_operand(x):
+                return x.rmatmul(secret(onehot))
+            return self.matmul(onehot, x)
+
+    def reveal(self, x: Value) -> torch.Tensor:
+        """TEST/DEBUG ONLY, through the named ``debug_reveal_selection``."""
+        if is_public(x):
+            return x.detach()
+        from crypten_mpcache.secure.reveal import debug_reveal_selection
+
+        return debug_reveal_selection(x)

@@ -1,0 +1,232 @@
+"""MPCache under MPC: the ``mpcache`` policy selects what the plaintext algorithm selects.
+
+Tiny config-built Llamas (MHA and GQA) with query/key weights scaled up so that every
+plaintext top-k decision has a margin far above CrypTen's fixed-point noise (asserted:
+otherwise a comparison with the plaintext would test rounding, not the algorithm).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import crypten_mpcache  # noqa: F401
+from crypten_mpcache.algorithm import dynamic, static
+from crypten_mpcache.algorithm.clusters import ClusterState
+from crypten_mpcache.algorithm.plan import StaticSpec
+from crypten_mpcache.algorithm.torch_backend import TorchBackend
+from crypten_mpcache.config import MPCacheConfig
+from crypten_mpcache.private import PartyTask, PrivateGenerationConfig, generate_ids, run_party
+from crypten_mpcache.runtime.launcher import LaunchConfig, launch
+from crypten_mpcache.secure.kv_cache import default_policies
+from crypten_mpcache.secure.mpcache_policy import (
+    MPCachePolicy,
+    absolute_onehot,
+    compaction_matrix,
+    resolve_config,
+)
+
+PLAIN = TorchBackend()
+TFP = LaunchConfig(parties=2, dealer="tfp", timeout_s=600)
+VOCAB, PROMPT, STEPS = 40, 48, 5
+MARGIN = 1e-2  # smallest plaintext top-k margin (CrypTen exp: a few % error on probs)
+RATIO = MPCacheConfig(static_keep=0.6, window_ratio=0.2, sink_tokens=4, recent_tokens=4,
+                      cluster_sizes=(8, 4), keep_ratios=(0.5, 0.5), alone_head=0, alone_tail=1)
+BUDGET = 20  # tokens per decode step (GQA case)
+
+
+def save_llama(folder: Path, seed: int, kv_heads: int, layers: int = 3) -> str:
+    """A tiny Llama with peaky attention (q/k weights x10) and wide logit gaps."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=layers, num_attention_heads=4,
+                         num_key_value_heads=kv_heads, max_position_embeddings=128,
+                         rms_norm_eps=1e-5)
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.copy_(1.0 + 0.2 * torch.randn_like(param))
+            if "q_proj" in name or "k_proj" in name:
+                param.mul_(10.0)
+        model.lm_head.weight.mul_(4.0)
+    model.save_pretrained(folder)
+    return str(folder)
+
+
+def prompt(seed: int) -> list[int]:
+    return torch.randint(0, VOCAB, (PROMPT,), generator=torch.Generator().manual_seed(seed)
+                         ).tolist()
+
+
+def plaintext_run(folder: str, ids: list[int], feed: list[int], config: MPCacheConfig
+                  ) -> tuple[list[int], list[dict], float]:
+    """Greedy ids, debug records and the smallest top-k margin of the plaintext MPCache
+    run, fed with ``feed`` (the private tokens) so both runs see the same inputs."""
+    from transformers import LlamaForCausalLM
+
+    from crypten_mpcache.plaintext import apply
+
+    margins: list[float] = []
+    original = TorchBackend.topk_onehot
+
+    def measured(self, scores, k):
+        if 0 < k < scores.shape[-1]:
+            top = scores.sort(dim=-1, descending=True).values
+            margins.append(float((top[..., k - 1] - top[..., k]).min()))
+        return original(self, scores, k)
+
+    model = LlamaForCausalLM.from_pretrained(folder).eval()
+    TorchBackend.topk_onehot = measured
+    try:
+        with torch.no_grad(), apply(model, config) as session:
+            out = model(torch.tensor([ids]), use_cache=True)
+            greedy = []
+            for step in range(len(feed)):
+                greedy.append(int(out.logits[0, -1].argmax()))
+                if step + 1 < len(feed):
+                    out = model(torch.tensor([[feed[step]]]),
+                                past_key_values=out.past_key_values, use_cache=True)
+    finally:
+        TorchBackend.topk_onehot = original
+    return greedy, session.records, min(margins)
+
+
+def secure_run(folder: str, ids: list[int], config: MPCacheConfig) -> dict:
+    task = PartyTask(folder, tuple(ids), STEPS, True, "mpcache", False, False, config, True)
+    return launch(run_party, task, config=TFP)[1]
+
+
+# --- plaintext checks of the one-hot constructions ----------------------------------------
+
+
+def test_compaction_matrix_is_compact_of_identity():
+    torch.manual_seed(0)
+    spec = StaticSpec(keep=0.5, window=0.25, sink=3)
+    counts = static.static_counts(spec, 20)
+    onehot = static.select_static(PLAIN, torch.rand(1, 2, 20), counts)
+    eye = torch.eye(20).expand(1, 2, 20, 20)
+    expected = static.compact(PLAIN, onehot, eye, counts)
+    assert torch.equal(compaction_matrix(PLAIN, onehot, counts).float(), expected)
+
+
+@pytest.mark.parametrize("sizes,ratios", [((8, 4), (0.5, 0.5)), ((4,), (0.3,)),
+                                          ((8, 4, 2), (0.6, 0.5, 0.4))])
+def test_absolute_onehot_gathers_what_gather_tokens_gathers(sizes, ratios):
+    torch.manual_seed(1)
+    config = MPCacheConfig(sink_tokens=2, recent_tokens=3, cluster_sizes=sizes,
+                           keep_ratios=ratios, static=False)
+    spec = config.dynamic_spec()
+    keys = torch.randn(1, 2, 45, 4, dtype=torch.float64)
+    state = ClusterState(PLAIN, spec.cluster_sizes, spec.sink, spec.alpha, spec.similarity)
+    state.build(keys)
+    counts = dynamic.step_counts(spec, 45, None)
+    onehots = dynamic.select(PLAIN, torch.randn(1, 4, 1, 4, dtype=torch.float64), state,
+                             counts, spec.similarity)
+    picked = absolute_onehot(PLAIN, onehots, counts, (1, 2))
+    size = sizes[-1]
+    region = keys[..., counts.sink: counts.sink + counts.totals[-1] * size, :]
+    blocks = region.reshape(1, 2, counts.totals[-1], size * 4)
+    gathered = (picked @ blocks).reshape(1, 2, -1, 4)
+    expected = dynamic.gather_tokens(PLAIN, keys, onehots, counts)
+    selected = expected[..., counts.sink: counts.sink + counts.ks[-1] * size, :]
+    assert torch.equal(gathered, selected)
+
+
+def test_registry_config_and_validation():
+    assert "mpcache" in default_policies().names()
+    policy = default_policies().create("mpcache", budget=0.1, n_layers=30)
+    assert isinstance(policy, MPCachePolicy)
+    assert policy.config == MPCacheConfig.from_budget(0.1)
+    assert resolve_config(12, MPCacheConfig(sink_tokens=2)).sink_tokens == 2
+    assert resolve_config(None, None) == MPCacheConfig()
+    schedule = [policy.selector(i) for i in range(30)]
+    assert schedule[:4] == [0, 1, 2, 2] and schedule[-2:] == [28, 29]
+    with pytest.raises(ValueError, match="n_layers"):
+        MPCachePolicy(config=MPCacheConfig()).selector(5)
+    with pytest.raises(ValueError, match="mpcache"):
+        PrivateGenerationConfig(cache="full", budget=0.1)
+    with pytest.raises(ValueError, match="budget"):
+        PrivateGenerationConfig(cache="mpcache", budget=1.5)
+
+
+# --- MPC fidelity -----------------------------------------------------------------------
+
+
+def _same_records(secure: list[dict], plain: list[dict], layers: int) -> None:
+    keyed = {(r["phase"], r["step"], r["layer"]): r for r in plain}
+    assert len(secure) == layers * (1 + STEPS - 1)
+    for record in secure:
+        other = keyed[(record["phase"], record["step"], record["layer"])]
+        where = (record["phase"], record["step"], record["layer"])
+        assert record["selector"] == other["selector"], where
+        if record["phase"] == "prefill":
+            assert record["attended"] == other["cache"], where
+            kept = record["positions"].expand_as(other["positions"])
+            assert torch.equal(kept, other["positions"]), where
+        else:
+            assert record["attended"] == other["attended"], where
+            if other["clusters"] is None:
+                assert record["clusters"] is None, where
+            else:
+                assert torch.equal(record["clusters"], other["clusters"]), where
+
+
+@pytest.mark.parametrize("seed,kv_heads,config", [
+    (27, 4, RATIO),                                        # MHA, ratio mode
+    (6, 2, resolve_config(BUDGET, RATIO)),                 # GQA, token budget
+], ids=["mha-ratio", "gqa-budget"])
+def test_secure_selections_and_tokens_equal_plaintext(tmp_path, seed, kv_heads, config):
+    folder = save_llama(tmp_path / "m", seed, kv_heads)
+    ids = prompt(100 + seed)
+    client = secure_run(folder, ids, config)
+    tokens = client["tokens"]
+    greedy, records, margin = plaintext_run(folder, ids, tokens, config)
+    assert margin > MARGIN  # the case is decided by the algorithm, not by rounding
+    assert tokens == greedy
+    _same_records(client["selections"], records, layers=3)
+    decode = [r for r in client["selections"] if r["phase"] == "decode"]
+    assert any(r["clusters"] is not None for r in decode)  # selection really happened
+    if config.budget is not None:
+        assert max(r["attended"] for r in decode) <= BUDGET
+    # index sharing: layer 1 applies layer 0's selection and reveals nothing of its own
+    assert all(r["selector"] == 0 for r in client["selections"] if r["layer"] == 1)
+    expected = sum(len(config.cluster_sizes) for r in decode
+                   if r["clusters"] is not None and r["selector"] == r["layer"])
+    expected += sum(1 for r in client["selections"]
+                    if r["phase"] == "prefill" and r["selector"] == r["layer"])
+    assert client["reveals"]["counts"]["debug_reveal_selection"] == expected
+
+
+def test_check_compares_with_plaintext_mpcache(tmp_path):
+    folder = save_llama(tmp_path / "m", 6, 2)
+    config = PrivateGenerationConfig(max_new_tokens=4, model_path=folder, dealer="tfp",
+                                     progress=False, cache="mpcache", check=True,
+                                     budget=BUDGET, mpcache=RATIO)
+    result = generate_ids(prompt(106), config)
+    assert result.match, (result.generated_ids, result.plaintext_ids)
+    assert result.max_abs_logit_error < 0.1
+    for kind in ("similarity", "topk", "gather"):
+        assert result.cost["operators"][kind]["bytes"] > 0, kind
+    assert result.reveals["party1"] == {"reveal_generated_token": 4, "debug_reveal_logits": 4}
+
+
+def test_transcript_does_not_depend_on_the_prompt(tmp_path):
+    folder = save_llama(tmp_path / "m", 6, 2)
+    config = PrivateGenerationConfig(max_new_tokens=4, model_path=folder, dealer="tfp",
+                                     progress=False, cache="mpcache", budget=BUDGET,
+                                     mpcache=RATIO)
+    first, second = (generate_ids(prompt(seed), config) for seed in (7, 8))
+    assert prompt(7) != prompt(8)
+    for key in ("setup", "prefill"):
+        assert (first.cost[key]["bytes"], first.cost[key]["rounds"]) == \
+            (second.cost[key]["bytes"], second.cost[key]["rounds"]), key
+    for a, b in zip(first.cost["decode"], second.cost["decode"], strict=True):
+        assert (a["bytes"], a["rounds"]) == (b["bytes"], b["rounds"]), a["step"]
+    for kind, value in first.cost["operators"].items():
+        other = second.cost["operators"][kind]
+        assert (value["bytes"], value["rounds"]) == (other["bytes"], other["rounds"]), kind
