@@ -3,8 +3,8 @@
 Importing the package applies the CrypTen compatibility patches (see
 ``crypten_mpcache.patches.crypten_compat``) so that ``import crypten`` works on torch 2.x
 without deprecation noise, and teaches CrypTen's trusted dealer the premasking requests
-(``crypten_mpcache.patches.crypten_dealer``). The heavy parts (transformers, the secure model) load lazily on
-first use of the names below.
+(``crypten_mpcache.patches.crypten_dealer``). The heavy parts (transformers, the secure
+model) load lazily on first use of the names below.
 """
 
 from __future__ import annotations
