@@ -23,6 +23,12 @@ def _comm() -> tuple[float, int]:
     return comm.get().comm_bytes, comm.get().comm_rounds
 
 
+def _exact(x) -> torch.Tensor:
+    """raw / scale: CrypTen's decode turns -k + r/2**16 (1 <= r < k) into -k - 1 + r/2**16
+    (see tests/test_smollm2_fidelity.py), a rare but real flake for outputs below -2."""
+    return (x._tensor.reveal().double() / x.encoder.scale).float()
+
+
 def _norm_job() -> dict:
     import crypten
 
@@ -34,15 +40,15 @@ def _norm_job() -> dict:
     weight = torch.rand(576) + 0.5
     ref = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * weight
     out = {"ref": ref}
-    out["enc_weight"] = F.rms_norm(crypten.cryptensor(x), crypten.cryptensor(weight),
-                                   1e-5).get_plain_text()
-    out["public_weight"] = F.rms_norm(crypten.cryptensor(x), weight, 1e-5).get_plain_text()
+    out["enc_weight"] = _exact(F.rms_norm(crypten.cryptensor(x), crypten.cryptensor(weight),
+                                          1e-5))
+    out["public_weight"] = _exact(F.rms_norm(crypten.cryptensor(x), weight, 1e-5))
 
     class Premasked:  # stands for a fixed operand premasked once
         def mul(self, y):
             return y * weight
 
-    out["premasked"] = F.rms_norm(crypten.cryptensor(x), Premasked(), 1e-5).get_plain_text()
+    out["premasked"] = _exact(F.rms_norm(crypten.cryptensor(x), Premasked(), 1e-5))
     costs = []
     for seed in (1, 2):
         torch.manual_seed(seed)
