@@ -30,6 +30,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _budget(text: str) -> float | int:
+    """``0.05`` (with a dot) is a fraction of the context; ``128`` is a token count."""
+    try:
+        return float(text) if "." in text else int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction like 0.05 or a token count "
+                                         f"like 128, got {text!r}") from None
+
+
 def _add_generate(sub: argparse._SubParsersAction) -> None:
     from crypten_mpcache.runtime.launcher import DEALERS
 
@@ -49,6 +58,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
                    "(tests and cost measurement only)")
     p.add_argument("--cache", default="full", choices=_cache_choices(),
                    help="KV-cache policy")
+    p.add_argument("--budget", type=_budget, default=None,
+                   help="mpcache only: tokens attended per decode step, a fraction of the "
+                   "context (0.05) or a count (128); default: the MPCacheConfig default")
     p.add_argument("--check", action="store_true",
                    help="also run plaintext greedy generation and compare")
     p.add_argument("--no-premask", action="store_true",
@@ -76,7 +88,7 @@ def _run_generate(args: argparse.Namespace) -> int:
         args.prompt, max_new_tokens=args.max_new_tokens, model_path=args.model,
         parties=args.parties, dealer=args.dealer, cache=args.cache, check=args.check,
         premask=not args.no_premask, progress=not args.quiet,
-        chat_template=not args.no_chat_template)
+        chat_template=not args.no_chat_template, budget=args.budget)
     print(f"prompt tokens: {result.prompt_tokens}   parties: {result.parties}   "
           f"dealer: {result.dealer}   cache: {args.cache}")
     print(f"generated: {result.text!r}")

@@ -95,3 +95,27 @@ def test_demo_walkthrough_runs(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "party 0 learned None" in result.stdout
     assert "matches plaintext greedy: True" in result.stdout
+
+
+def test_generate_with_mpcache_and_a_budget_matches_plaintext_mpcache(tmp_path, capsys):
+    folder = tiny_llama_checkpoint(tmp_path / "m", seed=3, context=256)
+    out = tmp_path / "mp.json"
+    code = main(["generate", "--model", str(folder), "--no-chat-template",
+                 "--prompt", "Tell me a story about a dragon. " * 15,
+                 "--max-new-tokens", "3", "--dealer", "tfp", "--cache", "mpcache",
+                 "--budget", "24", "--check", "--quiet", "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    data = json.loads(out.read_text())
+    assert data["cache"] == "mpcache" and data["match"] is True
+
+
+def test_budget_without_mpcache_is_rejected(tiny_folder, capsys):
+    assert "need cache='mpcache'" in _error_of(
+        ["generate", "--model", str(tiny_folder), "--budget", "0.1"], capsys)
+
+
+def test_malformed_budget_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit):
+        main(["generate", "--budget", "lots"])
+    assert "expected a fraction like 0.05" in capsys.readouterr().err
