@@ -137,6 +137,31 @@ def test_absolute_onehot_gathers_what_gather_tokens_gathers(sizes, ratios):
     assert torch.equal(gathered, selected)
 
 
+@pytest.mark.parametrize("sizes,ratios", [((8, 4), (0.5, 0.5)), ((8, 4, 2), (0.6, 0.5, 0.4))])
+def test_scoring_all_clusters_then_descending_selects_the_same(sizes, ratios):
+    """``level_scores`` (scores of all full clusters, e.g. against premasked
+    representatives) picks exactly the clusters that scoring the gathered boxes picks."""
+    torch.manual_seed(2)
+    config = MPCacheConfig(sink_tokens=2, recent_tokens=3, cluster_sizes=sizes,
+                           keep_ratios=ratios, static=False)
+    spec = config.dynamic_spec()
+    keys = torch.randn(1, 2, 61, 4, dtype=torch.float64)
+    state = ClusterState(PLAIN, spec.cluster_sizes, spec.sink, spec.alpha, spec.similarity)
+    state.build(keys)
+    query = torch.randn(1, 4, 1, 4, dtype=torch.float64)
+    counts = dynamic.step_counts(spec, 61, None)
+    q_sum = query.reshape(1, 2, 2, 4).sum(2, keepdim=True)
+
+    def level_scores(level):
+        return (q_sum @ state.levels[level].rep.transpose(-1, -2))[..., 0, :]
+
+    assert state.finest.count >= counts.totals[-1]
+    expected = dynamic.select(PLAIN, query, state, counts, spec.similarity)
+    got = dynamic.select(PLAIN, query, state, counts, spec.similarity, level_scores)
+    for a, b in zip(expected, got, strict=True):
+        assert torch.equal(a, b)
+
+
 def test_registry_config_and_validation():
     assert "mpcache" in default_policies().names()
     policy = default_policies().create("mpcache", budget=0.1, n_layers=30)

@@ -24,6 +24,7 @@ cluster) is attended densely.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -125,14 +126,25 @@ def _level_data(level_tensor: Value, counts: StepCounts, level: int) -> Value:
 
 
 def select(backend: Backend, query: Value, state: ClusterState, counts: StepCounts,
-           similarity: str) -> list[Value]:
-    """Local one-hot selections per level (level l indexes the children of level l-1)."""
+           similarity: str, level_scores: Callable[[int], Value] | None = None
+           ) -> list[Value]:
+    """Local one-hot selections per level (level l indexes the children of level l-1).
+
+    ``level_scores(l)``, when given, returns the scores ``(B, H, C_l)`` of ALL full
+    level-l clusters (C_l >= G_l; e.g. products with premasked representatives); the
+    candidates' scores are then picked by the same chain of one-hots that would pick
+    their boxes. Same selection: every score depends on its own cluster only.
+    """
     if counts.dense or counts.ks[-1] == 0:
         return []
     n_kv = state.finest.rmax.shape[1]
     grouped_q = group_queries(query, n_kv)
     onehots: list[Value] = []
     for level, boxes in enumerate(state.levels):
+        if level_scores is not None:
+            scores = candidate_scores(backend, level_scores(level), onehots, counts, level)
+            onehots.append(backend.topk_onehot(scores, counts.ks[level]))
+            continue
         fetch = lambda t, lv=level: descend(  # noqa: B023 - evaluated immediately
             backend, _level_data(t, counts, lv), onehots, counts.sizes, 1)
         if similarity == "maxbound":
@@ -141,6 +153,14 @@ def select(backend: Backend, query: Value, state: ClusterState, counts: StepCoun
             scores = score_dot(backend, grouped_q, fetch(boxes.rep))
         onehots.append(backend.topk_onehot(scores, counts.ks[level]))
     return onehots
+
+
+def candidate_scores(backend: Backend, scores: Value, onehots: list[Value],
+                     counts: StepCounts, level: int) -> Value:
+    """Scores ``(B, H, C_l)`` of all full level-l clusters -> ``(B, H, candidates)``:
+    the children of the clusters kept by ``onehots`` (all of them at level 0)."""
+    grouped = _level_data(scores.unsqueeze(-1), counts, level)
+    return descend(backend, grouped, onehots, counts.sizes, 1)[..., 0]
 
 
 def gather_tokens(backend: Backend, x: Value, onehots: list[Value], counts: StepCounts) -> Value:

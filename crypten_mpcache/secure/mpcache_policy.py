@@ -9,12 +9,15 @@ It drives the backend-agnostic algorithm (``crypten_mpcache.algorithm``) on a
   with the premasked cache (only the one-hot is opened); sinks and window always kept.
   The compacted K and V are premasked again (one opening) and replace the layer's cache.
 - Every decode step (``select``): the selecting layer appends the new key to its cluster
-  boxes (incremental), scores clusters with one inner product each, runs the two-level
-  hierarchical top-k (all KV heads in one batched call per level) and composes the chain
-  of one-hots into one absolute one-hot over finest clusters. Every non-dense layer keeps
-  its cache ALSO as premasked finest-cluster blocks (B, H, clusters, size * D), so the
-  selected clusters are gathered by one product that opens only that small one-hot.
-  Attention then runs on sinks + selected clusters + recent tokens.
+  boxes (incremental); the representative of every full cluster is premasked once
+  (``RepOperands``), so scoring all clusters opens only the summed query; the
+  candidates' scores are picked by the chain of one-hots; the two-level hierarchical
+  top-k runs on them (all KV heads in one batched call per level) and the chain is
+  composed into one absolute one-hot over finest clusters, premasked once per step.
+  Attention then reads sinks + selected clusters + recent tokens through
+  ``SelectedKeys`` / ``SelectedValues``: scores first over the whole premasked cache,
+  then selection by the one-hot (see ``TokenSelection``); no gathered K or V is ever
+  re-opened and the cache is never masked again.
 - Cross-layer index sharing as configured: the policy sees layers in order each step,
   so a selecting layer stores its one-hots and the next layer reuses them.
 
@@ -32,14 +35,18 @@ from typing import Any
 import torch
 
 from crypten_mpcache.algorithm import dynamic, static
-from crypten_mpcache.algorithm.clusters import ClusterState
+from crypten_mpcache.algorithm.clusters import ClusterState, group_queries
 from crypten_mpcache.algorithm.plan import Amount, MethodPlan, resolve_tokens
 from crypten_mpcache.algorithm.sharing import sharing_schedule
 from crypten_mpcache.algorithm.static import StaticCounts
 from crypten_mpcache.algorithm.torch_backend import TorchBackend
 from crypten_mpcache.config import MPCacheConfig
 from crypten_mpcache.runtime.cost import operator_scope
-from crypten_mpcache.secure.crypten_backend import CryptenBackend, CryptenBackendConfig
+from crypten_mpcache.secure.crypten_backend import (
+    CryptenBackend,
+    CryptenBackendConfig,
+    secret,
+)
 from crypten_mpcache.secure.kv_cache import CachePolicy, SecureKVLayer
 
 PLAIN = TorchBackend()
@@ -100,35 +107,40 @@ def _operands(values: list[Any], names: list[str], premask: bool) -> list[Any]:
 
 
 @dataclass
-class ClusterLayout:
-    """The layer's K and V as premasked finest-cluster blocks ``(B, H, count, size * D)``
-    from token ``start`` on; grows by whole clusters as the cache fills (public)."""
+class RepOperands:
+    """Premasked cluster representatives, one growing operand ``(B, H, C_l, D)`` per
+    level. A full cluster's representative never changes, so it is masked and opened
+    ONCE (all of them at the end of prefill, then one per newly full cluster); each
+    step's scores ``q . rep`` then open only the summed query."""
 
-    start: int
-    size: int
-    count: int = 0
-    keys: Any = None
-    values: Any = None
+    levels: int
+    operands: list[Any] = field(default_factory=list)
+    counts: list[int] = field(default_factory=list)
 
-    def extend(self, layer: SecureKVLayer, rows: tuple[Any, Any]) -> None:
-        """Add every cluster that is full in the layer's current rows (public length)."""
-        length = int(rows[0].shape[-2])
-        full = max(0, (length - self.start) // self.size)
-        if full <= self.count:
+    def __post_init__(self) -> None:
+        self.operands = [None] * self.levels
+        self.counts = [0] * self.levels
+
+    def sync(self, clusters: ClusterState, premask: bool, prefix: str) -> None:
+        """Premask the representatives of the clusters that became full (one opening)."""
+        new, names, where = [], [], []
+        for level, boxes in enumerate(clusters.levels):
+            have = self.counts[level]
+            if boxes.count > have:
+                new.append(boxes.rep[..., have: boxes.count, :])
+                names.append(f"{prefix}/rep{level}/{have}")
+                where.append((level, boxes.count))
+        if not new:
             return
-        lo, hi = self.start + self.count * self.size, self.start + full * self.size
-        blocks = []
-        for x in rows:
-            b, h, _, d = x.shape
-            blocks.append(x[..., lo:hi, :].reshape(b, h, full - self.count, self.size * d))
-        prefix = f"mpcache/layer{layer.layer_idx}/clusters/{self.count}"
-        new_k, new_v = _operands(blocks, [f"{prefix}/k", f"{prefix}/v"], layer.premask)
-        if self.keys is None:
-            self.keys, self.values = new_k, new_v
-        else:
-            self.keys = type(new_k).cat([self.keys, new_k], dim=-2)
-            self.values = type(new_v).cat([self.values, new_v], dim=-2)
-        self.count = full
+        for (level, count), operand in zip(where, _operands(new, names, premask), strict=True):
+            old = self.operands[level]
+            self.operands[level] = operand if old is None else type(operand).cat(
+                [old, operand], dim=-2)
+            self.counts[level] = count
+
+    def scores(self, query_sum: Any, level: int) -> Any:
+        """``(B, H, C_l)`` scores of every full level-l cluster; opens ``query_sum`` only."""
+        return self.operands[level].transpose(-1, -2).rmatmul(query_sum)[..., 0, :]
 
 
 @dataclass
@@ -139,7 +151,7 @@ class LayerState:
     seen: int
     step: int = 0
     clusters: ClusterState | None = None
-    layout: ClusterLayout | None = None
+    reps: RepOperands | None = None
 
 
 @dataclass
@@ -147,8 +159,138 @@ class StepChoice:
     """A selecting layer's decision for this step, reused by the next layer."""
 
     counts: dynamic.StepCounts
-    absolute: Any  # (B, Hkv, k_last, G_last) secret one-hot, or None
+    absolute: Any  # (B, Hkv, k_last, G_last) one-hot as a fixed operand, or None
     clusters: torch.Tensor | None = None  # debug only: revealed finest cluster indices
+
+
+# --- attention on the selected tokens: scores first, then select -----------------------
+
+
+@dataclass(frozen=True)
+class TokenSelection:
+    """Which cache columns a decode step attends to: the sinks and the recent tokens
+    (PUBLIC positions: plain slices) and ``k`` finest clusters of the competing region,
+    chosen by the secret one-hot ``onehot`` ``(B, H, k, G)`` (a fixed operand: masked
+    and opened once per step, then every product with it opens only the other side).
+
+    Why scores first: gathering K and V by the one-hot would produce fresh secrets that
+    q K_sel^T and p V_sel re-open (2 x H k s D elements). Instead q K^T runs on the
+    whole premasked cache (opens q only), the one-hot picks the selected clusters'
+    scores (opens the H_q x region scores), the softmax runs over the attended tokens
+    only, the one-hot scatters p back (opens H_q x k s) and p V runs on the premasked
+    V (opens H_q x N). Opened elements per step: H_q (D + region + k s + N) + H k G,
+    against H_q D + 2 H k G + 2 H_kv (sink + k s + recent) D + H_q attended for gathering.
+    """
+
+    counts: dynamic.StepCounts
+    onehot: Any | None
+
+    @property
+    def kept(self) -> int:
+        return 0 if self.onehot is None else self.counts.ks[-1]
+
+    @property
+    def recent_from(self) -> int:
+        return self.counts.recent_start + self.counts.recent_drop
+
+    @property
+    def attended(self) -> int:
+        c = self.counts
+        return c.sink + self.kept * c.sizes[-1] + c.n_tokens - self.recent_from
+
+    def pick(self, scores: Any) -> Any:
+        """``(B, H, r, N)`` -> ``(B, H, r, attended)``: the attended columns in order."""
+        c = self.counts
+        parts = [scores[..., : c.sink]]
+        if self.onehot is not None:
+            b, h, r, _ = scores.shape
+            size, groups = c.sizes[-1], c.totals[-1]
+            region = scores[..., c.sink: c.recent_start].reshape(b, h, r, groups, size)
+            region = region.transpose(-1, -2).reshape(b, h, r * size, groups)
+            picked = self.onehot.transpose(-1, -2).rmatmul(region)  # (B, H, r s, k)
+            picked = picked.reshape(b, h, r, size, self.kept).transpose(-1, -2)
+            parts.append(picked.reshape(b, h, r, self.kept * size))
+        parts.append(scores[..., self.recent_from:])
+        return _cat_columns(parts)
+
+    def scatter(self, probs: Any) -> Any:
+        """``(B, H, r, attended)`` -> ``(B, H, r, N)`` with zeros where nothing is
+        attended (the inverse placement of ``pick``)."""
+        c = self.counts
+        b, h, r, _ = probs.shape
+        size, end = c.sizes[-1], c.sink + self.kept * c.sizes[-1]
+        parts = [probs[..., : c.sink]]
+        if self.onehot is not None:
+            picked = probs[..., c.sink: end].reshape(b, h, r, self.kept, size)
+            picked = picked.transpose(-1, -2).reshape(b, h, r * size, self.kept)
+            region = self.onehot.rmatmul(picked)  # (B, H, r s, G)
+            region = region.reshape(b, h, r, size, c.totals[-1]).transpose(-1, -2)
+            parts.append(region.reshape(b, h, r, c.totals[-1] * size))
+        else:
+            parts.append(torch.zeros(b, h, r, c.recent_start - c.sink, dtype=torch.float64))
+        parts.append(torch.zeros(b, h, r, c.recent_drop, dtype=torch.float64))
+        parts.append(probs[..., end:])
+        return _cat_columns(parts)
+
+
+def _cat_columns(parts: list[Any]) -> Any:
+    """Concatenate secret and public (zero) column blocks; empty blocks are skipped."""
+    import crypten
+
+    return crypten.cat([secret(p) for p in parts if p.shape[-1] > 0], dim=-1)
+
+
+class SelectedKeys:
+    """K as attention sees it this step: ``shape`` counts the attended tokens only;
+    ``transpose(-1, -2).rmatmul(q)`` = q K_attended^T, computed scores first."""
+
+    def __init__(self, keys: Any, selection: TokenSelection) -> None:
+        self._keys, self._selection = keys, selection
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((*self._keys.shape[:-2], self._selection.attended,
+                           self._keys.shape[-1]))
+
+    def transpose(self, dim0: int, dim1: int) -> _SelectedKeysT:
+        if {dim0 % 4, dim1 % 4} != {2, 3}:
+            raise ValueError("selected keys only support transpose(-1, -2)")
+        return _SelectedKeysT(self._keys, self._selection)
+
+
+class _SelectedKeysT:
+    def __init__(self, keys: Any, selection: TokenSelection) -> None:
+        self._keys, self._selection = keys, selection
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((*self._keys.shape[:-2], self._keys.shape[-1],
+                           self._selection.attended))
+
+    def rmatmul(self, x: Any) -> Any:
+        """``x (B, H, r, D)`` -> scores ``(B, H, r, attended)``; opens x, then the
+        region scores (against the premasked one-hot)."""
+        scores = self._keys.transpose(-1, -2).rmatmul(x)
+        with operator_scope("gather"):
+            return self._selection.pick(scores)
+
+
+class SelectedValues:
+    """V as attention sees it this step: ``rmatmul(p)`` scatters p back over the whole
+    cache (one-hot product, opens p) and multiplies with the premasked V (opens p_full)."""
+
+    def __init__(self, values: Any, selection: TokenSelection) -> None:
+        self._values, self._selection = values, selection
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((*self._values.shape[:-2], self._selection.attended,
+                           self._values.shape[-1]))
+
+    def rmatmul(self, probs: Any) -> Any:
+        with operator_scope("gather"):
+            full = self._selection.scatter(probs)
+        return self._values.rmatmul(full)
 
 
 # --- the policy --------------------------------------------------------------------------
@@ -220,13 +362,14 @@ class MPCachePolicy(CachePolicy):
         with operator_scope("static_eviction"):
             if counts is not None and counts.evicts:
                 kept = self._evict(layer, window_probs, counts)
-            if self._selects_dynamically(index):
+            if self._selects_dynamically(index) and self.selector(index) == index:
                 spec = self.plan.dynamic
-                state.layout = ClusterLayout(spec.sink, spec.cluster_sizes[-1])
-                if self.selector(index) == index:
-                    state.clusters = ClusterState(self.backend, spec.cluster_sizes, spec.sink,
-                                                  spec.alpha, spec.similarity)
-                    state.clusters.build(layer.keys.value())
+                state.clusters = ClusterState(self.backend, spec.cluster_sizes, spec.sink,
+                                              spec.alpha, spec.similarity)
+                state.clusters.build(layer.keys.value())
+                if spec.similarity != "maxbound":
+                    state.reps = RepOperands(len(spec.cluster_sizes))
+                    state.reps.sync(state.clusters, layer.premask, f"mpcache/layer{index}")
         if self.debug:
             self._record(index, 0, "prefill", layer.get_seq_length(), positions=kept)
 
@@ -294,13 +437,21 @@ class MPCachePolicy(CachePolicy):
         with operator_scope("similarity"):
             state.clusters.append(layer.keys.value()[..., -1:, :])
             counts = dynamic.step_counts(spec, length, self._budget(state.seen))
+            level_scores = None
+            if state.reps is not None:
+                state.reps.sync(state.clusters, layer.premask, f"mpcache/layer{index}")
+                n_kv = int(layer.keys.shape[1])
+                query_sum = group_queries(query, n_kv).sum(2, keepdim=True)
+                level_scores = lambda level: state.reps.scores(query_sum, level)  # noqa: E731
             onehots = dynamic.select(self.backend, query, state.clusters, counts,
-                                     spec.similarity)
+                                     spec.similarity, level_scores)
         absolute = None
         if onehots:
             with operator_scope("gather"):
                 absolute = absolute_onehot(self.backend, onehots, counts,
                                            tuple(onehots[0].shape[:-2]))
+                name = f"mpcache/layer{index}/step{state.step}/selection"
+                absolute = _operands([absolute], [name], layer.premask)[0]
         clusters = None
         if self.debug:
             revealed = [self.backend.reveal(o).double() for o in onehots]
@@ -311,31 +462,9 @@ class MPCachePolicy(CachePolicy):
 
     def _attended(self, layer: SecureKVLayer, state: LayerState, choice: StepChoice
                   ) -> tuple[Any, Any]:
-        """Sinks + gathered clusters + recent rows of K and V, as operands for attention."""
-        import crypten
-
-        from crypten_mpcache.secure.premask import PlainOperand
-
-        counts = choice.counts
-        rows = (layer.keys.value(), layer.values.value())
-        parts: list[list[Any]] = [[x[..., : counts.sink, :]] for x in rows]
-        if choice.absolute is not None:
-            state.layout.extend(layer, rows)
-            pad = state.layout.count - counts.totals[-1]
-            onehot = choice.absolute
-            if pad:
-                zeros = torch.zeros(*onehot.shape[:-1], pad, dtype=torch.float64)
-                onehot = self.backend.cat([onehot, zeros], dim=-1)
-            for part, blocks, x in zip(parts, (state.layout.keys, state.layout.values), rows,
-                                       strict=True):
-                picked = self.backend.gather(onehot, blocks)
-                b, h, k, _ = picked.shape
-                part.append(picked.reshape(b, h, k * counts.sizes[-1], x.shape[-1]))
-        start = counts.recent_start + counts.recent_drop
-        for part, x in zip(parts, rows, strict=True):
-            part.append(x[..., start:, :])
-        keys, values = (crypten.cat(p, dim=-2) for p in parts)
-        return PlainOperand(keys), PlainOperand(values)
+        """Views of K and V restricted to sinks + selected clusters + recent tokens."""
+        selection = TokenSelection(choice.counts, choice.absolute)  # None: public slices
+        return SelectedKeys(layer.keys, selection), SelectedValues(layer.values, selection)
 
     # -- debug --------------------------------------------------------------------------
     def _record(self, layer: int, step: int, phase: str, attended: int,
@@ -352,5 +481,5 @@ def create_policy(config: MPCacheConfig | None = None, n_layers: int | None = No
     return MPCachePolicy(config=resolve_config(budget, config), n_layers=n_layers, **options)
 
 
-__all__ = ["ClusterLayout", "MPCachePolicy", "absolute_onehot", "compaction_matrix",
-           "create_policy", "resolve_config"]
+__all__ = ["MPCachePolicy", "RepOperands", "SelectedKeys", "SelectedValues", "TokenSelection",
+           "absolute_onehot", "compaction_matrix", "create_policy", "resolve_config"]
