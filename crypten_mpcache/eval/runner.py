@@ -38,7 +38,7 @@ class EvalConfig:
     methods: tuple[str, ...] = registry.METHODS
     budgets: tuple[float, ...] = (0.05, 0.1, 0.2)
     query_at: tuple[str, ...] = QUERY_AT
-    samples: int = 3
+    samples: int = 2
     fraction: float = 1.0
     seed: int = 0
     style: str = "chat"
