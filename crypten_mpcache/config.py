@@ -33,7 +33,10 @@ class MPCacheConfig:
         level-l ratio is a fraction of ALL level-l clusters. budget: optional cap on tokens
         attended per decode step (overrides the last-level ratio). alpha: weight of r_max
         in the linear representative. similarity: "linear" (MPCache) or "maxbound"
-        (ablation). index_sharing: first alone_head and last alone_tail layers select
+        (ablation). selection_scope: "kv_head" (the authors': every KV head selects its
+        own clusters) or "layer" (cluster scores summed over KV heads, one selection per
+        layer shared by all heads: under MPC one top-k per layer instead of per head).
+        index_sharing: first alone_head and last alone_tail layers select
         alone, in between layer 2i selects and 2i+1 reuses. dense_layers: layers that
         attend to their whole (statically compacted) cache.
     """
@@ -53,6 +56,7 @@ class MPCacheConfig:
     budget: Amount | None = None
     alpha: float = 0.6
     similarity: Literal["linear", "maxbound"] = "linear"
+    selection_scope: Literal["kv_head", "layer"] = "kv_head"
     index_sharing: bool = True
     alone_head: int = 2
     alone_tail: int = 2
@@ -81,6 +85,9 @@ class MPCacheConfig:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
         if self.similarity not in ("linear", "maxbound"):
             raise ValueError(f"similarity must be 'linear' or 'maxbound', got {self.similarity!r}")
+        if self.selection_scope not in ("kv_head", "layer"):
+            raise ValueError("selection_scope must be 'kv_head' or 'layer', "
+                             f"got {self.selection_scope!r}")
         if self.static_scope not in ("layer", "kv_head"):
             raise ValueError(
                 f"static_scope must be 'layer' or 'kv_head', got {self.static_scope!r}")
@@ -133,7 +140,7 @@ class MPCacheConfig:
             sizes, ratios = sizes[-1:], ratios[-1:]
         return DynamicSpec(cluster_sizes=sizes, keep_ratios=ratios, alpha=self.alpha,
                            similarity=self.similarity, sink=self.sink_tokens,
-                           recent=self.recent_tokens)
+                           recent=self.recent_tokens, scope=self.selection_scope)
 
     def static_spec(self) -> StaticSpec:
         return StaticSpec(keep=self.static_keep, window=self.window_ratio,

@@ -7,6 +7,7 @@ otherwise a comparison with the plaintext would test rounding, not the algorithm
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -162,6 +163,45 @@ def test_scoring_all_clusters_then_descending_selects_the_same(sizes, ratios):
         assert torch.equal(a, b)
 
 
+def test_layer_scope_selects_the_top_clusters_of_the_head_summed_scores():
+    torch.manual_seed(3)
+    config = MPCacheConfig(sink_tokens=2, recent_tokens=3, cluster_sizes=(4,),
+                           keep_ratios=(0.3,), static=False, selection_scope="layer")
+    spec = config.dynamic_spec()
+    keys = torch.randn(1, 2, 45, 4, dtype=torch.float64)
+    state = ClusterState(PLAIN, spec.cluster_sizes, spec.sink, spec.alpha, spec.similarity)
+    state.build(keys)
+    query = torch.randn(1, 4, 1, 4, dtype=torch.float64)
+    counts = dynamic.step_counts(spec, 45, None)
+    assert counts.shared_heads
+    (onehot,) = dynamic.select(PLAIN, query, state, counts, spec.similarity)
+    assert onehot.shape == (1, 1, counts.ks[0], counts.totals[0])
+    q_sum = query.reshape(1, 2, 2, 4).sum(2, keepdim=True)
+    scores = (q_sum @ state.finest.rep[..., : counts.totals[0], :].transpose(-1, -2)).sum(1)
+    best = scores[0, 0].topk(counts.ks[0]).indices.sort().values
+    assert torch.equal(onehot[0, 0].argmax(-1), best)
+    with pytest.raises(ValueError, match="selection_scope"):
+        MPCacheConfig(selection_scope="head")
+
+
+def test_extend_box_batches_max_and_min():
+    from crypten_mpcache.secure.crypten_backend import CryptenBackend
+
+    def run():
+        import crypten
+
+        upper, lower, x = (torch.tensor([[1.0, -2.0, 3.0]]), torch.tensor([[0.0, -3.0, 1.0]]),
+                           torch.tensor([[2.0, -2.5, 0.5]]))
+        new_max, new_min = CryptenBackend().extend_box(crypten.cryptensor(upper),
+                                                      crypten.cryptensor(lower),
+                                                      crypten.cryptensor(x))
+        return new_max.get_plain_text(), new_min.get_plain_text()
+
+    new_max, new_min = launch(run, config=TFP)[0]
+    assert torch.allclose(new_max, torch.tensor([[2.0, -2.0, 3.0]]))
+    assert torch.allclose(new_min, torch.tensor([[0.0, -3.0, 0.5]]))
+
+
 def test_registry_config_and_validation():
     assert "mpcache" in default_policies().names()
     policy = default_policies().create("mpcache", budget=0.1, n_layers=30)
@@ -204,7 +244,8 @@ def _same_records(secure: list[dict], plain: list[dict], layers: int) -> None:
 @pytest.mark.parametrize("seed,kv_heads,config", [
     (27, 4, RATIO),                                        # MHA, ratio mode
     (6, 2, resolve_config(BUDGET, RATIO)),                 # GQA, token budget
-], ids=["mha-ratio", "gqa-budget"])
+    (6, 2, resolve_config(BUDGET, replace(RATIO, selection_scope="layer", hierarchy=False))),
+], ids=["mha-ratio", "gqa-budget", "gqa-layer-scope-one-level"])
 def test_secure_selections_and_tokens_equal_plaintext(tmp_path, seed, kv_heads, config):
     folder = save_llama(tmp_path / "m", seed, kv_heads)
     ids = prompt(100 + seed)
@@ -220,7 +261,7 @@ def test_secure_selections_and_tokens_equal_plaintext(tmp_path, seed, kv_heads, 
         assert max(r["attended"] for r in decode) <= BUDGET
     # index sharing: layer 1 applies layer 0's selection and reveals nothing of its own
     assert all(r["selector"] == 0 for r in client["selections"] if r["layer"] == 1)
-    expected = sum(len(config.cluster_sizes) for r in decode
+    expected = sum(len(config.dynamic_spec().cluster_sizes) for r in decode
                    if r["clusters"] is not None and r["selector"] == r["layer"])
     expected += sum(1 for r in client["selections"]
                     if r["phase"] == "prefill" and r["selector"] == r["layer"])

@@ -91,7 +91,12 @@ class ClusterState:
             self._fill = [key, key, key]
         else:
             fmax, fmin, fsum = self._fill
-            self._fill = [b.maximum(fmax, key), b.minimum(fmin, key), b.add(fsum, key)]
+            extend = getattr(b, "extend_box", None)  # optional: both comparisons batched
+            if extend is not None:
+                new_max, new_min = extend(fmax, fmin, key)
+            else:
+                new_max, new_min = b.maximum(fmax, key), b.minimum(fmin, key)
+            self._fill = [new_max, new_min, b.add(fsum, key)]
         self._fill_count += 1
 
     def _append_finest(self, rmax: Value, rmin: Value, total: Value | None) -> None:

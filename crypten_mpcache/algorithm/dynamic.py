@@ -51,6 +51,7 @@ class StepCounts:
     ks: tuple[int, ...]
     dense: bool
     recent_drop: int = 0  # oldest recent tokens left out when the budget is below them
+    shared_heads: bool = False  # one selection per layer (scores summed over KV heads)
 
     @property
     def recent_start(self) -> int:
@@ -78,8 +79,10 @@ def step_counts(spec: DynamicSpec, n_tokens: int, budget: int | None) -> StepCou
     sink = min(spec.sink, n_tokens)
     n_top = max(0, (n_tokens - sink - spec.recent) // sizes[0])
     dense = n_tokens <= budget if budget is not None else n_top == 0
+    shared = spec.scope == "layer"
     if dense:
-        return StepCounts(n_tokens, sink, sizes, n_top, (0,) * len(sizes), True)
+        return StepCounts(n_tokens, sink, sizes, n_top, (0,) * len(sizes), True,
+                          shared_heads=shared)
     totals = [n_top * (sizes[0] // s) for s in sizes]
     fan = [sizes[i] // sizes[i + 1] for i in range(len(sizes) - 1)]
     if budget is None:
@@ -96,8 +99,8 @@ def step_counts(spec: DynamicSpec, n_tokens: int, budget: int | None) -> StepCou
             need = _ceil(ks[0] / fan[level])
             want = max(need, _ceil(spec.keep_ratios[level] * totals[level]))
             ks.insert(0, 0 if last == 0 else min(totals[level], max(1, want)))
-        return StepCounts(n_tokens, sink, sizes, n_top, tuple(ks), False, drop)
-    return StepCounts(n_tokens, sink, sizes, n_top, tuple(ks), False)
+        return StepCounts(n_tokens, sink, sizes, n_top, tuple(ks), False, drop, shared)
+    return StepCounts(n_tokens, sink, sizes, n_top, tuple(ks), False, shared_heads=shared)
 
 
 def descend(backend: Backend, grouped: Value, onehots: list[Value], sizes: tuple[int, ...],
@@ -142,7 +145,8 @@ def select(backend: Backend, query: Value, state: ClusterState, counts: StepCoun
     onehots: list[Value] = []
     for level, boxes in enumerate(state.levels):
         if level_scores is not None:
-            scores = candidate_scores(backend, level_scores(level), onehots, counts, level)
+            scores = _shared(backend, level_scores(level), counts)
+            scores = candidate_scores(backend, scores, onehots, counts, level)
             onehots.append(backend.topk_onehot(scores, counts.ks[level]))
             continue
         fetch = lambda t, lv=level: descend(  # noqa: B023 - evaluated immediately
@@ -151,8 +155,13 @@ def select(backend: Backend, query: Value, state: ClusterState, counts: StepCoun
             scores = score_maxbound(backend, grouped_q, fetch(boxes.rmax), fetch(boxes.rmin))
         else:
             scores = score_dot(backend, grouped_q, fetch(boxes.rep))
-        onehots.append(backend.topk_onehot(scores, counts.ks[level]))
+        onehots.append(backend.topk_onehot(_shared(backend, scores, counts), counts.ks[level]))
     return onehots
+
+
+def _shared(backend: Backend, scores: Value, counts: StepCounts) -> Value:
+    """``(B, H, G)`` -> ``(B, 1, G)`` summed over KV heads when the layer selects once."""
+    return backend.sum(scores, dim=1, keepdim=True) if counts.shared_heads else scores
 
 
 def candidate_scores(backend: Backend, scores: Value, onehots: list[Value],

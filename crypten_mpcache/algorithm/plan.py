@@ -78,6 +78,7 @@ class DynamicSpec:
     similarity: Literal["linear", "maxbound", "mean"] = "linear"
     sink: int = 16
     recent: int = 16
+    scope: Literal["kv_head", "layer"] = "kv_head"
 
 
 @dataclass(frozen=True)
