@@ -446,7 +446,8 @@ def masked_softmax(scores: Any, mask01: torch.Tensor, dim: int = -1,
     """Softmax over ``dim`` restricted to positions where the PUBLIC ``mask01`` is 1.
 
     Masked positions are exactly 0. No additive -inf masks: masked scores are replaced by
-    a moderate public fill for the max, and exps are multiplied by the integer mask.
+    a moderate public fill for the max, their differences by 0 for the exp (which is only
+    valid above -384), and exps are multiplied by the integer mask.
     """
     with operator_scope("softmax"):
         mask = torch.as_tensor(mask01).to(torch.long)
@@ -455,7 +456,10 @@ def masked_softmax(scores: Any, mask01: torch.Tensor, dim: int = -1,
             scores = scores.transpose(dim, -1)
         filled = mul_public_int(scores, mask) + (1 - mask).to(torch.float64) * config.fill
         row_max = tournament_max(filled)
-        exps = exp_nonpositive(filled - row_max, config.exp_iterations, config.exp_order)
+        # masked differences become 0 before exp (fill - max would be far outside exp's
+        # range: its 2**8 squarings of garbage wrap, harmless but wasted); then exact 0s
+        diffs = mul_public_int(filled - row_max, mask)
+        exps = exp_nonpositive(diffs, config.exp_iterations, config.exp_order)
         exps = mul_public_int(exps, mask)
         denom = exps.sum(-1, keepdim=True)
         reduction = RangeReduction(1.0, config.ratio, config.buckets)
