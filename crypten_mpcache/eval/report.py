@@ -79,8 +79,10 @@ def score_table(rows: Sequence[dict[str, Any]]) -> list[str]:
             else f"{here[0]['metric']} [95% CI]"
         n = max(r["n"] for r in here)
         lines += [f"### {key[0]}, {key[1]} tokens, query at {key[2]} ({unit}, n={n})", "",
-                  f"full cache: {_fmt(full)}", "",
-                  "| method | " + " | ".join(f"{b:g}" for b in budgets) + " |",
+                  f"full cache: {_fmt(full)}", ""]
+        if not budgets:
+            continue
+        lines += ["| method | " + " | ".join(f"{b:g}" for b in budgets) + " |",
                   "|---|" + "---|" * len(budgets)]
         for method in sorted({r["method"] for r in here} - {"full"}):
             cells = [_fmt(next((r for r in here if r["method"] == method
