@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml tools/setup_env.sh
 
 ## Private generation with the embedded SmolLM2-135M-Instruct (2 parties + trusted dealer).
 demo: setup
-	$(VENV)/bin/crypten-mpcache generate
+	$(VENV)/bin/crypten-mpcache generate --max-new-tokens 8
 
 ## The default test suite (slow real-model tests excluded).
 test: setup
