@@ -161,3 +161,19 @@ class MPCacheConfig:
             alone_tail=self.alone_tail,
             dense_layers=self.dense_layers,
         )
+
+
+# The MPCache ablations shared by `bench` and `eval`: name -> (MPCacheConfig overrides,
+# what the variant is). One table, so both commands mean the same thing by a name.
+MPCACHE_ABLATIONS: dict[str, tuple[dict[str, object], str]] = {
+    "no-dynamic": ({"dynamic": False}, "look-once static eviction only"),
+    "no-static": ({"static": False}, "query-aware dynamic selection only"),
+    "maxbound": ({"similarity": "maxbound"},
+                 "exact max-bound similarity (comparisons) instead of the linear one"),
+    "no-hierarchy": ({"hierarchy": False}, "one cluster level instead of two"),
+    "no-sharing": ({"index_sharing": False}, "no cross-layer index sharing"),
+    "layer-scope": ({"selection_scope": "layer"},
+                    "one top-k per layer on scores summed over KV heads"),
+    "layer-scope-one-level": ({"selection_scope": "layer", "hierarchy": False},
+                              "one top-k per layer, one cluster level"),
+}

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from crypten_mpcache.config import MPCACHE_ABLATIONS
 from crypten_mpcache.secure.kv_cache import CachePolicy, CachePolicyRegistry, default_policies
 
 MPCACHE_POLICY = "mpcache"
@@ -18,12 +19,7 @@ MPCACHE_POLICY = "mpcache"
 # variant -> (MPCacheConfig overrides, one-line description)
 ABLATIONS: dict[str, tuple[dict[str, Any], str]] = {
     "mpcache": ({}, "static + dynamic + hierarchy + index sharing (linearized similarity)"),
-    "mpcache:no-dynamic": ({"dynamic": False}, "look-once static eviction only"),
-    "mpcache:no-static": ({"static": False}, "query-aware dynamic selection only"),
-    "mpcache:maxbound": ({"similarity": "maxbound"},
-                         "exact max-bound similarity (comparisons) instead of the linear one"),
-    "mpcache:no-hierarchy": ({"hierarchy": False}, "one cluster level instead of two"),
-    "mpcache:no-sharing": ({"index_sharing": False}, "no cross-layer index sharing"),
+    **{f"mpcache:{name}": entry for name, entry in MPCACHE_ABLATIONS.items()},
 }
 
 

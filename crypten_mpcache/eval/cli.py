@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from crypten_mpcache.config import MPCACHE_ABLATIONS
 from crypten_mpcache.eval.methods import METHODS
 from crypten_mpcache.eval.runner import QUERY_AT, EvalConfig
 
@@ -39,13 +40,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--context", dest="contexts", type=_csv(int), default=DEFAULTS.contexts,
         help="prompt lengths in tokens, e.g. 1024,2048,4096 (default: 1024)")
     add("--method", dest="methods", type=_csv(str), default=DEFAULTS.methods,
-        help=f"{','.join(METHODS)} and MPCache ablations mpcache:no-static, "
-             "mpcache:no-hierarchy, mpcache:maxbound, mpcache:no-sharing (default: all 7)")
+        help=f"{','.join(METHODS)} and the MPCache ablations "
+             f"{', '.join('mpcache:' + a for a in MPCACHE_ABLATIONS)} (default: all 7)")
     add("--budget", dest="budgets", type=_csv(float), default=DEFAULTS.budgets,
         help="fractions of the prompt attended per decode step (default: 0.05,0.1,0.2)")
     add("--query-at", dest="query_at", type=_csv(str), default=DEFAULTS.query_at,
-        help=f"{'|'.join(QUERY_AT)} or both comma-separated: question inside the prompt or "
-             "fed token by token after prefill (default: both)")
+        help=f"{','.join(QUERY_AT)}, comma-separated: question inside the prompt, fed "
+             "after prefill as one chunk, or fed token by token after prefill (default: "
+             "prefill,chunk)")
     add("--samples", type=int, default=DEFAULTS.samples, help="samples per task and context")
     add("--fraction", type=float, default=DEFAULTS.fraction,
         help="run only this fraction of the samples (quick look)")

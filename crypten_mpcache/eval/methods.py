@@ -14,6 +14,8 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
+from crypten_mpcache.config import MPCACHE_ABLATIONS
+
 FULL = "full"
 BASELINES = ("streaming", "snapkv", "h2o", "quest", "infllm")
 METHODS = (FULL, "mpcache", *BASELINES)
@@ -45,11 +47,7 @@ def _import(module: str) -> Any:
 
 # MPCache ablations: overrides of MPCacheConfig.from_budget (each removes one idea).
 ABLATIONS: dict[str, dict[str, Any]] = {
-    "no-static": {"static": False},
-    "no-hierarchy": {"hierarchy": False},
-    "maxbound": {"similarity": "maxbound"},
-    "no-sharing": {"index_sharing": False},
-}
+    name: overrides for name, (overrides, _) in MPCACHE_ABLATIONS.items()}
 # Baseline name in this harness -> key of crypten_mpcache.algorithm.baselines.BASELINES.
 BASELINE_KEYS = {"streaming": "streamingllm", "snapkv": "snapkv", "h2o": "h2o",
                  "quest": "quest", "infllm": "infllm"}
