@@ -142,7 +142,7 @@ def test_tiny_eval_end_to_end(tokenizer, tmp_path) -> None:
     assert rows and all(ROW_KEYS <= set(r) for r in rows)
     assert all(0.0 <= r["score"] <= 1.0 for r in rows if r["metric"] != "perplexity")
     assert all(r["perplexity"] > 1.0 for r in rows if r["task"] == "ppl")
-    assert {r["query_at"] for r in rows} == {"prefill", "decode", "none"}
+    assert {r["query_at"] for r in rows} == {"prefill", "chunk", "none"}
     available = {r["method"] for r in rows}
     assert "full" in available and available | set(result["unavailable"]) == {
         "full", "mpcache", "streaming"}
@@ -177,8 +177,33 @@ def test_full_cache_same_logits_in_both_query_modes(tokenizer, hay) -> None:
     with torch.inference_mode():
         a, _, pa = _feed(model, Unit(s, 160, "prefill", spec))
         b, _, pb = _feed(model, Unit(s, 160, "decode", spec))
-    assert pa == pb == s.length
+        c, _, pc = _feed(model, Unit(s, 160, "chunk", spec))
+    assert pa == pb == pc == s.length
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-4)
+
+
+def test_chunk_query_is_attended_densely_after_static_eviction(tokenizer, hay) -> None:
+    """``chunk``: the question enters as one extend forward (dense over the evicted cache),
+    then each generated token selects; ``decode``: every question token selects."""
+    from crypten_mpcache import plaintext
+    from crypten_mpcache.eval.runner import Unit, _feed
+
+    model = _tiny_llama(len(tokenizer))
+    (s,) = tasks.build_samples("passkey", hay, tasks.TaskConfig(), 400, 1, seed=0)
+    spec = methods.resolve("mpcache", 0.2)
+    n_ctx, n_q = len(s.context_ids), len(s.query_ids)
+    phases = {}
+    for mode in ("chunk", "decode"):
+        with torch.inference_mode(), plaintext.apply(model, spec.config) as session:
+            _, cache, pos = _feed(model, Unit(s, 400, mode, spec))
+        assert pos == s.length and cache.get_seq_length() == s.length
+        phases[mode] = [r["phase"] for r in session.records if r["layer"] == 0]
+        last = session.records[-1]["positions"]
+        assert int(last.max()) == s.length - 1  # the question keeps its true positions
+    assert phases["chunk"] == ["prefill", "extend"]
+    assert phases["decode"] == ["prefill"] + ["decode"] * n_q
+    assert n_ctx + n_q == s.length
 
 
 def test_budget_to_parity() -> None:
