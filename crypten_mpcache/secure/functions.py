@@ -216,6 +216,12 @@ class NormConfig:
         x / 2**coarse_shift (coarse); one comparison per row picks the coarse value when it
         is >= coarse_switch. Below the switch no element can wrap; above it the coarse
         value has ample relative precision.
+    medium_shift, medium_switch: the same between fine and coarse. Rows below the coarse
+        switch still hold single elements up to |x| ~ 135 on SmolLM2 (x^2 ~ 18,000):
+        their fine squares made ~0.7% of 55-token prefills wrap (measured, see
+        docs/numerics.md). Such rows (mean(x^2) >= medium_switch) take mean((x/2**s)^2)
+        * 4**s instead, 4**s times less likely to wrap; the fine value is kept only for
+        rows below medium_switch, whose elements are all small. 0 turns it off.
     newton_iters: Newton iterations of 1/sqrt on [1, ratio).
     """
 
@@ -224,6 +230,8 @@ class NormConfig:
     buckets: int = 18
     coarse_shift: int = 7
     coarse_switch: float = 64.0
+    medium_shift: int = 3
+    medium_switch: float = 1.0
     newton_iters: int = 3
 
     def __post_init__(self) -> None:
@@ -237,6 +245,10 @@ class NormConfig:
             raise ValueError("coarse_shift must be in [0, 14]")
         if not self.coarse_switch > 0:
             raise ValueError("coarse_switch must be positive")
+        if self.medium_shift and not 0 < self.medium_shift < self.coarse_shift:
+            raise ValueError("medium_shift must be 0 (off) or in (0, coarse_shift)")
+        if self.medium_shift and not 0 < self.medium_switch < self.coarse_switch:
+            raise ValueError("medium_switch must be in (0, coarse_switch)")
         if self.newton_iters < 0:
             raise ValueError("newton_iters must be >= 0")
 
@@ -259,16 +271,36 @@ def _is_cryptensor(value: Any) -> bool:
     return crypten.is_encrypted_tensor(value)
 
 
+def _scaled_mean_square(x: Any, shift: int) -> Any:
+    """mean((x / 2**shift)^2) * 4**shift: the square's result is 4**shift times smaller."""
+    if shift == 0:
+        return x.square().mean(-1, keepdim=True)
+    factor = 2 ** shift
+    return mul_public_int(x.div(factor).square().mean(-1, keepdim=True),
+                          torch.tensor(factor * factor))
+
+
 def mean_square(x: Any, config: NormConfig = NormConfig()) -> Any:
-    """mean(x^2) over the last dim (keepdim), free of truncation wrap for massive x."""
-    fine = x.square().mean(-1, keepdim=True)
+    """mean(x^2) over the last dim (keepdim), free of truncation wrap for massive x.
+
+    Up to three estimates (fine, medium, coarse); one batched comparison round on per-row
+    scalars picks the coarsest whose value is above its switch. A wrapped estimate that is
+    not picked cancels exactly (bit times value is exact in the ring).
+    """
+    fine = _scaled_mean_square(x, 0)
     if config.coarse_shift == 0:
         return fine
-    shift = 2 ** config.coarse_shift
-    coarse = mul_public_int(x.div(shift).square().mean(-1, keepdim=True),
-                            torch.tensor(shift * shift))
-    use_coarse = coarse.ge(config.coarse_switch)          # one comparison per row
-    return fine + use_coarse * (coarse - fine)            # exact in the ring
+    coarse = _scaled_mean_square(x, config.coarse_shift)
+    if not config.medium_shift:
+        use_coarse = coarse.ge(config.coarse_switch)      # one comparison per row
+        return fine + use_coarse * (coarse - fine)        # exact in the ring
+    import crypten
+
+    medium = _scaled_mean_square(x, config.medium_shift)
+    bits = crypten.stack([medium - config.medium_switch,
+                          coarse - config.coarse_switch]).ge(0)   # one comparison round
+    below_coarse = fine + bits[0] * (medium - fine)
+    return below_coarse + bits[1] * (coarse - below_coarse)
 
 
 def inv_sqrt_parts(v: Any, config: NormConfig = NormConfig()) -> tuple[Any, Any]:
