@@ -15,6 +15,10 @@ Each fix is a small ``Patch`` with ``apply()`` and ``revert()``; ``apply_all()``
   queue (hangs on results over the pipe size) and ships tensors by fd-sharing (fails once
   the child exits). The replacement sends results as picklable numpy, drains while it
   joins, and fails loudly when a party fails instead of returning None.
+* ``exact_decode``: ``FixedPointEncoder.decode`` divides negative values by ``scale - 1``
+  and decodes ``-k + r/scale`` (``1 <= r < k``) as one less than it is. Only revealed
+  values are affected (never the protocol), but ``--check`` logit errors read ~1.0 and
+  comparisons with plaintext flake. The fix: floor division and the exact remainder.
 """
 
 from __future__ import annotations
@@ -154,6 +158,29 @@ def _drain_run_multiprocess() -> Callable[[], None]:
     return undo
 
 
+def _exact_decode() -> Callable[[], None]:
+    import torch
+    from crypten.encoder import FixedPointEncoder
+
+    original = FixedPointEncoder.decode
+
+    @functools.wraps(original)
+    def decode(self, tensor):
+        if tensor is None or self._scale <= 1:
+            return original(self, tensor)
+        quotient = tensor.div(self._scale, rounding_mode="floor")
+        remainder = tensor - quotient * self._scale
+        exact = quotient.to(torch.float64) + remainder.to(torch.float64) / self._scale
+        return exact.to(torch.float32).data
+
+    FixedPointEncoder.decode = decode
+
+    def undo() -> None:
+        FixedPointEncoder.decode = original
+
+    return undo
+
+
 PATCHES: list[Patch] = [
     Patch("onnx_registration_stub", "stub for a removed torch.onnx internal",
           _stub_onnx_registration),
@@ -162,6 +189,8 @@ PATCHES: list[Patch] = [
     Patch("load_weights_only", "crypten.load with weights_only=False", _load_weights_only),
     Patch("run_multiprocess_drain", "run_multiprocess that drains, then joins",
           _drain_run_multiprocess),
+    Patch("exact_decode", "FixedPointEncoder.decode exact for negative values",
+          _exact_decode),
 ]
 
 

@@ -122,3 +122,19 @@ def test_patches_are_reversible_and_idempotent():
     assert getattr(crypten.load, "__crypten_mpcache_patch__", None) == "load_weights_only"
     with pytest.raises(KeyError):
         crypten_compat.get("no-such-patch")
+
+
+def test_fixed_point_decode_is_exact_only_with_the_patch():
+    from crypten.encoder import FixedPointEncoder
+
+    encoder = FixedPointEncoder(precision_bits=16)
+    raw = torch.tensor([-3 * 65536 + 1, -2 * 65536 + 1, -32768, 5 * 65536 + 7])
+    exact = raw.double() / 65536
+    assert torch.equal(encoder.decode(raw).double(), exact.float().double())
+    patch = crypten_compat.get("exact_decode")
+    patch.revert()
+    try:
+        wrong = encoder.decode(raw).double()
+    finally:
+        patch.apply()
+    assert (wrong - exact.float().double()).abs().max() > 0.5  # CrypTen's off-by-one
