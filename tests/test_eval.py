@@ -206,6 +206,21 @@ def test_chunk_query_is_attended_densely_after_static_eviction(tokenizer, hay) -
     assert n_ctx + n_q == s.length
 
 
+def test_registry_mpcache_is_tuned_default_and_paper_preset() -> None:
+    from crypten_mpcache.config import MPCacheConfig
+
+    tuned = methods.resolve("mpcache", 0.2).config
+    paper = methods.resolve("mpcache:paper", 0.2).config
+    assert tuned == MPCacheConfig.from_budget(0.2, **MPCacheConfig.default_overrides())
+    assert paper == MPCacheConfig.from_budget(0.2)
+    assert MPCacheConfig() == MPCacheConfig.paper()  # dataclass defaults = the authors'
+    assert not tuned.static and not tuned.index_sharing and tuned.selection_scope == "layer"
+    assert paper.static and paper.index_sharing and paper.selection_scope == "kv_head"
+    assert MPCacheConfig.default(budget=0.1).budget == 0.1
+    with pytest.raises(ValueError):
+        MPCacheConfig.default(alpha=2.0)
+
+
 def test_budget_to_parity() -> None:
     rows = [dict(task="t", context=1, query_at="q", method="full", budget=1.0, score=1.0),
             dict(task="t", context=1, query_at="q", method="a", budget=0.1, score=0.5),

@@ -153,6 +153,23 @@ def test_sink_and_recent_always_attended_and_sharing(evicting_run) -> None:
         assert torch.equal(rec["positions"], by_key[(step, selector)]["positions"])
 
 
+def test_tuned_default_selects_per_layer_one_choice_for_all_heads(model, prompt) -> None:
+    """MPCacheConfig.default(): no static stage, every layer selects on its own, and one
+    selection per layer is shared by its KV heads; decode stays within the budget."""
+    method = MPCacheConfig.default(budget=0.4, sink_tokens=4, recent_tokens=4)
+    _, session = _generate(model, prompt, method)
+    assert session.schedule == tuple(range(6))
+    budget = resolve_tokens(0.4, PROMPT + NEW)
+    for rec in session.decode_records():
+        assert rec["selector"] == rec["layer"] and rec["cache"] == PROMPT + rec["step"]
+        assert rec["attended"] <= budget
+        pos, clusters = rec["positions"][0], rec["clusters"][0]
+        assert clusters.shape[-1] > 0
+        assert all(torch.equal(pos[0], p) for p in pos)
+        assert all(torch.equal(clusters[0], c) for c in clusters)
+    assert session.max_attended() < PROMPT
+
+
 # -- real model: passkey retrieval on the embedded SmolLM2 (slow) -------------------------
 
 def _passkey_prompt(tokenizer, n_tokens: int, key: str, depth: float) -> torch.Tensor:
@@ -194,7 +211,8 @@ def test_smollm2_passkey_full_cache_and_mpcache_budgets() -> None:
         ids = _passkey_prompt(tokenizer, 2048, key, depth)
         methods = {"full": None}
         for budget in (0.1, 0.2, 0.3):
-            methods[f"mpcache@{budget}"] = MPCacheConfig.from_budget(budget)
+            methods[f"mpcache@{budget}"] = MPCacheConfig.from_budget(
+                budget, **MPCacheConfig.default_overrides())
         for name, method in methods.items():
             text, attended = _passkey_run(model, tokenizer, method, ids)
             results.setdefault(name, []).append(key in text)

@@ -45,9 +45,12 @@ def _import(module: str) -> Any:
         raise MethodUnavailable(f"{module} is not importable ({exc})") from exc
 
 
-# MPCache ablations: overrides of MPCacheConfig.from_budget (each removes one idea).
+# ``mpcache`` is the tuned MPCacheConfig.default(); ``mpcache:paper`` the authors' knobs.
+# The other MPCache ablations are overrides of the authors' knobs (each removes one idea),
+# as in ``bench``.
+PAPER = "paper"
 ABLATIONS: dict[str, dict[str, Any]] = {
-    name: overrides for name, (overrides, _) in MPCACHE_ABLATIONS.items()}
+    PAPER: {}, **{name: overrides for name, (overrides, _) in MPCACHE_ABLATIONS.items()}}
 # Baseline name in this harness -> key of crypten_mpcache.algorithm.baselines.BASELINES.
 BASELINE_KEYS = {"streaming": "streamingllm", "snapkv": "snapkv", "h2o": "h2o",
                  "quest": "quest", "infllm": "infllm"}
@@ -59,7 +62,7 @@ def _mpcache(name: str, budget: float) -> Any:
     if cls is None or not hasattr(cls, "from_budget"):
         raise MethodUnavailable("crypten_mpcache.config has no MPCacheConfig.from_budget")
     if name == "mpcache":
-        return cls.from_budget(budget)
+        return cls.from_budget(budget, **cls.default_overrides())
     ablation = name.split(":", 1)[1]
     if ablation not in ABLATIONS:
         raise ValueError(f"unknown MPCache ablation {ablation!r}; choose from {sorted(ABLATIONS)}")
