@@ -139,14 +139,16 @@ class MPCacheConfig:
 
         For a ratio ``b`` the static stage keeps ``window_ratio + 2b`` of the prompt (the
         paper's 30% at b = 5%), the last level keeps ``b / static_keep`` of the compacted
-        cache and level 1 keeps twice that (at least half), as in the authors' setting.
+        cache (``b`` of the whole cache when ``static=False``) and level 1 keeps twice
+        that (at least half), as in the authors' setting.
         """
         base = cls(**overrides)  # validates the overrides
         check_amount("budget", budget)
         if isinstance(budget, int):
             return replace(base, budget=budget)
         keep = round(min(1.0, base.window_ratio + 2.0 * budget), 6)
-        last = min(1.0, budget / keep)
+        # Without the static stage nothing is compacted: ratios are of the whole cache.
+        last = min(1.0, budget / keep) if base.static else budget
         ratios = list(base.keep_ratios)
         ratios[-1] = round(last, 6)
         for i in range(len(ratios) - 2, -1, -1):
