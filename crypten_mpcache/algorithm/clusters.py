@@ -31,6 +31,16 @@ class LevelBoxes:
     rep: Value | None = None
     count: int = 0
 
+    def append(self, backend: Backend, rmax: Value, rmin: Value, rep: Value) -> None:
+        """Add the boxes of newly full clusters (along the cluster dim, -2)."""
+        if self.count:
+            self.rmax = backend.cat([self.rmax, rmax], dim=-2)
+            self.rmin = backend.cat([self.rmin, rmin], dim=-2)
+            self.rep = backend.cat([self.rep, rep], dim=-2)
+        else:
+            self.rmax, self.rmin, self.rep = rmax, rmin, rep
+        self.count += rmax.shape[-2]
+
 
 class ClusterState:
     """Per-layer boxes for every level plus the filling finest cluster (incremental)."""
@@ -100,17 +110,9 @@ class ClusterState:
         self._fill_count += 1
 
     def _append_finest(self, rmax: Value, rmin: Value, total: Value | None) -> None:
-        b = self.backend
         level = self.finest
-        new = rmax.shape[-2]
-        rep = self._representative(rmax, rmin, total, level.size)
-        if level.count:
-            level.rmax = b.cat([level.rmax, rmax], dim=-2)
-            level.rmin = b.cat([level.rmin, rmin], dim=-2)
-            level.rep = b.cat([level.rep, rep], dim=-2)
-        else:
-            level.rmax, level.rmin, level.rep = rmax, rmin, rep
-        level.count += new
+        level.append(self.backend, rmax, rmin,
+                     self._representative(rmax, rmin, total, level.size))
         self._grow_coarse_levels()
 
     def _grow_coarse_levels(self) -> None:
@@ -132,14 +134,7 @@ class ClusterState:
             if self.similarity == "mean":
                 kids_rep = fine.rep[..., lo:hi, :].reshape(batch, heads, groups, ratio, dim)
                 total = b.scale(b.sum(kids_rep, dim=3), float(fine.size))
-            rep = self._representative(rmax, rmin, total, level.size)
-            if level.count:
-                level.rmax = b.cat([level.rmax, rmax], dim=-2)
-                level.rmin = b.cat([level.rmin, rmin], dim=-2)
-                level.rep = b.cat([level.rep, rep], dim=-2)
-            else:
-                level.rmax, level.rmin, level.rep = rmax, rmin, rep
-            level.count = target
+            level.append(b, rmax, rmin, self._representative(rmax, rmin, total, level.size))
 
 
 def group_queries(query: Value, n_kv_heads: int) -> Value:
