@@ -184,8 +184,8 @@ class MPCacheConfig:
         )
 
 
-# The MPCache ablations shared by `bench` and `eval`: name -> (MPCacheConfig overrides,
-# what the variant is). One table, so both commands mean the same thing by a name.
+# The MPCache ablations shared by `bench` and `eval`: name -> (MPCacheConfig overrides of
+# the AUTHORS' knobs, what the variant is). Each removes or changes one idea of the paper.
 MPCACHE_ABLATIONS: dict[str, tuple[dict[str, object], str]] = {
     "no-dynamic": ({"dynamic": False}, "look-once static eviction only"),
     "no-static": ({"static": False}, "query-aware dynamic selection only"),
@@ -198,3 +198,30 @@ MPCACHE_ABLATIONS: dict[str, tuple[dict[str, object], str]] = {
     "layer-scope-one-level": ({"selection_scope": "layer", "hierarchy": False},
                               "one top-k per layer, one cluster level"),
 }
+
+MPCACHE = "mpcache"
+PAPER_VARIANT = "paper"
+
+
+def mpcache_variants() -> dict[str, tuple[dict[str, object], str]]:
+    """Every MPCache variant name of ``bench`` and ``eval`` -> (overrides, description).
+
+    ``mpcache`` is the tuned ``MPCacheConfig.default()``, ``mpcache:paper`` the authors'
+    configuration and ``mpcache:<ablation>`` the authors' configuration with one change,
+    so one name means one configuration in both commands and in ``generate``.
+    """
+    return {
+        MPCACHE: (MPCacheConfig.default_overrides(),
+                  "tuned default: dynamic selection only, one top-k per layer, no sharing"),
+        f"{MPCACHE}:{PAPER_VARIANT}": ({}, "the authors' configuration (static + dynamic + "
+                                           "hierarchy + index sharing, per KV head)"),
+        **{f"{MPCACHE}:{name}": entry for name, entry in MPCACHE_ABLATIONS.items()},
+    }
+
+
+def mpcache_variant(name: str, budget: Amount) -> MPCacheConfig:
+    """The configuration of variant ``name`` at ``budget``; a ValueError names the known."""
+    variants = mpcache_variants()
+    if name not in variants:
+        raise ValueError(f"unknown MPCache variant {name!r}; choose from {', '.join(variants)}")
+    return MPCacheConfig.from_budget(budget, **variants[name][0])

@@ -223,6 +223,15 @@ def test_registry_mpcache_is_tuned_default_and_paper_preset() -> None:
         MPCacheConfig.default(alpha=2.0)
 
 
+def test_variant_names_mean_the_same_config_in_eval_and_bench() -> None:
+    from crypten_mpcache.bench.variants import resolve as bench_resolve
+    from crypten_mpcache.config import MPCacheConfig
+
+    for name in ("mpcache", "mpcache:paper", "mpcache:no-sharing", "mpcache:maxbound"):
+        bench_config = MPCacheConfig.from_budget(0.05, **bench_resolve(name).overrides)
+        assert methods.resolve(name, 0.05).config == bench_config, name
+
+
 def test_budget_to_parity() -> None:
     rows = [dict(task="t", context=1, query_at="q", method="full", budget=1.0, score=1.0),
             dict(task="t", context=1, query_at="q", method="a", budget=0.1, score=0.5),

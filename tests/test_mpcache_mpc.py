@@ -208,7 +208,9 @@ def test_registry_config_and_validation():
     assert isinstance(policy, MPCachePolicy)
     assert policy.config == MPCacheConfig.from_budget(0.1)
     assert resolve_config(12, MPCacheConfig(sink_tokens=2)).sink_tokens == 2
-    assert resolve_config(None, None) == MPCacheConfig()
+    assert resolve_config(None, None) == MPCacheConfig.default()
+    assert resolve_config(0.1, None).selection_scope == "layer"
+    assert resolve_config(0.1, MPCacheConfig.paper()).selection_scope == "kv_head"
     schedule = [policy.selector(i) for i in range(30)]
     assert schedule[:4] == [0, 1, 2, 2] and schedule[-2:] == [28, 29]
     with pytest.raises(ValueError, match="n_layers"):

@@ -2,8 +2,10 @@
 
 A variant is a name the user types (``--cache full,mpcache,...``) that resolves to a cache
 policy of ``secure.kv_cache.default_policies()`` plus options. The MPCache ablations
-differ from ``mpcache`` in ONE ``MPCacheConfig`` field each, all at the same token budget,
-so a ratio between two rows measures that one design choice.
+(``config.mpcache_variants``, the same names as ``eval``) are ``mpcache`` (the tuned
+default), ``mpcache:paper`` (the authors' configuration) and ``mpcache:<ablation>`` (the
+authors' configuration with ONE ``MPCacheConfig`` field changed), all at the same token
+budget, so a ratio between ``mpcache:paper`` and an ablation measures that one choice.
 """
 
 from __future__ import annotations
@@ -11,16 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from crypten_mpcache.config import MPCACHE_ABLATIONS
+from crypten_mpcache.config import mpcache_variants
 from crypten_mpcache.secure.kv_cache import CachePolicy, CachePolicyRegistry, default_policies
 
 MPCACHE_POLICY = "mpcache"
 
 # variant -> (MPCacheConfig overrides, one-line description)
-ABLATIONS: dict[str, tuple[dict[str, Any], str]] = {
-    "mpcache": ({}, "static + dynamic + hierarchy + index sharing (linearized similarity)"),
-    **{f"mpcache:{name}": entry for name, entry in MPCACHE_ABLATIONS.items()},
-}
+ABLATIONS: dict[str, tuple[dict[str, Any], str]] = mpcache_variants()
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
-from crypten_mpcache.config import MPCACHE_ABLATIONS
+from crypten_mpcache.config import mpcache_variants
 
 FULL = "full"
 BASELINES = ("streaming", "snapkv", "h2o", "quest", "infllm")
@@ -45,28 +45,15 @@ def _import(module: str) -> Any:
         raise MethodUnavailable(f"{module} is not importable ({exc})") from exc
 
 
-# ``mpcache`` is the tuned MPCacheConfig.default(); ``mpcache:paper`` the authors' knobs.
-# The other MPCache ablations are overrides of the authors' knobs (each removes one idea),
-# as in ``bench``.
-PAPER = "paper"
-ABLATIONS: dict[str, dict[str, Any]] = {
-    PAPER: {}, **{name: overrides for name, (overrides, _) in MPCACHE_ABLATIONS.items()}}
 # Baseline name in this harness -> key of crypten_mpcache.algorithm.baselines.BASELINES.
 BASELINE_KEYS = {"streaming": "streamingllm", "snapkv": "snapkv", "h2o": "h2o",
                  "quest": "quest", "infllm": "infllm"}
 
 
 def _mpcache(name: str, budget: float) -> Any:
+    """``config.mpcache_variant``: one name means one configuration here and in bench."""
     config = _import("crypten_mpcache.config")
-    cls = getattr(config, "MPCacheConfig", None)
-    if cls is None or not hasattr(cls, "from_budget"):
-        raise MethodUnavailable("crypten_mpcache.config has no MPCacheConfig.from_budget")
-    if name == "mpcache":
-        return cls.from_budget(budget, **cls.default_overrides())
-    ablation = name.split(":", 1)[1]
-    if ablation not in ABLATIONS:
-        raise ValueError(f"unknown MPCache ablation {ablation!r}; choose from {sorted(ABLATIONS)}")
-    return cls.from_budget(budget, **ABLATIONS[ablation])
+    return config.mpcache_variant(name, budget)
 
 
 def _baseline(name: str, budget: float) -> Any:
@@ -80,7 +67,7 @@ def _baseline(name: str, budget: float) -> Any:
 
 def known_methods() -> tuple[str, ...]:
     """Every method name this registry understands, MPCache ablations included."""
-    return METHODS + tuple(f"mpcache:{a}" for a in ABLATIONS)
+    return METHODS + tuple(v for v in mpcache_variants() if v not in METHODS)
 
 
 def resolve(name: str, budget: float | None) -> MethodSpec:

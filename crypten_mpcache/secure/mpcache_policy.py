@@ -56,10 +56,12 @@ _DERIVED = ("budget", "static_keep", "keep_ratios")  # fields that from_budget d
 def resolve_config(budget: Amount | None = None,
                    mpcache: MPCacheConfig | None = None) -> MPCacheConfig:
     """The MPCacheConfig of a run: ``from_budget(budget)`` on top of ``mpcache``'s other
-    fields when a budget is given, else ``mpcache`` (default: the authors' config)."""
+    fields when a budget is given, else ``mpcache``; without ``mpcache`` the tuned
+    ``MPCacheConfig.default()``, as in ``eval`` and ``bench`` (``MPCacheConfig.paper()`` is
+    the authors' configuration)."""
+    base = mpcache or MPCacheConfig.default()
     if budget is None:
-        return mpcache or MPCacheConfig()
-    base = mpcache or MPCacheConfig()
+        return base
     overrides = {f.name: getattr(base, f.name) for f in fields(base) if f.name not in _DERIVED}
     return MPCacheConfig.from_budget(budget, **overrides)
 
