@@ -206,6 +206,10 @@ def test_registry_config_and_validation():
     assert "mpcache" in default_policies().names()
     policy = default_policies().create("mpcache", budget=0.1, n_layers=30)
     assert isinstance(policy, MPCachePolicy)
+    assert policy.config == MPCacheConfig.from_budget(0.1, **MPCacheConfig.default_overrides())
+    assert [policy.selector(i) for i in range(30)] == list(range(30))  # no index sharing
+    policy = default_policies().create("mpcache", config=MPCacheConfig.paper(), budget=0.1,
+                                       n_layers=30)
     assert policy.config == MPCacheConfig.from_budget(0.1)
     assert resolve_config(12, MPCacheConfig(sink_tokens=2)).sink_tokens == 2
     assert resolve_config(None, None) == MPCacheConfig.default()
