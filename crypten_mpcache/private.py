@@ -190,7 +190,7 @@ def party_policy(task: PartyTask, n_layers: int) -> Any:
     registry = default_policies()
     if task.cache != "mpcache":
         return registry.create(task.cache)
-    return registry.create("mpcache", config=task.mpcache or MPCacheConfig(),
+    return registry.create("mpcache", config=task.mpcache or MPCacheConfig.default(),
                            n_layers=n_layers, debug=task.debug_selections)
 
 

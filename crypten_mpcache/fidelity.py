@@ -1,0 +1,128 @@
+"""Selection fidelity: does MPC keep the tokens and clusters that plaintext MPCache keeps?
+
+Both paths log one record per (phase, step, layer): which layer's selection it used
+(index sharing), how many tokens it attended, the kept positions (prefill: static
+eviction) and the selected clusters (decode). The MPC side produces them only in the
+TEST/DEBUG mode that reveals selections (``secure.reveal.debug_reveal_selection``), which
+a real run never enables. Fed the same tokens, both paths should agree except where two
+candidates score within fixed-point noise of each other (a near-tie), so the report
+counts agreements instead of stopping at the first difference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from crypten_mpcache.config import MPCacheConfig
+
+Key = tuple[str, int, int]  # (phase, step, layer)
+
+
+@dataclass
+class SelectionFidelity:
+    """Agreement between secure and plaintext selection records.
+
+    records: records compared; equal: records equal in every field; mismatches: (where,
+    field) of each difference; overlap: mean Jaccard overlap of the selected finest
+    clusters over the decode records that selected (1.0 = identical sets).
+    """
+
+    records: int = 0
+    equal: int = 0
+    mismatches: list[tuple[Key, str]] = field(default_factory=list)
+    overlap: float = 1.0
+
+    @property
+    def all_equal(self) -> bool:
+        return self.records > 0 and self.equal == self.records
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"records": self.records, "equal": self.equal, "overlap": self.overlap,
+                "mismatches": [{"phase": k[0], "step": k[1], "layer": k[2], "field": f}
+                               for k, f in self.mismatches]}
+
+
+def _key(record: dict[str, Any]) -> Key:
+    return (str(record["phase"]), int(record["step"]), int(record["layer"]))
+
+
+def _jaccard(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Overlap of two selections given as index tensors (any matching shape)."""
+    left, right = set(a.reshape(-1).tolist()), set(b.reshape(-1).tolist())
+    union = left | right
+    return 1.0 if not union else len(left & right) / len(union)
+
+
+def _differences(secure: dict[str, Any], plain: dict[str, Any]) -> list[str]:
+    fields = []
+    if secure["selector"] != plain["selector"]:
+        fields.append("selector")
+    if secure["phase"] == "prefill":
+        if secure["attended"] != plain["cache"]:
+            fields.append("kept")
+        elif not torch.equal(secure["positions"].expand_as(plain["positions"]),
+                             plain["positions"]):
+            fields.append("positions")
+        return fields
+    if secure["attended"] != plain["attended"]:
+        fields.append("attended")
+    if (secure["clusters"] is None) != (plain["clusters"] is None):
+        fields.append("clusters")
+    elif secure["clusters"] is not None and not torch.equal(secure["clusters"],
+                                                            plain["clusters"]):
+        fields.append("clusters")
+    return fields
+
+
+def compare_selections(secure: list[dict[str, Any]], plain: list[dict[str, Any]]
+                       ) -> SelectionFidelity:
+    """Compare every secure record with the plaintext record of the same (phase, step,
+    layer); a secure record without a plaintext twin is a mismatch ("missing")."""
+    keyed = {_key(r): r for r in plain}
+    report, overlaps = SelectionFidelity(), []
+    for record in secure:
+        where = _key(record)
+        report.records += 1
+        other = keyed.get(where)
+        fields = ["missing"] if other is None else _differences(record, other)
+        report.mismatches += [(where, f) for f in fields]
+        report.equal += not fields
+        if other is not None and record["phase"] == "decode" and \
+                record["clusters"] is not None and other["clusters"] is not None:
+            overlaps.append(_jaccard(record["clusters"], other["clusters"]))
+    report.overlap = sum(overlaps) / len(overlaps) if overlaps else 1.0
+    return report
+
+
+def plaintext_records(model: torch.nn.Module, prompt_ids: list[int], feed: list[int],
+                      config: MPCacheConfig) -> tuple[list[int], list[dict[str, Any]]]:
+    """Plaintext MPCache (``plaintext.apply``) on ``prompt_ids``, then fed ``feed`` token
+    by token (the private run's tokens, so both paths see the same inputs): (greedy ids
+    at each step, selection records)."""
+    from crypten_mpcache.plaintext import apply
+
+    greedy: list[int] = []
+    with torch.no_grad(), apply(model, config) as session:
+        out = model(torch.tensor([prompt_ids]), use_cache=True)
+        for step in range(len(feed)):
+            greedy.append(int(out.logits[0, -1].argmax()))
+            if step + 1 < len(feed):
+                out = model(torch.tensor([[feed[step]]]), past_key_values=out.past_key_values,
+                            use_cache=True)
+    return greedy, session.records
+
+
+def secure_records(folder: str | Path, prompt_ids: list[int], steps: int,
+                   config: MPCacheConfig, launch_config: Any) -> dict[str, Any]:
+    """Private generation with the selections revealed (DEBUG ONLY): the client's output
+    of ``private.run_party`` (tokens, cost, reveals, selections)."""
+    from crypten_mpcache.private import CLIENT, PartyTask, run_party
+    from crypten_mpcache.runtime.launcher import launch
+
+    task = PartyTask(str(folder), tuple(prompt_ids), steps, True, "mpcache", False, False,
+                     config, debug_selections=True)
+    return launch(run_party, task, config=launch_config)[CLIENT]
