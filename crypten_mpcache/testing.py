@@ -3,8 +3,69 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import LlamaForCausalLM
+
+
+def tiny_llama(seed: int, *, kv_heads: int = 2, layers: int = 2, vocab: int = 40,
+               hidden: int = 32, max_positions: int = 128, tie: bool = False,
+               qk_gain: float = 1.0, lm_head_gain: float = 1.0,
+               **config: Any) -> LlamaForCausalLM:
+    """A tiny random Llama (4 attention heads) in eval mode, the same for the same arguments.
+
+    The norm gammas are drawn as 1 + 0.2 * randn (right after the seeded init, in
+    parameter order) so that the secure RMSNorm is really tested, not multiplied by ones.
+    ``qk_gain`` scales the query/key projections (peaky attention: top-k choices with
+    margins far above fixed-point noise); ``lm_head_gain`` scales the LM head (wider logit
+    gaps; with ``tie`` it scales the shared embedding too). ``config``: extra LlamaConfig
+    fields (e.g. ``attn_implementation="eager"``).
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    llama_config = LlamaConfig(vocab_size=vocab, hidden_size=hidden,
+                               intermediate_size=2 * hidden, num_hidden_layers=layers,
+                               num_attention_heads=4, num_key_value_heads=kv_heads,
+                               max_position_embeddings=max_positions, rms_norm_eps=1e-5,
+                               tie_word_embeddings=tie, **config)
+    model = LlamaForCausalLM(llama_config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.copy_(1.0 + 0.2 * torch.randn_like(param))
+            if qk_gain != 1.0 and ("q_proj" in name or "k_proj" in name):
+                param.mul_(qk_gain)
+        if lm_head_gain != 1.0:
+            model.lm_head.weight.mul_(lm_head_gain)
+    return model
+
+
+def save_tiny_llama(folder: Path | str, seed: int, **kwargs: Any) -> str:
+    """``tiny_llama(seed, **kwargs)`` saved as a checkpoint folder (for the private
+    generation entry points, which load a model by path); returns the folder as a str."""
+    tiny_llama(seed, **kwargs).save_pretrained(folder)
+    return str(folder)
+
+
+def assert_same_transcript(first_cost: dict, second_cost: dict) -> None:
+    """Two runs' ``cost`` dicts (as in a generation result) show the same communication:
+    bytes and rounds of setup, prefill, every decode step and every operator.
+
+    Used to check that what the parties exchange does not depend on the private prompt.
+    """
+    for key in ("setup", "prefill"):
+        assert (first_cost[key]["bytes"], first_cost[key]["rounds"]) == \
+            (second_cost[key]["bytes"], second_cost[key]["rounds"]), key
+    for a, b in zip(first_cost["decode"], second_cost["decode"], strict=True):
+        assert (a["bytes"], a["rounds"]) == (b["bytes"], b["rounds"]), a["step"]
+    assert first_cost["operators"].keys() == second_cost["operators"].keys()
+    for kind, value in first_cost["operators"].items():
+        other = second_cost["operators"][kind]
+        assert (value["bytes"], value["rounds"]) == (other["bytes"], other["rounds"]), kind
 
 
 def tiny_llama_checkpoint(folder: Path, *, seed: int = 0, kv_heads: int = 2,

@@ -14,23 +14,9 @@ from crypten_mpcache.models import (
 )
 from crypten_mpcache.models.llama import causal_mask01
 from crypten_mpcache.runtime.launcher import LaunchConfig, launch
+from crypten_mpcache.testing import tiny_llama
 
-
-def build_llama(seed: int, kv_heads: int, tie: bool = False, vocab: int = 48):
-    """A tiny Llama whose norm gammas are not all ones (so they are really tested)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=kv_heads,
-                         max_position_embeddings=128, rms_norm_eps=1e-5,
-                         tie_word_embeddings=tie)
-    model = LlamaForCausalLM(config).eval()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" in name:
-                param.copy_(1.0 + 0.2 * torch.randn_like(param))
-    return model
+VOCAB = 48
 
 
 def plaintext_greedy(model, ids: list[int], steps: int) -> tuple[list[int], list[torch.Tensor]]:
@@ -58,7 +44,7 @@ def secure_greedy_party(seed: int, kv_heads: int, tie: bool, ids: list[int], ste
     from crypten_mpcache.patches.transformers_llama import patch
     from crypten_mpcache.secure.kv_cache import SecureKVCache
 
-    model = build_llama(seed, kv_heads, tie)
+    model = tiny_llama(seed, kv_heads=kv_heads, tie=tie, vocab=VOCAB)
     handle = patch(model, SecureModelOptions(premask=premask))
     cache = SecureKVCache(model.config.num_hidden_layers, premask=premask)
     onehot = torch.nn.functional.one_hot(torch.tensor([ids]), model.config.vocab_size)
@@ -82,7 +68,7 @@ def secure_greedy_party(seed: int, kv_heads: int, tie: bool, ids: list[int], ste
 ])
 def test_secure_greedy_matches_plaintext(seed, kv_heads, tie, premask, dealer):
     ids, steps = [5, 17, 3, 40, 22, 9], 4
-    model = build_llama(seed, kv_heads, tie)
+    model = tiny_llama(seed, kv_heads=kv_heads, tie=tie, vocab=VOCAB)
     plain_ids, plain_logits = plaintext_greedy(model, ids, steps)
     results = launch(secure_greedy_party, seed, kv_heads, tie, ids, steps, premask,
                      config=LaunchConfig(parties=2, dealer=dealer))
@@ -105,7 +91,7 @@ def restore_party() -> dict:
     )
     from crypten_mpcache.patches.transformers_llama import patched
 
-    model = build_llama(0, 2, tie=True)
+    model = tiny_llama(0, kv_heads=2, tie=True, vocab=VOCAB)
     before = {name: module for name, module in model.named_modules()}
     with patched(model, SecureModelOptions(premask=False)) as handle:
         layer = model.model.layers[0]

@@ -15,6 +15,7 @@ import torch
 import crypten_mpcache  # noqa: F401
 import crypten_mpcache.secure.premask  # noqa: F401  (patches the TTP dealer in the parent)
 from crypten_mpcache.runtime.launcher import LaunchConfig, launch
+from crypten_mpcache.testing import tiny_llama
 
 MASSIVE_CHANNEL, SHARED_CHANNEL = 7, 3
 PROMPT = [0, 5, 17, 3, 40, 22, 9, 11]  # token 0 plays BOS: the massive sink token
@@ -29,18 +30,9 @@ def build_massive_llama(seed: int = 0, massive: float = 25_000.0, sink: float = 
       the BOS key wins every row by ~100 (a sink; score differences down to ~ -105).
     - The LM head is scaled so that the greedy margin is well above the MPC error.
     """
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=48, hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         head_dim=16, max_position_embeddings=128, rms_norm_eps=1e-5,
-                         tie_word_embeddings=False, attn_implementation="eager")
-    model = LlamaForCausalLM(config).eval()
+    model = tiny_llama(seed, vocab=48, hidden=64, lm_head_gain=40.0,
+                       attn_implementation="eager")  # plaintext_extremes hooks eager
     with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" in name:
-                param.copy_(1.0 + 0.2 * torch.randn_like(param))
         table = model.model.embed_tokens.weight
         table.normal_(0.0, 1.0)
         table[:, MASSIVE_CHANNEL] = 0.0
@@ -49,7 +41,6 @@ def build_massive_llama(seed: int = 0, massive: float = 25_000.0, sink: float = 
         for layer in model.model.layers:
             layer.self_attn.k_proj.weight[:, MASSIVE_CHANNEL] = sink / 4
             layer.self_attn.q_proj.weight[:, SHARED_CHANNEL] = 1.0
-        model.lm_head.weight.mul_(40.0)
     return model
 
 
@@ -108,15 +99,14 @@ def exact_plain(x) -> torch.Tensor:
     return x._tensor.reveal().double() / x.encoder.scale
 
 
-def secure_greedy_party(ids: list[int], steps: int, premask: bool) -> dict:
-    """Every party: patch, prefill, decode with the secure argmax fed back."""
+def secure_greedy(model, ids: list[int], steps: int, premask: bool = True) -> torch.Tensor:
+    """Every party: patch, prefill, decode with the secure argmax fed back; the logits."""
     import crypten
 
     from crypten_mpcache.models.llama import SecureModelOptions, secure_argmax, secure_forward
     from crypten_mpcache.patches.transformers_llama import patch
     from crypten_mpcache.secure.kv_cache import SecureKVCache
 
-    model = build_massive_llama()
     handle = patch(model, SecureModelOptions(premask=premask))
     cache = SecureKVCache(model.config.num_hidden_layers, premask=premask)
     onehot = torch.nn.functional.one_hot(torch.tensor([ids]), model.config.vocab_size)
@@ -128,7 +118,11 @@ def secure_greedy_party(ids: list[int], steps: int, premask: bool) -> dict:
         logits.append(exact_plain(out).reshape(-1))
         x = secure_argmax(out)
     handle.restore()
-    return {"logits": torch.stack(logits)}
+    return torch.stack(logits)
+
+
+def secure_greedy_party(ids: list[int], steps: int, premask: bool) -> dict:
+    return {"logits": secure_greedy(build_massive_llama(), ids, steps, premask)}
 
 
 def test_tiny_model_has_smollm2_numerics():
@@ -179,26 +173,7 @@ def smollm2_prompt() -> list[int]:
 
 
 def real_party(ids: list[int], steps: int) -> dict:
-    import crypten
-
-    from crypten_mpcache.models.llama import SecureModelOptions, secure_argmax, secure_forward
-    from crypten_mpcache.patches.transformers_llama import patch
-    from crypten_mpcache.secure.kv_cache import SecureKVCache
-
-    model = load_smollm2(REAL_LAYERS)
-    handle = patch(model, SecureModelOptions())
-    cache = SecureKVCache(REAL_LAYERS)
-    x = crypten.cryptensor(
-        torch.nn.functional.one_hot(torch.tensor([ids]), model.config.vocab_size).float(),
-        src=1)
-    logits, position = [], 0
-    for _ in range(steps):
-        out = secure_forward(model, x, cache, position)
-        position += int(x.shape[1])
-        logits.append(exact_plain(out).reshape(-1))
-        x = secure_argmax(out)
-    handle.restore()
-    return {"logits": torch.stack(logits)}
+    return {"logits": secure_greedy(load_smollm2(REAL_LAYERS), ids, steps)}
 
 
 @pytest.mark.slow
