@@ -89,3 +89,39 @@ def tiny_llama_checkpoint(folder: Path, *, seed: int = 0, kv_heads: int = 2,
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def exact_plain(x: Any) -> torch.Tensor:
+    """Decode an MPCTensor as raw / scale in float64, TESTS ONLY (reveals to everyone).
+
+    Independent of CrypTen's ``FixedPointEncoder.decode`` (which, unpatched, decodes
+    -k + r/2**16 with r < k as -k - 1 + r/2**16), so value checks cannot inherit it.
+    """
+    return x._tensor.reveal().double() / x.encoder.scale
+
+
+def secure_greedy(model: torch.nn.Module, ids: list[int], steps: int,
+                  premask: bool = True) -> dict[str, torch.Tensor]:
+    """Inside every party: patch ``model``, prefill ``ids`` (party 1's), decode ``steps``
+    tokens with the secure argmax fed back, restore. TESTS ONLY: the logits of each step
+    are revealed (``exact_plain``) so they can be compared with plaintext; also returns
+    the cache length of every layer."""
+    import crypten
+
+    from crypten_mpcache.models.llama import SecureModelOptions, secure_argmax, secure_forward
+    from crypten_mpcache.patches.transformers_llama import patch
+    from crypten_mpcache.secure.kv_cache import SecureKVCache
+
+    handle = patch(model, SecureModelOptions(premask=premask))
+    cache = SecureKVCache(model.config.num_hidden_layers, premask=premask)
+    onehot = torch.nn.functional.one_hot(torch.tensor([ids]), model.config.vocab_size)
+    x = crypten.cryptensor(onehot.float(), src=1)
+    logits, position = [], 0
+    for _ in range(steps):
+        out = secure_forward(model, x, cache, position)
+        position += int(x.shape[1])
+        logits.append(exact_plain(out).reshape(-1))
+        x = secure_argmax(out)
+    lengths = [cache.get_seq_length(i) for i in range(model.config.num_hidden_layers)]
+    handle.restore()
+    return {"logits": torch.stack(logits), "cache_lengths": torch.tensor(lengths)}

@@ -14,7 +14,7 @@ from crypten_mpcache.models import (
 )
 from crypten_mpcache.models.llama import causal_mask01
 from crypten_mpcache.runtime.launcher import LaunchConfig, launch
-from crypten_mpcache.testing import tiny_llama
+from crypten_mpcache.testing import secure_greedy, tiny_llama
 
 VOCAB = 48
 
@@ -29,35 +29,11 @@ def plaintext_greedy(model, ids: list[int], steps: int) -> tuple[list[int], list
     return sequence[len(ids):], logits
 
 
-def exact_plain(x) -> torch.Tensor:
-    """raw / scale in float64: CrypTen's decode turns -k + r/2**16 (r < k) into -k - 1 + ...
-    (see tests/test_smollm2_fidelity.py), which would make the logit check flaky."""
-    return x._tensor.reveal().double() / x.encoder.scale
-
-
 def secure_greedy_party(seed: int, kv_heads: int, tie: bool, ids: list[int], steps: int,
                         premask: bool) -> dict:
-    """Runs in every party: patch, prefill, decode with the secure argmax fed back."""
-    import crypten
-
-    from crypten_mpcache.models.llama import SecureModelOptions, secure_argmax, secure_forward
-    from crypten_mpcache.patches.transformers_llama import patch
-    from crypten_mpcache.secure.kv_cache import SecureKVCache
-
-    model = tiny_llama(seed, kv_heads=kv_heads, tie=tie, vocab=VOCAB)
-    handle = patch(model, SecureModelOptions(premask=premask))
-    cache = SecureKVCache(model.config.num_hidden_layers, premask=premask)
-    onehot = torch.nn.functional.one_hot(torch.tensor([ids]), model.config.vocab_size)
-    x = crypten.cryptensor(onehot.float(), src=1)
-    logits, position = [], 0
-    for _ in range(steps):
-        out = secure_forward(model, x, cache, position)
-        position += int(x.shape[1])
-        logits.append(exact_plain(out).reshape(-1))
-        x = secure_argmax(out)
-    lengths = [cache.get_seq_length(i) for i in range(model.config.num_hidden_layers)]
-    handle.restore()
-    return {"logits": torch.stack(logits), "cache_lengths": torch.tensor(lengths)}
+    """Runs in every party: the tiny model, then ``testing.secure_greedy``."""
+    return secure_greedy(tiny_llama(seed, kv_heads=kv_heads, tie=tie, vocab=VOCAB), ids,
+                         steps, premask)
 
 
 @pytest.mark.parametrize("seed,kv_heads,tie,premask,dealer", [

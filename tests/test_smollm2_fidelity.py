@@ -15,7 +15,7 @@ import torch
 import crypten_mpcache  # noqa: F401
 import crypten_mpcache.secure.premask  # noqa: F401  (patches the TTP dealer in the parent)
 from crypten_mpcache.runtime.launcher import LaunchConfig, launch
-from crypten_mpcache.testing import tiny_llama
+from crypten_mpcache.testing import secure_greedy, tiny_llama
 
 MASSIVE_CHANNEL, SHARED_CHANNEL = 7, 3
 PROMPT = [0, 5, 17, 3, 40, 22, 9, 11]  # token 0 plays BOS: the massive sink token
@@ -88,41 +88,8 @@ def plaintext_extremes(model, ids: list[int]) -> dict[str, float]:
     return seen
 
 
-def exact_plain(x) -> torch.Tensor:
-    """Decode an MPCTensor as raw / scale in float64.
-
-    CrypTen's ``FixedPointEncoder.decode`` divides negative values by scale - 1, so
-    -k + r/2**16 with r < k decodes as -k - 1 + r/2**16: an error of exactly 1.0 on about
-    k/65536 of the values near -k (a dozen of SmolLM2's 49,152 logits per step). Tests that
-    compare values must not inherit that.
-    """
-    return x._tensor.reveal().double() / x.encoder.scale
-
-
-def secure_greedy(model, ids: list[int], steps: int, premask: bool = True) -> torch.Tensor:
-    """Every party: patch, prefill, decode with the secure argmax fed back; the logits."""
-    import crypten
-
-    from crypten_mpcache.models.llama import SecureModelOptions, secure_argmax, secure_forward
-    from crypten_mpcache.patches.transformers_llama import patch
-    from crypten_mpcache.secure.kv_cache import SecureKVCache
-
-    handle = patch(model, SecureModelOptions(premask=premask))
-    cache = SecureKVCache(model.config.num_hidden_layers, premask=premask)
-    onehot = torch.nn.functional.one_hot(torch.tensor([ids]), model.config.vocab_size)
-    x = crypten.cryptensor(onehot.float(), src=1)
-    logits, position = [], 0
-    for _ in range(steps):
-        out = secure_forward(model, x, cache, position)
-        position += int(x.shape[1])
-        logits.append(exact_plain(out).reshape(-1))
-        x = secure_argmax(out)
-    handle.restore()
-    return torch.stack(logits)
-
-
 def secure_greedy_party(ids: list[int], steps: int, premask: bool) -> dict:
-    return {"logits": secure_greedy(build_massive_llama(), ids, steps, premask)}
+    return secure_greedy(build_massive_llama(), ids, steps, premask)
 
 
 def test_tiny_model_has_smollm2_numerics():
@@ -173,7 +140,7 @@ def smollm2_prompt() -> list[int]:
 
 
 def real_party(ids: list[int], steps: int) -> dict:
-    return {"logits": secure_greedy(load_smollm2(REAL_LAYERS), ids, steps)}
+    return secure_greedy(load_smollm2(REAL_LAYERS), ids, steps)
 
 
 @pytest.mark.slow
