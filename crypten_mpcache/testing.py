@@ -125,3 +125,16 @@ def secure_greedy(model: torch.nn.Module, ids: list[int], steps: int,
     lengths = [cache.get_seq_length(i) for i in range(model.config.num_hidden_layers)]
     handle.restore()
     return {"logits": torch.stack(logits), "cache_lengths": torch.tensor(lengths)}
+
+
+def plaintext_greedy(model: torch.nn.Module, ids: list[int], steps: int
+                     ) -> tuple[list[int], torch.Tensor]:
+    """The plaintext reference of ``secure_greedy``: greedy ids and the (steps, vocab)
+    logits, recomputed from the whole sequence at every step (no cache to get wrong)."""
+    sequence, logits = list(ids), []
+    with torch.no_grad():
+        for _ in range(steps):
+            last = model(torch.tensor([sequence])).logits[0, -1]
+            logits.append(last)
+            sequence.append(int(last.argmax()))
+    return sequence[len(ids):], torch.stack(logits)

@@ -15,7 +15,7 @@ import torch
 import crypten_mpcache  # noqa: F401
 import crypten_mpcache.secure.premask  # noqa: F401  (patches the TTP dealer in the parent)
 from crypten_mpcache.runtime.launcher import LaunchConfig, launch
-from crypten_mpcache.testing import secure_greedy, tiny_llama
+from crypten_mpcache.testing import plaintext_greedy, secure_greedy, tiny_llama
 
 MASSIVE_CHANNEL, SHARED_CHANNEL = 7, 3
 PROMPT = [0, 5, 17, 3, 40, 22, 9, 11]  # token 0 plays BOS: the massive sink token
@@ -42,16 +42,6 @@ def build_massive_llama(seed: int = 0, massive: float = 25_000.0, sink: float = 
             layer.self_attn.k_proj.weight[:, MASSIVE_CHANNEL] = sink / 4
             layer.self_attn.q_proj.weight[:, SHARED_CHANNEL] = 1.0
     return model
-
-
-def plaintext_greedy(model, ids: list[int], steps: int) -> tuple[list[int], torch.Tensor]:
-    sequence, logits = list(ids), []
-    with torch.no_grad():
-        for _ in range(steps):
-            last = model(torch.tensor([sequence])).logits[0, -1]
-            logits.append(last)
-            sequence.append(int(last.argmax()))
-    return sequence[len(ids):], torch.stack(logits)
 
 
 def plaintext_extremes(model, ids: list[int]) -> dict[str, float]:
