@@ -19,6 +19,7 @@ from crypten_mpcache.algorithm.clusters import ClusterState
 from crypten_mpcache.algorithm.plan import StaticSpec
 from crypten_mpcache.algorithm.torch_backend import TorchBackend
 from crypten_mpcache.config import MPCacheConfig
+from crypten_mpcache.fidelity import compare_selections
 from crypten_mpcache.private import PartyTask, PrivateGenerationConfig, generate_ids, run_party
 from crypten_mpcache.runtime.launcher import LaunchConfig, launch
 from crypten_mpcache.secure.kv_cache import default_policies
@@ -214,34 +215,29 @@ def test_registry_config_and_validation():
 # --- MPC fidelity -----------------------------------------------------------------------
 
 
-def _same_records(secure: list[dict], plain: list[dict], layers: int) -> None:
-    keyed = {(r["phase"], r["step"], r["layer"]): r for r in plain}
+def _same_records(secure: list[dict], plain: list[dict], layers: int, exact: bool) -> None:
+    """Every (phase, step, layer) record equal; with ``exact=False`` a near-tie may flip:
+    at most one record may differ and the selected clusters must still overlap >= 0.9."""
     assert len(secure) == layers * (1 + STEPS - 1)
-    for record in secure:
-        other = keyed[(record["phase"], record["step"], record["layer"])]
-        where = (record["phase"], record["step"], record["layer"])
-        assert record["selector"] == other["selector"], where
-        if record["phase"] == "prefill":
-            assert record["attended"] == other["cache"], where
-            kept = record["positions"].expand_as(other["positions"])
-            assert torch.equal(kept, other["positions"]), where
-        else:
-            assert record["attended"] == other["attended"], where
-            if other["clusters"] is None:
-                assert record["clusters"] is None, where
-            else:
-                assert torch.equal(record["clusters"], other["clusters"]), where
+    report = compare_selections(secure, plain)
+    if exact:
+        assert report.all_equal, report.mismatches
+    else:
+        assert report.records - report.equal <= 1, report.mismatches
+        assert report.overlap >= 0.9, report.overlap
+        assert all(field == "clusters" for _, field in report.mismatches), report.mismatches
 
 
-@pytest.mark.parametrize("seed,kv_heads,config", [
-    # MHA, ratio mode: its q/k scaling makes a decode-time cluster choice a near-tie that
-    # fixed-point noise flips in ~1 run of 10 (seen in CI at decode step 4, layer 2):
-    # kept as a slow test until the comparison tolerates ties within the noise.
-    pytest.param(27, 4, RATIO, marks=pytest.mark.slow),
-    (6, 2, resolve_config(BUDGET, RATIO)),                 # GQA, token budget
-    (6, 2, resolve_config(BUDGET, replace(RATIO, selection_scope="layer", hierarchy=False))),
+@pytest.mark.parametrize("seed,kv_heads,config,exact", [
+    # MHA, ratio mode: per-head top-k over 4 heads makes a decode-time cluster choice a
+    # near-tie that fixed-point noise flips in ~1 run of 10 (seen in CI at decode step 4,
+    # layer 2; no seed has plaintext top-k margins above 0.02): tolerate one flipped record
+    (27, 4, RATIO, False),
+    (6, 2, resolve_config(BUDGET, RATIO), True),                 # GQA, token budget
+    (6, 2, resolve_config(BUDGET, replace(RATIO, selection_scope="layer", hierarchy=False)),
+     True),
 ], ids=["mha-ratio", "gqa-budget", "gqa-layer-scope-one-level"])
-def test_secure_selections_and_tokens_equal_plaintext(tmp_path, seed, kv_heads, config):
+def test_secure_selections_and_tokens_equal_plaintext(tmp_path, seed, kv_heads, config, exact):
     folder = save_llama(tmp_path / "m", seed, kv_heads)
     ids = prompt(100 + seed)
     client = secure_run(folder, ids, config)
@@ -249,7 +245,7 @@ def test_secure_selections_and_tokens_equal_plaintext(tmp_path, seed, kv_heads, 
     greedy, records, margin = plaintext_run(folder, ids, tokens, config)
     assert margin > MARGIN  # the case is decided by the algorithm, not by rounding
     assert tokens == greedy
-    _same_records(client["selections"], records, layers=3)
+    _same_records(client["selections"], records, layers=3, exact=exact)
     decode = [r for r in client["selections"] if r["phase"] == "decode"]
     assert any(r["clusters"] is not None for r in decode)  # selection really happened
     if config.budget is not None:
