@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 import crypten_mpcache  # noqa: F401  (CrypTen compatibility patches before crypten)
 from crypten_mpcache.assets import essay_texts, smollm2_folder
 from crypten_mpcache.config import mpcache_variant, mpcache_variants
@@ -68,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     client = secure_records(folder, ids, args.steps, config, launch_config)
     seconds = time.perf_counter() - start
     tokens = [int(t) for t in client["tokens"]]
+    if args.json:  # keep the expensive MPC records whatever happens next
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"tokens": tokens, "selections": client["selections"], "ids": ids},
+                   args.json.with_suffix(".records.pt"))
 
     model = AutoModelForCausalLM.from_pretrained(str(folder)).eval()
     greedy, plain = plaintext_records(model, ids, tokens, config)

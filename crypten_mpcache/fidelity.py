@@ -57,6 +57,14 @@ def _jaccard(a: torch.Tensor, b: torch.Tensor) -> float:
     return 1.0 if not union else len(left & right) / len(union)
 
 
+def _kept(secure: dict[str, Any], like: torch.Tensor) -> torch.Tensor:
+    """The prompt positions the secure prefill kept, shaped like the plaintext record's;
+    no positions means no static stage ran: every prompt position was kept."""
+    if secure["positions"] is None:
+        return torch.arange(secure["attended"]).expand_as(like)
+    return secure["positions"].expand_as(like)
+
+
 def _differences(secure: dict[str, Any], plain: dict[str, Any]) -> list[str]:
     fields = []
     if secure["selector"] != plain["selector"]:
@@ -64,8 +72,7 @@ def _differences(secure: dict[str, Any], plain: dict[str, Any]) -> list[str]:
     if secure["phase"] == "prefill":
         if secure["attended"] != plain["cache"]:
             fields.append("kept")
-        elif not torch.equal(secure["positions"].expand_as(plain["positions"]),
-                             plain["positions"]):
+        elif not torch.equal(_kept(secure, plain["positions"]), plain["positions"]):
             fields.append("positions")
         return fields
     if secure["attended"] != plain["attended"]:

@@ -45,3 +45,13 @@ def test_every_kind_of_difference_is_named() -> None:
 
 def test_no_records_is_not_agreement() -> None:
     assert not compare_selections([], []).all_equal
+
+
+def test_prefill_without_static_stage_kept_everything() -> None:
+    """The secure prefill records no positions when nothing was evicted."""
+    secure = _prefill(0, [0, 1, 2])
+    secure["positions"] = None
+    assert compare_selections([secure], [_prefill(0, [0, 1, 2])]).all_equal
+    plain = _prefill(0, [0, 1, 2])
+    plain["positions"] = torch.tensor([[[0, 1, 3]]])
+    assert [f for _, f in compare_selections([secure], [plain]).mismatches] == ["positions"]
