@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -156,6 +157,16 @@ def test_tiny_eval_end_to_end(tokenizer, tmp_path) -> None:
     again = run_eval(cfg, model, tokenizer, texts=assets.essay_texts()[:2], progress=False)
     assert again["rows"] == rows
     assert len((folder / "predictions.jsonl").read_text().splitlines()) == len(preds)
+    # Another command in the same folder: its own rows, every cell under folder_rows, and
+    # the earlier commands' configs under history.
+    more = run_eval(replace(cfg, tasks=("passkey",), methods=("full",)), model, tokenizer,
+                    texts=assets.essay_texts()[:2], progress=False)
+    assert {r["method"] for r in more["rows"]} == {"full"}
+    assert more["folder_rows"] == rows
+    saved = json.loads((folder / "config.json").read_text())
+    assert saved["methods"] == ["full"] and len(saved["history"]) == 2
+    assert saved["history"][0]["methods"] == ["full", "mpcache", "streaming"]
+    assert json.loads((folder / "metrics.json").read_text())["folder_rows"] == rows
     # Report and plots from the JSON.
     path = tmp_path / "r.json"
     path.write_text(json.dumps(result))

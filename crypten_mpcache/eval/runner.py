@@ -2,7 +2,8 @@
 
 A run folder holds ``config.json`` (the EvalConfig), ``predictions.jsonl`` (one line per
 sample x method x budget, appended as it goes, so an interrupted run resumes where it
-stopped when started again with the same run name) and ``metrics.json`` (the rows).
+stopped when started again with the same run name) and ``metrics.json`` (the rows of this
+command, and ``folder_rows``: of every cell in the folder).
 
 Decoding is greedy with a manual loop so that the question can be fed after prefill,
 where static eviction cannot see it. Three placements (``QUERY_AT``):
@@ -275,6 +276,16 @@ def _stop_ids(tokenizer: Any) -> set[int]:
     return ids
 
 
+def _write_config(path: Path, cfg: EvalConfig) -> None:
+    """This command's config, with the earlier commands of a resumed folder under
+    ``history`` (oldest first), so the folder says how every cell in it was made."""
+    history: list[dict[str, Any]] = []
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        history = previous.pop("history", []) + [previous]
+    path.write_text(json.dumps({**asdict(cfg), "history": history}, indent=2))
+
+
 def run_folder(cfg: EvalConfig) -> Path:
     name = cfg.run_name or time.strftime("run-%Y%m%d-%H%M%S")
     return Path(cfg.out_dir) / name
@@ -298,7 +309,7 @@ def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None,
     the_plan = plan(cfg, hay)
     folder = run_folder(cfg)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    _write_config(folder / "config.json", cfg)
     pred_path = folder / "predictions.jsonl"
     done = _read_done(pred_path)
     stop = _stop_ids(tokenizer)
@@ -314,5 +325,7 @@ def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None,
     result = {"config": asdict(cfg), "rows": aggregate(records),
               "unavailable": the_plan.unavailable, "run_dir": str(folder),
               "seconds": round(time.perf_counter() - t0, 1)}
+    # A resumed folder may hold cells of earlier commands too: their rows, all together.
+    result["folder_rows"] = aggregate(_read_done(pred_path).values())
     (folder / "metrics.json").write_text(json.dumps(result, indent=2))
     return result
