@@ -27,7 +27,11 @@ def plot_task(rows: list[dict[str, Any]], task: str, path: Path) -> Path:
 
     mine = [r for r in rows if r["task"] == task]
     panels = _panels([r for r in mine if r["method"] != "full"]) or _panels(mine)
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    # One colour per method in every panel, one legend for the figure.
+    methods = sorted({r["method"] for r in mine} - {"full"})
+    palette = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
+    colors = {m: palette(i % palette.N) for i, m in enumerate(methods)}
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.9), squeeze=False)
     for ax, (context, query_at) in zip(axes[0], panels, strict=True):
         here = [r for r in mine if r["context"] == context
                 and r["query_at"] in (query_at, "none")]
@@ -39,14 +43,20 @@ def plot_task(rows: list[dict[str, Any]], task: str, path: Path) -> Path:
             xs = [p[0] for p in pts]
             ys = [p[1] for p in pts]
             err = [[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]]
-            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=2, label=method)
+            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=2, label=method,
+                        color=colors[method])
         metric = mine[0]["metric"] if mine else ""
         ax.set_title(f"{task}, {context} tokens, query at {query_at}", fontsize=9)
         ax.set_xlabel("budget (fraction of KV cache kept)")
         ax.set_ylabel("1 / perplexity" if metric == "perplexity" else metric)
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    handles = {}
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    fig.legend(handles.values(), handles.keys(), loc="upper center", ncol=len(handles),
+               fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
