@@ -26,7 +26,8 @@ import torch
 import crypten_mpcache  # noqa: F401  (CrypTen compatibility patches before crypten)
 from crypten_mpcache.assets import essay_texts, smollm2_folder
 from crypten_mpcache.config import mpcache_variant, mpcache_variants
-from crypten_mpcache.fidelity import compare_selections, plaintext_records, secure_records
+from crypten_mpcache.fidelity import compare_selections, secure_records
+from crypten_mpcache.plaintext import generate_fed
 from crypten_mpcache.runtime.launcher import DEALERS, LaunchConfig
 
 
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                    args.json.with_suffix(".records.pt"))
 
     model = AutoModelForCausalLM.from_pretrained(str(folder)).eval()
-    greedy, plain = plaintext_records(model, ids, tokens, config)
+    greedy, _, plain = generate_fed(model, config, ids, len(tokens), feed=tokens, record=True)
     report = compare_selections(client["selections"], plain)
     result = {
         "model": "SmolLM2-135M-Instruct", "prompt_tokens": len(ids), "steps": args.steps,
@@ -93,7 +94,6 @@ def main(argv: list[str] | None = None) -> int:
     for where, what in report.mismatches[:20]:
         print(f"  differs: {what} at {where}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.json}")
     return 0

@@ -105,24 +105,6 @@ def compare_selections(secure: list[dict[str, Any]], plain: list[dict[str, Any]]
     return report
 
 
-def plaintext_records(model: torch.nn.Module, prompt_ids: list[int], feed: list[int],
-                      config: MPCacheConfig) -> tuple[list[int], list[dict[str, Any]]]:
-    """Plaintext MPCache (``plaintext.apply``) on ``prompt_ids``, then fed ``feed`` token
-    by token (the private run's tokens, so both paths see the same inputs): (greedy ids
-    at each step, selection records)."""
-    from crypten_mpcache.plaintext import apply
-
-    greedy: list[int] = []
-    with torch.no_grad(), apply(model, config) as session:
-        out = model(torch.tensor([prompt_ids]), use_cache=True)
-        for step in range(len(feed)):
-            greedy.append(int(out.logits[0, -1].argmax()))
-            if step + 1 < len(feed):
-                out = model(torch.tensor([[feed[step]]]), past_key_values=out.past_key_values,
-                            use_cache=True)
-    return greedy, session.records
-
-
 def secure_records(folder: str | Path, prompt_ids: list[int], steps: int,
                    config: MPCacheConfig, launch_config: Any) -> dict[str, Any]:
     """Private generation with the selections revealed (DEBUG ONLY): the client's output

@@ -160,6 +160,30 @@ def apply(model: torch.nn.Module, method: Method | MethodPlan | None,
         AttentionMaskInterface._global_mapping.pop(name, None)
 
 
+def generate_fed(model: torch.nn.Module, method: Method | MethodPlan | None,
+                 prompt_ids: list[int], steps: int, feed: list[int] | None = None,
+                 record: bool = False) -> tuple[list[int], torch.Tensor, list[dict[str, Any]]]:
+    """``steps`` greedy steps under ``apply(model, method)``, step by step through the cache
+    (a cache policy acts per step): (argmax ids, (steps, vocab) logits, debug records).
+
+    With ``feed`` the token after step t is ``feed[t]`` instead of the argmax, so this run
+    sees the same inputs as another (e.g. private) run that produced ``feed``.
+    """
+    ids: list[int] = []
+    logits: list[torch.Tensor] = []
+    with torch.no_grad(), apply(model, method, record=record) as session:
+        out = model(torch.tensor([prompt_ids]), use_cache=True)
+        for step in range(steps):
+            last = out.logits[0, -1]
+            logits.append(last)
+            ids.append(int(last.argmax()))
+            if step + 1 < steps:
+                token = ids[-1] if feed is None else feed[step]
+                out = model(torch.tensor([[token]]), past_key_values=out.past_key_values,
+                            use_cache=True)
+    return ids, torch.stack(logits), session.records
+
+
 def _attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     modules = [m for m in model.modules()
                if hasattr(m, "layer_idx") and hasattr(m, "q_proj") and hasattr(m, "k_proj")]
@@ -416,4 +440,4 @@ def _replace_layer(cache: Any, layer: int, keys: torch.Tensor, values: torch.Ten
     layers[layer] = EvictedLayer(keys.contiguous(), values.contiguous(), evicted)
 
 
-__all__ = ["EvictedLayer", "Method", "Session", "apply", "onehot_to_indices"]
+__all__ = ["EvictedLayer", "Method", "Session", "apply", "generate_fed", "onehot_to_indices"]

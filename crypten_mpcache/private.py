@@ -315,26 +315,11 @@ def plaintext_mpcache_reference(folder: Path, prompt_ids: list[int], generated: 
                                  ) -> tuple[list[int], torch.Tensor]:
     """Like ``plaintext_reference`` with MPCache applied (``plaintext.apply``): greedy ids,
     and logits along the PRIVATE tokens' prefix (a cache policy needs step-by-step runs)."""
-    from crypten_mpcache.plaintext import apply
+    from crypten_mpcache.plaintext import generate_fed
 
     model = load_party_model(str(folder), owner=True)
-
-    def run(feed: list[int] | None) -> tuple[list[int], torch.Tensor]:
-        ids, logits = [], []
-        with torch.no_grad(), apply(model, config, record=False):
-            out = model(torch.tensor([prompt_ids]), use_cache=True)
-            for step in range(steps):
-                last = out.logits[0, -1]
-                logits.append(last)
-                ids.append(int(last.argmax()))
-                if step + 1 < steps:
-                    token = ids[-1] if feed is None else feed[step]
-                    out = model(torch.tensor([[token]]), past_key_values=out.past_key_values,
-                                use_cache=True)
-        return ids, torch.stack(logits)
-
-    plain_ids, _ = run(None)
-    _, teacher = run(generated)
+    plain_ids, _, _ = generate_fed(model, config, prompt_ids, steps)
+    _, teacher, _ = generate_fed(model, config, prompt_ids, steps, feed=generated)
     return plain_ids, teacher
 
 

@@ -19,8 +19,8 @@ from crypten_mpcache.algorithm.clusters import ClusterState
 from crypten_mpcache.algorithm.plan import StaticSpec
 from crypten_mpcache.algorithm.torch_backend import TorchBackend
 from crypten_mpcache.config import MPCacheConfig
-from crypten_mpcache.fidelity import compare_selections
-from crypten_mpcache.private import PartyTask, PrivateGenerationConfig, generate_ids, run_party
+from crypten_mpcache.fidelity import compare_selections, secure_records
+from crypten_mpcache.private import PrivateGenerationConfig, generate_ids
 from crypten_mpcache.runtime.launcher import LaunchConfig, launch
 from crypten_mpcache.secure.kv_cache import default_policies
 from crypten_mpcache.secure.mpcache_policy import (
@@ -57,7 +57,7 @@ def plaintext_run(folder: str, ids: list[int], feed: list[int], config: MPCacheC
     run, fed with ``feed`` (the private tokens) so both runs see the same inputs."""
     from transformers import LlamaForCausalLM
 
-    from crypten_mpcache.plaintext import apply
+    from crypten_mpcache.plaintext import generate_fed
 
     margins: list[float] = []
     original = TorchBackend.topk_onehot
@@ -71,22 +71,14 @@ def plaintext_run(folder: str, ids: list[int], feed: list[int], config: MPCacheC
     model = LlamaForCausalLM.from_pretrained(folder).eval()
     TorchBackend.topk_onehot = measured
     try:
-        with torch.no_grad(), apply(model, config) as session:
-            out = model(torch.tensor([ids]), use_cache=True)
-            greedy = []
-            for step in range(len(feed)):
-                greedy.append(int(out.logits[0, -1].argmax()))
-                if step + 1 < len(feed):
-                    out = model(torch.tensor([[feed[step]]]),
-                                past_key_values=out.past_key_values, use_cache=True)
+        greedy, _, records = generate_fed(model, config, ids, len(feed), feed=feed, record=True)
     finally:
         TorchBackend.topk_onehot = original
-    return greedy, session.records, min(margins)
+    return greedy, records, min(margins)
 
 
 def secure_run(folder: str, ids: list[int], config: MPCacheConfig) -> dict:
-    task = PartyTask(folder, tuple(ids), STEPS, True, "mpcache", False, False, config, True)
-    return launch(run_party, task, config=TFP)[1]
+    return secure_records(folder, ids, STEPS, config, TFP)
 
 
 # --- plaintext checks of the one-hot constructions ----------------------------------------
