@@ -219,9 +219,49 @@ def mpcache_variants() -> dict[str, tuple[dict[str, object], str]]:
     }
 
 
-def mpcache_variant(name: str, budget: Amount) -> MPCacheConfig:
-    """The configuration of variant ``name`` at ``budget``; a ValueError names the known."""
+OVERRIDE_SEPARATOR = "+"
+
+
+def _coerce(field: str, text: str, current: object) -> object:
+    """``text`` as the type of ``field``'s current value (tuples are '/'-separated)."""
+    if isinstance(current, bool):
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"{field} takes true or false, got {text!r}")
+        return text.lower() in ("true", "1")
+    if isinstance(current, tuple):
+        return tuple(int(x) if field != "keep_ratios" else float(x)
+                     for x in text.split("/") if x)
+    if isinstance(current, int) and "." not in text:
+        return int(text)
+    if isinstance(current, int | float) or current is None:
+        return float(text) if "." in text else int(text)
+    return text
+
+
+def variant_overrides(name: str) -> dict[str, object]:
+    """Overrides of ``name`` = a variant of ``mpcache_variants`` optionally followed by
+    ``+field=value`` knobs, e.g. ``mpcache+selection_scope=kv_head+cluster_sizes=16/8``:
+    candidate configurations are evaluated by name, without new code."""
+    base, *knobs = name.split(OVERRIDE_SEPARATOR)
     variants = mpcache_variants()
-    if name not in variants:
-        raise ValueError(f"unknown MPCache variant {name!r}; choose from {', '.join(variants)}")
-    return MPCacheConfig.from_budget(budget, **variants[name][0])
+    if base not in variants:
+        raise ValueError(f"unknown MPCache variant {base!r}; choose from {', '.join(variants)}")
+    overrides = dict(variants[base][0])
+    reference = MPCacheConfig(**overrides)
+    fields = set(MPCacheConfig.__dataclass_fields__) - {"budget"}
+    for knob in knobs:
+        field, eq, text = knob.partition("=")
+        if not eq or field not in fields:
+            raise ValueError(f"bad knob {knob!r} in {name!r}: use field=value with a field of "
+                             f"MPCacheConfig ({', '.join(sorted(fields))}); the budget is "
+                             "set by --budget")
+        try:
+            overrides[field] = _coerce(field, text, getattr(reference, field))
+        except ValueError as exc:
+            raise ValueError(f"bad value in knob {knob!r}: {exc}") from exc
+    return overrides
+
+
+def mpcache_variant(name: str, budget: Amount) -> MPCacheConfig:
+    """The configuration of variant ``name`` (see ``variant_overrides``) at ``budget``."""
+    return MPCacheConfig.from_budget(budget, **variant_overrides(name))

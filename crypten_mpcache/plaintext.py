@@ -202,8 +202,8 @@ def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling
     groups = query.shape[1] // key.shape[1]
     scores = torch.matmul(query, _repeat_kv(key, groups).transpose(2, 3)) * scaling
     if causal_offset is not None:
-        q_pos = torch.arange(query.shape[2]).unsqueeze(1) + causal_offset
-        visible = torch.arange(key.shape[2]).unsqueeze(0) <= q_pos
+        q_pos = torch.arange(query.shape[2], device=query.device).unsqueeze(1) + causal_offset
+        visible = torch.arange(key.shape[2], device=key.device).unsqueeze(0) <= q_pos
         scores = scores.masked_fill(~visible, torch.finfo(scores.dtype).min)
     probs = torch.softmax(scores.float(), dim=-1).to(query.dtype)
     out = torch.matmul(probs, _repeat_kv(value, groups))
@@ -250,7 +250,7 @@ class _Engine:
         layer = module.layer_idx
         plan = self.plan
         batch, n_kv, length, _ = key.shape
-        positions = torch.arange(length).view(1, 1, -1).expand(batch, n_kv, -1)
+        positions = torch.arange(length, device=key.device).view(1, 1, -1).expand(batch, n_kv, -1)
         state = LayerState(prompt_len=length, seen=length, positions=positions,
                            budget=plan.budget)
         self.session.layers[layer] = state
@@ -288,7 +288,7 @@ class _Engine:
         spec = self.plan.static
         state = self.session.layers[layer]
         if spec.score == "none":
-            importance = torch.zeros(key.shape[0], 1, counts.prompt_len)
+            importance = key.new_zeros(key.shape[0], 1, counts.prompt_len)
         elif spec.score == "accumulated":
             importance = state.scores
         else:
@@ -315,7 +315,7 @@ class _Engine:
         layer = module.layer_idx
         plan = self.plan
         state.step += 1
-        new_pos = torch.full((*state.positions.shape[:2], 1), state.seen)
+        new_pos = state.positions.new_full((*state.positions.shape[:2], 1), state.seen)
         state.positions = torch.cat([state.positions, new_pos], dim=-1)
         state.seen += 1
         if state.scores is not None:
@@ -405,7 +405,8 @@ class _Engine:
                 key: torch.Tensor, value: torch.Tensor, scaling: float) -> tuple[Any, Any]:
         new = query.shape[2]
         out, _ = _attend(query, key, value, scaling, causal_offset=key.shape[-2] - new)
-        extra = torch.arange(state.seen, state.seen + new).view(1, 1, -1)
+        extra = torch.arange(state.seen, state.seen + new,
+                             device=state.positions.device).view(1, 1, -1)
         state.positions = torch.cat(
             [state.positions, extra.expand(*state.positions.shape[:2], -1)], dim=-1)
         state.seen += new

@@ -258,3 +258,63 @@ def test_aggregate_groups_full_once() -> None:
                  value=v) for v in (1.0, 0.0)]
     (row,) = aggregate(recs)
     assert row["budget"] == 1.0 and row["score"] == 0.5 and row["n"] == 2
+
+
+def test_sharded_run_equals_one_run(tokenizer, tmp_path) -> None:
+    """Two shards in one folder run every unit exactly once and report like one run."""
+    model = _tiny_llama(len(tokenizer))
+    base = EvalConfig(tasks=("passkey",), contexts=(160,), methods=("full", "mpcache"),
+                      budgets=(0.5,), query_at=("prefill",), samples=3, out_dir=str(tmp_path))
+    texts = assets.essay_texts()[:2]
+    whole = run_eval(replace(base, run_name="whole"), model, tokenizer, texts=texts,
+                     progress=False)
+    for index in (0, 1):
+        run_eval(replace(base, run_name="split", shard_index=index, shard_count=2), model,
+                 tokenizer, texts=texts, progress=False)
+    folder = tmp_path / "split"
+    files = sorted(p.name for p in folder.glob("predictions*.jsonl"))
+    assert files == ["predictions-0-of-2.jsonl", "predictions-1-of-2.jsonl"]
+    counts = [len(p.read_text().splitlines()) for p in sorted(folder.glob("predictions*"))]
+    assert counts == [3, 3]  # 6 units: 3 samples x (full, mpcache at 0.5), interleaved
+    split_rows = report.load_rows([folder])
+    assert sorted(split_rows, key=str) == sorted(whole["rows"], key=str)
+    with pytest.raises(ValueError):
+        replace(base, shard_index=2, shard_count=2)
+
+
+def test_mpcache_knobs_in_a_method_name() -> None:
+    """``mpcache+field=value`` evaluates a candidate config without new code."""
+    from crypten_mpcache.config import MPCacheConfig
+
+    spec = methods.resolve("mpcache+selection_scope=kv_head+cluster_sizes=16/8", 0.2)
+    assert spec.config == MPCacheConfig.from_budget(
+        0.2, **{**MPCacheConfig.default_overrides(), "selection_scope": "kv_head",
+                "cluster_sizes": (16, 8)})
+    assert methods.resolve("mpcache:paper+index_sharing=false", 0.1).config.index_sharing \
+        is False
+    for bad in ("mpcache+nope=1", "mpcache+alpha", "mpcache+static=maybe",
+                "mpcache+budget=0.1", "mpcache+alpha=7"):
+        with pytest.raises((ValueError, methods.MethodUnavailable)):
+            methods.resolve(bad, 0.2)
+
+
+def test_cli_shard_device_and_knob_errors(capsys) -> None:
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--shard", "3"])
+    assert cli.run(parser.parse_args(["--shard", "2/2"])) == 2
+    assert cli.run(parser.parse_args(["--device", "tpu"])) == 2
+    assert cli.run(parser.parse_args(["--method", "mpcache+alpha=x"])) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) >= 3 and all(e.startswith("crypten-mpcache eval: error:") for e in err[-3:])
+
+
+def test_device_resolution() -> None:
+    from crypten_mpcache.eval.runner import resolve_device
+
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            resolve_device("cuda")

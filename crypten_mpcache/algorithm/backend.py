@@ -91,5 +91,5 @@ class Backend(Protocol):
 def onehot_to_indices(onehot: torch.Tensor) -> torch.Tensor:
     """Plaintext helper (tests, debug records): ``(..., k, G)`` one-hot -> ``(..., k)`` ints."""
     if onehot.shape[-2] == 0:
-        return torch.zeros(onehot.shape[:-1], dtype=torch.long)
+        return torch.zeros(onehot.shape[:-1], dtype=torch.long, device=onehot.device)
     return onehot.argmax(dim=-1)

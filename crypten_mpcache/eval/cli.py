@@ -32,6 +32,16 @@ def _csv(kind: Callable[[str], Any]) -> Callable[[str], tuple[Any, ...]]:
     return parse
 
 
+def _shard(text: str) -> tuple[int, int]:
+    index, sep, count = text.partition("/")
+    try:
+        if not sep:
+            raise ValueError
+        return int(index), int(count)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--shard takes I/N, e.g. 0/4, got {text!r}") from exc
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The eval subcommand's options (comma-separated lists where several are allowed)."""
     add = parser.add_argument
@@ -63,6 +73,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="markdown file inserted near the top of --markdown (hand-written findings)")
     add("--report-only", nargs="+", default=None, metavar="JSON",
         help="skip running; build --markdown/--plot from these result JSONs or run folders")
+    add("--device", default=DEFAULTS.device,
+        help="cpu (default), cuda or auto (cuda when a GPU is visible)")
+    add("--shard", default="0/1", type=_shard,
+        help="I/N: run every N-th unit starting at I, for N processes sharing one run "
+             "folder (each writes predictions-I-of-N.jsonl; reports read them all)")
     add("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -71,15 +86,21 @@ def _config(args: argparse.Namespace) -> EvalConfig:
         tasks=tuple(args.tasks), contexts=tuple(args.contexts), methods=tuple(args.methods),
         budgets=tuple(args.budgets), query_at=tuple(args.query_at), samples=args.samples,
         fraction=args.fraction, seed=args.seed, style=args.style, out_dir=args.out_dir,
-        run_name=args.run_name)
+        run_name=args.run_name, device=args.device, shard_index=args.shard[0],
+        shard_count=args.shard[1])
 
 
 def _check_methods(names: tuple[str, ...]) -> None:
-    from crypten_mpcache.eval.methods import known_methods
+    from crypten_mpcache.config import variant_overrides
+    from crypten_mpcache.eval.methods import is_known, known_methods
 
-    bad = [m for m in names if m not in known_methods()]
+    bad = [m for m in names if not is_known(m)]
     if bad:
-        raise ValueError(f"unknown method(s) {bad}; choose from {', '.join(known_methods())}")
+        raise ValueError(f"unknown method(s) {bad}; choose from {', '.join(known_methods())}"
+                         " (an MPCache variant may add knobs: mpcache+field=value)")
+    for name in names:
+        if "+" in name:
+            variant_overrides(name)  # a bad knob is a one-line error before any model loads
 
 
 def _outputs(rows: list[dict[str, Any]], args: argparse.Namespace, command: str) -> None:

@@ -70,12 +70,19 @@ def known_methods() -> tuple[str, ...]:
     return METHODS + tuple(v for v in mpcache_variants() if v not in METHODS)
 
 
+def is_known(name: str) -> bool:
+    """A registered name, or an MPCache variant with ``+field=value`` knobs."""
+    base = name.split("+", 1)[0]
+    return name in known_methods() or ("+" in name and base in mpcache_variants())
+
+
 def resolve(name: str, budget: float | None) -> MethodSpec:
     """The config of ``name`` at ``budget`` (fraction of the prompt attended per step)."""
     if name == FULL:
         return MethodSpec(FULL, None)
-    if name not in known_methods():
-        raise ValueError(f"unknown method {name!r}; choose from {', '.join(known_methods())}")
+    if not is_known(name):
+        raise ValueError(f"unknown method {name!r}; choose from {', '.join(known_methods())}"
+                         " (an MPCache variant may add knobs: mpcache+field=value)")
     if budget is None or not 0 < budget <= 1:
         raise ValueError(f"budget must be in (0, 1], got {budget!r}")
     try:

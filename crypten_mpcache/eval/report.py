@@ -17,11 +17,11 @@ Key = tuple[str, int, str]  # task, context, query_at
 
 def _rows_of(path: Path) -> list[dict[str, Any]]:
     """Rows of a result JSON, or aggregated from a (possibly unfinished) run folder."""
-    if path.is_dir():
-        path = path / "predictions.jsonl"
-    if path.suffix == ".jsonl":
-        from crypten_mpcache.eval.runner import aggregate
+    from crypten_mpcache.eval.runner import aggregate, read_predictions
 
+    if path.is_dir():
+        return aggregate(read_predictions(path).values())
+    if path.suffix == ".jsonl":
         lines = path.read_text().splitlines()
         return aggregate(json.loads(x) for x in lines if x.strip())
     return json.loads(path.read_text())["rows"]

@@ -3,7 +3,10 @@
 A run folder holds ``config.json`` (the EvalConfig), ``predictions.jsonl`` (one line per
 sample x method x budget, appended as it goes, so an interrupted run resumes where it
 stopped when started again with the same run name) and ``metrics.json`` (the rows of this
-command, and ``folder_rows``: of every cell in the folder).
+command, and ``folder_rows``: of every cell in the folder). N processes can share a folder
+(``--shard I/N``, e.g. one per GPU stream or CPU core): shard I runs every N-th unit and
+writes ``predictions-I-of-N.jsonl`` / ``metrics-I-of-N.json``; every reader takes all
+prediction files of the folder.
 
 Decoding is greedy with a manual loop so that the question can be fed after prefill,
 where static eviction cannot see it. Three placements (``QUERY_AT``):
@@ -34,6 +37,7 @@ from crypten_mpcache.eval.metrics import exact_match, first_match, summarize, to
 from crypten_mpcache.eval.tasks import PROMPT_STYLES, TASKS, Haystack, Sample, TaskConfig
 
 QUERY_AT = ("prefill", "chunk", "decode")
+DEVICES = ("cpu", "cuda", "auto")
 NO_QUERY = "none"  # ppl has no question: its rows carry query_at="none"
 TASK_METRIC = {"passkey": "exact_match", "kv-retrieval": "exact_match", "needle": "f1",
                "ppl": "perplexity"}
@@ -57,6 +61,9 @@ class EvalConfig:
     out_dir: str = "results/runs"
     run_name: str = ""
     model_folder: str = ""
+    device: str = "cpu"
+    shard_index: int = 0
+    shard_count: int = 1
 
     def __post_init__(self) -> None:
         bad = [t for t in self.tasks if t not in TASKS]
@@ -76,6 +83,11 @@ class EvalConfig:
             raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
         if self.style not in PROMPT_STYLES:
             raise ValueError(f"style must be one of {PROMPT_STYLES}, got {self.style!r}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
+        if not 0 <= self.shard_index < self.shard_count:
+            raise ValueError(f"shard must be I/N with 0 <= I < N, got "
+                             f"{self.shard_index}/{self.shard_count}")
 
     @property
     def n_run(self) -> int:
@@ -130,6 +142,8 @@ def plan(cfg: EvalConfig, hay: Haystack) -> Plan:
             # Method-major order: an interrupted run has whole (method, budget) cells done.
             out.units += [Unit(sample, context, q, s)
                           for q in modes for s in specs for sample in samples]
+    # Shards interleave, so that every shard of a parallel run gets a share of each cell.
+    out.units = out.units[cfg.shard_index::cfg.shard_count]
     return out
 
 
@@ -137,8 +151,8 @@ def _step(model: Any, ids: list[int], start: int, cache: Any) -> tuple[Any, Any]
     """One forward over ``ids`` at positions ``start``..; returns last logits and the cache."""
     import torch
 
-    x = torch.tensor([ids], dtype=torch.long)
-    pos = torch.arange(start, start + len(ids), dtype=torch.long).unsqueeze(0)
+    x = torch.tensor([ids], dtype=torch.long, device=model.device)
+    pos = torch.arange(start, start + len(ids), dtype=torch.long, device=model.device)[None]
     out = model(input_ids=x, position_ids=pos, cache=cache, use_cache=True, logits_to_keep=1)
     cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
     return out.logits[0, -1].float(), cache
@@ -209,7 +223,8 @@ def run_unit(model: Any, tokenizer: Any, unit: Unit, stop_ids: set[int]) -> dict
     record: dict[str, Any] = {
         "key": unit.key, "task": unit.sample.task, "index": unit.sample.index,
         "context": unit.context, "tokens": unit.sample.length, "query_at": unit.query_at,
-        "method": unit.spec.name, "budget": unit.spec.budget, "meta": unit.sample.meta}
+        "method": unit.spec.name, "budget": unit.spec.budget, "meta": unit.sample.meta,
+        "device": str(model.device)}
     with torch.inference_mode(), registry.apply(model, unit.spec):
         if unit.sample.task == "ppl":
             nll = _nll(model, unit)
@@ -243,18 +258,34 @@ def aggregate(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def _read_done(path: Path) -> dict[str, dict[str, Any]]:
-    if not path.is_file():
-        return {}
+def prediction_files(folder: Path) -> list[Path]:
+    """``predictions.jsonl`` and the per-shard ``predictions-I-of-N.jsonl`` of a run."""
+    return sorted(folder.glob("predictions*.jsonl"))
+
+
+def read_predictions(folder: Path) -> dict[str, dict[str, Any]]:
+    """Every finished unit of a run folder (all shards), by unit key."""
     done = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            rec = json.loads(line)
-            done[rec["key"]] = rec
+    for path in prediction_files(folder):
+        for line in path.read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                done[rec["key"]] = rec
     return done
 
 
-def load_model(folder: str = "") -> tuple[Any, Any]:
+def resolve_device(name: str) -> str:
+    """``auto`` -> cuda when a GPU is visible, else cpu; ``cuda`` without one is an error."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is visible to torch")
+    return name
+
+
+def load_model(folder: str = "", device: str = "cpu") -> tuple[Any, Any]:
     """The embedded SmolLM2 (or the checkpoint in ``folder``) in float32, eval mode."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -264,7 +295,7 @@ def load_model(folder: str = "") -> tuple[Any, Any]:
     path = folder or str(assets.smollm2_folder())
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    return model, tokenizer
+    return model.to(resolve_device(device)), tokenizer
 
 
 def _stop_ids(tokenizer: Any) -> set[int]:
@@ -304,14 +335,17 @@ def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None,
 
     t0 = time.perf_counter()
     if model is None or tokenizer is None:
-        model, tokenizer = load_model(cfg.model_folder)
+        model, tokenizer = load_model(cfg.model_folder, cfg.device)
     hay = Haystack(tokenizer, texts if texts is not None else assets.essay_texts())
     the_plan = plan(cfg, hay)
     folder = run_folder(cfg)
     folder.mkdir(parents=True, exist_ok=True)
-    _write_config(folder / "config.json", cfg)
-    pred_path = folder / "predictions.jsonl"
-    done = _read_done(pred_path)
+    if cfg.shard_index == 0:  # one config per folder; shards differ only in their index
+        _write_config(folder / "config.json", cfg)
+    sharded = cfg.shard_count > 1
+    suffix = f"-{cfg.shard_index}-of-{cfg.shard_count}" if sharded else ""
+    pred_path = folder / f"predictions{suffix}.jsonl"
+    done = read_predictions(folder)
     stop = _stop_ids(tokenizer)
     records = []
     with pred_path.open("a") as sink:
@@ -326,6 +360,6 @@ def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None,
               "unavailable": the_plan.unavailable, "run_dir": str(folder),
               "seconds": round(time.perf_counter() - t0, 1)}
     # A resumed folder may hold cells of earlier commands too: their rows, all together.
-    result["folder_rows"] = aggregate(_read_done(pred_path).values())
-    (folder / "metrics.json").write_text(json.dumps(result, indent=2))
+    result["folder_rows"] = aggregate(read_predictions(folder).values())
+    (folder / f"metrics{suffix}.json").write_text(json.dumps(result, indent=2))
     return result
