@@ -318,3 +318,25 @@ def test_device_resolution() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA device"):
             resolve_device("cuda")
+
+
+def test_workers_share_one_run_folder(tokenizer, tmp_path) -> None:
+    """``--workers 2`` runs two shard processes; the parent reports every unit once."""
+    from crypten_mpcache.testing import save_tiny_llama
+
+    folder = save_tiny_llama(tmp_path / "tiny", seed=0, vocab=len(tokenizer), max_positions=512)
+    tokenizer.save_pretrained(folder)
+    out = tmp_path / "runs"
+    argv = ["--task", "passkey", "--context", "160", "--method", "full,streaming",
+            "--budget", "0.5", "--query-at", "prefill", "--samples", "2", "--out-dir",
+            str(out), "--run-name", "w", "--model-folder", folder, "--workers", "2",
+            "--no-progress", "--json", str(tmp_path / "w.json")]
+    assert cli.main(argv) == 0
+    files = sorted(p.name for p in (out / "w").glob("predictions*.jsonl"))
+    assert files == ["predictions-0-of-2.jsonl", "predictions-1-of-2.jsonl"]
+    rows = json.loads((tmp_path / "w.json").read_text())["rows"]
+    assert {(r["method"], r["n"]) for r in rows} == {("full", 2), ("streaming", 2)}
+    # Everything is done: a second identical command runs no worker unit again.
+    before = [p.read_text() for p in sorted((out / "w").glob("predictions*.jsonl"))]
+    assert cli.main(argv) == 0
+    assert [p.read_text() for p in sorted((out / "w").glob("predictions*.jsonl"))] == before

@@ -73,11 +73,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="markdown file inserted near the top of --markdown (hand-written findings)")
     add("--report-only", nargs="+", default=None, metavar="JSON",
         help="skip running; build --markdown/--plot from these result JSONs or run folders")
+    add("--model-folder", default="",
+        help="a local transformers checkpoint folder (default: the embedded SmolLM2)")
     add("--device", default=DEFAULTS.device,
         help="cpu (default), cuda or auto (cuda when a GPU is visible)")
     add("--shard", default="0/1", type=_shard,
         help="I/N: run every N-th unit starting at I, for N processes sharing one run "
              "folder (each writes predictions-I-of-N.jsonl; reports read them all)")
+    add("--workers", type=int, default=1,
+        help="split the run over this many processes (one --shard each) sharing the run "
+             "folder: use the cores, or keep a GPU busy (default: 1)")
     add("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -86,8 +91,8 @@ def _config(args: argparse.Namespace) -> EvalConfig:
         tasks=tuple(args.tasks), contexts=tuple(args.contexts), methods=tuple(args.methods),
         budgets=tuple(args.budgets), query_at=tuple(args.query_at), samples=args.samples,
         fraction=args.fraction, seed=args.seed, style=args.style, out_dir=args.out_dir,
-        run_name=args.run_name, device=args.device, shard_index=args.shard[0],
-        shard_count=args.shard[1])
+        run_name=args.run_name, model_folder=args.model_folder, device=args.device,
+        shard_index=args.shard[0], shard_count=args.shard[1])
 
 
 def _check_methods(names: tuple[str, ...]) -> None:
@@ -118,6 +123,40 @@ def _outputs(rows: list[dict[str, Any]], args: argparse.Namespace, command: str)
         print(f"table: {args.markdown_path}")
 
 
+def config_argv(cfg: EvalConfig) -> list[str]:
+    """The eval options that reproduce ``cfg`` (what each ``--workers`` shard runs)."""
+    def join(values: tuple[Any, ...]) -> str:
+        return ",".join(str(v) for v in values)
+
+    return ["--task", join(cfg.tasks), "--context", join(cfg.contexts),
+            "--method", join(cfg.methods), "--budget", join(cfg.budgets),
+            "--query-at", join(cfg.query_at), "--samples", str(cfg.samples),
+            "--fraction", str(cfg.fraction), "--seed", str(cfg.seed), "--style", cfg.style,
+            "--out-dir", cfg.out_dir, "--run-name", cfg.run_name, "--device", cfg.device,
+            "--model-folder", cfg.model_folder]
+
+
+def _run_workers(cfg: EvalConfig, workers: int, progress: bool) -> int:
+    """Run the grid in ``workers`` shard processes; 0, or 1 with a one-line error."""
+    from crypten_mpcache import assets
+    from crypten_mpcache.eval.parallel import run_workers
+    from crypten_mpcache.eval.runner import load_tokenizer, plan, run_folder
+    from crypten_mpcache.eval.tasks import Haystack
+
+    # The parent converts the model once, before any worker starts.
+    tokenizer = load_tokenizer(cfg.model_folder)
+    total = len(plan(cfg, Haystack(tokenizer, assets.essay_texts())).units)
+    folder = run_folder(cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    status = run_workers(config_argv(cfg), workers, folder, total, progress)
+    if status:
+        print(f"crypten-mpcache eval: error: a worker failed (exit status {status}); the "
+              f"finished units are in {folder}: run the same command again to resume",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the evaluation described by ``args``; 0 on success, 2 on bad input."""
     argv = sys.argv[sys.argv.index("eval") + 1:] if "eval" in sys.argv else sys.argv[1:]
@@ -130,12 +169,26 @@ def run(args: argparse.Namespace) -> int:
             return 0
         cfg = _config(args)
         _check_methods(cfg.methods)
+        if args.workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {args.workers}")
+        if args.workers > 1 and cfg.shard_count > 1:
+            raise ValueError("--workers and --shard exclude each other")
     except (ValueError, FileNotFoundError, KeyError, json.JSONDecodeError) as exc:
         print(f"crypten-mpcache eval: error: {exc}", file=sys.stderr)
         return 2
     from crypten_mpcache.eval.runner import run_eval
 
-    result = run_eval(cfg, progress=not args.no_progress)
+    if args.workers > 1:
+        if not cfg.run_name:  # every worker must write to the same folder
+            from dataclasses import replace
+
+            from crypten_mpcache.eval.runner import run_folder
+
+            cfg = replace(cfg, run_name=run_folder(cfg).name)
+        status = _run_workers(cfg, args.workers, not args.no_progress)
+        if status:
+            return status
+    result = run_eval(cfg, progress=not args.no_progress)  # reads what the workers wrote
     for name, why in result["unavailable"].items():
         print(f"unavailable: {name}: {why}")
     if args.json_path:

@@ -285,17 +285,25 @@ def resolve_device(name: str) -> str:
     return name
 
 
+def load_tokenizer(folder: str = "") -> Any:
+    """The tokenizer of the embedded SmolLM2 (converted once) or of ``folder``."""
+    from transformers import AutoTokenizer
+
+    from crypten_mpcache import assets
+
+    return AutoTokenizer.from_pretrained(folder or str(assets.smollm2_folder()))
+
+
 def load_model(folder: str = "", device: str = "cpu") -> tuple[Any, Any]:
     """The embedded SmolLM2 (or the checkpoint in ``folder``) in float32, eval mode."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from crypten_mpcache import assets
 
     path = folder or str(assets.smollm2_folder())
-    tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    return model.to(resolve_device(device)), tokenizer
+    return model.to(resolve_device(device)), load_tokenizer(path)
 
 
 def _stop_ids(tokenizer: Any) -> set[int]:
@@ -334,8 +342,8 @@ def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None,
     from crypten_mpcache import assets
 
     t0 = time.perf_counter()
-    if model is None or tokenizer is None:
-        model, tokenizer = load_model(cfg.model_folder, cfg.device)
+    if tokenizer is None:
+        tokenizer = load_tokenizer(cfg.model_folder)
     hay = Haystack(tokenizer, texts if texts is not None else assets.essay_texts())
     the_plan = plan(cfg, hay)
     folder = run_folder(cfg)
@@ -348,14 +356,15 @@ def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None,
     done = read_predictions(folder)
     stop = _stop_ids(tokenizer)
     records = []
-    with pred_path.open("a") as sink:
-        for unit in _progress(the_plan.units, progress):
-            rec = done.get(unit.key)
-            if rec is None:
-                rec = run_unit(model, tokenizer, unit, stop)
+    for unit in _progress(the_plan.units, progress):
+        rec = done.get(unit.key)
+        if rec is None:
+            if model is None:  # loaded only when something is left to run
+                model, _ = load_model(cfg.model_folder, cfg.device)
+            rec = run_unit(model, tokenizer, unit, stop)
+            with pred_path.open("a") as sink:  # one line per unit: a kill loses one unit
                 sink.write(json.dumps(rec) + "\n")
-                sink.flush()
-            records.append(rec)
+        records.append(rec)
     result = {"config": asdict(cfg), "rows": aggregate(records),
               "unavailable": the_plan.unavailable, "run_dir": str(folder),
               "seconds": round(time.perf_counter() - t0, 1)}
