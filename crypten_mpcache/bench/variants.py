@@ -6,6 +6,7 @@ policy of ``secure.kv_cache.default_policies()`` plus options. The MPCache ablat
 default), ``mpcache:paper`` (the authors' configuration) and ``mpcache:<ablation>`` (the
 authors' configuration with ONE ``MPCacheConfig`` field changed), all at the same token
 budget, so a ratio between ``mpcache:paper`` and an ablation measures that one choice.
+Any of them may add ``+field=value`` knobs (``config.variant_overrides``), as in ``eval``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from crypten_mpcache.config import mpcache_variants
+from crypten_mpcache.config import OVERRIDE_SEPARATOR, mpcache_variants, variant_overrides
 from crypten_mpcache.secure.kv_cache import CachePolicy, CachePolicyRegistry, default_policies
 
 MPCACHE_POLICY = "mpcache"
@@ -63,6 +64,11 @@ def default_caches(registry: CachePolicyRegistry | None = None) -> tuple[str, ..
 def resolve(name: str, registry: CachePolicyRegistry | None = None) -> CacheVariant:
     """The variant called ``name``; a ValueError names the known ones."""
     registry = registry or default_policies()
+    base = name.split(OVERRIDE_SEPARATOR, 1)[0]
+    if OVERRIDE_SEPARATOR in name and base in ABLATIONS and \
+            MPCACHE_POLICY in registry.names():
+        return CacheVariant(name, MPCACHE_POLICY, variant_overrides(name),
+                            f"{ABLATIONS[base][1]}; knobs: {name[len(base) + 1:]}")
     if name not in known_variants(registry):
         hint = "" if MPCACHE_POLICY in registry.names() else (
             " (the mpcache policy and its ablations appear once it is registered)")
