@@ -163,22 +163,36 @@ def test_layer_scope_selects_the_top_clusters_of_the_head_summed_scores():
         MPCacheConfig(selection_scope="head")
 
 
-def test_extend_box_batches_max_and_min():
+def test_box_is_exact_and_cheaper_than_max_and_min_apart():
+    """``CryptenBackend.box`` = (amax, amin) exactly, for odd and even n, with fewer bytes
+    and rounds than the two tournaments it replaces (what each cluster box costs)."""
     from crypten_mpcache.secure.crypten_backend import CryptenBackend
 
     def run():
         import crypten
+        import crypten.communicator as comm
 
-        upper, lower, x = (torch.tensor([[1.0, -2.0, 3.0]]), torch.tensor([[0.0, -3.0, 1.0]]),
-                           torch.tensor([[2.0, -2.5, 0.5]]))
-        new_max, new_min = CryptenBackend().extend_box(crypten.cryptensor(upper),
-                                                      crypten.cryptensor(lower),
-                                                      crypten.cryptensor(x))
-        return new_max.get_plain_text(), new_min.get_plain_text()
+        backend, out = CryptenBackend(), []
+        for n in (8, 7, 1):
+            x = torch.randn(2, 3, n, 4, generator=torch.Generator().manual_seed(n))
+            enc = crypten.cryptensor(x)
+            c0 = comm.get()
+            b0, r0 = c0.comm_bytes, c0.comm_rounds
+            top, low = backend.box(enc, dim=2)
+            b1, r1 = c0.comm_bytes, c0.comm_rounds
+            apart = (backend.max(enc, dim=2), backend.min(enc, dim=2))
+            b2, r2 = c0.comm_bytes, c0.comm_rounds
+            out.append((x, top.get_plain_text(), low.get_plain_text(),
+                        apart[0].get_plain_text(), (b1 - b0, r1 - r0), (b2 - b1, r2 - r1)))
+        return out
 
-    new_max, new_min = launch(run, config=TFP)[0]
-    assert torch.allclose(new_max, torch.tensor([[2.0, -2.0, 3.0]]))
-    assert torch.allclose(new_min, torch.tensor([[0.0, -3.0, 0.5]]))
+    for x, top, low, apart_max, box_cost, apart_cost in launch(run, config=TFP)[0]:
+        assert torch.allclose(top, x.amax(2), atol=1e-4)
+        assert torch.allclose(low, x.amin(2), atol=1e-4)
+        assert torch.allclose(apart_max, x.amax(2), atol=1e-4)
+        if x.shape[2] > 2:
+            assert box_cost[0] < 0.85 * apart_cost[0], (box_cost, apart_cost)
+            assert box_cost[1] < apart_cost[1], (box_cost, apart_cost)
 
 
 def test_registry_config_and_validation():

@@ -4,9 +4,12 @@ The cache after the first ``start`` (sink) tokens is cut into contiguous cluster
 fixed size at every level (boundaries at ``start + i * size``). For each FULL cluster we
 keep the per-dimension max and min of its keys (a bounding box) and its representative:
 ``alpha * r_max + (1 - alpha) * r_min`` ("linear", MPCache) or the mean key ("mean",
-InfLLM-like). A full cluster's box and representative are computed once; only the still
-filling finest cluster is updated at each step (2 x head_dim comparisons per head).
-Coarser boxes are built from their children the moment the last child is full.
+InfLLM-like). A cluster's box and representative are computed ONCE, at the step its last
+key arrives (``Backend.box``: ~1.5 comparisons per key element under MPC). The still
+filling finest cluster is never scored (it lies in the forced recent window), so keeping
+a running box for it (2 comparisons per element at every step) would be wasted work: its
+keys are only buffered. Coarser boxes are built from their children the moment the last
+child is full.
 
 Scores per KV head sum the scores of the query heads that share it. The linear score is
 ONE inner product per cluster: sum_g q_g . rep = (sum_g q_g) . rep. The max-bound score
@@ -53,8 +56,7 @@ class ClusterState:
         self.similarity = similarity
         self.levels = [LevelBoxes(size) for size in sizes]
         self.tokens = 0
-        self._fill: list[Value] | None = None  # [max, min, sum] of the filling cluster
-        self._fill_count = 0
+        self._filling: list[Value] = []  # keys (B, H, 1, D) of the filling finest cluster
 
     @property
     def finest(self) -> LevelBoxes:
@@ -68,7 +70,6 @@ class ClusterState:
 
     def build(self, keys: Value) -> None:
         """Initialise from a whole cache ``keys (B, H, N, D)`` (end of prefill)."""
-        b = self.backend
         batch, heads, n, dim = keys.shape
         self.tokens = n
         region = max(0, n - self.start)
@@ -76,38 +77,25 @@ class ClusterState:
         full = region // size
         if full:
             chunk = keys[..., self.start: self.start + full * size, :]
-            chunk = chunk.reshape(batch, heads, full, size, dim)
-            total = b.sum(chunk, dim=3) if self.similarity == "mean" else None
-            self._append_finest(b.max(chunk, dim=3), b.min(chunk, dim=3), total)
-        self._fill, self._fill_count = None, 0
-        for pos in range(self.start + full * size, n):
-            self._add_to_fill(keys[..., pos: pos + 1, :])
+            self._append_chunk(chunk.reshape(batch, heads, full, size, dim))
+        self._filling = [keys[..., pos: pos + 1, :] for pos in range(self.start + full * size, n)]
 
     def append(self, key: Value) -> None:
         """Account for one new key ``(B, H, 1, D)`` at the end of the cache."""
-        if self.tokens < self.start:
-            self.tokens += 1
-            return
         self.tokens += 1
-        self._add_to_fill(key)
-        if self._fill_count == self.finest.size:
-            fmax, fmin, fsum = self._fill
-            self._append_finest(fmax, fmin, fsum if self.similarity == "mean" else None)
-            self._fill, self._fill_count = None, 0
+        if self.tokens <= self.start:
+            return
+        self._filling.append(key)
+        if len(self._filling) == self.finest.size:
+            chunk = self.backend.cat(self._filling, dim=-2).unsqueeze(2)  # (B, H, 1, size, D)
+            self._filling = []
+            self._append_chunk(chunk)
 
-    def _add_to_fill(self, key: Value) -> None:
+    def _append_chunk(self, chunk: Value) -> None:
+        """Boxes of whole finest clusters ``(B, H, C, size, D)``."""
         b = self.backend
-        if self._fill is None:
-            self._fill = [key, key, key]
-        else:
-            fmax, fmin, fsum = self._fill
-            extend = getattr(b, "extend_box", None)  # optional: both comparisons batched
-            if extend is not None:
-                new_max, new_min = extend(fmax, fmin, key)
-            else:
-                new_max, new_min = b.maximum(fmax, key), b.minimum(fmin, key)
-            self._fill = [new_max, new_min, b.add(fsum, key)]
-        self._fill_count += 1
+        rmax, rmin = b.box(chunk, dim=3)
+        self._append_finest(rmax, rmin, b.sum(chunk, dim=3) if self.similarity == "mean" else None)
 
     def _append_finest(self, rmax: Value, rmin: Value, total: Value | None) -> None:
         level = self.finest

@@ -39,6 +39,9 @@ class TorchBackend:
     def min(self, x: torch.Tensor, dim: int) -> torch.Tensor:
         return x.amin(dim=dim)
 
+    def box(self, x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return x.amax(dim=dim), x.amin(dim=dim)
+
     def sum(self, x: torch.Tensor, dim: int, keepdim: bool = False) -> torch.Tensor:
         return x.sum(dim=dim, keepdim=keepdim)
 

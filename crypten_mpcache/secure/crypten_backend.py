@@ -136,16 +136,37 @@ class CryptenBackend:
             return torch.minimum(a, b)
         return self.sub(self.add(a, b), self.maximum(a, b))
 
-    def extend_box(self, upper: Value, lower: Value, x: Value) -> tuple[Value, Value]:
-        """``(maximum(upper, x), minimum(lower, x))`` with ONE batched comparison and ONE
-        batched product (half the rounds of two separate calls, same bytes)."""
+    def box(self, x: Value, dim: int) -> tuple[Value, Value]:
+        """``(max, min)`` over ``dim`` with ~1.5 n comparisons instead of 2 (n - 1).
+
+        One comparison per pair (x_2i, x_2i+1) sorts it into a larger and a smaller half
+        (one exact scale-1 product; the smaller is a + b - larger, free); then the max of
+        the larger halves and the max of the NEGATED smaller halves run as ONE batched
+        tournament, so the rounds are those of a single max over n / 2.
+        """
+        if is_public(x):
+            return x.amax(dim=dim), x.amin(dim=dim)
         import crypten
 
-        upper, lower, x = secret(upper), secret(lower), secret(x)
-        gaps = crypten.cat([upper - x, x - lower], dim=0)
-        chosen = gaps.ge(0) * gaps  # scale-1 bit times fixed point: exact
+        from crypten_mpcache.secure.functions import tournament_max
+
+        dim = dim % x.dim()
+        order = [d for d in range(x.dim()) if d != dim] + [dim]
+        x = secret(x).permute(*order)
+        n = int(x.shape[-1])
+        if n == 1:
+            return x[..., 0], x[..., 0]
+        pairs = n // 2
+        first, second = x[..., 0: 2 * pairs: 2], x[..., 1: 2 * pairs: 2]
+        gap = first - second
+        upper = second + gap.ge(0) * gap   # scale-1 bit times fixed point: exact
+        lower = first + second - upper
+        if n % 2:                           # the odd element joins both halves
+            upper = crypten.cat([upper, x[..., -1:]], dim=-1)
+            lower = crypten.cat([lower, x[..., -1:]], dim=-1)
         size = int(upper.shape[0])
-        return x + chosen[:size], x - chosen[size:]
+        both = tournament_max(crypten.cat([upper, -lower], dim=0))[..., 0]
+        return both[:size], -both[size:]
 
     def max(self, x: Value, dim: int) -> Value:
         """Log-depth tournament over ``dim`` (moved last; other dims keep their order)."""
