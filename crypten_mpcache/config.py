@@ -30,7 +30,11 @@ class MPCacheConfig:
         long_context_tokens. sink_tokens: first tokens always kept (static) and attended
         (dynamic). recent_tokens: minimum most-recent tokens always attended.
     cluster_sizes / keep_ratios: per level, coarsest first (32, 16) / (0.5, 0.2); the
-        level-l ratio is a fraction of ALL level-l clusters. budget: optional cap on tokens
+        level-l ratio is a fraction of ALL level-l clusters. coarse_floor: with a budget
+        (``from_budget``) each coarser level keeps max(coarse_floor, 2 x the next level's
+        ratio) of its clusters (authors: 0.5); lower means fewer candidates for the finer
+        top-k, which under MPC costs with the square of its candidates.
+        budget: optional cap on tokens
         attended per decode step (overrides the last-level ratio). alpha: weight of r_max
         in the linear representative. similarity: "linear" (MPCache) or "maxbound"
         (ablation). selection_scope: "kv_head" (the authors': every KV head selects its
@@ -53,6 +57,7 @@ class MPCacheConfig:
     hierarchy: bool = True
     cluster_sizes: tuple[int, ...] = (32, 16)
     keep_ratios: tuple[float, ...] = (0.5, 0.2)
+    coarse_floor: float = 0.5
     budget: Amount | None = None
     alpha: float = 0.6
     similarity: Literal["linear", "maxbound"] = "linear"
@@ -81,6 +86,8 @@ class MPCacheConfig:
         if self.recent_tokens < 1:
             raise ValueError("recent_tokens must be >= 1 (a decode query attends to itself)")
         self._check_levels()
+        if not 0.0 < self.coarse_floor <= 1.0:
+            raise ValueError(f"coarse_floor must be in (0, 1], got {self.coarse_floor}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
         if self.similarity not in ("linear", "maxbound"):
@@ -144,8 +151,8 @@ class MPCacheConfig:
 
         For a ratio ``b`` the static stage keeps ``window_ratio + 2b`` of the prompt (the
         paper's 30% at b = 5%), the last level keeps ``b / static_keep`` of the compacted
-        cache (``b`` of the whole cache when ``static=False``) and level 1 keeps twice
-        that (at least half), as in the authors' setting.
+        cache (``b`` of the whole cache when ``static=False``) and each coarser level
+        twice that, at least ``coarse_floor`` (the authors: half).
         """
         base = cls(**overrides)  # validates the overrides
         check_amount("budget", budget)
@@ -157,7 +164,7 @@ class MPCacheConfig:
         ratios = list(base.keep_ratios)
         ratios[-1] = round(last, 6)
         for i in range(len(ratios) - 2, -1, -1):
-            ratios[i] = round(min(1.0, max(0.5, 2.0 * ratios[i + 1])), 6)
+            ratios[i] = round(min(1.0, max(base.coarse_floor, 2.0 * ratios[i + 1])), 6)
         return replace(base, budget=budget, static_keep=keep, keep_ratios=tuple(ratios))
 
     def dynamic_spec(self) -> DynamicSpec:

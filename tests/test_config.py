@@ -31,6 +31,8 @@ def test_paper_defaults() -> None:
     ({"static_scope": "head"}, "static_scope"),
     ({"recent_tokens": 0}, "recent_tokens"),
     ({"sink_tokens": -1}, "sink_tokens"),
+    ({"coarse_floor": 0.0}, "coarse_floor"),
+    ({"coarse_floor": 1.5}, "coarse_floor"),
 ])
 def test_validation_errors(kwargs, match) -> None:
     with pytest.raises(ValueError, match=match):
@@ -55,6 +57,14 @@ def test_from_budget_derivation() -> None:
     assert counted.budget == 256 and counted.similarity == "maxbound"
     with pytest.raises(ValueError):
         MPCacheConfig.from_budget(0.0)
+    # coarse_floor: each coarser level keeps max(floor, 2 x the next ratio)
+    lean = MPCacheConfig.from_budget(0.05, static=False, coarse_floor=0.25)
+    assert lean.keep_ratios == (0.25, 0.05)
+    assert MPCacheConfig.from_budget(0.2, static=False, coarse_floor=0.25).keep_ratios == \
+        (0.4, 0.2)
+    three = MPCacheConfig.from_budget(0.05, static=False, cluster_sizes=(64, 32, 8),
+                                      keep_ratios=(1.0, 1.0, 1.0), coarse_floor=0.1)
+    assert three.keep_ratios == (0.2, 0.1, 0.05)
 
 
 def test_plan_lowering_switches() -> None:
