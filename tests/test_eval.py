@@ -228,8 +228,10 @@ def test_registry_mpcache_is_tuned_default_and_paper_preset() -> None:
     assert not tuned.static and not tuned.index_sharing and tuned.selection_scope == "layer"
     assert paper.static and paper.index_sharing and paper.selection_scope == "kv_head"
     assert MPCacheConfig.default(budget=0.1).budget == 0.1
-    # without the static stage the level ratios are of the whole cache
-    assert tuned.keep_ratios == (0.5, 0.2) and paper.keep_ratios == (0.666666, 0.333333)
+    # without the static stage the level ratios are of the whole cache; the tuned coarse
+    # level keeps max(0.25, 2 x budget), the authors' max(0.5, 2 x budget)
+    assert tuned.keep_ratios == (0.4, 0.2) and paper.keep_ratios == (0.666666, 0.333333)
+    assert tuned.cluster_sizes == (32, 8) and paper.cluster_sizes == (32, 16)
     with pytest.raises(ValueError):
         MPCacheConfig.default(alpha=2.0)
 
