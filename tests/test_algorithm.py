@@ -187,17 +187,25 @@ def test_hierarchy_only_children_of_kept_parents_compete() -> None:
         assert sorted(best) == finest[0, head].tolist()
 
 
-def test_gather_tokens_keeps_sink_recent_and_order() -> None:
+def test_gather_tokens_keeps_sink_recent_and_whole_clusters() -> None:
+    """Sinks first, recent tokens last, in between whole finest clusters (each in token
+    order; the clusters come in the top-k's rank order), no token twice."""
     spec = DynamicSpec()
     keys, _, _, counts, onehots = _select(300, spec, 100)
     index = torch.arange(300).float().view(1, 1, -1, 1).expand(1, 2, -1, 1)
     picked = dynamic.gather_tokens(B, index, onehots, counts)[..., 0].long()
     assert picked.shape[-1] == counts.attended <= 100
+    size = spec.cluster_sizes[-1]
     for head in range(2):
         row = picked[0, head].tolist()
         assert row[: spec.sink] == list(range(spec.sink))
-        assert row[-1] == 299 and row == sorted(row)
         assert row[-(300 - counts.recent_start):] == list(range(counts.recent_start, 300))
+        middle = row[spec.sink: len(row) - (300 - counts.recent_start)]
+        assert len(middle) == counts.ks[-1] * size and len(set(row)) == len(row)
+        for start in range(0, len(middle), size):
+            cluster = middle[start: start + size]
+            assert cluster == list(range(cluster[0], cluster[0] + size))
+            assert (cluster[0] - spec.sink) % size == 0
     gathered = dynamic.gather_tokens(B, keys, onehots, counts)
     assert torch.equal(gathered, torch.gather(keys, 2, picked.unsqueeze(-1).expand(-1, -1, -1, 8)))
 

@@ -31,6 +31,15 @@ def _topk_job() -> dict:
         for protocol in topk.PROTOCOLS:
             out[(g, k, protocol)] = (scores, topk.topk_onehot(enc, k, protocol).get_plain_text(),
                                      topk.topk_mask(enc, k, protocol).get_plain_text())
+        for protocol in topk.PROTOCOLS:
+            c = comm.get()
+            b0, r0 = c.comm_bytes, c.comm_rounds
+            rows = topk.topk_onehot(enc, k, protocol, ordered=False)
+            out[(g, k, protocol, "unordered")] = (rows.get_plain_text(),
+                                                  (c.comm_bytes - b0, c.comm_rounds - r0))
+            b0, r0 = c.comm_bytes, c.comm_rounds
+            topk.topk_onehot(enc, k, protocol)
+            out[(g, k, protocol, "ordered cost")] = (c.comm_bytes - b0, c.comm_rounds - r0)
     ties = torch.tensor([[1.0, 3.0, 3.0, 0.5, 3.0, 2.0]])
     for protocol in topk.PROTOCOLS:
         out[("ties", protocol)] = topk.topk_onehot(crypten.cryptensor(ties), 2,
@@ -62,6 +71,26 @@ def test_equals_torch_topk(results: dict, protocol: str, g: int, k: int) -> None
     assert onehot.shape == (2, 3, k, g)
     assert torch.equal(onehot, expected)
     assert torch.equal(mask, expected.sum(-2))
+
+
+@pytest.mark.parametrize("protocol", topk.PROTOCOLS)
+@pytest.mark.parametrize("g,k", CASES)
+def test_unordered_rows_are_the_same_set_in_rank_order(results: dict, protocol: str, g: int,
+                                                       k: int) -> None:
+    """``ordered=False``: the same selected set; rank and iterative give rows best first
+    (torch.topk's order) and the rank protocol saves one comparison round."""
+    scores, ordered, _ = results[(g, k, protocol)]
+    rows, cost = results[(g, k, protocol, "unordered")]
+    assert torch.equal(rows.sum(-2), ordered.sum(-2))              # the same set
+    assert torch.equal(rows.sum(-1), torch.ones(2, 3, k))          # one item per row
+    if protocol in ("rank", "iterative"):
+        best_first = torch.topk(scores, k, dim=-1).indices
+        assert torch.equal(rows.argmax(-1), best_first)
+        ordered_cost = results[(g, k, protocol, "ordered cost")]
+        assert cost[1] < ordered_cost[1] and cost[0] <= ordered_cost[0], (cost, ordered_cost)
+        model = topk.TopKConfig(dealer="tfp")
+        assert model.estimate(protocol, g, k, ordered=False)[1] < model.estimate(
+            protocol, g, k)[1]
 
 
 @pytest.mark.parametrize("protocol", topk.PROTOCOLS)

@@ -32,7 +32,10 @@ Operations (``...`` = any number of broadcast leading dims):
   the column of the r-th selected item *in ascending original index order* (rows are
   NOT sorted by score), so gathering with it keeps the original order. The selected set
   is the ``k`` largest scores; ties go to the lower index. ``k`` is a public int with
-  ``0 <= k <= G``; ``k == 0`` returns an empty ``(..., 0, G)`` matrix.
+  ``0 <= k <= G``; ``k == 0`` returns an empty ``(..., 0, G)`` matrix. With
+  ``ordered=False`` the rows may come in another order (rank order, best first, where the
+  protocol has one): for consumers that gather and then attend over the rows (dynamic
+  selection), where it saves a comparison round under MPC. Static eviction keeps order.
 - ``gather(onehot, x)``: ``onehot (..., k, G) @ x (..., G, D) -> (..., k, D)``; a matmul,
   kept separate so a backend can charge it to the "gather" cost bucket.
 - ``reveal(x)``: plaintext ``torch.Tensor`` of ``x``. TEST/DEBUG ONLY: the algorithm never
@@ -85,7 +88,7 @@ class Backend(Protocol):
 
     def cat(self, xs: Sequence[Value], dim: int) -> Value: ...
 
-    def topk_onehot(self, scores: Value, k: int) -> Value: ...
+    def topk_onehot(self, scores: Value, k: int, ordered: bool = True) -> Value: ...
 
     def gather(self, onehot: Value, x: Value) -> Value: ...
 

@@ -133,6 +133,10 @@ def select(backend: Backend, query: Value, state: ClusterState, counts: StepCoun
            ) -> list[Value]:
     """Local one-hot selections per level (level l indexes the children of level l-1).
 
+    Rows come in the top-k protocol's cheapest order (``ordered=False``): attention over
+    the gathered tokens does not depend on their order, and every later level indexes the
+    candidates through the same one-hots, so the selected SET is all that matters.
+
     ``level_scores(l)``, when given, returns the scores ``(B, H, C_l)`` of ALL full
     level-l clusters (C_l >= G_l; e.g. products with premasked representatives); the
     candidates' scores are then picked by the same chain of one-hots that would pick
@@ -147,7 +151,7 @@ def select(backend: Backend, query: Value, state: ClusterState, counts: StepCoun
         if level_scores is not None:
             scores = _shared(backend, level_scores(level), counts)
             scores = candidate_scores(backend, scores, onehots, counts, level)
-            onehots.append(backend.topk_onehot(scores, counts.ks[level]))
+            onehots.append(backend.topk_onehot(scores, counts.ks[level], ordered=False))
             continue
         fetch = lambda t, lv=level: descend(  # noqa: B023 - evaluated immediately
             backend, _level_data(t, counts, lv), onehots, counts.sizes, 1)
@@ -155,7 +159,8 @@ def select(backend: Backend, query: Value, state: ClusterState, counts: StepCoun
             scores = score_maxbound(backend, grouped_q, fetch(boxes.rmax), fetch(boxes.rmin))
         else:
             scores = score_dot(backend, grouped_q, fetch(boxes.rep))
-        onehots.append(backend.topk_onehot(_shared(backend, scores, counts), counts.ks[level]))
+        onehots.append(backend.topk_onehot(_shared(backend, scores, counts), counts.ks[level],
+                                           ordered=False))
     return onehots
 
 
@@ -200,7 +205,7 @@ def finest_clusters(backend: Backend, onehots: list[Value], counts: StepCounts) 
             absolute = parent * fan + local % fan
     if absolute is None or counts.ks[-1] == 0:
         return torch.zeros(0, dtype=torch.long)
-    return absolute
+    return absolute.sort(dim=-1).values  # a set: row order is the protocol's business
 
 
 def attended_positions(backend: Backend, onehots: list[Value], counts: StepCounts,

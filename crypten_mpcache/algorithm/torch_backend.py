@@ -54,14 +54,16 @@ class TorchBackend:
     def cat(self, xs: Sequence[torch.Tensor], dim: int) -> torch.Tensor:
         return torch.cat(list(xs), dim=dim)
 
-    def topk_onehot(self, scores: torch.Tensor, k: int) -> torch.Tensor:
-        """Top-k as a one-hot matrix, rows in ascending index order, ties to the lower index."""
+    def topk_onehot(self, scores: torch.Tensor, k: int, ordered: bool = True) -> torch.Tensor:
+        """Top-k as a one-hot matrix, rows in ascending index order (``ordered=False``:
+        in rank order, best first, as the secure rank protocol returns them); ties to the
+        lower index."""
         size = scores.shape[-1]
         if not 0 <= k <= size:
             raise ValueError(f"k={k} out of range for {size} items")
         # A stable descending sort puts equal scores in index order: ties go to lower index.
         order = torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :k]
-        chosen = torch.sort(order, dim=-1).values
+        chosen = torch.sort(order, dim=-1).values if ordered else order
         return torch.nn.functional.one_hot(chosen, size).to(scores.dtype)
 
     def gather(self, onehot: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

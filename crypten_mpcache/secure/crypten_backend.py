@@ -190,21 +190,22 @@ class CryptenBackend:
             return masked_softmax(x, torch.ones(x.shape), dim=dim)
 
     # -- selection ----------------------------------------------------------------------
-    def protocol(self, g: int, k: int, batch: int) -> str:
+    def protocol(self, g: int, k: int, batch: int, ordered: bool = True) -> str:
         """The top-k protocol of least predicted latency for ``batch`` vectors of G."""
         model = topk.TopKConfig(protocols=self.config.protocols, dealer=current_dealer())
-        return topk.choose_protocol(g, k, self.config.profile, model, batch=batch)
+        return topk.choose_protocol(g, k, self.config.profile, model, batch=batch,
+                                    ordered=ordered)
 
-    def topk_onehot(self, scores: Value, k: int) -> Value:
+    def topk_onehot(self, scores: Value, k: int, ordered: bool = True) -> Value:
         g = int(scores.shape[-1])
         if not 0 <= k <= g:
             raise ValueError(f"k={k} out of range for {g} items")
         if k == 0:
             return torch.zeros(*scores.shape[:-1], 0, g, dtype=torch.float64)
         batch = max(1, int(torch.Size(scores.shape[:-1]).numel()))
-        protocol = self.protocol(g, k, batch)
+        protocol = self.protocol(g, k, batch, ordered)
         self.protocols_used.append((g, k, batch, protocol))
-        return topk.topk_onehot(secret(scores), k, protocol)
+        return topk.topk_onehot(secret(scores), k, protocol, ordered)
 
     def gather(self, onehot: Value, x: Value) -> Value:
         """``onehot @ x``; a fixed operand ``x`` is not opened again (only the one-hot)."""

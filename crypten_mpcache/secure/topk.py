@@ -19,7 +19,11 @@ Protocols
   units, bitonic sort of blocks of k' = 2^ceil(log2 k), then pairwise "keep the top k'"
   bitonic merges; the k-th largest is the threshold, selected = [s' >= threshold].
   ~G log^2 k' comparisons, log^2 k' + log(G / k') log k' rounds.
-Each then builds the ordered one-hot from the inclusive prefix count c = cumsum(selected):
+Where row order does not matter (dynamic selection: a gather, then attention over the
+rows) ``ordered=False`` returns rows in rank order instead: ``rank`` then takes the k G
+comparisons [rank_i >= r] in its second and last round (onehot[r] = [rank >= r] -
+[rank >= r + 1]), ``iterative`` its winners as they come. Otherwise each builds the
+ordered one-hot from the inclusive prefix count c = cumsum(selected):
 a[r, i] = [c_i >= r + 1] (k G comparisons on small integers, one round) and
 onehot[r, i] = a[r, i] - a[r, i - 1]: the first index where the count reaches r + 1 is
 the (r + 1)-th selected item. ``topk_mask`` skips that step and returns the (..., G) bits.
@@ -97,6 +101,38 @@ def _pair_indices(g: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _rank_mask(scores: Any, k: int) -> Any:
     """[rank < k] with rank from all pairs i < j compared once, in one round."""
+    return (_rank(scores) - k)._ltz()
+
+
+def _rank_onehot(scores: Any, k: int) -> Any:
+    """(..., k, G) rows [rank_i == r], r = 0..k-1: the best k in RANK order, with the k G
+    threshold comparisons [rank_i >= r] in the same single round as the mask would take
+    (rank is a permutation of 0..G-1 under the tie rule, so each row has one 1)."""
+    import crypten
+
+    rank = _rank(scores)
+    thresholds = torch.arange(1, k + 1, dtype=torch.float64).unsqueeze(-1)
+    at_least = rank.unsqueeze(-2).ge(thresholds)                    # [rank >= r], r = 1..k
+    ones = at_least[..., :1, :] * 0 + 1                             # [rank >= 0]
+    return crypten.cat([ones, at_least[..., :-1, :]], dim=-2) - at_least
+
+
+def _iterative_onehot(scores: Any, k: int) -> Any:
+    """(..., k, G): the k tournament winners in the order they won (rank order)."""
+    import crypten
+
+    offset = _push_down_offset(scores)
+    current, winners = scores, []
+    for _ in range(k):
+        _, levels = _tournament(current)
+        winner = _expand_winner(levels, current)
+        winners.append(winner)
+        current = current - winner * offset
+    return crypten.stack(winners, dim=-2)
+
+
+def _rank(scores: Any) -> Any:
+    """Rank of each item (0 = best; ties: lower index first) as scale-1 integers."""
     g = scores.size(-1)
     first, second = _pair_indices(g)
     left = scores.index_select(-1, first)
@@ -107,8 +143,7 @@ def _rank_mask(scores: Any, k: int) -> Any:
     incidence[torch.arange(first.numel()), second] += 1
     incidence[torch.arange(first.numel()), first] -= 1
     later = torch.arange(g - 1, -1, -1, dtype=torch.long)
-    rank = first_wins.matmul(incidence) + later                      # scale-1 integers
-    return (rank - k)._ltz()                                         # [rank < k]
+    return first_wins.matmul(incidence) + later                      # scale-1 integers
 
 
 # --------------------------------------------------------------------------- network
@@ -224,12 +259,23 @@ def topk_mask(scores: Any, k: int, protocol: str = "rank") -> Any:
         return to_fixed(_MASKS[protocol](scores, k))
 
 
-def topk_onehot(scores: Any, k: int, protocol: str = "rank") -> Any:
-    """Secret (..., k, G) one-hot rows selecting the top k in ascending index order."""
+_UNORDERED = {"iterative": _iterative_onehot, "rank": _rank_onehot}
+
+
+def topk_onehot(scores: Any, k: int, protocol: str = "rank", ordered: bool = True) -> Any:
+    """Secret (..., k, G) one-hot rows selecting the top k in ascending index order.
+
+    ``ordered=False``: rows in rank order (best first) for ``rank`` and ``iterative``,
+    which skips a comparison round (rank) or the whole ordering step (iterative); for a
+    consumer to which row order means nothing (a gather then a softmax over the rows).
+    ``network`` has no rank order and always returns index order.
+    """
     _check(scores, k)
     if protocol not in _MASKS:
         raise ValueError(f"unknown protocol {protocol!r}; known: {PROTOCOLS}")
     with operator_scope("topk"):
+        if not ordered and protocol in _UNORDERED:
+            return to_fixed(_UNORDERED[protocol](scores, k))
         return to_fixed(ordered_onehot(_MASKS[protocol](scores, k), k))
 
 
@@ -276,7 +322,11 @@ def protocol_counts(protocol: str, g: int, k: int, ordered: bool = True) -> Coun
     if protocol == "iterative":
         levels = _log2(g)
         counts = Counts(k * (g - 1), k * levels, k * (g - 1) + k * (g - 2), 2 * k * levels - k)
+        if not ordered:  # the winners are the rows: no ordering step
+            return counts
     elif protocol == "rank":
+        if not ordered:  # the k G thresholds [rank >= r] replace the G-element mask round
+            return Counts(g * (g - 1) // 2 + k * g, 2, 0, 0)
         counts = Counts(g * (g - 1) // 2 + g, 2, 0, 0)
     elif protocol == "network":
         width = 1 << _log2(k)
@@ -332,6 +382,8 @@ class TopKConfig:
 
 
 def choose_protocol(g: int, k: int, network: NetworkProfile = LAN,
-                    config: TopKConfig = TopKConfig(), batch: int = 1) -> str:
+                    config: TopKConfig = TopKConfig(), batch: int = 1,
+                    ordered: bool = True) -> str:
     """The protocol of least predicted latency (rounds * RTT + bytes / bandwidth)."""
-    return min(config.protocols, key=lambda p: config.latency(p, g, k, network, batch))
+    return min(config.protocols,
+               key=lambda p: config.latency(p, g, k, network, batch, ordered))
