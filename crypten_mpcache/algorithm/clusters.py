@@ -117,7 +117,7 @@ class ClusterState:
             groups = target - level.count
             kids_max = fine.rmax[..., lo:hi, :].reshape(batch, heads, groups, ratio, dim)
             kids_min = fine.rmin[..., lo:hi, :].reshape(batch, heads, groups, ratio, dim)
-            rmax, rmin = b.max(kids_max, dim=3), b.min(kids_min, dim=3)
+            rmax, rmin = b.max_min(kids_max, kids_min, dim=3)
             total = None
             if self.similarity == "mean":
                 kids_rep = fine.rep[..., lo:hi, :].reshape(batch, heads, groups, ratio, dim)

@@ -42,6 +42,10 @@ class TorchBackend:
     def box(self, x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
         return x.amax(dim=dim), x.amin(dim=dim)
 
+    def max_min(self, upper: torch.Tensor, lower: torch.Tensor, dim: int,
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        return upper.amax(dim=dim), lower.amin(dim=dim)
+
     def sum(self, x: torch.Tensor, dim: int, keepdim: bool = False) -> torch.Tensor:
         return x.sum(dim=dim, keepdim=keepdim)
 

@@ -148,8 +148,6 @@ class CryptenBackend:
             return x.amax(dim=dim), x.amin(dim=dim)
         import crypten
 
-        from crypten_mpcache.secure.functions import tournament_max
-
         dim = dim % x.dim()
         order = [d for d in range(x.dim()) if d != dim] + [dim]
         x = secret(x).permute(*order)
@@ -164,6 +162,20 @@ class CryptenBackend:
         if n % 2:                           # the odd element joins both halves
             upper = crypten.cat([upper, x[..., -1:]], dim=-1)
             lower = crypten.cat([lower, x[..., -1:]], dim=-1)
+        return self.max_min(upper, lower, dim=-1)
+
+    def max_min(self, upper: Value, lower: Value, dim: int) -> tuple[Value, Value]:
+        """``(max(upper), min(lower))`` over ``dim`` as ONE batched tournament (the rounds
+        of a single max): merging child boxes into a coarser one, or ``box``'s last step."""
+        if is_public(upper) and is_public(lower):
+            return upper.amax(dim=dim), lower.amin(dim=dim)
+        import crypten
+
+        from crypten_mpcache.secure.functions import tournament_max
+
+        dim = dim % upper.dim()
+        order = [d for d in range(upper.dim()) if d != dim] + [dim]
+        upper, lower = secret(upper).permute(*order), secret(lower).permute(*order)
         size = int(upper.shape[0])
         both = tournament_max(crypten.cat([upper, -lower], dim=0))[..., 0]
         return both[:size], -both[size:]
