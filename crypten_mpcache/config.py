@@ -259,6 +259,12 @@ def _coerce(field: str, text: str, current: object) -> object:
     return text
 
 
+def is_mpcache_variant(name: str) -> bool:
+    """Whether ``name`` is a variant of ``mpcache_variants``, with or without knobs (its
+    knobs are checked by ``variant_overrides``)."""
+    return name.split(OVERRIDE_SEPARATOR, 1)[0] in mpcache_variants()
+
+
 def variant_overrides(name: str) -> dict[str, object]:
     """Overrides of ``name`` = a variant of ``mpcache_variants`` optionally followed by
     ``+field=value`` knobs, e.g. ``mpcache+selection_scope=kv_head+cluster_sizes=16/8``:

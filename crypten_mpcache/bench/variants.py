@@ -14,7 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from crypten_mpcache.config import OVERRIDE_SEPARATOR, mpcache_variants, variant_overrides
+from crypten_mpcache.config import (
+    OVERRIDE_SEPARATOR,
+    is_mpcache_variant,
+    mpcache_variants,
+    variant_overrides,
+)
 from crypten_mpcache.secure.kv_cache import CachePolicy, CachePolicyRegistry, default_policies
 
 MPCACHE_POLICY = "mpcache"
@@ -64,11 +69,11 @@ def default_caches(registry: CachePolicyRegistry | None = None) -> tuple[str, ..
 def resolve(name: str, registry: CachePolicyRegistry | None = None) -> CacheVariant:
     """The variant called ``name``; a ValueError names the known ones."""
     registry = registry or default_policies()
-    base = name.split(OVERRIDE_SEPARATOR, 1)[0]
-    if OVERRIDE_SEPARATOR in name and base in ABLATIONS and \
+    if OVERRIDE_SEPARATOR in name and is_mpcache_variant(name) and \
             MPCACHE_POLICY in registry.names():
+        base, knobs = name.split(OVERRIDE_SEPARATOR, 1)
         return CacheVariant(name, MPCACHE_POLICY, variant_overrides(name),
-                            f"{ABLATIONS[base][1]}; knobs: {name[len(base) + 1:]}")
+                            f"{ABLATIONS[base][1]}; knobs: {knobs}")
     if name not in known_variants(registry):
         hint = "" if MPCACHE_POLICY in registry.names() else (
             " (the mpcache policy and its ablations appear once it is registered)")

@@ -96,7 +96,7 @@ def _config(args: argparse.Namespace) -> EvalConfig:
 
 
 def _check_methods(names: tuple[str, ...]) -> None:
-    from crypten_mpcache.config import variant_overrides
+    from crypten_mpcache.config import OVERRIDE_SEPARATOR, variant_overrides
     from crypten_mpcache.eval.methods import is_known, known_methods
 
     bad = [m for m in names if not is_known(m)]
@@ -104,7 +104,7 @@ def _check_methods(names: tuple[str, ...]) -> None:
         raise ValueError(f"unknown method(s) {bad}; choose from {', '.join(known_methods())}"
                          " (an MPCache variant may add knobs: mpcache+field=value)")
     for name in names:
-        if "+" in name:
+        if OVERRIDE_SEPARATOR in name:
             variant_overrides(name)  # a bad knob is a one-line error before any model loads
 
 

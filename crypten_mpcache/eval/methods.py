@@ -14,7 +14,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
-from crypten_mpcache.config import mpcache_variants
+from crypten_mpcache.config import is_mpcache_variant, mpcache_variants
 
 FULL = "full"
 BASELINES = ("streaming", "snapkv", "h2o", "quest", "infllm")
@@ -72,8 +72,7 @@ def known_methods() -> tuple[str, ...]:
 
 def is_known(name: str) -> bool:
     """A registered name, or an MPCache variant with ``+field=value`` knobs."""
-    base = name.split("+", 1)[0]
-    return name in known_methods() or ("+" in name and base in mpcache_variants())
+    return name in known_methods() or is_mpcache_variant(name)
 
 
 def resolve(name: str, budget: float | None) -> MethodSpec:

@@ -25,7 +25,9 @@ def worker_argv(options: Sequence[str], index: int, count: int) -> list[str]:
 
 
 def _finished(folder: Path) -> int:
-    return sum(len(p.read_text().splitlines()) for p in folder.glob("predictions*.jsonl"))
+    from crypten_mpcache.eval.runner import prediction_files
+
+    return sum(len(p.read_text().splitlines()) for p in prediction_files(folder))
 
 
 def _raise_exit(signum: int, frame: FrameType | None) -> None:

@@ -32,6 +32,12 @@ from crypten_mpcache.secure.network import PROFILES, NetworkProfile
 Value = Any  # MPCTensor, public torch.Tensor, or a fixed operand (gather only)
 
 
+def _dim_last(x: Value, dim: int) -> Value:
+    """``x`` with ``dim`` moved last, the other dims in their order (for tournaments)."""
+    dim = dim % x.dim()
+    return x.permute(*[d for d in range(x.dim()) if d != dim], dim)
+
+
 @dataclass(frozen=True)
 class CryptenBackendConfig:
     """How the backend picks its top-k protocol: the network the parties run on and the
@@ -148,9 +154,7 @@ class CryptenBackend:
             return x.amax(dim=dim), x.amin(dim=dim)
         import crypten
 
-        dim = dim % x.dim()
-        order = [d for d in range(x.dim()) if d != dim] + [dim]
-        x = secret(x).permute(*order)
+        x = _dim_last(secret(x), dim)
         n = int(x.shape[-1])
         if n == 1:
             return x[..., 0], x[..., 0]
@@ -173,9 +177,7 @@ class CryptenBackend:
 
         from crypten_mpcache.secure.functions import tournament_max
 
-        dim = dim % upper.dim()
-        order = [d for d in range(upper.dim()) if d != dim] + [dim]
-        upper, lower = secret(upper).permute(*order), secret(lower).permute(*order)
+        upper, lower = _dim_last(secret(upper), dim), _dim_last(secret(lower), dim)
         size = int(upper.shape[0])
         both = tournament_max(crypten.cat([upper, -lower], dim=0))[..., 0]
         return both[:size], -both[size:]
@@ -186,9 +188,7 @@ class CryptenBackend:
             return x.amax(dim=dim)
         from crypten_mpcache.secure.functions import tournament_max
 
-        dim = dim % x.dim()
-        order = [d for d in range(x.dim()) if d != dim] + [dim]
-        return tournament_max(x.permute(*order))[..., 0]
+        return tournament_max(_dim_last(x, dim))[..., 0]
 
     def min(self, x: Value, dim: int) -> Value:
         if is_public(x):

@@ -76,17 +76,23 @@ def ordered_onehot(selected: Any, k: int) -> Any:
     return reached - before
 
 
-def _iterative_mask(scores: Any, k: int) -> Any:
-    """Selection bits from k tournament argmaxes; winners pushed down by a public offset."""
+def _iterative_winners(scores: Any, k: int) -> list[Any]:
+    """k tournament argmaxes (scale-1 one-hots, best first); each winner is pushed below
+    every score by a public offset before the next tournament."""
     offset = _push_down_offset(scores)
-    current = scores
-    selected = None
+    current, winners = scores, []
     for _ in range(k):
         _, levels = _tournament(current)
-        winner = _expand_winner(levels, current)                     # scale-1 one-hot
-        selected = winner if selected is None else selected + winner
-        current = current - winner * offset                          # public product: local
-    return selected
+        winner = _expand_winner(levels, current)
+        winners.append(winner)
+        current = current - winner * offset                         # public product: local
+    return winners
+
+
+def _iterative_mask(scores: Any, k: int) -> Any:
+    """Selection bits: the sum of the k winners."""
+    selected = _iterative_winners(scores, k)
+    return sum(selected[1:], selected[0])
 
 
 def _push_down_offset(scores: Any) -> int:
@@ -121,14 +127,7 @@ def _iterative_onehot(scores: Any, k: int) -> Any:
     """(..., k, G): the k tournament winners in the order they won (rank order)."""
     import crypten
 
-    offset = _push_down_offset(scores)
-    current, winners = scores, []
-    for _ in range(k):
-        _, levels = _tournament(current)
-        winner = _expand_winner(levels, current)
-        winners.append(winner)
-        current = current - winner * offset
-    return crypten.stack(winners, dim=-2)
+    return crypten.stack(_iterative_winners(scores, k), dim=-2)
 
 
 def _rank(scores: Any) -> Any:
