@@ -81,15 +81,18 @@ def main() -> None:
     parser.add_argument("--out", default="results/topk_cost.json")
     parser.add_argument("--dealers", nargs="+", default=["tfp", "ttp"])
     parser.add_argument("--max-g", type=int, default=128)
+    parser.add_argument("--comparison", default="masked", choices=("crypten", "masked"))
     args = parser.parse_args()
     cells = grid(args.max_g)
     report: dict = {"parties": 2, "bytes": "per party (party 0)", "dealers": {}}
     for dealer in args.dealers:
         results = launch(party_job, cells, topk.PROTOCOLS,
-                         config=LaunchConfig(parties=2, dealer=dealer))
+                         config=LaunchConfig(parties=2, dealer=dealer,
+                                             comparison=args.comparison))
         rows = results[0]["rows"]
         units = fit_units(rows)
-        config = topk.TopKConfig(dealer=dealer, units={dealer: units})
+        config = topk.TopKConfig(dealer=dealer, comparison=args.comparison,
+                                 units={(dealer, args.comparison): units})
         print(f"\n== dealer {dealer.upper()} (2 parties, per-party bytes) ==")
         print(f"measured units (4096 elements): {results[0]['units']}")
         print(f"fitted units: {units}")

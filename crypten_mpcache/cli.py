@@ -40,7 +40,7 @@ def _budget(text: str) -> float | int:
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
-    from crypten_mpcache.runtime.launcher import DEALERS
+    from crypten_mpcache.runtime.launcher import COMPARISONS, DEALERS
 
     p = sub.add_parser("generate", help="private greedy generation under MPC",
                        description="Private greedy generation: party 0 holds the weights, "
@@ -56,6 +56,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dealer", default="ttp", choices=DEALERS,
                    help="ttp: separate trusted dealer (secure); tfp: party 0 deals "
                    "(tests and cost measurement only)")
+    p.add_argument("--comparison", default="masked", choices=COMPARISONS,
+                   help="secure comparison protocol: masked (the dealer deals the mask's "
+                   "bits; default, ~7x fewer bytes) or crypten (CrypTen's own)")
     p.add_argument("--cache", default="full", choices=_cache_choices(),
                    help="KV-cache policy")
     p.add_argument("--budget", type=_budget, default=None,
@@ -86,11 +89,13 @@ def _run_generate(args: argparse.Namespace) -> int:
         _check_writable(args.json)
     result = private_generate(
         args.prompt, max_new_tokens=args.max_new_tokens, model_path=args.model,
-        parties=args.parties, dealer=args.dealer, cache=args.cache, check=args.check,
+        parties=args.parties, dealer=args.dealer, comparison=args.comparison,
+        cache=args.cache, check=args.check,
         premask=not args.no_premask, progress=not args.quiet,
         chat_template=not args.no_chat_template, budget=args.budget)
     print(f"prompt tokens: {result.prompt_tokens}   parties: {result.parties}   "
-          f"dealer: {result.dealer}   cache: {args.cache}")
+          f"dealer: {result.dealer}   comparison: {result.comparison}   "
+          f"cache: {args.cache}")
     print(f"generated: {result.text!r}")
     if args.check:
         verdict = "MATCH" if result.match else "MISMATCH"

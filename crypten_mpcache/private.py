@@ -38,7 +38,7 @@ from crypten_mpcache.algorithm.plan import Amount, check_amount
 from crypten_mpcache.config import MPCacheConfig
 from crypten_mpcache.models import check_architecture
 from crypten_mpcache.runtime.cost import CostMeter, combine
-from crypten_mpcache.runtime.launcher import DEALERS, LaunchConfig, launch
+from crypten_mpcache.runtime.launcher import COMPARISONS, DEALERS, LaunchConfig, launch
 from crypten_mpcache.secure.kv_cache import default_policies
 
 DEFAULT_PROMPT = ("In two short sentences, explain why the sky looks blue on a clear day "
@@ -55,6 +55,7 @@ class PrivateGenerationConfig:
     model_path: str | None = None  # None: the embedded SmolLM2-135M-Instruct
     parties: int = 2
     dealer: str = "ttp"
+    comparison: str = "masked"
     cache: str = "full"
     check: bool = False  # also run the plaintext model and compare (reveals logits)
     premask: bool = True
@@ -72,6 +73,9 @@ class PrivateGenerationConfig:
                              f"got {self.parties!r}")
         if self.dealer not in DEALERS:
             raise ValueError(f"dealer must be one of {DEALERS}, got {self.dealer!r}")
+        if self.comparison not in COMPARISONS:
+            raise ValueError(f"comparison must be one of {COMPARISONS}, got "
+                             f"{self.comparison!r}")
         if self.cache not in default_policies().names():
             raise ValueError(f"unknown cache policy {self.cache!r}; "
                              f"known: {default_policies().names()}")
@@ -105,7 +109,7 @@ class PrivateGenerationConfig:
 
     def launch_config(self) -> LaunchConfig:
         return LaunchConfig(parties=self.parties, dealer=self.dealer,  # type: ignore[arg-type]
-                            timeout_s=self.timeout_s)
+                            comparison=self.comparison, timeout_s=self.timeout_s)
 
 
 @dataclass
@@ -119,6 +123,7 @@ class GenerationResult:
     dealer: str
     cache: str
     premask: bool
+    comparison: str
     cost: dict[str, Any]
     reveals: dict[str, dict[str, int]] = field(default_factory=dict)
     seconds: float = 0.0
@@ -343,7 +348,7 @@ def generate_ids(prompt_ids: list[int], config: PrivateGenerationConfig | None =
         generated_ids=generated,
         text=tokenizer.decode(generated, skip_special_tokens=True) if tokenizer else None,
         prompt_tokens=len(prompt_ids), parties=config.parties, dealer=config.dealer,
-        cache=config.cache, premask=config.premask,
+        cache=config.cache, premask=config.premask, comparison=config.comparison,
         cost=cost_summary([o["cost"] for o in outputs]),
         reveals={f"party{o['rank']}": o["reveals"]["counts"] for o in outputs},
         seconds=seconds)
@@ -362,14 +367,15 @@ def generate_ids(prompt_ids: list[int], config: PrivateGenerationConfig | None =
 
 def private_generate(prompt: str | None = None, *, max_new_tokens: int = 16,
                      model_path: str | None = None, parties: int = 2, dealer: str = "ttp",
-                     cache: str = "full", check: bool = False, premask: bool = True,
+                     comparison: str = "masked", cache: str = "full", check: bool = False,
+                     premask: bool = True,
                      progress: bool = True, chat_template: bool = True,
                      budget: float | int | None = None,
                      mpcache: MPCacheConfig | None = None) -> GenerationResult:
     """Generate ``max_new_tokens`` tokens privately (see the module docstring)."""
     config = PrivateGenerationConfig(
         max_new_tokens=max_new_tokens, model_path=model_path, parties=parties, dealer=dealer,
-        cache=cache, check=check, premask=premask, progress=progress,
+        comparison=comparison, cache=cache, check=check, premask=premask, progress=progress,
         chat_template=chat_template, budget=budget, mpcache=mpcache)
     prompt = DEFAULT_PROMPT if prompt is None else prompt
     if not isinstance(prompt, str) or not prompt.strip():

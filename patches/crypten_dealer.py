@@ -16,8 +16,9 @@ What lives here:
   grows (a KV cache gets one row per decode step), so each step costs O(new rows).
 * ``MaskStore``: the dealer's plaintext masks (refuses to register an id twice) and the
   products ``A (op) build(recipe)``. The TTP server and the TFP dealer (party 0) use it.
-* ``PATCH``: a reversible patch that teaches CrypTen's ``TTPServer`` two requests,
-  ``premask_register`` and ``premask_triple``. Apply it in the parent process before
+* ``PATCH``: a reversible patch that teaches CrypTen's ``TTPServer`` three requests,
+  ``premask_register``, ``premask_triple`` and ``comparison_material`` (the masked
+  comparison of ``crypten_mpcache.secure.comparison``). Apply it in the parent process before
   ``launch`` (the TTP process is forked from it).
 """
 
@@ -266,8 +267,17 @@ def _ttp_premask_triple(server: Any, recipe: Recipe, size_x: tuple[int, ...],
     return c - server._get_additive_PRSS(c.size(), remove_rank=True)
 
 
+def _ttp_comparison_material(server: Any, n: int) -> torch.Tensor:
+    """Party 0's share of the masked comparison's dependent material for n elements
+    (``crypten_mpcache.secure.comparison``)."""
+    from crypten_mpcache.secure.comparison import ttp_party0_share
+
+    return ttp_party0_share(server._get_generators(device=None), int(n))
+
+
 _REQUESTS = {"premask_register": _ttp_premask_register,
-             "premask_triple": _ttp_premask_triple}
+             "premask_triple": _ttp_premask_triple,
+             "comparison_material": _ttp_comparison_material}
 
 
 def _add_ttp_requests() -> Callable[[], None]:
@@ -286,7 +296,8 @@ def _add_ttp_requests() -> Callable[[], None]:
 
 
 PATCH = Patch("ttp_premask_dealer",
-              "TTPServer requests premask_register and premask_triple (fixed masks)",
+              "TTPServer requests premask_register, premask_triple (fixed masks) and "
+              "comparison_material (masked comparison)",
               _add_ttp_requests)
 
 

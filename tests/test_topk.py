@@ -87,7 +87,10 @@ def test_unordered_rows_are_the_same_set_in_rank_order(results: dict, protocol: 
         best_first = torch.topk(scores, k, dim=-1).indices
         assert torch.equal(rows.argmax(-1), best_first)
         ordered_cost = results[(g, k, protocol, "ordered cost")]
-        assert cost[1] < ordered_cost[1] and cost[0] <= ordered_cost[0], (cost, ordered_cost)
+        # one comparison round fewer; with the cheap masked comparison the extra products
+        # of the unordered rows may cost a few more bytes
+        assert cost[1] < ordered_cost[1] and cost[0] <= 1.1 * ordered_cost[0], \
+            (cost, ordered_cost)
         model = topk.TopKConfig(dealer="tfp")
         assert model.estimate(protocol, g, k, ordered=False)[1] < model.estimate(
             protocol, g, k)[1]
@@ -106,15 +109,28 @@ def test_transcript_independent_of_secrets(results: dict, protocol: str) -> None
 
 
 def test_cost_model_choices() -> None:
-    config = topk.TopKConfig(dealer="tfp")
+    config = topk.TopKConfig(dealer="tfp", comparison="crypten")
+    masked = topk.TopKConfig(dealer="tfp", comparison="masked")
     # WAN punishes rounds: the constant-round protocol wins at small G
     assert topk.choose_protocol(16, 8, WAN, config) == "rank"
-    # bytes dominate a fast link with many items: rank's G^2 comparisons lose
+    assert topk.choose_protocol(16, 8, WAN, masked) == "rank"
+    # bytes dominate a fast link with many items: rank's G^2 comparisons lose (later
+    # with the cheaper masked comparison)
     assert topk.choose_protocol(128, 4, LAN, config, batch=64) != "rank"
+    assert topk.choose_protocol(256, 4, LAN, masked, batch=64) != "rank"
     for g, k in [(8, 2), (64, 16), (128, 64)]:
         for protocol in topk.PROTOCOLS:
             b, r = config.estimate(protocol, g, k)
             assert b > 0 and r > 0
+
+
+def test_cost_model_knows_both_comparisons() -> None:
+    crypten_cmp = topk.TopKConfig(dealer="ttp", comparison="crypten")
+    masked = topk.TopKConfig(dealer="ttp", comparison="masked")
+    for protocol in topk.PROTOCOLS:
+        assert masked.estimate(protocol, 64, 8)[0] < crypten_cmp.estimate(protocol, 64, 8)[0]
+    with pytest.raises(ValueError, match="no unit costs"):
+        topk.TopKConfig(comparison="garbled")
 
 
 def test_network_profile() -> None:

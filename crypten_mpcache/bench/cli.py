@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The bench subcommand's options."""
     from crypten_mpcache.bench.shapes import SHAPES
     from crypten_mpcache.bench.variants import ABLATIONS
-    from crypten_mpcache.runtime.launcher import DEALERS
+    from crypten_mpcache.runtime.launcher import COMPARISONS, DEALERS
 
     add = parser.add_argument
     add("--shape", default=DEFAULTS.shape, choices=tuple(SHAPES),
@@ -55,6 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              "clusters included (default 0.05)")
     add("--dealer", default=DEFAULTS.dealer, choices=DEALERS,
         help="ttp: separate trusted dealer; tfp: party 0 deals (cost measurement only)")
+    add("--comparison", default=DEFAULTS.comparison, choices=COMPARISONS,
+        help="secure comparison of every row (full and MPCache alike): masked (the "
+             "dealer deals the mask's bits; default) or crypten (CrypTen's adder)")
     add("--steps", type=int, default=DEFAULTS.steps, help="decode steps measured per row")
     add("--distinct-weights", action="store_true",
         help="encrypt distinct weights per layer (default: one shared set; the per-step "
@@ -76,7 +79,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     """A validated BenchConfig (ValueError with a one-line message on bad input)."""
     return BenchConfig(shape=args.shape, layers=args.layers, contexts=tuple(args.contexts),
                        caches=tuple(args.caches), budget=args.budget, dealer=args.dealer,
-                       steps=args.steps, share_weights=not args.distinct_weights,
+                       comparison=args.comparison, steps=args.steps,
+                       share_weights=not args.distinct_weights,
                        seed=args.seed, max_memory_gb=args.max_memory_gb)
 
 

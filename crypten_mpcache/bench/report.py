@@ -88,7 +88,8 @@ def format_report(result: dict[str, Any]) -> str:
     config, rows = result["config"], result["rows"]
     lines = [
         f"shape {config['shape']}, {config['layers']} layer(s), budget {config['budget']}, "
-        f"dealer {config['dealer']}, {config['parties']} parties, {config['steps']} decode "
+        f"dealer {config['dealer']}, comparison {config.get('comparison', 'crypten')}, "
+        f"{config['parties']} parties, {config['steps']} decode "
         f"step(s) per row; bytes summed over parties, per decode step of the "
         f"{config['layers']} benchmarked layer(s)",
         f"latency = compute + rounds x RTT + per-party bytes / bandwidth; "

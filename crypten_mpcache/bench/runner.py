@@ -19,7 +19,7 @@ from crypten_mpcache.bench.party import RowTask, run_row
 from crypten_mpcache.bench.shapes import get_shape
 from crypten_mpcache.bench.variants import default_caches, resolve
 from crypten_mpcache.runtime.cost import combine
-from crypten_mpcache.runtime.launcher import DEALERS, LaunchConfig, launch
+from crypten_mpcache.runtime.launcher import COMPARISONS, DEALERS, LaunchConfig, launch
 from crypten_mpcache.secure.network import LAN, WAN
 
 BYTES_PER_ELEMENT = 8  # int64 ring elements
@@ -35,6 +35,7 @@ class BenchConfig:
     caches: tuple[str, ...] = field(default_factory=default_caches)
     budget: float = 0.05
     dealer: str = "ttp"
+    comparison: str = "masked"
     steps: int = 2
     share_weights: bool = True
     seed: int = 0
@@ -58,6 +59,9 @@ class BenchConfig:
             raise ValueError(f"budget must be a ratio in (0, 1], got {self.budget}")
         if self.dealer not in DEALERS:
             raise ValueError(f"dealer must be one of {DEALERS}, got {self.dealer!r}")
+        if self.comparison not in COMPARISONS:
+            raise ValueError(f"comparison must be one of {COMPARISONS}, got "
+                             f"{self.comparison!r}")
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if self.parties not in (2, 3):
@@ -136,7 +140,7 @@ def summarize(task: RowTask, config: BenchConfig, outputs: list[dict[str, Any]],
     return {
         "shape": task.shape, "layers": task.layers, "context": task.context,
         "cache": task.cache, "budget": task.budget, "dealer": config.dealer,
-        "parties": config.parties, "steps": task.steps,
+        "comparison": config.comparison, "parties": config.parties, "steps": task.steps,
         "bytes": int(decode["bytes"]), "bytes_per_party": int(party_bytes),
         "rounds": decode["rounds"], "seconds": decode["seconds"],
         "lan_seconds": LAN.latency(decode["seconds"], decode["rounds"], party_bytes),
@@ -194,7 +198,7 @@ def run_bench(config: BenchConfig,
     each row (progress reporting)."""
     check_memory(config)
     launch_config = LaunchConfig(parties=config.parties, dealer=config.dealer,  # type: ignore[arg-type]
-                                 timeout_s=config.timeout_s)
+                                 comparison=config.comparison, timeout_s=config.timeout_s)
     result = BenchResult(config)
     for task in config.tasks():
         if on_row is not None:

@@ -24,6 +24,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from crypten_mpcache.patches import crypten_comparison
+from crypten_mpcache.patches.crypten_comparison import COMPARISONS
+
 Dealer = Literal["ttp", "tfp"]
 DEALERS: tuple[str, ...] = ("ttp", "tfp")
 _PROVIDER_NAMES = {"ttp": "TTP", "tfp": "TFP"}
@@ -44,6 +47,7 @@ class LaunchConfig:
 
     parties: int = 2
     dealer: Dealer = "ttp"
+    comparison: str = "masked"
     timeout_s: float = 1800.0
     threads_per_party: int = 1
     count_communication: bool = True
@@ -53,6 +57,9 @@ class LaunchConfig:
             raise ValueError(f"parties must be 2 or 3, got {self.parties}")
         if self.dealer not in DEALERS:
             raise ValueError(f"dealer must be one of {DEALERS}, got {self.dealer!r}")
+        if self.comparison not in COMPARISONS:
+            raise ValueError(f"comparison must be one of {COMPARISONS}, got "
+                             f"{self.comparison!r}")
         if not self.timeout_s > 0:
             raise ValueError(f"timeout_s must be positive, got {self.timeout_s}")
         if self.threads_per_party < 1:
@@ -125,9 +132,11 @@ def run_party(func: Callable[..., Any], *args: Any, rank: int, rendezvous: str,
         crypten.mpc.provider.TTPServer()
         return None
     crypten.init()
+    crypten_comparison.use(config.comparison)
     try:
         return func(*args, **kwargs)
     finally:
+        crypten_comparison.use("crypten")
         crypten.uninit()
 
 
@@ -152,9 +161,11 @@ def _child(target: Callable[..., Any], rank: int, world_size: int, rendezvous: s
             results.put((rank, "ok", None))
             return
         crypten.init()
+        crypten_comparison.use(config.comparison)
         try:
             value = target(*args, **kwargs)
         finally:
+            crypten_comparison.use("crypten")
             crypten.uninit()
         results.put((rank, "ok", to_picklable(value)))
     except BaseException as error:  # report any failure to the parent, then exit non-zero

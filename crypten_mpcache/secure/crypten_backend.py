@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from crypten_mpcache.patches import crypten_comparison
 from crypten_mpcache.runtime.cost import operator_scope
 from crypten_mpcache.secure import topk
 from crypten_mpcache.secure.network import PROFILES, NetworkProfile
@@ -204,7 +205,8 @@ class CryptenBackend:
     # -- selection ----------------------------------------------------------------------
     def protocol(self, g: int, k: int, batch: int, ordered: bool = True) -> str:
         """The top-k protocol of least predicted latency for ``batch`` vectors of G."""
-        model = topk.TopKConfig(protocols=self.config.protocols, dealer=current_dealer())
+        model = topk.TopKConfig(protocols=self.config.protocols, dealer=current_dealer(),
+                                comparison=crypten_comparison.current())
         return topk.choose_protocol(g, k, self.config.profile, model, batch=batch,
                                     ordered=ordered)
 

@@ -346,32 +346,46 @@ def protocol_counts(protocol: str, g: int, k: int, ordered: bool = True) -> Coun
     return counts
 
 
+def _measured_units() -> dict[tuple[str, str], UnitCosts]:
+    """Per-party unit costs with 2 parties, keyed by (dealer, comparison protocol).
+
+    CrypTen's comparison: fitted by benchmarks/topk_cost.py (docs/numerics.md). The masked
+    comparison (``crypten_mpcache.secure.comparison``): measured on 11,008 elements,
+    party 0 (which also receives the TTP's material).
+    """
+    tfp_mul = {"mul_bytes": 32.0, "mul_rounds": 1.0}
+    ttp_mul = {"mul_bytes": 111.6, "mul_rounds": 4.0}
+    return {
+        ("tfp", "crypten"): UnitCosts(cmp_bytes=432.0, cmp_rounds=8.0, **tfp_mul),
+        ("ttp", "crypten"): UnitCosts(cmp_bytes=544.1, cmp_rounds=32.0, **ttp_mul),
+        ("tfp", "masked"): UnitCosts(cmp_bytes=63.5, cmp_rounds=8.0, **tfp_mul),
+        ("ttp", "masked"): UnitCosts(cmp_bytes=95.3, cmp_rounds=11.0, **ttp_mul),
+    }
+
+
 @dataclass(frozen=True)
 class TopKConfig:
-    """The cost model: measured unit costs per dealer and the candidate protocols.
-
-    Unit costs were measured with 2 parties (benchmarks/topk_cost.py, docs/numerics.md).
-    """
+    """The cost model: measured unit costs per (dealer, comparison) and the candidate
+    protocols."""
 
     protocols: tuple[str, ...] = PROTOCOLS
     dealer: str = "ttp"
-    units: dict[str, UnitCosts] = field(default_factory=lambda: {
-        "tfp": UnitCosts(cmp_bytes=432.0, cmp_rounds=8.0, mul_bytes=32.0, mul_rounds=1.0),
-        "ttp": UnitCosts(cmp_bytes=544.1, cmp_rounds=32.0, mul_bytes=111.6, mul_rounds=4.0),
-    })
+    comparison: str = "masked"
+    units: dict[tuple[str, str], UnitCosts] = field(default_factory=_measured_units)
 
     def __post_init__(self) -> None:
         unknown = set(self.protocols) - set(PROTOCOLS)
         if unknown or not self.protocols:
             raise ValueError(f"protocols must be a non-empty subset of {PROTOCOLS}")
-        if self.dealer not in self.units:
-            raise ValueError(f"no unit costs for dealer {self.dealer!r}")
+        if (self.dealer, self.comparison) not in self.units:
+            raise ValueError(f"no unit costs for dealer {self.dealer!r} with comparison "
+                             f"{self.comparison!r}")
 
     def estimate(self, protocol: str, g: int, k: int, batch: int = 1,
                  ordered: bool = True) -> tuple[float, float]:
         """(per-party bytes, rounds) predicted for ``batch`` score vectors of length g."""
         counts = protocol_counts(protocol, g, k, ordered)
-        unit = self.units[self.dealer]
+        unit = self.units[(self.dealer, self.comparison)]
         return counts.bytes(unit) * batch, counts.rounds(unit)
 
     def latency(self, protocol: str, g: int, k: int, network: NetworkProfile = LAN,

@@ -1,0 +1,57 @@
+"""Route CrypTen's comparisons through a chosen protocol (reversible).
+
+Every CrypTen comparison (``lt``, ``ge``, ``relu``, ``sign``, ...) ends in
+``MPCTensor._ltz``. ``use("masked")`` replaces it with the dealer-assisted masked
+comparison of ``crypten_mpcache.secure.comparison``; ``use("crypten")`` restores
+CrypTen's own. The party processes apply it from ``LaunchConfig.comparison`` so that
+both the full-cache baseline and MPCache pay for the same comparison.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from crypten_mpcache.patches.crypten_compat import Patch
+
+COMPARISONS = ("crypten", "masked")
+
+
+def _route_ltz() -> Callable[[], None]:
+    from crypten.mpc.mpc import MPCTensor
+    from crypten.mpc.ptype import ptype as Ptype
+
+    original = MPCTensor.__dict__["_ltz"]
+
+    def _ltz(self):  # type: ignore[no-untyped-def]
+        if self.ptype != Ptype.arithmetic:
+            return original(self)
+        from crypten_mpcache.secure.comparison import less_than_zero
+
+        return less_than_zero(self)
+
+    MPCTensor._ltz = _ltz
+
+    def undo() -> None:
+        if MPCTensor.__dict__.get("_ltz") is _ltz:
+            MPCTensor._ltz = original
+
+    return undo
+
+
+PATCH = Patch("masked_comparison", "MPCTensor._ltz -> the dealer-assisted masked comparison",
+              _route_ltz)
+
+
+def current() -> str:
+    """The comparison protocol this process uses now."""
+    return "masked" if PATCH.applied else "crypten"
+
+
+def use(comparison: str) -> None:
+    """Select the comparison protocol of this process: "crypten" or "masked"."""
+    if comparison not in COMPARISONS:
+        raise ValueError(f"comparison must be one of {COMPARISONS}, got {comparison!r}")
+    if comparison == "masked":
+        PATCH.apply()
+    else:
+        PATCH.revert()

@@ -1,0 +1,131 @@
+"""The masked comparison: bit slicing, the dealer's material, and the protocol under MPC
+(equal to CrypTen's comparison bit for bit, far fewer bytes, value-independent cost)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from crypten_mpcache.patches import crypten_comparison
+from crypten_mpcache.runtime.launcher import LaunchConfig, launch
+from crypten_mpcache.secure import comparison as cmp
+
+
+def test_pack_unpack_round_trip() -> None:
+    bits = torch.randint(0, 2, (3, 130))
+    words = cmp.pack(bits)
+    assert words.shape == (3, cmp.words_for(130)) == (3, 3)
+    assert torch.equal(cmp.unpack(words, 130), bits)
+    # lane 63 is the sign bit of the word
+    top = torch.zeros(1, 64, dtype=torch.long)
+    top[0, 63] = 1
+    assert cmp.pack(top).item() == -(2 ** 63)
+
+
+def test_bit_rows_round_trip_over_the_whole_ring() -> None:
+    values = torch.tensor([0, 1, -1, 2 ** 62, -(2 ** 63), 2 ** 63 - 1, 12345, -98765])
+    rows = cmp.bit_rows(values)
+    assert rows.shape == (64, values.numel())
+    assert torch.equal(cmp.from_bit_rows(rows), values)
+    assert torch.equal(rows[63], (values < 0).long())
+
+
+def test_dealt_material_is_consistent() -> None:
+    """Replay the TTP for 3 parties: the shares reconstruct r from its bits, rho from its
+    bit row, and every triple product c = a & b."""
+    n = 100
+    layout = cmp.Layout(n)
+    gens = [torch.Generator().manual_seed(s) for s in (1, 2, 3)]
+    party0 = cmp.ttp_party0_share([torch.Generator().manual_seed(s) for s in (1, 2, 3)], n)
+    frees = [cmp.draw_free(layout, g) for g in gens[:1]]
+    deps = [party0]
+    for g in gens[1:]:
+        frees.append(cmp.draw_free(layout, g))
+        deps.append(cmp.draw_dependent(layout, g))
+    mats = [cmp.assemble(layout, f, d) for f, d in zip(frees, deps, strict=True)]
+
+    def xor(tensors):
+        out = torch.zeros_like(tensors[0])
+        for t in tensors:
+            out ^= t
+        return out
+
+    r_bits = xor([m.r_bits for m in mats])
+    assert torch.equal(sum(m.r for m in mats), cmp.from_bit_rows(cmp.unpack(r_bits, n)))
+    rho = cmp.unpack(xor([m.rho_bits for m in mats]), n)[0]
+    assert torch.equal(sum(m.rho for m in mats), rho)
+    for level, m in enumerate(cmp.MERGES):
+        a, b1, b2, c1, c2 = (xor([mat.triples[level][i] for mat in mats]) for i in range(5))
+        assert a.shape == (m, layout.words)
+        assert torch.equal(c1, a & b1) and torch.equal(c2, a & b2)
+
+
+def _compare(values: torch.Tensor) -> dict:
+    import crypten
+    import crypten.communicator as comm
+
+    x = crypten.cryptensor(values)
+    out = {}
+    for protocol in ("crypten", "masked"):
+        crypten_comparison.use(protocol)
+        c = comm.get()
+        b0, r0 = c.comm_bytes, c.comm_rounds
+        bits = x._ltz()
+        out[protocol] = {"bits": bits.get_plain_text(), "bytes": c.comm_bytes - b0,
+                         "rounds": c.comm_rounds - r0, "scale": bits.encoder.scale}
+    out["relu"] = x.relu().get_plain_text()
+    return out
+
+
+EDGES = torch.tensor([0.0, -2 ** -16, 2 ** -16, -1.0, 1.0, -3.0e4, 3.0e4, -2 ** 40, 2 ** 40])
+
+
+@pytest.mark.parametrize("dealer", ["tfp", "ttp"])
+def test_masked_equals_crypten_and_costs_less(dealer: str) -> None:
+    torch.manual_seed(0)
+    values = torch.cat([EDGES, torch.randn(2000) * 50]).reshape(7, -1)
+    results = launch(_compare, values, config=LaunchConfig(dealer=dealer, timeout_s=300))
+    expected = (values < 0).double()
+    for out in results:
+        assert torch.equal(out["masked"]["bits"].double(), expected)
+        assert torch.equal(out["crypten"]["bits"].double(), expected)
+        assert out["masked"]["scale"] == 1
+        assert (out["relu"] - values.clamp(min=0)).abs().max() < 1e-4
+    party1 = results[1]
+    assert party1["masked"]["bytes"] * 5 < party1["crypten"]["bytes"]
+    assert party1["masked"]["rounds"] <= party1["crypten"]["rounds"]
+
+
+def test_three_parties() -> None:
+    torch.manual_seed(1)
+    values = torch.cat([EDGES, torch.randn(300) * 10])
+    results = launch(_compare, values, config=LaunchConfig(parties=3, dealer="ttp",
+                                                           timeout_s=300))
+    assert len(results) == 3
+    for out in results:
+        assert torch.equal(out["masked"]["bits"].double(), (values < 0).double())
+
+
+def _cost_only(values: torch.Tensor) -> tuple[int, int]:
+    import crypten
+    import crypten.communicator as comm
+
+    x = crypten.cryptensor(values)
+    c = comm.get()
+    b0, r0 = c.comm_bytes, c.comm_rounds
+    x._ltz()
+    return c.comm_bytes - b0, c.comm_rounds - r0
+
+
+def test_transcript_does_not_depend_on_values() -> None:
+    config = LaunchConfig(dealer="ttp", comparison="masked", timeout_s=300)
+    first = launch(_cost_only, torch.randn(500) * 1e3, config=config)
+    second = launch(_cost_only, -torch.ones(500), config=config)
+    assert first == second
+
+
+def test_unknown_comparison_is_refused() -> None:
+    with pytest.raises(ValueError, match="comparison must be one of"):
+        LaunchConfig(comparison="garbled")
+    with pytest.raises(ValueError, match="comparison must be one of"):
+        crypten_comparison.use("garbled")
