@@ -38,7 +38,7 @@ from transformers.models.llama.modeling_llama import eager_attention_forward
 from crypten_mpcache.algorithm import dynamic, static
 from crypten_mpcache.algorithm.backend import onehot_to_indices
 from crypten_mpcache.algorithm.clusters import ClusterState
-from crypten_mpcache.algorithm.plan import Amount, MethodPlan, resolve_tokens
+from crypten_mpcache.algorithm.plan import Amount, MethodPlan, budget_tokens
 from crypten_mpcache.algorithm.sharing import sharing_schedule
 from crypten_mpcache.algorithm.static import StaticCounts
 from crypten_mpcache.algorithm.torch_backend import TorchBackend
@@ -86,7 +86,7 @@ class LayerState:
     @property
     def budget_tokens(self) -> int | None:
         """Tokens a decode query may attend now (public: depends on lengths only)."""
-        return None if self.budget is None else resolve_tokens(self.budget, self.seen)
+        return None if self.budget is None else budget_tokens(self.budget, self.seen)
 
 
 @dataclass

@@ -16,7 +16,7 @@ from crypten_mpcache.algorithm.baselines import (
     SnapKVConfig,
     StreamingLLMConfig,
 )
-from crypten_mpcache.algorithm.plan import resolve_tokens
+from crypten_mpcache.algorithm.plan import budget_tokens, resolve_tokens
 from crypten_mpcache.plaintext import apply
 
 PROMPT, NEW, BUDGET = 160, 4, 0.3
@@ -61,7 +61,7 @@ def test_every_step_attends_within_budget(model, prompt, name) -> None:
     assert decode
     dense = set(method.plan().dense_layers)
     for rec in decode:
-        limit = resolve_tokens(BUDGET, PROMPT + rec["step"])
+        limit = budget_tokens(BUDGET, PROMPT + rec["step"])
         if rec["layer"] in dense:
             assert rec["attended"] == PROMPT + rec["step"]
         else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from crypten_mpcache.algorithm.plan import resolve_tokens
+from crypten_mpcache.algorithm.plan import budget_tokens, resolve_tokens
 from crypten_mpcache.config import MPCacheConfig
 
 
@@ -82,3 +82,9 @@ def test_amounts() -> None:
     assert resolve_tokens(0.2, 1000) == 200
     assert resolve_tokens(0.25, 10) == 3
     assert resolve_tokens(64, 1000) == 64
+    # a decode budget is "at most": rounded down, never above the ratio
+    assert budget_tokens(0.05, 2048) == 102 and budget_tokens(0.05, 2064) == 103
+    assert budget_tokens(0.2, 1000) == 200 and budget_tokens(0.01, 10) == 1
+    assert budget_tokens(64, 1000) == 64
+    for seen in range(20, 3000, 37):
+        assert budget_tokens(0.05, seen) <= 0.05 * seen

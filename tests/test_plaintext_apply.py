@@ -7,7 +7,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import crypten_mpcache  # noqa: F401  (compat patches first)
-from crypten_mpcache.algorithm.plan import resolve_tokens
+from crypten_mpcache.algorithm.plan import budget_tokens, resolve_tokens
 from crypten_mpcache.config import MPCacheConfig
 from crypten_mpcache.plaintext import EvictedLayer, apply
 
@@ -74,7 +74,7 @@ def test_eviction_attends_within_budget(model, evicting_run) -> None:
     keep = resolve_tokens(method.static_keep, PROMPT)
     for rec in decode:
         seen = PROMPT + rec["step"]
-        assert rec["attended"] <= resolve_tokens(0.2, seen)
+        assert rec["attended"] <= budget_tokens(0.2, seen)
         assert rec["attended"] < rec["cache"] == keep + rec["step"]
         assert rec["positions"].shape[-1] == rec["attended"]
     prefill = [r for r in session.records if r["phase"] == "prefill"]
@@ -159,7 +159,7 @@ def test_tuned_default_selects_per_layer_one_choice_for_all_heads(model, prompt)
     method = MPCacheConfig.default(budget=0.4, sink_tokens=4, recent_tokens=4)
     _, session = _generate(model, prompt, method)
     assert session.schedule == tuple(range(6))
-    budget = resolve_tokens(0.4, PROMPT + NEW)
+    budget = budget_tokens(0.4, PROMPT + NEW)
     for rec in session.decode_records():
         assert rec["selector"] == rec["layer"] and rec["cache"] == PROMPT + rec["step"]
         assert rec["attended"] <= budget

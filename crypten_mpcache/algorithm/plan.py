@@ -26,6 +26,16 @@ def resolve_tokens(amount: Amount, prompt_len: int) -> int:
     return math.ceil(amount * prompt_len - 1e-9)
 
 
+def budget_tokens(amount: Amount, seen: int) -> int:
+    """Tokens a decode step may attend: a ratio of the ``seen`` tokens rounded DOWN (a
+    "5% budget" attends at most 5%), at least one; or an absolute count."""
+    if isinstance(amount, bool):
+        raise ValueError("amounts must be a float ratio or an int count, not bool")
+    if isinstance(amount, int):
+        return amount
+    return max(1, math.floor(amount * seen + 1e-9))
+
+
 def check_amount(name: str, amount: Amount | None, allow_none: bool = False) -> None:
     """Raise ValueError unless ``amount`` is a ratio in (0, 1] or a count >= 0."""
     if amount is None:

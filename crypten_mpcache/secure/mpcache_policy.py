@@ -36,7 +36,7 @@ import torch
 
 from crypten_mpcache.algorithm import dynamic, static
 from crypten_mpcache.algorithm.clusters import ClusterState, group_queries
-from crypten_mpcache.algorithm.plan import Amount, MethodPlan, resolve_tokens
+from crypten_mpcache.algorithm.plan import Amount, MethodPlan, budget_tokens
 from crypten_mpcache.algorithm.sharing import sharing_schedule
 from crypten_mpcache.algorithm.static import StaticCounts
 from crypten_mpcache.algorithm.torch_backend import TorchBackend
@@ -326,7 +326,7 @@ class MPCachePolicy(CachePolicy):
     # -- public counts ------------------------------------------------------------------
     def _budget(self, seen: int) -> int | None:
         budget = self.plan.budget
-        return None if budget is None else resolve_tokens(budget, seen)
+        return None if budget is None else budget_tokens(budget, seen)
 
     def static_counts(self, prompt_len: int) -> StaticCounts | None:
         """Public counts of the static stage for this prompt length (None: no stage)."""
