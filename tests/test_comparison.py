@@ -22,12 +22,13 @@ def test_pack_unpack_round_trip() -> None:
     assert cmp.pack(top).item() == -(2 ** 63)
 
 
-def test_bit_rows_round_trip_over_the_whole_ring() -> None:
+def test_packed_bits_round_trip_over_the_whole_ring() -> None:
     values = torch.tensor([0, 1, -1, 2 ** 62, -(2 ** 63), 2 ** 63 - 1, 12345, -98765])
-    rows = cmp.bit_rows(values)
-    assert rows.shape == (64, values.numel())
-    assert torch.equal(cmp.from_bit_rows(rows), values)
-    assert torch.equal(rows[63], (values < 0).long())
+    rows = cmp.pack_bits_of(values)
+    assert rows.shape == (64, 1)
+    assert torch.equal(cmp.value_of_packed(rows, values.numel()), values)
+    assert torch.equal(cmp.unpack(rows[63:], values.numel())[0], (values < 0).long())
+    assert torch.equal(cmp.unpack(rows[:1], values.numel())[0], values & 1)
 
 
 def test_dealt_material_is_consistent() -> None:
@@ -51,7 +52,7 @@ def test_dealt_material_is_consistent() -> None:
         return out
 
     r_bits = xor([m.r_bits for m in mats])
-    assert torch.equal(sum(m.r for m in mats), cmp.from_bit_rows(cmp.unpack(r_bits, n)))
+    assert torch.equal(sum(m.r for m in mats), cmp.value_of_packed(r_bits, n))
     rho = cmp.unpack(xor([m.rho_bits for m in mats]), n)[0]
     assert torch.equal(sum(m.rho for m in mats), rho)
     for level, m in enumerate(cmp.MERGES):

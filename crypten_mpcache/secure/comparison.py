@@ -54,30 +54,41 @@ def words_for(n: int) -> int:
     return (n + WORD - 1) // WORD
 
 
+def _pack_row(bits: torch.Tensor, words: int) -> torch.Tensor:
+    padded = torch.zeros(words * WORD, dtype=torch.long, device=bits.device)
+    padded[: bits.numel()] = bits
+    return (padded.view(words, WORD) << _SHIFTS.to(bits.device)).sum(-1)
+
+
+def _unpack_row(words: torch.Tensor, n: int) -> torch.Tensor:
+    return ((words.unsqueeze(-1) >> _SHIFTS.to(words.device)) & 1).reshape(-1)[:n]
+
+
 def pack(bits: torch.Tensor) -> torch.Tensor:
     """(rows, n) tensor of 0/1 -> (rows, words_for(n)) words; element j is bit j % 64 of
-    word j // 64 (padding lanes are 0)."""
-    rows, n = bits.shape
-    padded = torch.zeros(rows, words_for(n) * WORD, dtype=torch.long, device=bits.device)
-    padded[:, :n] = bits
-    lanes = padded.view(rows, -1, WORD) << _SHIFTS.to(bits.device)
-    return lanes.sum(-1)  # distinct powers of two: the sum is the OR (two's complement)
+    word j // 64 (padding lanes are 0). The sum of distinct powers of two is their OR."""
+    words = words_for(bits.shape[1])
+    return torch.stack([_pack_row(row, words) for row in bits])
 
 
 def unpack(words: torch.Tensor, n: int) -> torch.Tensor:
     """The inverse of ``pack``: (rows, W) words -> (rows, n) tensor of 0/1."""
-    lanes = (words.unsqueeze(-1) >> _SHIFTS.to(words.device)) & 1
-    return lanes.reshape(words.shape[0], -1)[:, :n]
+    return torch.stack([_unpack_row(row, n) for row in words])
 
 
-def bit_rows(values: torch.Tensor) -> torch.Tensor:
-    """(n,) int64 -> (64, n): row p holds bit p of every element."""
-    return (values.unsqueeze(0) >> _SHIFTS.to(values.device).unsqueeze(1)) & 1
+def pack_bits_of(values: torch.Tensor) -> torch.Tensor:
+    """(n,) int64 -> (64, W): row p packs bit p of every element. One row at a time, so
+    the memory stays ~2 x 8n bytes (a box over millions of keys is compared at once)."""
+    words = words_for(values.numel())
+    return torch.stack([_pack_row((values >> p) & 1, words) for p in range(WORD)])
 
 
-def from_bit_rows(bits: torch.Tensor) -> torch.Tensor:
-    """(64, n) bits -> (n,) int64 (the inverse of ``bit_rows``)."""
-    return (bits << _SHIFTS.to(bits.device).unsqueeze(1)).sum(0)
+def value_of_packed(rows: torch.Tensor, n: int) -> torch.Tensor:
+    """(64, W) packed bit rows -> (n,) int64 (the inverse of ``pack_bits_of``)."""
+    out = torch.zeros(n, dtype=torch.long, device=rows.device)
+    for p in range(WORD):
+        out |= _unpack_row(rows[p], n) << p
+    return out
 
 
 # --------------------------------------------------------------------------- material
@@ -140,8 +151,8 @@ def _uniform(size: tuple[int, ...], generator: torch.Generator | None) -> torch.
 def dependent_values(layout: Layout, free: torch.Tensor) -> torch.Tensor:
     """The plaintext dependent material for the plaintext free rows (the dealer's job)."""
     n = layout.n
-    r = from_bit_rows(unpack(free[:WORD], n))
-    rho = unpack(free[WORD:WORD + 1], n)[0]
+    r = value_of_packed(free[:WORD], n)
+    rho = _unpack_row(free[WORD], n)
     products = []
     for a, b1, b2 in _free_triples(free):
         products += [a & b1, a & b2]
@@ -295,7 +306,7 @@ def less_than_zero_shares(share: torch.Tensor, material: Material | None = None
     mat = material if material is not None else deal(n, flat.device)
     first = _rank() == 0
     c = _open_sum(flat + mat.r)                                   # round 1
-    c_bits = pack(bit_rows(c))                                    # (64, W) public
+    c_bits = pack_bits_of(c)                                      # (64, W) public
     ones = torch.full_like(c_bits[:1], -1)
     pad_lt = torch.zeros_like(ones)
     pad_eq = ones if first else torch.zeros_like(ones)
@@ -305,7 +316,7 @@ def less_than_zero_shares(share: torch.Tensor, material: Material | None = None
     for triple in mat.triples:                                    # rounds 2..7
         lt, eq = _merge(lt, eq, triple, first)
     msb = lt ^ mat.r_bits[POSITIONS:] ^ (c_bits[POSITIONS:] if first else 0)
-    t = unpack(_open_xor(msb ^ mat.rho_bits), n)[0]               # round 8
+    t = _unpack_row(_open_xor(msb ^ mat.rho_bits)[0], n)          # round 8
     bit = (1 - 2 * t) * mat.rho + (t if first else 0)
     return bit.reshape(share.shape)
 
