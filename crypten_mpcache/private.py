@@ -293,7 +293,7 @@ def run_party(task: PartyTask) -> dict[str, Any]:
 def cost_summary(reports: list[dict[str, Any]]) -> dict[str, Any]:
     """Per-party meter reports -> {setup, prefill, decode: [...], operators, phase_operators}."""
     merged = combine(reports)
-    phases = {p["phase"]: {k: p[k] for k in ("bytes", "rounds", "seconds")}
+    phases = {p["phase"]: {k: v for k, v in p.items() if k != "phase"}
               for p in merged["phases"]}
     decode = [{"step": int(name.split("/")[1]), **value}
               for name, value in phases.items() if name.startswith("decode/")]

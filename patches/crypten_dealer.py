@@ -20,6 +20,9 @@ What lives here:
   ``premask_register``, ``premask_triple`` and ``comparison_material`` (the masked
   comparison of ``crypten_mpcache.secure.comparison``). Apply it in the parent process before
   ``launch`` (the TTP process is forked from it).
+* ``TRAFFIC_PATCH``: a reversible patch that tallies the traffic of every TTP request on
+  the communicator (``dealer_bytes``, ``dealer_rounds``, ``dealer_seconds``), so costs
+  can be split into online and dealer (offline) parts (``crypten_mpcache.runtime.cost``).
 """
 
 from __future__ import annotations
@@ -301,10 +304,50 @@ PATCH = Patch("ttp_premask_dealer",
               _add_ttp_requests)
 
 
+def _tally_ttp_requests() -> Callable[[], None]:
+    import time
+
+    import crypten.communicator as comm
+    from crypten.mpc.provider.ttp_provider import TTPClient
+
+    client_class = TTPClient._TTPClient__TTPClient   # the singleton's (name-mangled) class
+    original = client_class.ttp_request
+
+    def ttp_request(self: Any, func_name: str, device: Any, *args: Any, **kwargs: Any) -> Any:
+        channel = comm.get()
+        bytes0, rounds0, start = channel.comm_bytes, channel.comm_rounds, time.perf_counter()
+        try:
+            return original(self, func_name, device, *args, **kwargs)
+        finally:
+            channel.dealer_bytes = getattr(channel, "dealer_bytes", 0) + \
+                channel.comm_bytes - bytes0
+            channel.dealer_rounds = getattr(channel, "dealer_rounds", 0) + \
+                channel.comm_rounds - rounds0
+            channel.dealer_seconds = getattr(channel, "dealer_seconds", 0.0) + \
+                time.perf_counter() - start
+
+    client_class.ttp_request = ttp_request
+
+    def undo() -> None:
+        if client_class.__dict__.get("ttp_request") is ttp_request:
+            client_class.ttp_request = original
+
+    return undo
+
+
+TRAFFIC_PATCH = Patch("ttp_traffic_tally",
+                      "TTPClient.ttp_request tallies its traffic as dealer_bytes / "
+                      "dealer_rounds / dealer_seconds on the communicator",
+                      _tally_ttp_requests)
+
+
 def apply() -> None:
-    """Teach CrypTen's TTP server the premask requests (idempotent)."""
+    """Teach CrypTen's TTP server the premask requests and tally dealer traffic
+    (idempotent)."""
     PATCH.apply()
+    TRAFFIC_PATCH.apply()
 
 
 def revert() -> None:
+    TRAFFIC_PATCH.revert()
     PATCH.revert()

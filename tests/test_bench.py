@@ -19,7 +19,9 @@ from crypten_mpcache.secure.network import LAN, WAN
 
 ROW_KEYS = {"shape", "layers", "context", "cache", "budget", "dealer", "bytes", "rounds",
             "seconds", "lan_seconds", "wan_seconds", "static_bytes", "static_rounds",
-            "operators", "bytes_per_party", "per_layer", "model_estimate"}
+            "operators", "bytes_per_party", "per_layer", "model_estimate", "online_bytes",
+            "online_rounds", "online_lan_seconds", "online_wan_seconds", "dealer_bytes",
+            "dealer_rounds"}
 TINY = BenchConfig(shape="tiny", layers=2, contexts=(64, 512), caches=("full",),
                    dealer="tfp", steps=1)
 
@@ -86,10 +88,13 @@ def test_json_schema(tiny_run: dict) -> None:
         assert row["wan_seconds"] == pytest.approx(
             WAN.latency(row["seconds"], row["rounds"], row["bytes_per_party"]))
         for kind in ("softmax", "linear", "norm", "activation"):
-            assert set(row["operators"][kind]) == {"bytes", "rounds", "seconds"}
+            assert {"bytes", "rounds", "seconds", "dealer_bytes"} <= set(row["operators"][kind])
         assert sum(op["bytes"] for op in row["operators"].values()) == pytest.approx(
             row["bytes"], rel=1e-9)
         assert row["per_layer"]["bytes"] == pytest.approx(row["bytes"] / row["layers"])
+        # TFP: party 0 deals locally, so everything is online
+        assert (row["online_bytes"], row["online_rounds"]) == (row["bytes"], row["rounds"])
+        assert row["dealer_bytes"] == row["dealer_rounds"] == 0
     json.dumps(tiny_run)  # JSON-ready
 
 

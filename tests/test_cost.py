@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from crypten_mpcache.runtime.cost import CostMeter, combine, operator_scope
+from crypten_mpcache.runtime.cost import CostMeter, combine, online, operator_scope
 from crypten_mpcache.runtime.launcher import LaunchConfig, launch
 
 
@@ -57,9 +57,54 @@ def test_combine_sums_bytes_and_takes_the_max_of_rounds_and_seconds():
              "phase_operators": {"prefill": {"softmax": {"bytes": 5, "rounds": 4,
                                                          "seconds": 0.5}}}}
     merged = combine([part, other])
-    assert merged["phases"] == [{"phase": "prefill", "bytes": 15, "rounds": 4, "seconds": 1.0}]
-    assert merged["operators"]["linear"] == {"bytes": 10, "rounds": 3, "seconds": 1.0}
-    assert merged["operators"]["softmax"] == {"bytes": 5, "rounds": 4, "seconds": 0.5}
+    no_dealer = {"dealer_bytes": 0, "dealer_rounds": 0, "dealer_seconds": 0.0}
+    assert merged["phases"] == [{"phase": "prefill", "bytes": 15, "rounds": 4, "seconds": 1.0,
+                                 **no_dealer}]
+    assert merged["operators"]["linear"] == {"bytes": 10, "rounds": 3, "seconds": 1.0,
+                                             **no_dealer}
+    assert merged["operators"]["softmax"] == {"bytes": 5, "rounds": 4, "seconds": 0.5,
+                                              **no_dealer}
+
+
+def test_combine_keeps_the_slowest_party_online():
+    """Party 0: 10 rounds of which 8 with the dealer (2 online); party 1: 5 online. The
+    merged online rounds are the slowest party's 5, not 10 - 8."""
+    def report(rounds: int, dealer_rounds: int, nbytes: int, dealer_bytes: int) -> dict:
+        cost = {"bytes": nbytes, "rounds": rounds, "seconds": 1.0,
+                "dealer_bytes": dealer_bytes, "dealer_rounds": dealer_rounds,
+                "dealer_seconds": 0.5 if dealer_rounds else 0.0}
+        return {"phases": [{"phase": "p", **cost}], "operators": {"linear": cost},
+                "phase_operators": {"p": {"linear": cost}}}
+
+    merged = combine([report(10, 8, 100, 60), report(5, 0, 40, 0)])
+    phase = merged["phases"][0]
+    assert (phase["rounds"], phase["dealer_rounds"]) == (10, 5)
+    assert online(phase) == {"bytes": 80, "rounds": 5, "seconds": 1.0}
+
+
+def _silu_cost() -> dict:
+    import crypten
+
+    from crypten_mpcache.secure import functions as F
+
+    meter = CostMeter()
+    x = crypten.cryptensor(torch.randn(300) * 4)
+    with meter.phase("p"), operator_scope("activation"):
+        F.silu(x)
+    return meter.report()["phases"][0]
+
+
+def test_dealer_traffic_is_tallied_and_online_equals_tfp():
+    """With the TTP, only party 0 talks to the dealer; what is left (online) is exactly
+    the transcript of the same computation with the local TFP dealer."""
+    ttp = launch(_silu_cost, config=LaunchConfig(dealer="ttp"))
+    tfp = launch(_silu_cost, config=LaunchConfig(dealer="tfp"))
+    assert ttp[0]["dealer_bytes"] > 0 and ttp[0]["dealer_rounds"] > 0
+    assert ttp[1]["dealer_bytes"] == ttp[1]["dealer_rounds"] == 0
+    for party in (0, 1):
+        assert tfp[party]["dealer_bytes"] == tfp[party]["dealer_rounds"] == 0
+        got, want = online(ttp[party]), online(tfp[party])
+        assert (got["bytes"], got["rounds"]) == (want["bytes"], want["rounds"])
 
 
 def test_unknown_operator_kind_and_nested_phases_are_rejected():

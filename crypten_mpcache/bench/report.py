@@ -5,6 +5,8 @@ optimization that does not depend on eviction (premasking, activations, softmax 
 comparison protocols) runs in both, so the ratio measures eviction and nothing else.
 Latency: measured compute + rounds x RTT + per-party bytes / bandwidth
 (``secure.network``: LAN 3 Gbps / 0.8 ms RTT, WAN 200 Mbps / 40 ms RTT).
+With the TTP dealer, the "online" table leaves out the dealer's traffic (its material
+depends only on public shapes and is dealt ahead: ``runtime.cost``).
 """
 
 from __future__ import annotations
@@ -41,7 +43,35 @@ def cost_table(rows: list[dict[str, Any]]) -> list[str]:
     return _table(header, body)
 
 
+def has_dealer_traffic(rows: list[dict[str, Any]]) -> bool:
+    return any(r.get("dealer_bytes", 0) or r.get("dealer_rounds", 0) for r in rows)
+
+
+def online_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Per decode step without the dealer's traffic, and the dealer's part apart."""
+    header = ["context", "cache", "online MiB/step", "online rounds", "online LAN s",
+              "online WAN s", "dealer MiB/step", "dealer rounds"]
+    body = [[str(r["context"]), r["cache"], _fmt(r["online_bytes"] / MIB),
+             _fmt(r["online_rounds"], 1), _fmt(r["online_lan_seconds"]),
+             _fmt(r["online_wan_seconds"]), _fmt(r["dealer_bytes"] / MIB),
+             _fmt(r["dealer_rounds"], 1)] for r in rows]
+    return _table(header, body)
+
+
+def online_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """full/cache of the online costs (same pairing as ``ratios``)."""
+    return _ratios(rows, {"bytes": "online_bytes", "rounds": "online_rounds",
+                          "compute": "online_seconds", "lan": "online_lan_seconds",
+                          "wan": "online_wan_seconds"})
+
+
 def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """full/cache for every non-full row that has a full row at the same context."""
+    return _ratios(rows, {"bytes": "bytes", "rounds": "rounds", "compute": "seconds",
+                          "lan": "lan_seconds", "wan": "wan_seconds"})
+
+
+def _ratios(rows: list[dict[str, Any]], keys: dict[str, str]) -> list[dict[str, Any]]:
     """full/cache for every non-full row that has a full row at the same context."""
     full = {r["context"]: r for r in rows if r["cache"] == BASELINE}
     out = []
@@ -50,20 +80,16 @@ def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if base is None or r["cache"] == BASELINE:
             continue
         out.append({"context": r["context"], "cache": r["cache"],
-                    "bytes": base["bytes"] / r["bytes"],
-                    "rounds": base["rounds"] / r["rounds"],
-                    "compute": base["seconds"] / r["seconds"],
-                    "lan": base["lan_seconds"] / r["lan_seconds"],
-                    "wan": base["wan_seconds"] / r["wan_seconds"]})
+                    **{name: base[key] / r[key] for name, key in keys.items()}})
     return out
 
 
-def ratio_table(rows: list[dict[str, Any]]) -> list[str]:
+def ratio_table(rows: list[dict[str, Any]], which: Any = ratios) -> list[str]:
     header = ["context", "full / cache", "bytes", "rounds", "compute", "LAN latency",
               "WAN latency"]
     body = [[str(q["context"]), q["cache"], _fmt(q["bytes"]) + "x", _fmt(q["rounds"]) + "x",
              _fmt(q["compute"]) + "x", _fmt(q["lan"]) + "x", _fmt(q["wan"]) + "x"]
-            for q in ratios(rows)]
+            for q in which(rows)]
     return _table(header, body)
 
 
@@ -100,6 +126,13 @@ def format_report(result: dict[str, Any]) -> str:
     if ratios(rows):
         lines += ["", "Ratios full / cache (same context, same run):", ""]
         lines += ratio_table(rows)
+    if has_dealer_traffic(rows) and all("online_bytes" in r for r in rows):
+        lines += ["", "Online (the dealer's material dealt ahead of the step; its traffic "
+                  "apart):", ""]
+        lines += online_table(rows)
+        if ratios(rows):
+            lines += ["", "Online ratios full / cache:", ""]
+            lines += ratio_table(rows, online_ratios)
     lines += ["", "Per-operator MiB / rounds per decode step:", ""]
     lines += operator_table(rows)
     return "\n".join(lines)

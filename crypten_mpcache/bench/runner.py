@@ -18,7 +18,7 @@ import crypten_mpcache.secure.premask  # noqa: F401  (patches the TTP dealer in 
 from crypten_mpcache.bench.party import RowTask, run_row
 from crypten_mpcache.bench.shapes import get_shape
 from crypten_mpcache.bench.variants import default_caches, resolve
-from crypten_mpcache.runtime.cost import combine
+from crypten_mpcache.runtime.cost import FIELDS, combine, online
 from crypten_mpcache.runtime.launcher import COMPARISONS, DEALERS, LaunchConfig, launch
 from crypten_mpcache.secure.network import LAN, WAN
 
@@ -97,7 +97,7 @@ def memory_estimate_gb(config: BenchConfig, context: int) -> float:
 
 
 def _sum_phases(report: dict[str, Any], prefix: str) -> dict[str, float]:
-    total = {"bytes": 0.0, "rounds": 0.0, "seconds": 0.0}
+    total = dict.fromkeys(FIELDS, 0.0)
     for phase in report["phases"]:
         if phase["phase"] == prefix or phase["phase"].startswith(prefix + "/"):
             for key in total:
@@ -112,9 +112,9 @@ def _operators(report: dict[str, Any], prefix: str, steps: int) -> dict[str, dic
         if not phase.startswith(prefix + "/"):
             continue
         for kind, cost in kinds.items():
-            slot = out.setdefault(kind, {"bytes": 0.0, "rounds": 0.0, "seconds": 0.0})
+            slot = out.setdefault(kind, dict.fromkeys(FIELDS, 0.0))
             for key in slot:
-                slot[key] += cost[key] / steps
+                slot[key] += cost.get(key, 0.0) / steps
     return dict(sorted(out.items()))
 
 
@@ -130,6 +130,9 @@ def summarize(task: RowTask, config: BenchConfig, outputs: list[dict[str, Any]],
     decode = _per_step(_sum_phases(merged, "decode"), task.steps)
     # per-party bytes: what one party sends per step (the larger of the parties)
     party_bytes = max(_sum_phases(r, "decode")["bytes"] for r in reports) / task.steps
+    party_online_bytes = max(online(_sum_phases(r, "decode"))["bytes"]
+                             for r in reports) / task.steps
+    step_online = online(decode)
     static = _sum_phases(merged, "static")
     setup = _sum_phases(merged, "setup")
     shape = get_shape(task.shape)
@@ -145,6 +148,14 @@ def summarize(task: RowTask, config: BenchConfig, outputs: list[dict[str, Any]],
         "rounds": decode["rounds"], "seconds": decode["seconds"],
         "lan_seconds": LAN.latency(decode["seconds"], decode["rounds"], party_bytes),
         "wan_seconds": WAN.latency(decode["seconds"], decode["rounds"], party_bytes),
+        "online_bytes": int(step_online["bytes"]),
+        "online_bytes_per_party": int(party_online_bytes),
+        "online_rounds": step_online["rounds"], "online_seconds": step_online["seconds"],
+        "online_lan_seconds": LAN.latency(step_online["seconds"], step_online["rounds"],
+                                          party_online_bytes),
+        "online_wan_seconds": WAN.latency(step_online["seconds"], step_online["rounds"],
+                                          party_online_bytes),
+        "dealer_bytes": int(decode["dealer_bytes"]), "dealer_rounds": decode["dealer_rounds"],
         "per_layer": per_layer,
         "model_estimate": {"layers": shape.depth, **model,
                            "lan_seconds": LAN.latency(model["seconds"], model["rounds"],

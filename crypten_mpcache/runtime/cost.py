@@ -5,6 +5,15 @@ CrypTen counts each party's own traffic (when ``cfg.communicator.verbose`` is on
 phase and operator boundaries inside one party; ``combine`` merges the per-party reports
 (bytes: sum over parties; rounds: max over parties; seconds: max over parties).
 
+Dealer traffic is counted apart as well. With the TTP dealer, party 0 fetches each
+triple or comparison mask from the dealer at the moment it needs it (three logged
+messages per request in CrypTen). That material depends only on public shapes, so a
+deployment deals it ahead of the step (the offline phase). The patch
+``crypten_mpcache.patches.crypten_dealer.TRAFFIC_PATCH`` tallies the traffic inside
+every dealer request on the communicator (``dealer_bytes``, ``dealer_rounds``,
+``dealer_seconds``). Every cost then carries those fields, and "online" = total - dealer
+is what a step costs when the material was dealt ahead. TFP has no dealer traffic.
+
 Operator scopes nest; each scope is charged exclusively (a ``softmax`` inside
 ``attention`` is charged to ``softmax`` only). Traffic outside any operator scope is
 charged to ``other``.
@@ -36,15 +45,25 @@ class Counter:
     bytes: float = 0.0
     rounds: int = 0
     seconds: float = 0.0
+    dealer_bytes: float = 0.0
+    dealer_rounds: int = 0
+    dealer_seconds: float = 0.0
 
     def add(self, other: Counter) -> None:
-        self.bytes += other.bytes
-        self.rounds += other.rounds
-        self.seconds += other.seconds
+        for name in FIELDS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def minus(self, other: Counter) -> Counter:
+        return Counter(*(getattr(self, name) - getattr(other, name) for name in FIELDS))
 
     def as_dict(self) -> dict[str, float]:
         return {"bytes": int(self.bytes), "rounds": int(self.rounds),
-                "seconds": float(self.seconds)}
+                "seconds": float(self.seconds), "dealer_bytes": int(self.dealer_bytes),
+                "dealer_rounds": int(self.dealer_rounds),
+                "dealer_seconds": float(self.dealer_seconds)}
+
+
+FIELDS = ("bytes", "rounds", "seconds", "dealer_bytes", "dealer_rounds", "dealer_seconds")
 
 
 def _read_comm() -> Counter:
@@ -55,14 +74,15 @@ def _read_comm() -> Counter:
             return Counter(seconds=time.perf_counter())
         c = comm.get()
         return Counter(float(getattr(c, "comm_bytes", 0)), int(getattr(c, "comm_rounds", 0)),
-                       time.perf_counter())
+                       time.perf_counter(), float(getattr(c, "dealer_bytes", 0)),
+                       int(getattr(c, "dealer_rounds", 0)),
+                       float(getattr(c, "dealer_seconds", 0.0)))
     except ImportError:  # pragma: no cover - crypten is always installed by setup
         return Counter(seconds=time.perf_counter())
 
 
 def _delta(start: Counter, end: Counter) -> Counter:
-    return Counter(end.bytes - start.bytes, end.rounds - start.rounds,
-                   end.seconds - start.seconds)
+    return end.minus(start)
 
 
 @dataclass
@@ -99,11 +119,7 @@ class CostMeter:
         finally:
             end = _read_comm()
             total = _delta(root.start, end)
-            own = _delta(Counter(), total)
-            own.bytes -= root.children.bytes
-            own.rounds -= root.children.rounds
-            own.seconds -= root.children.seconds
-            self._charge("other", own)
+            self._charge("other", total.minus(root.children))
             self.phases.append((name, total))
             self._stack = []
             self._current_phase = None
@@ -128,10 +144,7 @@ class CostMeter:
         finally:
             self._stack.pop()
             total = _delta(frame.start, _read_comm())
-            own = Counter(total.bytes - frame.children.bytes,
-                          total.rounds - frame.children.rounds,
-                          total.seconds - frame.children.seconds)
-            self._charge(kind, own)
+            self._charge(kind, total.minus(frame.children))
             self._stack[-1].children.add(total)
 
     def report(self) -> dict[str, Any]:
@@ -157,9 +170,27 @@ def operator_scope(kind: str) -> Iterator[None]:
 
 
 def _merge(values: list[dict[str, float]]) -> dict[str, float]:
-    return {"bytes": int(sum(v["bytes"] for v in values)),
-            "rounds": int(max(v["rounds"] for v in values)),
-            "seconds": float(max(v["seconds"] for v in values))}
+    """Bytes summed; rounds and seconds the max over parties. The dealer's share of rounds
+    and seconds is set so that total - dealer is the max over parties of the ONLINE
+    rounds (seconds): the slowest party's online part, not the sum of two maxima."""
+    def dealer(v: dict[str, float], key: str) -> float:
+        return v.get("dealer_" + key, 0)
+
+    rounds = max(v["rounds"] for v in values)
+    seconds = max(v["seconds"] for v in values)
+    return {"bytes": int(sum(v["bytes"] for v in values)), "rounds": int(rounds),
+            "seconds": float(seconds),
+            "dealer_bytes": int(sum(dealer(v, "bytes") for v in values)),
+            "dealer_rounds": int(rounds - max(v["rounds"] - dealer(v, "rounds")
+                                              for v in values)),
+            "dealer_seconds": float(seconds - max(v["seconds"] - dealer(v, "seconds")
+                                                  for v in values))}
+
+
+def online(cost: dict[str, float]) -> dict[str, float]:
+    """The part of a (merged or per-party) cost that is not dealer traffic."""
+    return {key: cost[key] - cost.get("dealer_" + key, 0)
+            for key in ("bytes", "rounds", "seconds")}
 
 
 def combine(reports: list[dict[str, Any]]) -> dict[str, Any]:
@@ -172,7 +203,7 @@ def combine(reports: list[dict[str, Any]]) -> dict[str, Any]:
         merged = _merge([r["phases"][i] for r in reports])
         phases.append({"phase": first["phase"], **merged})
     kinds = sorted({k for r in reports for k in r["operators"]})
-    zero = {"bytes": 0, "rounds": 0, "seconds": 0.0}
+    zero = Counter().as_dict()
     operators = {k: _merge([r["operators"].get(k, zero) for r in reports]) for k in kinds}
     phase_operators = {}
     for p in reports[0]["phase_operators"]:

@@ -37,6 +37,12 @@ def format_cost(cost: dict[str, Any], *, max_steps: int = 8) -> str:
     if steps:
         mean = {k: sum(s[k] for s in steps) / len(steps) for k in ("bytes", "rounds", "seconds")}
         lines.append(_row("decode (mean/step)", mean))
+        if any(s.get("dealer_bytes") or s.get("dealer_rounds") for s in steps):
+            dealer = {k: sum(s.get("dealer_" + k, 0) for s in steps) / len(steps)
+                      for k in ("bytes", "rounds", "seconds")}
+            lines.append(_row("  of which dealer", dealer))
+            lines.append(_row("  online (mean/step)",
+                              {k: mean[k] - dealer[k] for k in mean}))
     lines.append("")
     lines.extend(_header("operator (all phases)"))
     operators = cost.get("operators", {})
