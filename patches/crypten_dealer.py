@@ -16,9 +16,10 @@ What lives here:
   grows (a KV cache gets one row per decode step), so each step costs O(new rows).
 * ``MaskStore``: the dealer's plaintext masks (refuses to register an id twice) and the
   products ``A (op) build(recipe)``. The TTP server and the TFP dealer (party 0) use it.
-* ``PATCH``: a reversible patch that teaches CrypTen's ``TTPServer`` three requests,
-  ``premask_register``, ``premask_triple`` and ``comparison_material`` (the masked
-  comparison of ``crypten_mpcache.secure.comparison``). Apply it in the parent process before
+* ``PATCH``: a reversible patch that teaches CrypTen's ``TTPServer`` four requests,
+  ``premask_register``, ``premask_triple``, ``comparison_material`` (the masked
+  comparison of ``crypten_mpcache.secure.comparison``) and ``onehot_material`` (the
+  dealt unit vectors of ``crypten_mpcache.secure.onehot``). Apply it in the parent process before
   ``launch`` (the TTP process is forked from it).
 * ``TRAFFIC_PATCH``: a reversible patch that tallies the traffic of every TTP request on
   the communicator (``dealer_bytes``, ``dealer_rounds``, ``dealer_seconds``), so costs
@@ -278,9 +279,17 @@ def _ttp_comparison_material(server: Any, n: int) -> torch.Tensor:
     return ttp_party0_share(server._get_generators(device=None), int(n))
 
 
+def _ttp_onehot_material(server: Any, n: int, width: int) -> torch.Tensor:
+    """Party 0's share of the dealt unit vectors (``crypten_mpcache.secure.onehot``)."""
+    from crypten_mpcache.secure.onehot import ttp_party0_share
+
+    return ttp_party0_share(server._get_generators(device=None), int(n), int(width))
+
+
 _REQUESTS = {"premask_register": _ttp_premask_register,
              "premask_triple": _ttp_premask_triple,
-             "comparison_material": _ttp_comparison_material}
+             "comparison_material": _ttp_comparison_material,
+             "onehot_material": _ttp_onehot_material}
 
 
 def _add_ttp_requests() -> Callable[[], None]:
@@ -299,8 +308,9 @@ def _add_ttp_requests() -> Callable[[], None]:
 
 
 PATCH = Patch("ttp_premask_dealer",
-              "TTPServer requests premask_register, premask_triple (fixed masks) and "
-              "comparison_material (masked comparison)",
+              "TTPServer requests premask_register, premask_triple (fixed masks), "
+              "comparison_material (masked comparison) and onehot_material (dealt "
+              "unit vectors)",
               _add_ttp_requests)
 
 

@@ -38,6 +38,13 @@ from typing import Any
 import torch
 
 import crypten_mpcache  # noqa: F401  (applies the CrypTen patches before crypten loads)
+from crypten_mpcache.secure.party import (
+    open_sum,
+    open_xor,
+    party_rank,
+    provider_name,
+    uniform_words,
+)
 
 WORD = 64
 POSITIONS = WORD - 1                    # bits compared below the sign bit
@@ -136,16 +143,11 @@ class Material:
 
 def draw_free(layout: Layout, generator: torch.Generator | None) -> torch.Tensor:
     """(free_rows, W) uniform words; the TTP replays the same call on the same generator."""
-    return _uniform((layout.free_rows, layout.words), generator)
+    return uniform_words((layout.free_rows, layout.words), generator)
 
 
 def draw_dependent(layout: Layout, generator: torch.Generator | None) -> torch.Tensor:
-    return _uniform((layout.dependent_size,), generator)
-
-
-def _uniform(size: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor:
-    return torch.randint(-(2 ** 63), 2 ** 63 - 1, size, generator=generator,
-                         dtype=torch.long)
+    return uniform_words((layout.dependent_size,), generator)
 
 
 def dependent_values(layout: Layout, free: torch.Tensor) -> torch.Tensor:
@@ -195,22 +197,10 @@ def assemble(layout: Layout, free: torch.Tensor, dependent: torch.Tensor) -> Mat
 # --------------------------------------------------------------------------- dealers
 
 
-def _rank() -> int:
-    import crypten.communicator as comm
-
-    return comm.get().get_rank()
-
-
-def _provider() -> str:
-    import crypten
-
-    return crypten.mpc.get_default_provider().NAME
-
-
 def deal(n: int, device: torch.device) -> Material:
     """This party's material for n elements, from the configured dealer."""
     layout = Layout(n)
-    provider = _provider()
+    provider = provider_name()
     if provider == "TTP":
         free, dependent = _deal_ttp(layout)
     elif provider == "TFP":
@@ -230,7 +220,7 @@ def _deal_ttp(layout: Layout) -> tuple[torch.Tensor, torch.Tensor]:
     client = TTPClient.get()
     generator = client.get_generator()
     free = draw_free(layout, generator)
-    if _rank() == 0:
+    if party_rank() == 0:
         dependent = client.ttp_request("comparison_material", None, layout.n)
     else:
         dependent = draw_dependent(layout, generator)
@@ -256,7 +246,7 @@ def _deal_tfp(layout: Layout) -> tuple[torch.Tensor, torch.Tensor]:
 
     n = layout.n
     free = value = None
-    if _rank() == 0:
+    if party_rank() == 0:
         free = draw_free(layout, None)
         value = dependent_values(layout, free)
     free_share = BinarySharedTensor(free, size=(layout.free_rows, layout.words), src=0).share
@@ -270,25 +260,13 @@ def _deal_tfp(layout: Layout) -> tuple[torch.Tensor, torch.Tensor]:
 # --------------------------------------------------------------------------- protocol
 
 
-def _open_xor(share: torch.Tensor) -> torch.Tensor:
-    import crypten.communicator as comm
-
-    return comm.get().all_reduce(share, op=torch.distributed.ReduceOp.BXOR)
-
-
-def _open_sum(share: torch.Tensor) -> torch.Tensor:
-    import crypten.communicator as comm
-
-    return comm.get().all_reduce(share)
-
-
 def _merge(lt: torch.Tensor, eq: torch.Tensor, triple: tuple[torch.Tensor, ...],
            first: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """One tree level on XOR shares: rows (2j, 2j+1) = (lower, higher) positions."""
     a, b1, b2, c1, c2 = triple
     lt_lo, lt_hi, eq_lo, eq_hi = lt[0::2], lt[1::2], eq[0::2], eq[1::2]
     m = a.shape[0]
-    opened = _open_xor(torch.cat([eq_hi ^ a, lt_lo ^ b1, eq_lo ^ b2]))
+    opened = open_xor(torch.cat([eq_hi ^ a, lt_lo ^ b1, eq_lo ^ b2]))
     d, e1, e2 = opened[:m], opened[m:2 * m], opened[2 * m:]
     and_lt = c1 ^ (d & b1) ^ (e1 & a)
     and_eq = c2 ^ (d & b2) ^ (e2 & a)
@@ -304,8 +282,8 @@ def less_than_zero_shares(share: torch.Tensor, material: Material | None = None
     flat = share.reshape(-1)
     n = flat.numel()
     mat = material if material is not None else deal(n, flat.device)
-    first = _rank() == 0
-    c = _open_sum(flat + mat.r)                                   # round 1
+    first = party_rank() == 0
+    c = open_sum(flat + mat.r)                                   # round 1
     c_bits = pack_bits_of(c)                                      # (64, W) public
     ones = torch.full_like(c_bits[:1], -1)
     pad_lt = torch.zeros_like(ones)
@@ -316,7 +294,7 @@ def less_than_zero_shares(share: torch.Tensor, material: Material | None = None
     for triple in mat.triples:                                    # rounds 2..7
         lt, eq = _merge(lt, eq, triple, first)
     msb = lt ^ mat.r_bits[POSITIONS:] ^ (c_bits[POSITIONS:] if first else 0)
-    t = _unpack_row(_open_xor(msb ^ mat.rho_bits)[0], n)          # round 8
+    t = _unpack_row(open_xor(msb ^ mat.rho_bits)[0], n)          # round 8
     bit = (1 - 2 * t) * mat.rho + (t if first else 0)
     return bit.reshape(share.shape)
 

@@ -45,6 +45,7 @@ from crypten_mpcache.patches.crypten_dealer import (
     transpose_recipe,
 )
 from crypten_mpcache.runtime.cost import operator_scope
+from crypten_mpcache.secure.party import party_rank
 
 crypten_dealer.apply()  # the TTP process is forked from the importing parent
 
@@ -86,10 +87,6 @@ def _session() -> _Session:
     return session
 
 
-def _rank() -> int:
-    return comm.get().get_rank()
-
-
 class _Dealer(Protocol):
     def register(self, session: _Session, masks: list[tuple[int, torch.Size]]
                  ) -> list[torch.Tensor]:
@@ -118,7 +115,7 @@ class _TrustedThirdParty:
         client = self._client()
         shares = [generate_random_ring_element(shape, generator=client.get_generator())
                   for _, shape in masks]
-        if _rank() == 0:
+        if party_rank() == 0:
             request = tuple((mask_id, tuple(shape)) for mask_id, shape in masks)
             client.ttp_request("premask_register", None, request)
         return shares
@@ -128,7 +125,7 @@ class _TrustedThirdParty:
         client = self._client()
         generator = client.get_generator()
         a = generate_random_ring_element(x_shape, generator=generator)
-        if _rank() == 0:
+        if party_rank() == 0:
             c = client.ttp_request("premask_triple", None, recipe, tuple(x_shape), op)
         else:
             c = generate_random_ring_element(out_shape, generator=generator)
@@ -148,7 +145,7 @@ class _TrustedFirstParty:
         shares = []
         for mask_id, shape in masks:
             mask = None
-            if _rank() == 0:
+            if party_rank() == 0:
                 mask = generate_random_ring_element(shape)
                 session.store.register(mask_id, mask)
             shares.append(self._share(mask, shape))
@@ -157,7 +154,7 @@ class _TrustedFirstParty:
     def triple(self, session: _Session, recipe: Recipe, x_shape: torch.Size,
                out_shape: torch.Size, op: str) -> tuple[torch.Tensor, torch.Tensor]:
         a = c = None
-        if _rank() == 0:
+        if party_rank() == 0:
             a = generate_random_ring_element(x_shape)
             c = session.store.product(op, a, recipe)
         return self._share(a, x_shape), self._share(c, out_shape)
@@ -256,7 +253,7 @@ class FixedOperand:
         eps = comm.get().all_reduce(x_share - a)
         d, mask_share = self._pair[0], self._pair[1]
         z = c + ring_op(op, eps, mask_share) + ring_op(op, a, d)
-        if _rank() == 0:
+        if party_rank() == 0:
             z = z + ring_op(op, eps, d)
         return self._rescale(z, x_ast.encoder)
 
@@ -298,7 +295,7 @@ class FixedOperand:
     def value(self) -> MPCTensor:
         """The secret value again, as shares mask + D (party 0 adds D); no traffic."""
         share = self._pair[1].clone()
-        if _rank() == 0:
+        if party_rank() == 0:
             share += self._pair[0]
         return _wrap(share, self._encoder)
 

@@ -20,9 +20,10 @@ Protocols
   bitonic merges; the k-th largest is the threshold, selected = [s' >= threshold].
   ~G log^2 k' comparisons, log^2 k' + log(G / k') log k' rounds.
 Where row order does not matter (dynamic selection: a gather, then attention over the
-rows) ``ordered=False`` returns rows in rank order instead: ``rank`` then takes the k G
-comparisons [rank_i >= r] in its second and last round (onehot[r] = [rank >= r] -
-[rank >= r + 1]), ``iterative`` its winners as they come. Otherwise each builds the
+rows) ``ordered=False`` returns rows in rank order instead: ``rank`` then reads
+onehot[r, i] = [rank_i == r] off a dealt unit vector (``secure.onehot``: one opened word
+per item and one round, no second comparison round), ``iterative`` its winners as they
+come. Otherwise each builds the
 ordered one-hot from the inclusive prefix count c = cumsum(selected):
 a[r, i] = [c_i >= r + 1] (k G comparisons on small integers, one round) and
 onehot[r, i] = a[r, i] - a[r, i - 1]: the first index where the count reaches r + 1 is
@@ -48,6 +49,7 @@ from crypten_mpcache.secure.functions import (
     to_fixed,
 )
 from crypten_mpcache.secure.network import LAN, NetworkProfile
+from crypten_mpcache.secure.onehot import onehot, width_for
 
 PROTOCOLS = ("iterative", "rank", "network")
 
@@ -111,16 +113,11 @@ def _rank_mask(scores: Any, k: int) -> Any:
 
 
 def _rank_onehot(scores: Any, k: int) -> Any:
-    """(..., k, G) rows [rank_i == r], r = 0..k-1: the best k in RANK order, with the k G
-    threshold comparisons [rank_i >= r] in the same single round as the mask would take
-    (rank is a permutation of 0..G-1 under the tie rule, so each row has one 1)."""
-    import crypten
-
+    """(..., k, G) rows [rank_i == r], r = 0..k-1: the best k in RANK order. The rank is a
+    permutation of 0..G-1 under the tie rule (so each row has one 1), a scale-1 integer
+    below W = width_for(G): its one-hot is one opening against a dealt unit vector."""
     rank = _rank(scores)
-    thresholds = torch.arange(1, k + 1, dtype=torch.float64).unsqueeze(-1)
-    at_least = rank.unsqueeze(-2).ge(thresholds)                    # [rank >= r], r = 1..k
-    ones = at_least[..., :1, :] * 0 + 1                             # [rank >= 0]
-    return crypten.cat([ones, at_least[..., :-1, :]], dim=-2) - at_least
+    return onehot(rank, width_for(scores.size(-1)), count=k).transpose(-1, -2)
 
 
 def _iterative_onehot(scores: Any, k: int) -> Any:
@@ -286,13 +283,18 @@ class UnitCosts:
     """Measured per-party cost of CrypTen primitives (see benchmarks/topk_cost.py).
 
     cmp_bytes / cmp_rounds: one batched comparison (bytes per element, rounds per call);
-    mul_bytes / mul_rounds: one batched Beaver multiplication.
+    mul_bytes / mul_rounds: one batched Beaver multiplication;
+    lookup_bytes / lookup_word_bytes / lookup_rounds: one dealt one-hot (``secure.onehot``)
+    per element, plus the dealer's bytes per word of width.
     """
 
     cmp_bytes: float
     cmp_rounds: float
     mul_bytes: float
     mul_rounds: float
+    lookup_bytes: float = 16.0
+    lookup_word_bytes: float = 0.0
+    lookup_rounds: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -303,13 +305,19 @@ class Counts:
     comparison_rounds: int
     multiplications: int
     multiplication_rounds: int
+    lookups: int = 0
+    lookup_width: int = 0
+    lookup_rounds: int = 0
 
     def bytes(self, unit: UnitCosts) -> float:
-        return self.comparisons * unit.cmp_bytes + self.multiplications * unit.mul_bytes
+        return (self.comparisons * unit.cmp_bytes + self.multiplications * unit.mul_bytes
+                + self.lookups * (unit.lookup_bytes
+                                  + self.lookup_width * unit.lookup_word_bytes))
 
     def rounds(self, unit: UnitCosts) -> float:
         return (self.comparison_rounds * unit.cmp_rounds
-                + self.multiplication_rounds * unit.mul_rounds)
+                + self.multiplication_rounds * unit.mul_rounds
+                + self.lookup_rounds * unit.lookup_rounds)
 
 
 def _log2(n: int) -> int:
@@ -324,8 +332,9 @@ def protocol_counts(protocol: str, g: int, k: int, ordered: bool = True) -> Coun
         if not ordered:  # the winners are the rows: no ordering step
             return counts
     elif protocol == "rank":
-        if not ordered:  # the k G thresholds [rank >= r] replace the G-element mask round
-            return Counts(g * (g - 1) // 2 + k * g, 2, 0, 0)
+        if not ordered:  # one dealt one-hot per item replaces the mask's comparisons
+            return Counts(g * (g - 1) // 2, 1, 0, 0, lookups=g, lookup_width=width_for(g),
+                          lookup_rounds=1)
         counts = Counts(g * (g - 1) // 2 + g, 2, 0, 0)
     elif protocol == "network":
         width = 1 << _log2(k)
@@ -354,7 +363,8 @@ def _measured_units() -> dict[tuple[str, str], UnitCosts]:
     party 0 (which also receives the TTP's material).
     """
     tfp_mul = {"mul_bytes": 32.0, "mul_rounds": 1.0}
-    ttp_mul = {"mul_bytes": 111.6, "mul_rounds": 4.0}
+    ttp_mul = {"mul_bytes": 111.6, "mul_rounds": 4.0, "lookup_word_bytes": 8.0,
+               "lookup_rounds": 4.0}
     return {
         ("tfp", "crypten"): UnitCosts(cmp_bytes=432.0, cmp_rounds=8.0, **tfp_mul),
         ("ttp", "crypten"): UnitCosts(cmp_bytes=544.1, cmp_rounds=32.0, **ttp_mul),

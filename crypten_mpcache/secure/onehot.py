@@ -1,0 +1,151 @@
+"""The one-hot of a small secret integer in one opening: the dealer deals a shifted unit.
+
+A rank, a count or a bucket index is a secret integer v in [0, W) for a small public W.
+Its one-hot [v == j], j = 0..W-1, costs W comparisons of v with public thresholds (a
+comparison round and ~64 bytes per comparison per party, with the masked comparison).
+With a *dealt unit vector* it costs one opened ring element and no comparison:
+
+1. The dealer draws a uniform ring element R and deals it additively shared, together
+   with the additive shares of the unit vector u = e_(R mod W) of length W (W a power
+   of two, so R mod W is uniform on [0, W)).
+2. The parties open c = v + R (mod 2^64). R is uniform on the ring, so c reveals nothing.
+3. Since v = c - R and W divides 2^64: [v == j] = [(c - j) mod W == R mod W]
+   = u[(c - j) mod W], a local gather of the shares of u at public positions.
+
+Requirements: v is a scale-1 integer (raw shares, e.g. a sum of comparison bits) known to
+lie in [0, W). The result is exact. Per element: one opened word (8 bytes per party),
+one round; the dealer's material is W words per element (with the TTP: party 0
+receives its share of u, every other share comes from the generators it shares with
+the TTP, as in ``crypten_mpcache.secure.comparison``). The material depends only on
+(n, W): the transcript is the same for every value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+import crypten_mpcache  # noqa: F401  (applies the CrypTen patches before crypten loads)
+from crypten_mpcache.secure.party import open_sum, party_rank, provider_name, uniform_words
+
+
+def width_for(count: int) -> int:
+    """The smallest power of two >= count (the W that holds values 0..count-1)."""
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    return 1 << (count - 1).bit_length()
+
+
+def _check_width(width: int) -> None:
+    if width < 1 or width & (width - 1):
+        raise ValueError(f"width must be a power of two, got {width}")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """n elements of width W: free = the n shares of R; dependent = the n x W shares of u."""
+
+    n: int
+    width: int
+
+    def __post_init__(self) -> None:
+        _check_width(self.width)
+
+
+def draw_free(layout: Layout, generator: torch.Generator | None) -> torch.Tensor:
+    return uniform_words((layout.n,), generator)
+
+
+def draw_dependent(layout: Layout, generator: torch.Generator | None) -> torch.Tensor:
+    return uniform_words((layout.n, layout.width), generator)
+
+
+def unit_vectors(r: torch.Tensor, width: int) -> torch.Tensor:
+    """(n, W) plaintext rows e_(r mod W) (the dealer's job)."""
+    out = torch.zeros(r.numel(), width, dtype=torch.long)
+    out[torch.arange(r.numel()), r & (width - 1)] = 1
+    return out
+
+
+def ttp_party0_share(generators: list[torch.Generator], n: int, width: int) -> torch.Tensor:
+    """The TTP's side: replay every party's draws, deal party 0's share of u."""
+    layout = Layout(n, width)
+    r = torch.zeros(n, dtype=torch.long)
+    others = torch.zeros(n, width, dtype=torch.long)
+    for rank, generator in enumerate(generators):
+        r += draw_free(layout, generator)
+        if rank > 0:
+            others += draw_dependent(layout, generator)
+    return unit_vectors(r, width) - others
+
+
+def deal(layout: Layout, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """This party's (share of R (n,), share of u (n, W)) from the configured dealer."""
+    provider = provider_name()
+    if provider == "TTP":
+        r, u = _deal_ttp(layout)
+    elif provider == "TFP":
+        r, u = _deal_tfp(layout)
+    else:
+        raise ValueError(f"the dealt one-hot supports the TTP and TFP dealers, not "
+                         f"{provider!r}")
+    return r.to(device), u.to(device)
+
+
+def _deal_ttp(layout: Layout) -> tuple[torch.Tensor, torch.Tensor]:
+    from crypten.mpc.provider.ttp_provider import TTPClient, TTPServer
+
+    if not hasattr(TTPServer, "onehot_material"):
+        raise RuntimeError("the TTP cannot deal one-hot material: apply "
+                           "crypten_mpcache.patches.crypten_dealer.PATCH before launch")
+    client = TTPClient.get()
+    generator = client.get_generator()
+    r = draw_free(layout, generator)
+    if party_rank() == 0:
+        u = client.ttp_request("onehot_material", None, layout.n, layout.width)
+    else:
+        u = draw_dependent(layout, generator)
+    return r, u.view(layout.n, layout.width)
+
+
+def _deal_tfp(layout: Layout) -> tuple[torch.Tensor, torch.Tensor]:
+    """Party 0 draws R and shares R and u by CrypTen's zero sharing (no traffic); party 0
+    then knows the masks: tests and cost measurement only."""
+    from crypten.mpc.primitives import ArithmeticSharedTensor
+
+    r = u = None
+    if party_rank() == 0:
+        r = draw_free(layout, None)
+        u = unit_vectors(r, layout.width)
+    r_share = ArithmeticSharedTensor(r, size=(layout.n,), precision=0, src=0).share
+    u_share = ArithmeticSharedTensor(u, size=(layout.n, layout.width), precision=0,
+                                     src=0).share
+    return r_share, u_share
+
+
+def onehot_shares(share: torch.Tensor, width: int, count: int | None = None) -> torch.Tensor:
+    """This party's shares (..., count) of [v == j], j < count (default W), for its share
+    (...) of a secret integer v in [0, width)."""
+    count = width if count is None else count
+    if not 1 <= count <= width:
+        raise ValueError(f"count must be in [1, {width}], got {count}")
+    flat = share.reshape(-1)
+    r, u = deal(Layout(flat.numel(), width), flat.device)
+    c = open_sum(flat + r)                                            # the one round
+    j = torch.arange(count, device=flat.device)
+    positions = (c.unsqueeze(-1) - j) & (width - 1)                    # (c - j) mod W
+    return u.gather(-1, positions).reshape(*share.shape, count)
+
+
+def onehot(v: Any, width: int, count: int | None = None) -> Any:
+    """(..., count) scale-1 MPCTensor [v == j] for a scale-1 MPCTensor v in [0, width)."""
+    from crypten.mpc import MPCTensor
+
+    if v.encoder.scale != 1:
+        raise ValueError("onehot needs a scale-1 integer (e.g. a sum of comparison bits)")
+    result = MPCTensor.from_shares(onehot_shares(v._tensor.share, width, count),
+                                   precision=0)
+    result.encoder._scale = 1
+    return result

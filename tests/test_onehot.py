@@ -1,0 +1,77 @@
+"""The dealt one-hot of a small secret integer (``secure.onehot``): exact for every value,
+one round, a transcript that depends on (n, W) only, with both dealers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import crypten_mpcache  # noqa: F401
+from crypten_mpcache.runtime.launcher import LaunchConfig, launch
+from crypten_mpcache.secure import onehot as oh
+
+
+def _job(width: int) -> dict:
+    import crypten
+    import crypten.communicator as comm
+
+    values = torch.cat([torch.arange(width), torch.randint(0, width, (2 * width,))])
+    v = crypten.mpc.MPCTensor.from_shares(
+        crypten.mpc.primitives.ArithmeticSharedTensor(values, precision=0, src=0).share,
+        precision=0)
+    v.encoder._scale = 1
+    out = {"values": values}
+    c = comm.get()
+    b0, r0 = c.comm_bytes, c.comm_rounds
+    full = oh.onehot(v, width)
+    out["cost"] = (c.comm_bytes - b0, c.comm_rounds - r0)
+    out["full"] = full.get_plain_text()
+    out["first3"] = oh.onehot(v.reshape(3, width), width, count=3).get_plain_text()
+    other = crypten.mpc.MPCTensor.from_shares(
+        crypten.mpc.primitives.ArithmeticSharedTensor(values.flip(0), precision=0,
+                                                      src=0).share, precision=0)
+    other.encoder._scale = 1
+    b0, r0 = c.comm_bytes, c.comm_rounds
+    oh.onehot(other, width)
+    out["other_cost"] = (c.comm_bytes - b0, c.comm_rounds - r0)
+    with pytest.raises(ValueError, match="scale-1"):
+        oh.onehot(crypten.cryptensor(torch.zeros(3)), width)
+    return out
+
+
+@pytest.mark.parametrize("dealer", ["tfp", "ttp"])
+def test_onehot_is_exact_for_every_value_in_one_round(dealer: str) -> None:
+    width = 16
+    result = launch(_job, width, config=LaunchConfig(parties=2, dealer=dealer))[0]
+    values = result["values"]
+    expected = torch.nn.functional.one_hot(values, width).float()
+    assert torch.equal(result["full"], expected)
+    assert torch.equal(result["first3"], expected.reshape(3, width, width)[..., :3])
+    assert result["cost"] == result["other_cost"]                # depends on (n, W) only
+    online_rounds = 1
+    assert result["cost"][1] == online_rounds + (3 if dealer == "ttp" else 0)
+
+
+def test_ttp_deal_replays_the_parties_draws() -> None:
+    """Party 0's dealt share plus the other parties' generator draws is e_(R mod W)."""
+    n, width = 40, 8
+    layout = oh.Layout(n, width)
+    generators = [torch.Generator().manual_seed(s) for s in (1, 2, 3)]
+    party0 = oh.ttp_party0_share(generators, n, width)
+    replay = [torch.Generator().manual_seed(s) for s in (1, 2, 3)]
+    r = torch.zeros(n, dtype=torch.long)
+    u = party0.clone()
+    for rank, generator in enumerate(replay):
+        r += oh.draw_free(layout, generator)
+        if rank > 0:
+            u += oh.draw_dependent(layout, generator)
+    assert torch.equal(u, oh.unit_vectors(r, width))
+    assert torch.equal(u.sum(-1), torch.ones(n, dtype=torch.long))
+
+
+def test_widths_are_powers_of_two() -> None:
+    assert [oh.width_for(c) for c in (1, 2, 3, 64, 65)] == [1, 2, 4, 64, 128]
+    with pytest.raises(ValueError, match="power of two"):
+        oh.Layout(4, 12)
+    with pytest.raises(ValueError, match="count"):
+        oh.width_for(0)
