@@ -35,8 +35,8 @@ def _topk_job() -> dict:
             c = comm.get()
             b0, r0 = c.comm_bytes, c.comm_rounds
             rows = topk.topk_onehot(enc, k, protocol, ordered=False)
-            out[(g, k, protocol, "unordered")] = (rows.get_plain_text(),
-                                                  (c.comm_bytes - b0, c.comm_rounds - r0))
+            cost = (c.comm_bytes - b0, c.comm_rounds - r0)
+            out[(g, k, protocol, "unordered")] = (rows.get_plain_text(), cost)
             b0, r0 = c.comm_bytes, c.comm_rounds
             topk.topk_onehot(enc, k, protocol)
             out[(g, k, protocol, "ordered cost")] = (c.comm_bytes - b0, c.comm_rounds - r0)
