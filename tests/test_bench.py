@@ -21,7 +21,7 @@ ROW_KEYS = {"shape", "layers", "context", "cache", "budget", "dealer", "bytes", 
             "seconds", "lan_seconds", "wan_seconds", "static_bytes", "static_rounds",
             "operators", "bytes_per_party", "per_layer", "model_estimate", "online_bytes",
             "online_rounds", "online_lan_seconds", "online_wan_seconds", "dealer_bytes",
-            "dealer_rounds"}
+            "dealer_rounds", "activation", "comparison"}
 TINY = BenchConfig(shape="tiny", layers=2, contexts=(64, 512), caches=("full",),
                    dealer="tfp", steps=1)
 
@@ -60,6 +60,7 @@ def test_real_shapes() -> None:
     ({"layers": 0}, "layers"), ({"contexts": ()}, "contexts"),
     ({"contexts": (64, 64)}, "repeat"), ({"caches": ("nope",)}, "unknown cache"),
     ({"budget": 0.0}, "budget"), ({"dealer": "x"}, "dealer"), ({"steps": 0}, "steps"),
+    ({"activation": "relu"}, "activation"),
 ])
 def test_config_rejects_bad_input(change: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):

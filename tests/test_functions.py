@@ -72,9 +72,10 @@ def test_rms_norm_over_measured_range() -> None:
 def _silu_job() -> dict:
     import crypten
 
-    xs = torch.cat([torch.linspace(-33.3, 50.2, 1500), torch.randn(500) * 3])
+    xs = torch.cat([torch.linspace(-33.3, 50.2, 1500), torch.randn(500) * 3,
+                    torch.tensor([-15.05, -15.0, 15.0, 15.05, -16.0, 16.0])])
     out = {"x": xs}
-    for method in ("sigmoid", "exp_poly", "piecewise"):
+    for method in ("sigmoid", "exp_poly", "piecewise", "lookup"):
         b0, r0 = _comm()
         y = F.silu(crypten.cryptensor(xs), config=F.ActivationConfig(method=method))
         b1, r1 = _comm()
@@ -85,13 +86,33 @@ def _silu_job() -> dict:
 def test_silu_methods_accurate_on_gate_range() -> None:
     result = launch(_silu_job, config=TFP)[0]
     ref = torch.nn.functional.silu(result["x"])
-    limits = {"sigmoid": 1e-2, "exp_poly": 5e-3, "piecewise": 2e-2}
+    limits = {"sigmoid": 1e-2, "exp_poly": 5e-3, "piecewise": 2e-2, "lookup": 2e-3}
     for method, limit in limits.items():
         y, _, _ = result[method]
         assert (y - ref).abs().max() < limit, method
     # the cheap options must not cost more rounds than x * sigmoid(x)
     assert result["exp_poly"][2] <= result["sigmoid"][2]
     assert result["piecewise"][2] < result["sigmoid"][2]
+    # the table (the default) is the cheapest online: TFP has no dealer traffic
+    assert result["lookup"][1] < 0.7 * result["exp_poly"][1]
+    assert result["lookup"][2] < result["piecewise"][2] < result["exp_poly"][2]
+
+
+def _large_gate_job() -> dict:
+    import crypten
+
+    xs = torch.tensor([-1000.0, -40.0, 40.0, 1000.0, 3000.0])
+    return {"x": xs, "y": _exact(F.silu(crypten.cryptensor(xs)))}
+
+
+def test_lookup_silu_has_no_range_limit_and_three_parties() -> None:
+    """Beyond the table the gates return 0 or x exactly; 3 parties (CrypTen's truncation
+    protocol for the segment index) stay accurate too."""
+    result = launch(_large_gate_job, config=TFP)[0]
+    assert torch.allclose(result["y"], torch.nn.functional.silu(result["x"]), atol=1e-3)
+    three = launch(_silu_job, config=LaunchConfig(parties=3, dealer="ttp", timeout_s=300))[0]
+    y, _, _ = three["lookup"]
+    assert (y - torch.nn.functional.silu(three["x"])).abs().max() < 3e-2
 
 
 def _softmax_job() -> dict:
@@ -158,6 +179,13 @@ def test_configs_validate() -> None:
         F.NormConfig(low=0.3)
     with pytest.raises(ValueError):
         F.ActivationConfig(method="relu")
+    with pytest.raises(ValueError, match="power of two"):
+        F.ActivationConfig(lookup_steps=3)
+    with pytest.raises(ValueError, match="power of two"):
+        F.ActivationConfig(lookup_bound=5.0)
+    with pytest.raises(ValueError, match="order"):
+        F.ActivationConfig(lookup_order=3)
+    assert F.ActivationConfig().lookup_width == 128
     with pytest.raises(ValueError):
         F.SoftmaxConfig(buckets=12)
     with pytest.raises(ValueError):

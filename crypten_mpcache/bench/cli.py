@@ -38,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from crypten_mpcache.bench.shapes import SHAPES
     from crypten_mpcache.bench.variants import ABLATIONS
     from crypten_mpcache.runtime.launcher import COMPARISONS, DEALERS
+    from crypten_mpcache.secure.functions import SILU_METHODS
 
     add = parser.add_argument
     add("--shape", default=DEFAULTS.shape, choices=tuple(SHAPES),
@@ -58,6 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--comparison", default=DEFAULTS.comparison, choices=COMPARISONS,
         help="secure comparison of every row (full and MPCache alike): masked (the "
              "dealer deals the mask's bits; default) or crypten (CrypTen's adder)")
+    add("--activation", default=DEFAULTS.activation, choices=SILU_METHODS,
+        help="secure SiLU of every row (full and MPCache alike): lookup (a table read by "
+             "a dealt one-hot; default), exp_poly, piecewise or sigmoid")
     add("--steps", type=int, default=DEFAULTS.steps, help="decode steps measured per row")
     add("--distinct-weights", action="store_true",
         help="encrypt distinct weights per layer (default: one shared set; the per-step "
@@ -79,7 +83,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     """A validated BenchConfig (ValueError with a one-line message on bad input)."""
     return BenchConfig(shape=args.shape, layers=args.layers, contexts=tuple(args.contexts),
                        caches=tuple(args.caches), budget=args.budget, dealer=args.dealer,
-                       comparison=args.comparison, steps=args.steps,
+                       comparison=args.comparison, activation=args.activation,
+                       steps=args.steps,
                        share_weights=not args.distinct_weights,
                        seed=args.seed, max_memory_gb=args.max_memory_gb)
 

@@ -35,6 +35,7 @@ class RowTask:
     steps: int
     share_weights: bool = True
     seed: int = 0
+    activation: str = "lookup"
 
     def model_shape(self) -> ModelShape:
         return get_shape(self.shape)
@@ -191,10 +192,12 @@ def run_row(task: RowTask) -> dict[str, Any]:
     import transformers.models.llama.modeling_llama  # noqa: F401  (import outside the timing)
 
     from crypten_mpcache.models.llama import SecureModelOptions
+    from crypten_mpcache.secure.functions import ActivationConfig
 
     rank = comm.get().get_rank()
     policy = CountingPolicy(resolve(task.cache).create(task.budget, task.layers))
-    options = SecureModelOptions(src=OWNER, premask=True, policy=policy)
+    options = SecureModelOptions(src=OWNER, premask=True, policy=policy,
+                                 activation=ActivationConfig(method=task.activation))
     meter = CostMeter()
     with meter.phase("setup"):
         layers = build_layers(task, options, rank)

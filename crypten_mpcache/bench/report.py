@@ -115,6 +115,7 @@ def format_report(result: dict[str, Any]) -> str:
     lines = [
         f"shape {config['shape']}, {config['layers']} layer(s), budget {config['budget']}, "
         f"dealer {config['dealer']}, comparison {config.get('comparison', 'crypten')}, "
+        f"SiLU {config.get('activation', 'exp_poly')}, "
         f"{config['parties']} parties, {config['steps']} decode "
         f"step(s) per row; bytes summed over parties, per decode step of the "
         f"{config['layers']} benchmarked layer(s)",

@@ -20,6 +20,7 @@ from crypten_mpcache.bench.shapes import get_shape
 from crypten_mpcache.bench.variants import default_caches, resolve
 from crypten_mpcache.runtime.cost import FIELDS, combine, online
 from crypten_mpcache.runtime.launcher import COMPARISONS, DEALERS, LaunchConfig, launch
+from crypten_mpcache.secure.functions import SILU_METHODS
 from crypten_mpcache.secure.network import LAN, WAN
 
 BYTES_PER_ELEMENT = 8  # int64 ring elements
@@ -36,6 +37,7 @@ class BenchConfig:
     budget: float = 0.05
     dealer: str = "ttp"
     comparison: str = "masked"
+    activation: str = "lookup"
     steps: int = 2
     share_weights: bool = True
     seed: int = 0
@@ -62,6 +64,9 @@ class BenchConfig:
         if self.comparison not in COMPARISONS:
             raise ValueError(f"comparison must be one of {COMPARISONS}, got "
                              f"{self.comparison!r}")
+        if self.activation not in SILU_METHODS:
+            raise ValueError(f"activation must be one of {SILU_METHODS}, got "
+                             f"{self.activation!r}")
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if self.parties not in (2, 3):
@@ -69,7 +74,7 @@ class BenchConfig:
 
     def tasks(self) -> list[RowTask]:
         return [RowTask(self.shape, self.layers, context, cache, self.budget, self.steps,
-                        self.share_weights, self.seed)
+                        self.share_weights, self.seed, self.activation)
                 for context in self.contexts for cache in self.caches]
 
 
@@ -143,7 +148,8 @@ def summarize(task: RowTask, config: BenchConfig, outputs: list[dict[str, Any]],
     return {
         "shape": task.shape, "layers": task.layers, "context": task.context,
         "cache": task.cache, "budget": task.budget, "dealer": config.dealer,
-        "comparison": config.comparison, "parties": config.parties, "steps": task.steps,
+        "comparison": config.comparison, "activation": config.activation,
+        "parties": config.parties, "steps": task.steps,
         "bytes": int(decode["bytes"]), "bytes_per_party": int(party_bytes),
         "rounds": decode["rounds"], "seconds": decode["seconds"],
         "lan_seconds": LAN.latency(decode["seconds"], decode["rounds"], party_bytes),

@@ -16,7 +16,8 @@ of ``assets.essay_texts()`` truncated to 1024 tokens plus 4 chat-templated promp
 
 - mean(x^2) at the input of every RMSNorm (61 norms): [0.00594, 1.12e6], with single
   activations up to |x| = 25,199. ``NormConfig`` covers [4**-5, 4**13] ~ [0.00098, 6.7e7].
-- MLP gate pre-activations (input of SiLU): [-33.3, 50.2] (99.9% of |x| below 20).
+- MLP gate pre-activations (input of SiLU): [-33.3, 50.2] (99.9% of |x| below 20). The
+  default SiLU (``ActivationConfig.method="lookup"``) has no range limit besides the ring.
 
 Every public function is charged to an ``operator_scope`` kind: norm, activation,
 softmax, argmax. All results carry the standard fixed-point encoder (comparison bits are
@@ -336,6 +337,9 @@ def rms_norm(x: Any, weight: Any, eps: float, *, config: NormConfig = NormConfig
 # --------------------------------------------------------------------------- SiLU
 
 
+SILU_METHODS = ("lookup", "exp_poly", "piecewise", "sigmoid")
+
+
 @dataclass(frozen=True)
 class ActivationConfig:
     """Knobs of the secure SiLU.
@@ -346,19 +350,29 @@ class ActivationConfig:
         one comparison, one exp, one short polynomial, no reciprocal.
       "piecewise": 0 below -bound, x above bound, x/2 + even polynomial in (x/bound)^2
         in between: two comparisons in the same round and one polynomial.
+      "lookup": 0 below -lookup_bound, x above it, and in between the Taylor polynomial
+        of the segment x falls in, its coefficients read by a dealt one-hot of the
+        segment index (``secure.onehot``): two comparisons in one round, one opening and
+        ``lookup_order`` products.
     degree: polynomial degree (in z for exp_poly, in (x/bound)^2 for piecewise).
     bound: the piecewise breakpoint (silu(-b) ~ -b e^-b is the error beyond it).
     exp_iterations, exp_order: see ``exp_nonpositive``; exp(-a) is valid for a < 2**iters.
+    lookup_bound, lookup_steps, lookup_order: the table covers [-lookup_bound,
+      lookup_bound) in segments of width 1 / lookup_steps (their number, a power of two,
+      is the width of the dealt one-hot: the dealer's words per element).
     """
 
-    method: str = "exp_poly"
+    method: str = "lookup"
     degree: int = 6
     bound: float = 7.0
     exp_iterations: int = 8
     exp_order: int = 2
+    lookup_bound: float = 16.0
+    lookup_steps: int = 4
+    lookup_order: int = 2
 
     def __post_init__(self) -> None:
-        if self.method not in ("sigmoid", "exp_poly", "piecewise"):
+        if self.method not in SILU_METHODS:
             raise ValueError(f"unknown SiLU method {self.method!r}")
         if not 1 <= self.degree <= 16:
             raise ValueError("degree must be in [1, 16]")
@@ -368,6 +382,19 @@ class ActivationConfig:
             raise ValueError("exp_iterations must be in [1, 12]")
         if self.exp_order not in (1, 2, 3):
             raise ValueError("exp_order must be 1, 2 or 3")
+        if not 1 <= self.lookup_steps <= 1024 or self.lookup_steps & (self.lookup_steps - 1):
+            raise ValueError("lookup_steps must be a power of two in [1, 1024]")
+        segments = 2 * self.lookup_bound * self.lookup_steps
+        if not (segments >= 16 and segments == int(segments)
+                and int(segments) & (int(segments) - 1) == 0):
+            raise ValueError("2 * lookup_bound * lookup_steps must be a power of two >= 16")
+        if self.lookup_order not in (1, 2):
+            raise ValueError("lookup_order must be 1 or 2")
+
+    @property
+    def lookup_width(self) -> int:
+        """Segments in the table (the dealt one-hot's width)."""
+        return int(2 * self.lookup_bound * self.lookup_steps)
 
 
 @lru_cache(maxsize=32)
@@ -411,6 +438,61 @@ def _silu_piecewise(x: Any, config: ActivationConfig) -> Any:
     return inner + high * (x - inner) - low * inner
 
 
+@lru_cache(maxsize=8)
+def _silu_taylor_table(bound: float, steps: int, order: int) -> torch.Tensor:
+    """(order + 1, W) raw fixed-point Taylor coefficients of silu at each segment's left
+    end t_j = -bound + j / steps: f(t_j), f'(t_j) and f''(t_j) / 2."""
+    t = -bound + torch.arange(int(2 * bound * steps), dtype=torch.float64) / steps
+    s = torch.sigmoid(t)
+    coefficients = [t * s, s * (1 + t * (1 - s)), s * (1 - s) * (2 + t * (1 - 2 * s)) / 2]
+    return torch.stack([(c * fixed_scale()).round().long() for c in coefficients[:order + 1]])
+
+
+def _table_read(onehot_bits: Any, table_row: torch.Tensor) -> Any:
+    """sum_j onehot[..., j] * table_row[j] for a public raw fixed-point row: local, exact."""
+    from crypten.encoder import FixedPointEncoder
+
+    out = onehot_bits[..., 0].clone()
+    out.share = onehot_bits.share.matmul(table_row)
+    out.encoder = FixedPointEncoder()
+    return out
+
+
+def _silu_lookup(x: Any, config: ActivationConfig) -> Any:
+    """SiLU from a table of Taylor coefficients (see ``ActivationConfig``).
+
+    Why a table: with the dealt one-hot (one opened word per element) reading a segment's
+    coefficients costs less than any polynomial's products or an exp. The segment index
+    v = floor((x + B) * steps) comes from a local truncation of the shares, so it may be
+    off by one; the Taylor step d = x + B - v / steps is computed from the same v, so the
+    polynomial then reaches one segment further (error ~ max|f'''| (2 / steps)^3 / 6).
+    The gates compare x with -+(B - 4 / steps), exactly, so a gated-in v never wraps: a
+    2-party truncation is off by at most one, CrypTen's 3-party protocol by -2..+3.
+    """
+    import crypten
+    from crypten.encoder import FixedPointEncoder
+
+    from crypten_mpcache.secure.onehot import onehot
+
+    bound, steps = config.lookup_bound, config.lookup_steps
+    edge = bound - 4.0 / steps
+    sides = crypten.stack([x + edge, x.neg() + edge])._ltz()   # [x < -edge], [x > edge]
+    low, high = to_fixed(sides[0]), to_fixed(sides[1])
+    shifted = x + bound
+    segment = mul_public_int(shifted, torch.tensor(steps))
+    segment._tensor.div_(fixed_scale())           # CrypTen's truncation (any party count)
+    segment.encoder = FixedPointEncoder(precision_bits=0)  # v (maybe off by one): scale 1
+    bits = onehot(segment, config.lookup_width)    # [v mod W == j]: gated-out v may wrap
+    start = mul_public_int(segment, torch.tensor(fixed_scale() // steps))
+    start.encoder = FixedPointEncoder()            # raw v * 2^16 / steps = v / steps, exact
+    d = shifted - start
+    table = _silu_taylor_table(bound, steps, config.lookup_order)
+    inner = _table_read(bits, table[-1])
+    for row in reversed(range(config.lookup_order)):
+        inner = inner * d + _table_read(bits, table[row])
+    return inner + high * (x - inner) - low * inner
+
+
 def silu(x: Any, *, config: ActivationConfig = ActivationConfig()) -> Any:
     """SiLU(x) = x * sigmoid(x), accurate over SmolLM2's gate pre-activations."""
     with operator_scope("activation"):
@@ -418,6 +500,8 @@ def silu(x: Any, *, config: ActivationConfig = ActivationConfig()) -> Any:
             return x * x.sigmoid()
         if config.method == "exp_poly":
             return _silu_exp_poly(x, config)
+        if config.method == "lookup":
+            return _silu_lookup(x, config)
         return _silu_piecewise(x, config)
 
 
