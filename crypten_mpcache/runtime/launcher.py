@@ -17,7 +17,8 @@ import queue as queue_module
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -131,10 +132,19 @@ def run_party(func: Callable[..., Any], *args: Any, rank: int, rendezvous: str,
     if rank == config.parties:
         crypten.mpc.provider.TTPServer()
         return None
+    with _party_session(config):
+        return func(*args, **kwargs)
+
+
+@contextmanager
+def _party_session(config: LaunchConfig) -> Iterator[None]:
+    """crypten.init() with the configured comparison protocol; both undone on exit."""
+    import crypten
+
     crypten.init()
     crypten_comparison.use(config.comparison)
     try:
-        return func(*args, **kwargs)
+        yield
     finally:
         crypten_comparison.use("crypten")
         crypten.uninit()
@@ -160,13 +170,8 @@ def _child(target: Callable[..., Any], rank: int, world_size: int, rendezvous: s
             crypten.mpc.provider.TTPServer()
             results.put((rank, "ok", None))
             return
-        crypten.init()
-        crypten_comparison.use(config.comparison)
-        try:
+        with _party_session(config):
             value = target(*args, **kwargs)
-        finally:
-            crypten_comparison.use("crypten")
-            crypten.uninit()
         results.put((rank, "ok", to_picklable(value)))
     except BaseException as error:  # report any failure to the parent, then exit non-zero
         detail = "".join(traceback.format_exception_only(type(error), error)).strip()
