@@ -1,8 +1,10 @@
 """full/cache ratios of bench result JSONs, including "network-only" LAN/WAN latency.
 
-The bench report's LAN/WAN ratios include the measured compute seconds, which are noisy
-on a shared machine. Network-only latency = rounds x RTT + per-party bytes / bandwidth
-(the same profiles, `crypten_mpcache.secure.network`), computed from the measured rows.
+Online columns (rows measured since the online/dealer split): the same without the
+dealer's traffic. The bench report's LAN/WAN ratios include the measured compute
+seconds, which are noisy on a shared machine. Network-only latency = rounds x RTT +
+per-party bytes / bandwidth (the same profiles, `crypten_mpcache.secure.network`),
+computed from the measured rows.
 
 Usage: python results/bench/ratios.py results/bench/llama2-7b.json [...]
 """
@@ -21,10 +23,15 @@ def net_only(row: dict, profile) -> float:
     return profile.latency(0.0, row["rounds"], row["bytes_per_party"])
 
 
+def online_net_only(row: dict, profile) -> float:
+    return profile.latency(0.0, row["online_rounds"], row["online_bytes_per_party"])
+
+
 def main(paths: list[str]) -> None:
     print("| file | context | cache | MiB/step | rounds | bytes | rounds | LAN | WAN "
-          "| net-only LAN | net-only WAN | one-time MiB / rounds |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| net-only LAN | net-only WAN | online bytes | online rounds | online net-only "
+          "LAN | online net-only WAN | one-time MiB / rounds |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for path in paths:
         rows = json.load(open(path))["rows"]
         full = {r["context"]: r for r in rows if r["cache"] == "full"}
@@ -33,7 +40,7 @@ def main(paths: list[str]) -> None:
             cells = [path.rsplit("/", 1)[-1], str(r["context"]), r["cache"],
                      f"{r['bytes'] / MIB:.2f}", str(int(r["rounds"]))]
             if b is None:
-                cells += ["-"] * 6
+                cells += ["-"] * 10
             else:
                 cells += [f"{b['bytes'] / r['bytes']:.2f}x",
                           f"{b['rounds'] / r['rounds']:.2f}x",
@@ -41,6 +48,13 @@ def main(paths: list[str]) -> None:
                           f"{b['wan_seconds'] / r['wan_seconds']:.2f}x",
                           f"{net_only(b, LAN) / net_only(r, LAN):.2f}x",
                           f"{net_only(b, WAN) / net_only(r, WAN):.2f}x"]
+                if "online_bytes" in r and "online_bytes" in b:
+                    cells += [f"{b['online_bytes'] / r['online_bytes']:.2f}x",
+                              f"{b['online_rounds'] / r['online_rounds']:.2f}x",
+                              f"{online_net_only(b, LAN) / online_net_only(r, LAN):.2f}x",
+                              f"{online_net_only(b, WAN) / online_net_only(r, WAN):.2f}x"]
+                else:
+                    cells += ["-"] * 4
             cells.append(f"{r['static_bytes'] / MIB:.2f} / {int(r['static_rounds'])}")
             print("| " + " | ".join(cells) + " |")
 
