@@ -39,10 +39,11 @@ import torch
 
 import crypten_mpcache  # noqa: F401  (applies the CrypTen patches before crypten loads)
 from crypten_mpcache.secure.party import (
+    by_dealer,
+    deal_via_ttp,
     open_sum,
     open_xor,
     party_rank,
-    provider_name,
     uniform_words,
 )
 
@@ -200,31 +201,13 @@ def assemble(layout: Layout, free: torch.Tensor, dependent: torch.Tensor) -> Mat
 def deal(n: int, device: torch.device) -> Material:
     """This party's material for n elements, from the configured dealer."""
     layout = Layout(n)
-    provider = provider_name()
-    if provider == "TTP":
-        free, dependent = _deal_ttp(layout)
-    elif provider == "TFP":
-        free, dependent = _deal_tfp(layout)
-    else:
-        raise ValueError(f"the masked comparison supports the TTP and TFP dealers, not "
-                         f"{provider!r}")
+    free, dependent = by_dealer(
+        "the masked comparison",
+        ttp=lambda: deal_via_ttp("comparison_material", (layout.n,),
+                                 lambda g: draw_free(layout, g),
+                                 lambda g: draw_dependent(layout, g)),
+        tfp=lambda: _deal_tfp(layout))
     return assemble(layout, free.to(device), dependent.to(device))
-
-
-def _deal_ttp(layout: Layout) -> tuple[torch.Tensor, torch.Tensor]:
-    from crypten.mpc.provider.ttp_provider import TTPClient, TTPServer
-
-    if not hasattr(TTPServer, "comparison_material"):
-        raise RuntimeError("the TTP cannot deal comparison material: apply "
-                           "crypten_mpcache.patches.crypten_dealer.PATCH before launch")
-    client = TTPClient.get()
-    generator = client.get_generator()
-    free = draw_free(layout, generator)
-    if party_rank() == 0:
-        dependent = client.ttp_request("comparison_material", None, layout.n)
-    else:
-        dependent = draw_dependent(layout, generator)
-    return free, dependent
 
 
 def ttp_party0_share(generators: Sequence[torch.Generator], n: int) -> torch.Tensor:

@@ -28,7 +28,13 @@ from typing import Any
 import torch
 
 import crypten_mpcache  # noqa: F401  (applies the CrypTen patches before crypten loads)
-from crypten_mpcache.secure.party import open_sum, party_rank, provider_name, uniform_words
+from crypten_mpcache.secure.party import (
+    by_dealer,
+    deal_via_ttp,
+    open_sum,
+    party_rank,
+    uniform_words,
+)
 
 
 def width_for(count: int) -> int:
@@ -83,31 +89,13 @@ def ttp_party0_share(generators: list[torch.Generator], n: int, width: int) -> t
 
 def deal(layout: Layout, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """This party's (share of R (n,), share of u (n, W)) from the configured dealer."""
-    provider = provider_name()
-    if provider == "TTP":
-        r, u = _deal_ttp(layout)
-    elif provider == "TFP":
-        r, u = _deal_tfp(layout)
-    else:
-        raise ValueError(f"the dealt one-hot supports the TTP and TFP dealers, not "
-                         f"{provider!r}")
-    return r.to(device), u.to(device)
-
-
-def _deal_ttp(layout: Layout) -> tuple[torch.Tensor, torch.Tensor]:
-    from crypten.mpc.provider.ttp_provider import TTPClient, TTPServer
-
-    if not hasattr(TTPServer, "onehot_material"):
-        raise RuntimeError("the TTP cannot deal one-hot material: apply "
-                           "crypten_mpcache.patches.crypten_dealer.PATCH before launch")
-    client = TTPClient.get()
-    generator = client.get_generator()
-    r = draw_free(layout, generator)
-    if party_rank() == 0:
-        u = client.ttp_request("onehot_material", None, layout.n, layout.width)
-    else:
-        u = draw_dependent(layout, generator)
-    return r, u.view(layout.n, layout.width)
+    r, u = by_dealer(
+        "the dealt one-hot",
+        ttp=lambda: deal_via_ttp("onehot_material", (layout.n, layout.width),
+                                 lambda g: draw_free(layout, g),
+                                 lambda g: draw_dependent(layout, g)),
+        tfp=lambda: _deal_tfp(layout))
+    return r.to(device), u.view(layout.n, layout.width).to(device)
 
 
 def _deal_tfp(layout: Layout) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,9 +1,15 @@
 """What every dealer-assisted protocol needs from the party it runs in: its rank, the
-configured dealer, uniform ring words, and the opening of shares (one round)."""
+configured dealer, uniform ring words, the opening of shares (one round), and the TTP
+pattern of dealing material."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import torch
+
+T = TypeVar("T")
 
 
 def party_rank() -> int:
@@ -37,3 +43,34 @@ def open_xor(share: torch.Tensor) -> torch.Tensor:
     import crypten.communicator as comm
 
     return comm.get().all_reduce(share, op=torch.distributed.ReduceOp.BXOR)
+
+
+def by_dealer(what: str, ttp: Callable[[], T], tfp: Callable[[], T]) -> T:
+    """Run the TTP or the TFP way of dealing ``what`` (others are refused by name)."""
+    provider = provider_name()
+    if provider == "TTP":
+        return ttp()
+    if provider == "TFP":
+        return tfp()
+    raise ValueError(f"{what} supports the TTP and TFP dealers, not {provider!r}")
+
+
+def deal_via_ttp(request: str, args: tuple,
+                 draw_free: Callable[[torch.Generator], torch.Tensor],
+                 draw_dependent: Callable[[torch.Generator], torch.Tensor]
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The TTP pattern of every dealt material here: each party draws the independent
+    ("free") values from the generator it shares with the TTP; party 0 receives its share
+    of the values that depend on them (``request``, a patched TTPServer method that
+    replays the draws), every other party draws its share."""
+    from crypten.mpc.provider.ttp_provider import TTPClient, TTPServer
+
+    if not hasattr(TTPServer, request):
+        raise RuntimeError(f"the TTP cannot serve {request!r}: apply "
+                           "crypten_mpcache.patches.crypten_dealer.PATCH before launch")
+    client = TTPClient.get()
+    generator = client.get_generator()
+    free = draw_free(generator)
+    if party_rank() == 0:
+        return free, client.ttp_request(request, None, *args)
+    return free, draw_dependent(generator)
