@@ -117,3 +117,21 @@ def test_unknown_operator_kind_and_nested_phases_are_rejected():
             pass
     with pytest.raises(ValueError, match="no party reports"):
         combine([])
+
+
+def test_generate_report_shows_the_dealer_part_and_the_online_rest():
+    from crypten_mpcache.runtime.report import format_cost
+
+    mib = 1024 * 1024
+    step = {"step": 1, "bytes": 3 * mib, "rounds": 30, "seconds": 1.0,
+            "dealer_bytes": mib, "dealer_rounds": 20, "dealer_seconds": 0.25}
+    text = format_cost({"prefill": {"bytes": 0, "rounds": 0, "seconds": 0.0},
+                        "decode": [step], "operators": {}})
+    dealer = next(line for line in text.splitlines() if "of which dealer" in line)
+    online = next(line for line in text.splitlines() if "online (mean/step)" in line)
+    assert dealer.split()[-3:] == ["1.000", "20", "0.25"]
+    assert online.split()[-3:] == ["2.000", "10", "0.75"]
+    without = format_cost({"prefill": step, "decode": [{**step, "dealer_bytes": 0,
+                                                         "dealer_rounds": 0}],
+                           "operators": {}})
+    assert "of which dealer" not in without
