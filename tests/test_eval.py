@@ -342,3 +342,18 @@ def test_workers_share_one_run_folder(tokenizer, tmp_path) -> None:
     before = [p.read_text() for p in sorted((out / "w").glob("predictions*.jsonl"))]
     assert cli.main(argv) == 0
     assert [p.read_text() for p in sorted((out / "w").glob("predictions*.jsonl"))] == before
+
+
+def test_parallel_progress_counts_only_this_commands_units(tmp_path) -> None:
+    """A resumed folder holds other commands' units: the progress bar must not count them
+    (it showed 200/200 at the start of a new command in a used folder)."""
+    import json
+
+    from crypten_mpcache.eval.parallel import finished
+
+    lines = [json.dumps({"key": k}) for k in ("a", "b", "other")]
+    (tmp_path / "predictions-0-of-2.jsonl").write_text("\n".join(lines[:2]) + "\n")
+    (tmp_path / "predictions-1-of-2.jsonl").write_text(lines[2] + "\n")
+    assert finished(tmp_path, ["a", "b", "c"]) == 2
+    assert finished(tmp_path, ["c"]) == 0
+    assert finished(tmp_path / "missing", ["a"]) == 0

@@ -145,10 +145,10 @@ def _run_workers(cfg: EvalConfig, workers: int, progress: bool) -> int:
 
     # The parent converts the model once, before any worker starts.
     tokenizer = load_tokenizer(cfg.model_folder)
-    total = len(plan(cfg, Haystack(tokenizer, assets.essay_texts())).units)
+    keys = [u.key for u in plan(cfg, Haystack(tokenizer, assets.essay_texts())).units]
     folder = run_folder(cfg)
     folder.mkdir(parents=True, exist_ok=True)
-    status = run_workers(config_argv(cfg), workers, folder, total, progress)
+    status = run_workers(config_argv(cfg), workers, folder, keys, progress)
     if status:
         print(f"crypten-mpcache eval: error: a worker failed (exit status {status}); the "
               f"finished units are in {folder}: run the same command again to resume",

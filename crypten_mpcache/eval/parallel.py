@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -24,19 +24,25 @@ def worker_argv(options: Sequence[str], index: int, count: int) -> list[str]:
     return [*options, "--shard", f"{index}/{count}", "--no-progress"]
 
 
-def _finished(folder: Path) -> int:
-    from crypten_mpcache.eval.runner import prediction_files
+def finished(folder: Path, keys: Collection[str]) -> int:
+    """How many of this command's units (``keys``) the folder holds. A resumed folder may
+    hold other commands' units too: they do not count."""
+    from crypten_mpcache.eval.runner import read_predictions
 
-    return sum(len(p.read_text().splitlines()) for p in prediction_files(folder))
+    if not folder.is_dir():
+        return 0
+    done = read_predictions(folder)
+    return sum(1 for key in keys if key in done)
 
 
 def _raise_exit(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
 
-def run_workers(options: Sequence[str], count: int, folder: Path, total: int,
+def run_workers(options: Sequence[str], count: int, folder: Path, keys: Collection[str],
                 show_progress: bool = True, threads_per_worker: int = 1) -> int:
-    """Run ``count`` shard workers of the eval ``options``; 0 when all succeed."""
+    """Run ``count`` shard workers of the eval ``options`` (whose units are ``keys``); 0
+    when all succeed."""
     from tqdm import tqdm
 
     env = {**os.environ, "OMP_NUM_THREADS": str(threads_per_worker),
@@ -44,7 +50,9 @@ def run_workers(options: Sequence[str], count: int, folder: Path, total: int,
     code = "from crypten_mpcache.eval.cli import main; raise SystemExit(main())"
     procs: list[subprocess.Popen[bytes]] = []
     previous = signal.signal(signal.SIGTERM, _raise_exit)
-    start = _finished(folder) if folder.is_dir() else 0
+    keys = set(keys)
+    total = len(keys)
+    start = finished(folder, keys)
     try:
         for index in range(count):
             procs.append(subprocess.Popen(
@@ -53,8 +61,7 @@ def run_workers(options: Sequence[str], count: int, folder: Path, total: int,
                   disable=not show_progress) as bar:
             while any(p.poll() is None for p in procs):
                 time.sleep(2.0)
-                done = _finished(folder) if folder.is_dir() else 0
-                bar.update(max(0, min(done, total) - bar.n))
+                bar.update(max(0, finished(folder, keys) - bar.n))
         return max(p.returncode for p in procs)
     finally:
         for p in procs:
