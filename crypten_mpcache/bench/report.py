@@ -11,6 +11,7 @@ depends only on public shapes and is dealt ahead: ``runtime.cost``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from crypten_mpcache.secure.network import LAN, WAN
@@ -84,7 +85,9 @@ def _ratios(rows: list[dict[str, Any]], keys: dict[str, str]) -> list[dict[str, 
     return out
 
 
-def ratio_table(rows: list[dict[str, Any]], which: Any = ratios) -> list[str]:
+def ratio_table(rows: list[dict[str, Any]],
+                which: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] = ratios
+                ) -> list[str]:
     header = ["context", "full / cache", "bytes", "rounds", "compute", "LAN latency",
               "WAN latency"]
     body = [[str(q["context"]), q["cache"], _fmt(q["bytes"]) + "x", _fmt(q["rounds"]) + "x",

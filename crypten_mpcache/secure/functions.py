@@ -427,15 +427,25 @@ def _silu_exp_poly(x: Any, config: ActivationConfig) -> Any:
     return relu - absx * p
 
 
-def _silu_piecewise(x: Any, config: ActivationConfig) -> Any:
+def _outside(x: Any, edge: float) -> tuple[Any, Any]:
+    """Scale-1 bits [x < -edge] and [x > edge], in one comparison round."""
     import crypten
 
+    sides = crypten.stack([x + edge, x.neg() + edge])._ltz()
+    return sides[0], sides[1]
+
+
+def _gated(x: Any, inner: Any, low: Any, high: Any) -> Any:
+    """silu(x) ~ 0 below the inner range, x above it, ``inner`` within."""
+    return inner + high * (x - inner) - low * inner
+
+
+def _silu_piecewise(x: Any, config: ActivationConfig) -> Any:
     b = config.bound
-    sides = crypten.stack([x + b, x.neg() + b])._ltz()   # [x < -b], [x > b]: one round
-    low, high = sides[0], sides[1]
+    low, high = _outside(x, b)
     w = (x * (1.0 / b)).square()
     inner = x * 0.5 + _poly(w, _fit_poly("silu_even", config.degree, b))
-    return inner + high * (x - inner) - low * inner
+    return _gated(x, inner, low, high)
 
 
 @lru_cache(maxsize=8)
@@ -469,15 +479,12 @@ def _silu_lookup(x: Any, config: ActivationConfig) -> Any:
     The gates compare x with -+(B - 4 / steps), exactly, so a gated-in v never wraps: a
     2-party truncation is off by at most one, CrypTen's 3-party protocol by -2..+3.
     """
-    import crypten
     from crypten.encoder import FixedPointEncoder
 
     from crypten_mpcache.secure.onehot import onehot
 
     bound, steps = config.lookup_bound, config.lookup_steps
-    edge = bound - 4.0 / steps
-    sides = crypten.stack([x + edge, x.neg() + edge])._ltz()   # [x < -edge], [x > edge]
-    low, high = to_fixed(sides[0]), to_fixed(sides[1])
+    low, high = _outside(x, bound - 4.0 / steps)
     shifted = x + bound
     segment = mul_public_int(shifted, torch.tensor(steps))
     segment._tensor.div_(fixed_scale())           # CrypTen's truncation (any party count)
@@ -490,7 +497,7 @@ def _silu_lookup(x: Any, config: ActivationConfig) -> Any:
     inner = _table_read(bits, table[-1])
     for row in reversed(range(config.lookup_order)):
         inner = inner * d + _table_read(bits, table[row])
-    return inner + high * (x - inner) - low * inner
+    return _gated(x, inner, low, high)
 
 
 def silu(x: Any, *, config: ActivationConfig = ActivationConfig()) -> Any:

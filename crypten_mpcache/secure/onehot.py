@@ -44,11 +44,6 @@ def width_for(count: int) -> int:
     return 1 << (count - 1).bit_length()
 
 
-def _check_width(width: int) -> None:
-    if width < 1 or width & (width - 1):
-        raise ValueError(f"width must be a power of two, got {width}")
-
-
 @dataclass(frozen=True)
 class Layout:
     """n elements of width W: free = the n shares of R; dependent = the n x W shares of u."""
@@ -57,7 +52,8 @@ class Layout:
     width: int
 
     def __post_init__(self) -> None:
-        _check_width(self.width)
+        if self.width < 1 or self.width & (self.width - 1):
+            raise ValueError(f"width must be a power of two, got {self.width}")
 
 
 def draw_free(layout: Layout, generator: torch.Generator | None) -> torch.Tensor:
@@ -116,49 +112,24 @@ def _deal_tfp(layout: Layout) -> tuple[torch.Tensor, torch.Tensor]:
 def onehot_shares(share: torch.Tensor, width: int, count: int | None = None) -> torch.Tensor:
     """This party's shares (..., count) of [v == j], j < count (default W), for its share
     (...) of a secret integer v in [0, width)."""
-    return onehot_shares_many([(share, width, count)])[0]
-
-
-def onehot_shares_many(items: list[tuple[torch.Tensor, int, int | None]]
-                       ) -> list[torch.Tensor]:
-    """``onehot_shares`` for several (share, width, count) at once, in ONE opening round."""
-    if not items:
-        return []
-    dealt, masked = [], []
-    for share, width, count in items:
-        count = width if count is None else count
-        if not 1 <= count <= width:
-            raise ValueError(f"count must be in [1, {width}], got {count}")
-        flat = share.reshape(-1)
-        r, u = deal(Layout(flat.numel(), width), flat.device)
-        dealt.append((share.shape, width, count, u))
-        masked.append(flat + r)
-    opened = open_sum(torch.cat(masked)).split([m.numel() for m in masked])   # one round
-    out = []
-    for c, (shape, width, count, u) in zip(opened, dealt, strict=True):
-        j = torch.arange(count, device=c.device)
-        positions = (c.unsqueeze(-1) - j) & (width - 1)                # (c - j) mod W
-        out.append(u.gather(-1, positions).reshape(*shape, count))
-    return out
+    count = width if count is None else count
+    if not 1 <= count <= width:
+        raise ValueError(f"count must be in [1, {width}], got {count}")
+    flat = share.reshape(-1)
+    r, u = deal(Layout(flat.numel(), width), flat.device)
+    c = open_sum(flat + r)                                             # the one round
+    j = torch.arange(count, device=c.device)
+    positions = (c.unsqueeze(-1) - j) & (width - 1)                    # (c - j) mod W
+    return u.gather(-1, positions).reshape(*share.shape, count)
 
 
 def onehot(v: Any, width: int, count: int | None = None) -> Any:
     """(..., count) scale-1 MPCTensor [v == j] for a scale-1 MPCTensor v in [0, width)."""
-    return onehots([(v, width, count)])[0]
-
-
-def onehots(items: list[tuple[Any, int, int | None]]) -> list[Any]:
-    """``onehot`` for several (v, width, count) at once, in one opening round."""
     from crypten.mpc import MPCTensor
 
-    for v, _, _ in items:
-        if v.encoder.scale != 1:
-            raise ValueError("onehot needs a scale-1 integer (e.g. a sum of comparison "
-                             "bits)")
-    shares = onehot_shares_many([(v._tensor.share, w, c) for v, w, c in items])
-    out = []
-    for share in shares:
-        result = MPCTensor.from_shares(share, precision=0)
-        result.encoder._scale = 1
-        out.append(result)
-    return out
+    if v.encoder.scale != 1:
+        raise ValueError("onehot needs a scale-1 integer (e.g. a sum of comparison bits)")
+    result = MPCTensor.from_shares(onehot_shares(v._tensor.share, width, count),
+                                   precision=0)
+    result.encoder._scale = 1
+    return result
