@@ -107,7 +107,7 @@ def test_absolute_onehot_gathers_what_gather_tokens_gathers(sizes, ratios):
     counts = dynamic.step_counts(spec, 45, None)
     onehots = dynamic.select(PLAIN, torch.randn(1, 4, 1, 4, dtype=torch.float64), state,
                              counts, spec.similarity)
-    picked = absolute_onehot(PLAIN, onehots, counts, (1, 2))
+    picked = absolute_onehot(PLAIN, onehots, counts)
     size = sizes[-1]
     region = keys[..., counts.sink: counts.sink + counts.totals[-1] * size, :]
     blocks = region.reshape(1, 2, counts.totals[-1], size * 4)
@@ -115,6 +115,48 @@ def test_absolute_onehot_gathers_what_gather_tokens_gathers(sizes, ratios):
     expected = dynamic.gather_tokens(PLAIN, keys, onehots, counts)
     selected = expected[..., counts.sink: counts.sink + counts.ks[-1] * size, :]
     assert torch.equal(gathered, selected)
+
+
+def _random_onehot(rows: int, cols: int, seed: int) -> torch.Tensor:
+    pick = torch.randperm(cols, generator=torch.Generator().manual_seed(seed))[:rows]
+    return torch.nn.functional.one_hot(pick, cols).double().expand(1, 2, rows, cols).contiguous()
+
+
+def test_secure_absolute_onehot_opens_only_the_level_onehots():
+    """Under MPC the composition is exact for 2 and 3 levels and each level opens only
+    the two small one-hots it multiplies (``(k_l, k_(l-1) f)`` and ``(k_(l-1),
+    G_(l-1))``), never the ``k_(l-1) f x G_last`` expansion that a product with the
+    identity over all finest clusters would open."""
+    from crypten_mpcache.secure.crypten_backend import CryptenBackend
+
+    shapes = {2: [(3, 12), (4, 3 * 4)], 3: [(3, 12), (4, 3 * 4), (2, 4 * 2)]}
+    sizes = {2: (16, 4), 3: (16, 4, 2)}
+
+    def counts_for(levels: int, dims: list[tuple[int, int]]) -> dynamic.StepCounts:
+        return dynamic.StepCounts(200, 0, sizes[levels], 12, tuple(r for r, _ in dims), False)
+
+    def run():
+        import crypten
+        import crypten.communicator as comm
+
+        backend, out = CryptenBackend(), {}
+        for levels, dims in shapes.items():
+            plain = [_random_onehot(r, c, seed=10 * levels + i) for i, (r, c) in enumerate(dims)]
+            secrets = [crypten.cryptensor(o) for o in plain]
+            before = comm.get().comm_bytes
+            absolute = absolute_onehot(backend, secrets, counts_for(levels, dims))
+            spent = comm.get().comm_bytes - before
+            out[levels] = (plain, absolute.get_plain_text(), spent)
+        return out
+
+    for levels, (plain, absolute, spent) in launch(run, config=TFP)[0].items():
+        counts = counts_for(levels, [tuple(o.shape[-2:]) for o in plain])
+        assert torch.equal(absolute.round().double(), absolute_onehot(PLAIN, plain, counts))
+        # level 1: O_2 and O_1; level 2: O_3 and the (4, 48) absolute so far; both heads
+        opened = 2 * (4 * 12 + 3 * 12 + (2 * 8 + 4 * 48 if levels == 3 else 0))
+        expansion = 2 * 3 * 4 * 12 * 4  # (O_1 (x) I_4) @ I_48: what was opened before
+        # CrypTen counts an opened 64-bit word at both ends: 16 bytes per party
+        assert spent == 16 * opened < 16 * expansion, (spent, opened)
 
 
 @pytest.mark.parametrize("sizes,ratios", [((8, 4), (0.5, 0.5)), ((8, 4, 2), (0.6, 0.5, 0.4))])

@@ -83,17 +83,33 @@ def compaction_matrix(backend: Any, onehot: Any, counts: StaticCounts) -> Any:
     return backend.cat([eye[..., :sink, :], middle, eye[..., length - window:, :]], dim=-2)
 
 
-def absolute_onehot(backend: Any, onehots: list[Any], counts: dynamic.StepCounts,
-                    lead: tuple[int, ...]) -> Any:
+def absolute_onehot(backend: Any, onehots: list[Any], counts: dynamic.StepCounts) -> Any:
     """Compose the per-level local one-hots into ``(B, H, k_last, G_last)`` over all
-    finest clusters of the competing region (``dynamic.descend`` on the identity): the
-    first level is a product with a public matrix (local), each later one a product of
-    two small one-hots."""
-    total = counts.totals[-1]
-    per_top = total // counts.n_top
-    eye = torch.eye(total, dtype=torch.float64).reshape(counts.n_top, per_top * total)
-    grouped = eye.expand(*lead, counts.n_top, per_top * total)
-    return dynamic.descend(backend, grouped, onehots, counts.sizes, 1)
+    finest clusters of the competing region (``dynamic.descend`` on the identity).
+
+    Level l's one-hot ``(k_l, k_(l-1) f)`` picks children of the clusters kept so far;
+    for each child slot t its columns ``(k_l, k_(l-1))`` times the absolute one-hot so
+    far ``(k_(l-1), G_(l-1))`` give the absolute columns ``c f + t``. Under MPC each
+    composition is one Beaver product that opens these two small one-hots only, not the
+    ``k_(l-1) f x G_last`` expansion (``(O_(l-1) (x) I_f) @ I``) of a product with the
+    identity."""
+    absolute = onehots[0]
+    for level in range(1, len(onehots)):
+        fan = counts.sizes[level - 1] // counts.sizes[level]
+        absolute = _compose(backend, onehots[level], absolute, fan)
+    return absolute
+
+
+def _compose(backend: Any, child: Any, parent: Any, fan: int) -> Any:
+    """``child (B, H, k, p f)`` over the children of ``parent (B, H, p, G)``'s rows ->
+    ``(B, H, k, G f)`` over all children, column ``c f + t`` for child t of cluster c."""
+    batch, heads, kept, width = child.shape
+    rows = width // fan
+    by_slot = child.reshape(batch, heads, kept, rows, fan).permute(0, 1, 4, 2, 3)
+    slots = backend.gather(by_slot.reshape(batch, heads, fan * kept, rows), parent)
+    groups = int(slots.shape[-1])
+    slots = slots.reshape(batch, heads, fan, kept, groups).permute(0, 1, 3, 4, 2)
+    return slots.reshape(batch, heads, kept, groups * fan)
 
 
 def _operands(values: list[Any], names: list[str], premask: bool) -> list[Any]:
@@ -450,8 +466,7 @@ class MPCachePolicy(CachePolicy):
         absolute = None
         if onehots:
             with operator_scope("gather"):
-                absolute = absolute_onehot(self.backend, onehots, counts,
-                                           tuple(onehots[0].shape[:-2]))
+                absolute = absolute_onehot(self.backend, onehots, counts)
                 name = f"mpcache/layer{index}/step{state.step}/selection"
                 absolute = _operands([absolute], [name], layer.premask)[0]
         clusters = None
