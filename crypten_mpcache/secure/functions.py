@@ -436,8 +436,12 @@ def _outside(x: Any, edge: float) -> tuple[Any, Any]:
 
 
 def _gated(x: Any, inner: Any, low: Any, high: Any) -> Any:
-    """silu(x) ~ 0 below the inner range, x above it, ``inner`` within."""
-    return inner + high * (x - inner) - low * inner
+    """silu(x) ~ 0 below the inner range, x above it, ``inner`` within: both gate
+    products in one stacked product (one round)."""
+    import crypten
+
+    products = crypten.stack([high, low]) * crypten.stack([x - inner, inner])
+    return inner + products[0] - products[1]
 
 
 def _silu_piecewise(x: Any, config: ActivationConfig) -> Any:
