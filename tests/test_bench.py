@@ -180,3 +180,24 @@ def test_cli_report_only(tiny_run: dict, tmp_path) -> None:
                            "--markdown", str(md)]))
     assert code == 0 and png.stat().st_size > 1000
     assert "MiB/step" in md.read_text()
+
+
+def test_eviction_bounds_split_the_measured_rows(tiny_run: dict) -> None:
+    """The split adds up to each row's online totals, and the measured ratio lies below
+    both ceilings (a free selection, then free attention as well)."""
+    from crypten_mpcache.bench import bounds
+
+    found = bounds.pairs(tiny_run["rows"])
+    assert [full["context"] for full, _ in found] == [64, 512]
+    for full, cache in found:
+        for key in ("bytes", "rounds"):
+            s = bounds.split(full, cache, key)
+            assert math.isclose(s.full, full[f"online_{key}"], rel_tol=1e-9)
+            assert math.isclose(s.cache, cache[f"online_{key}"], rel_tol=1e-9)
+            x = s.ratios()
+            assert x["measured"] <= x["free_selection"] <= x["free_attention"]
+        for profile in (LAN, WAN):
+            x = bounds.latency_ratios(full, cache, profile)
+            assert x["measured"] <= x["free_selection"] <= x["free_attention"]
+    lines = bounds.table(tiny_run["rows"])
+    assert len(lines) == 2 + 4 * len(found) and "free selection" in lines[0]
