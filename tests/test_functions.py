@@ -57,6 +57,9 @@ def _norm_job() -> dict:
         b1, r1 = _comm()
         costs.append((b1 - b0, r1 - r0))
     out["costs"] = costs
+    b0, r0 = _comm()
+    crypten.cryptensor(torch.randn(3, 1, 19)).ge(0.5)
+    out["comparison_rounds"] = _comm()[1] - r0
     return out
 
 
@@ -67,6 +70,10 @@ def test_rms_norm_over_measured_range() -> None:
         rel = (result[key] - ref).norm(dim=-1) / ref.norm(dim=-1)
         assert rel.max() < 1e-2, (key, rel)
     assert result["costs"][0] == result["costs"][1]           # oblivious transcript
+    # squares 1, switches and buckets of all estimates in ONE comparison round,
+    # normalize 1, Newton 3 x 3, the pick of (S, y_n) 2, x * S * y_n 2
+    newton = 3 * F.NormConfig().newton_iters
+    assert result["costs"][0][1] == 1 + result["comparison_rounds"] + 1 + newton + 2 + 2
 
 
 def _silu_job() -> dict:

@@ -121,12 +121,20 @@ class RangeReduction:
     def high(self) -> float:
         return self.low * self.ratio ** self.buckets
 
+    @property
+    def edges(self) -> torch.Tensor:
+        """The buckets' inner edges (buckets - 1 of them)."""
+        return torch.tensor([self.low * self.ratio ** j for j in range(1, self.buckets)],
+                            dtype=torch.float64)
+
     def onehot(self, v: Any) -> Any:
         """Scale-1 one-hot (..., buckets) of v's bucket: one batched comparison round."""
         if self.buckets == 1:
             return None
-        edges = torch.tensor([self.low * self.ratio ** j for j in range(1, self.buckets)])
-        above = ge_public(v, edges)                       # (..., buckets-1), monotone bits
+        return self.onehot_from_bits(ge_public(v, self.edges))
+
+    def onehot_from_bits(self, above: Any) -> Any:
+        """The one-hot from the scale-1 bits [v >= edge_j] (..., buckets - 1): local."""
         ones = above[..., :1] * 0 + 1
         zeros = above[..., :1] * 0
         import crypten
@@ -272,52 +280,72 @@ def _is_cryptensor(value: Any) -> bool:
     return crypten.is_encrypted_tensor(value)
 
 
-def _scaled_mean_square(x: Any, shift: int) -> Any:
-    """mean((x / 2**shift)^2) * 4**shift: the square's result is 4**shift times smaller."""
-    if shift == 0:
-        return x.square().mean(-1, keepdim=True)
-    factor = 2 ** shift
-    return mul_public_int(x.div(factor).square().mean(-1, keepdim=True),
-                          torch.tensor(factor * factor))
-
-
-def mean_square(x: Any, config: NormConfig = NormConfig()) -> Any:
-    """mean(x^2) over the last dim (keepdim), free of truncation wrap for massive x.
-
-    Up to three estimates (fine, medium, coarse); one batched comparison round on per-row
-    scalars picks the coarsest whose value is above its switch. A wrapped estimate that is
-    not picked cancels exactly (bit times value is exact in the ring).
-    """
-    fine = _scaled_mean_square(x, 0)
+def _shifts(config: NormConfig) -> list[int]:
+    """The estimates' shifts: fine (0), then medium and coarse when configured."""
     if config.coarse_shift == 0:
-        return fine
-    coarse = _scaled_mean_square(x, config.coarse_shift)
-    if not config.medium_shift:
-        use_coarse = coarse.ge(config.coarse_switch)      # one comparison per row
-        return fine + use_coarse * (coarse - fine)        # exact in the ring
+        return [0]
+    return [0, *([config.medium_shift] if config.medium_shift else []), config.coarse_shift]
+
+
+def _switches(config: NormConfig) -> list[float]:
+    """Estimate i >= 1 takes over when its value is >= switch i - 1 (coarsest wins)."""
+    if config.coarse_shift == 0:
+        return []
+    return [*([config.medium_switch] if config.medium_shift else []), config.coarse_switch]
+
+
+def mean_square_estimates(x: Any, config: NormConfig = NormConfig()) -> Any:
+    """``(E, ..., 1)``: mean((x / 2**s)^2) * 4**s for each shift s of ``config`` (fine,
+    medium, coarse), all squares in one round. The 4**s times smaller squares keep
+    massive activations from wrapping CrypTen's truncation; ``rms_norm`` picks the
+    coarsest estimate above its switch."""
     import crypten
 
-    medium = _scaled_mean_square(x, config.medium_shift)
-    bits = crypten.stack([medium - config.medium_switch,
-                          coarse - config.coarse_switch]).ge(0)   # one comparison round
-    below_coarse = fine + bits[0] * (medium - fine)
-    return below_coarse + bits[1] * (coarse - below_coarse)
+    shifts = _shifts(config)
+    scaled = crypten.stack([x.div(2 ** s) if s else x for s in shifts])
+    squares = scaled.square().mean(-1, keepdim=True)
+    factors = torch.tensor([4 ** s for s in shifts]).view(-1, *([1] * x.dim()))
+    return mul_public_int(squares, factors)
 
 
-def inv_sqrt_parts(v: Any, config: NormConfig = NormConfig()) -> tuple[Any, Any]:
-    """(S, y_n) with 1/sqrt(v) = S * y_n: S an exact power of two, y_n in (1/sqrt(ratio), 1].
+def _take_over(values: Any, bits: list[Any]) -> Any:
+    """values[0], replaced by values[i] wherever bits[i - 1] is set (later ones win);
+    exact in the ring, so a wrapped value that is not taken cancels."""
+    out = values[0]
+    for i, bit in enumerate(bits, start=1):
+        out = out + bit * (values[i] - out)
+    return out
 
+
+def inv_rms_parts(x: Any, eps: float, config: NormConfig = NormConfig()) -> tuple[Any, Any]:
+    """(S, y_n) with 1 / sqrt(mean(x^2, -1) + eps) = S * y_n (keepdim): S an exact power
+    of two, y_n in (1/sqrt(ratio), 1].
+
+    Why every estimate goes the whole way: the switches between the estimates and the
+    range-reduction buckets are then ONE comparison round on per-row scalars (the
+    estimates' bucket bits do not wait for the pick), and the pick moves to the end,
+    applied to (S, y_n). The estimates are per-row scalars, so the extra work is small.
     v = v_n * low * ratio**e with v_n in [1, ratio); S = (low * ratio**e)**-1/2.
     """
+    import crypten
+
     red = config.reduction
-    onehot = red.onehot(v)
-    v_n = red.normalize(v, onehot)
-    y_n = _newton_inv_sqrt(v_n, 1.0, float(red.ratio), config.newton_iters)
+    v = mean_square_estimates(x, config) + eps
+    switches = _switches(config)
+    edges = red.edges if red.buckets > 1 else torch.zeros(0, dtype=torch.float64)
+    thresholds = torch.cat([edges, torch.tensor(switches, dtype=torch.float64) + eps])
+    bits = ge_public(v, thresholds) if len(thresholds) else None   # one comparison round
+    onehot = red.onehot_from_bits(bits[..., : len(edges)]) if red.buckets > 1 else None
+    y_n = _newton_inv_sqrt(red.normalize(v, onehot), 1.0, float(red.ratio),
+                           config.newton_iters)
     m = round(-math.log2(red.low)) // 2
     r = round(math.log2(red.ratio)) // 2
+    picks = [bits[i, ..., len(edges) + i - 1] for i in range(1, len(switches) + 1)]
     if onehot is None:
-        return torch.tensor(2.0 ** m), y_n
-    return red.pow2_factor(onehot, [m - r * j for j in range(red.buckets)]), y_n
+        return torch.tensor(2.0 ** m), _take_over(y_n, picks)
+    scale = red.pow2_factor(onehot, [m - r * j for j in range(red.buckets)])
+    both = _take_over(crypten.stack([scale, y_n], dim=1), picks)
+    return both[0], both[1]
 
 
 def rms_norm(x: Any, weight: Any, eps: float, *, config: NormConfig = NormConfig()) -> Any:
@@ -328,8 +356,7 @@ def rms_norm(x: Any, weight: Any, eps: float, *, config: NormConfig = NormConfig
     (so that no product is large enough to wrap), then by y_n in (0.5, 1].
     """
     with operator_scope("norm"):
-        v = mean_square(x, config) + eps
-        scale, y_n = inv_sqrt_parts(v, config)
+        scale, y_n = inv_rms_parts(x, eps, config)
         y = (x * scale) * y_n
         return _apply_weight(y, weight)
 
