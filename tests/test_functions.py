@@ -60,20 +60,27 @@ def _norm_job() -> dict:
     b0, r0 = _comm()
     crypten.cryptensor(torch.randn(3, 1, 19)).ge(0.5)
     out["comparison_rounds"] = _comm()[1] - r0
+    b0, r0 = _comm()
+    newton = F.NormConfig(inv_sqrt="newton")
+    F.rms_norm(crypten.cryptensor(torch.randn(3, 576) * 40), None, 1e-5, config=newton)
+    b1, r1 = _comm()
+    out["newton_costs"] = (b1 - b0, r1 - r0)
+    out["newton"] = _exact(F.rms_norm(crypten.cryptensor(x), weight, 1e-5, config=newton))
     return out
 
 
 def test_rms_norm_over_measured_range() -> None:
     result = launch(_norm_job, config=TFP)[0]
     ref = result["ref"]
-    for key in ("enc_weight", "public_weight", "premasked"):
+    for key in ("enc_weight", "public_weight", "premasked", "newton"):
         rel = (result[key] - ref).norm(dim=-1) / ref.norm(dim=-1)
         assert rel.max() < 1e-2, (key, rel)
     assert result["costs"][0] == result["costs"][1]           # oblivious transcript
     # squares 1, switches and buckets of all estimates in ONE comparison round,
-    # normalize 1, Newton 3 x 3, the pick of (S, y_n) 2, x * S * y_n 2
-    newton = 3 * F.NormConfig().newton_iters
-    assert result["costs"][0][1] == 1 + result["comparison_rounds"] + 1 + newton + 2 + 2
+    # normalize 1, 1/sqrt from the table 3 (one-hot, two Horner products), the pick of
+    # (S, y_n) 2, x * S * y_n 2
+    assert result["costs"][0][1] == 1 + result["comparison_rounds"] + 1 + 3 + 2 + 2
+    assert result["newton_costs"][1] == result["costs"][0][1] - 3 + 3 * 3
 
 
 def _silu_job() -> dict:

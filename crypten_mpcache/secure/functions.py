@@ -231,7 +231,14 @@ class NormConfig:
         docs/numerics.md). Such rows (mean(x^2) >= medium_switch) take mean((x/2**s)^2)
         * 4**s instead, 4**s times less likely to wrap; the fine value is kept only for
         rows below medium_switch, whose elements are all small. 0 turns it off.
-    newton_iters: Newton iterations of 1/sqrt on [1, ratio).
+    inv_sqrt: how 1/sqrt is taken on [1, ratio): "lookup" (default: a dealt one-hot reads
+        the segment's quadratic Taylor coefficients from a public table, 3 rounds; its
+        dealer sends ratio * lookup_steps words per row, one row per token) or "newton"
+        (a linear start and ``newton_iters`` Newton steps, 3 rounds each).
+    lookup_steps: table segments per unit (a power of two); the table covers
+        [0.5, ratio + 0.5). Error ~ (15/8) (2 / steps)^3 / 6 relative when the index is
+        off by one (9.5e-5 at 32).
+    newton_iters: Newton iterations of 1/sqrt on [1, ratio) ("newton" only).
     """
 
     low: float = 4.0 ** -5
@@ -241,10 +248,16 @@ class NormConfig:
     coarse_switch: float = 64.0
     medium_shift: int = 3
     medium_switch: float = 1.0
+    inv_sqrt: str = "lookup"
+    lookup_steps: int = 32
     newton_iters: int = 3
 
     def __post_init__(self) -> None:
         RangeReduction(self.low, self.ratio, self.buckets)  # validates
+        if self.inv_sqrt not in ("lookup", "newton"):
+            raise ValueError(f"inv_sqrt must be 'lookup' or 'newton', got {self.inv_sqrt!r}")
+        if not 1 <= self.lookup_steps <= 256 or self.lookup_steps & (self.lookup_steps - 1):
+            raise ValueError("lookup_steps must be a power of two in [1, 256]")
         m = math.log(self.low, 4)
         if abs(m - round(m)) > 1e-9:
             raise ValueError(f"low must be a power of 4, got {self.low}")
@@ -317,6 +330,15 @@ def _take_over(values: Any, bits: list[Any]) -> Any:
     return out
 
 
+def _inv_sqrt_normalized(v_n: Any, config: NormConfig) -> Any:
+    """1 / sqrt(v_n) for v_n in [1, ratio)."""
+    if config.inv_sqrt == "newton":
+        return _newton_inv_sqrt(v_n, 1.0, float(config.ratio), config.newton_iters)
+    steps = config.lookup_steps
+    table = _taylor_table("inv_sqrt", 0.5, steps, config.ratio * steps, 2)
+    return segment_polynomial(v_n - 0.5, steps, table)
+
+
 def inv_rms_parts(x: Any, eps: float, config: NormConfig = NormConfig()) -> tuple[Any, Any]:
     """(S, y_n) with 1 / sqrt(mean(x^2, -1) + eps) = S * y_n (keepdim): S an exact power
     of two, y_n in (1/sqrt(ratio), 1].
@@ -336,8 +358,7 @@ def inv_rms_parts(x: Any, eps: float, config: NormConfig = NormConfig()) -> tupl
     thresholds = torch.cat([edges, torch.tensor(switches, dtype=torch.float64) + eps])
     bits = ge_public(v, thresholds) if len(thresholds) else None   # one comparison round
     onehot = red.onehot_from_bits(bits[..., : len(edges)]) if red.buckets > 1 else None
-    y_n = _newton_inv_sqrt(red.normalize(v, onehot), 1.0, float(red.ratio),
-                           config.newton_iters)
+    y_n = _inv_sqrt_normalized(red.normalize(v, onehot), config)
     m = round(-math.log2(red.low)) // 2
     r = round(math.log2(red.ratio)) // 2
     picks = [bits[i, ..., len(edges) + i - 1] for i in range(1, len(switches) + 1)]
@@ -479,14 +500,24 @@ def _silu_piecewise(x: Any, config: ActivationConfig) -> Any:
     return _gated(x, inner, low, high)
 
 
+def _taylor_coefficients(kind: str, t: torch.Tensor) -> list[torch.Tensor]:
+    """f(t), f'(t), f''(t) / 2 of silu or of 1/sqrt."""
+    if kind == "silu":
+        s = torch.sigmoid(t)
+        return [t * s, s * (1 + t * (1 - s)), s * (1 - s) * (2 + t * (1 - 2 * s)) / 2]
+    if kind == "inv_sqrt":
+        return [t.rsqrt(), -0.5 * t.pow(-1.5), 0.375 * t.pow(-2.5)]
+    raise ValueError(f"no Taylor table for {kind!r}")
+
+
 @lru_cache(maxsize=8)
-def _silu_taylor_table(bound: float, steps: int, order: int) -> torch.Tensor:
-    """(order + 1, W) raw fixed-point Taylor coefficients of silu at each segment's left
-    end t_j = -bound + j / steps: f(t_j), f'(t_j) and f''(t_j) / 2."""
-    t = -bound + torch.arange(int(2 * bound * steps), dtype=torch.float64) / steps
-    s = torch.sigmoid(t)
-    coefficients = [t * s, s * (1 + t * (1 - s)), s * (1 - s) * (2 + t * (1 - 2 * s)) / 2]
-    return torch.stack([(c * fixed_scale()).round().long() for c in coefficients[:order + 1]])
+def _taylor_table(kind: str, start: float, steps: int, width: int, order: int
+                  ) -> torch.Tensor:
+    """(order + 1, width) raw fixed-point Taylor coefficients at each segment's left end
+    t_j = start + j / steps."""
+    t = start + torch.arange(width, dtype=torch.float64) / steps
+    return torch.stack([(c * fixed_scale()).round().long()
+                        for c in _taylor_coefficients(kind, t)[:order + 1]])
 
 
 def _table_read(onehot_bits: Any, table_row: torch.Tensor) -> Any:
@@ -496,6 +527,31 @@ def _table_read(onehot_bits: Any, table_row: torch.Tensor) -> Any:
     out = onehot_bits[..., 0].clone()
     out.share = onehot_bits.share.matmul(table_row)
     out.encoder = FixedPointEncoder()
+    return out
+
+
+def segment_polynomial(shifted: Any, steps: int, table: torch.Tensor) -> Any:
+    """sum_k table[k, v] d^k: v = floor(shifted * steps) read through the dealt one-hot
+    (one opened word), d = shifted - v / steps.
+
+    v comes from a local truncation of the shares, so it may be off by one (CrypTen's
+    3-party truncation: -2..+3); d is computed from the same v, so the polynomial then
+    reaches one segment further. ``shifted`` must keep v inside [0, width) or the caller
+    must gate the outside (v is read mod width)."""
+    from crypten.encoder import FixedPointEncoder
+
+    from crypten_mpcache.secure.onehot import onehot
+
+    segment = mul_public_int(shifted, torch.tensor(steps))
+    segment._tensor.div_(fixed_scale())           # CrypTen's truncation (any party count)
+    segment.encoder = FixedPointEncoder(precision_bits=0)  # v (maybe off by one): scale 1
+    bits = onehot(segment, int(table.shape[-1]))   # [v mod W == j]
+    start = mul_public_int(segment, torch.tensor(fixed_scale() // steps))
+    start.encoder = FixedPointEncoder()            # raw v * 2^16 / steps = v / steps, exact
+    d = shifted - start
+    out = _table_read(bits, table[-1])
+    for row in reversed(range(int(table.shape[0]) - 1)):
+        out = out * d + _table_read(bits, table[row])
     return out
 
 
@@ -510,24 +566,10 @@ def _silu_lookup(x: Any, config: ActivationConfig) -> Any:
     The gates compare x with -+(B - 4 / steps), exactly, so a gated-in v never wraps: a
     2-party truncation is off by at most one, CrypTen's 3-party protocol by -2..+3.
     """
-    from crypten.encoder import FixedPointEncoder
-
-    from crypten_mpcache.secure.onehot import onehot
-
     bound, steps = config.lookup_bound, config.lookup_steps
-    low, high = _outside(x, bound - 4.0 / steps)
-    shifted = x + bound
-    segment = mul_public_int(shifted, torch.tensor(steps))
-    segment._tensor.div_(fixed_scale())           # CrypTen's truncation (any party count)
-    segment.encoder = FixedPointEncoder(precision_bits=0)  # v (maybe off by one): scale 1
-    bits = onehot(segment, config.lookup_width)    # [v mod W == j]: gated-out v may wrap
-    start = mul_public_int(segment, torch.tensor(fixed_scale() // steps))
-    start.encoder = FixedPointEncoder()            # raw v * 2^16 / steps = v / steps, exact
-    d = shifted - start
-    table = _silu_taylor_table(bound, steps, config.lookup_order)
-    inner = _table_read(bits, table[-1])
-    for row in reversed(range(config.lookup_order)):
-        inner = inner * d + _table_read(bits, table[row])
+    low, high = _outside(x, bound - 4.0 / steps)   # gated-out v may wrap mod W
+    table = _taylor_table("silu", -bound, steps, config.lookup_width, config.lookup_order)
+    inner = segment_polynomial(x + bound, steps, table)
     return _gated(x, inner, low, high)
 
 
