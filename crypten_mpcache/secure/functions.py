@@ -35,38 +35,10 @@ import torch
 
 import crypten_mpcache  # noqa: F401  (applies the CrypTen patches before crypten loads)
 from crypten_mpcache.runtime.cost import operator_scope
+from crypten_mpcache.secure.fixed_point import mul_public_int, to_fixed
+from crypten_mpcache.secure.lookup import segment_polynomial, taylor_table
 
 # --------------------------------------------------------------------------- helpers
-
-
-def fixed_scale() -> int:
-    """The fixed-point scale of CrypTen's default encoder (2**16)."""
-    from crypten.encoder import FixedPointEncoder
-
-    return int(FixedPointEncoder().scale)
-
-
-def to_fixed(bits: Any) -> Any:
-    """Re-encode a scale-1 secret (comparison bits, counts) at the fixed-point scale.
-
-    Local and exact: every party multiplies its share by the scale.
-    """
-    if bits.encoder.scale != 1:
-        return bits
-    from crypten.encoder import FixedPointEncoder
-
-    out = bits.clone()
-    out.share = out.share * fixed_scale()
-    out.encoder = FixedPointEncoder()
-    return out
-
-
-def mul_public_int(x: Any, ints: torch.Tensor) -> Any:
-    """x * ints for a PUBLIC integer tensor, exact (no truncation): zeros stay zeros."""
-    out = x.clone()
-    share, ints = torch.broadcast_tensors(out.share, ints.to(torch.long))
-    out.share = share * ints
-    return out
 
 
 def ge_public(x: Any, thresholds: torch.Tensor) -> Any:
@@ -335,7 +307,7 @@ def _inv_sqrt_normalized(v_n: Any, config: NormConfig) -> Any:
     if config.inv_sqrt == "newton":
         return _newton_inv_sqrt(v_n, 1.0, float(config.ratio), config.newton_iters)
     steps = config.lookup_steps
-    table = _taylor_table("inv_sqrt", 0.5, steps, config.ratio * steps, 2)
+    table = taylor_table("inv_sqrt", 0.5, steps, config.ratio * steps, 2)
     return segment_polynomial(v_n - 0.5, steps, table)
 
 
@@ -500,61 +472,6 @@ def _silu_piecewise(x: Any, config: ActivationConfig) -> Any:
     return _gated(x, inner, low, high)
 
 
-def _taylor_coefficients(kind: str, t: torch.Tensor) -> list[torch.Tensor]:
-    """f(t), f'(t), f''(t) / 2 of silu or of 1/sqrt."""
-    if kind == "silu":
-        s = torch.sigmoid(t)
-        return [t * s, s * (1 + t * (1 - s)), s * (1 - s) * (2 + t * (1 - 2 * s)) / 2]
-    if kind == "inv_sqrt":
-        return [t.rsqrt(), -0.5 * t.pow(-1.5), 0.375 * t.pow(-2.5)]
-    raise ValueError(f"no Taylor table for {kind!r}")
-
-
-@lru_cache(maxsize=8)
-def _taylor_table(kind: str, start: float, steps: int, width: int, order: int
-                  ) -> torch.Tensor:
-    """(order + 1, width) raw fixed-point Taylor coefficients at each segment's left end
-    t_j = start + j / steps."""
-    t = start + torch.arange(width, dtype=torch.float64) / steps
-    return torch.stack([(c * fixed_scale()).round().long()
-                        for c in _taylor_coefficients(kind, t)[:order + 1]])
-
-
-def _table_read(onehot_bits: Any, table_row: torch.Tensor) -> Any:
-    """sum_j onehot[..., j] * table_row[j] for a public raw fixed-point row: local, exact."""
-    from crypten.encoder import FixedPointEncoder
-
-    out = onehot_bits[..., 0].clone()
-    out.share = onehot_bits.share.matmul(table_row)
-    out.encoder = FixedPointEncoder()
-    return out
-
-
-def segment_polynomial(shifted: Any, steps: int, table: torch.Tensor) -> Any:
-    """sum_k table[k, v] d^k: v = floor(shifted * steps) read through the dealt one-hot
-    (one opened word), d = shifted - v / steps.
-
-    v comes from a local truncation of the shares, so it may be off by one (CrypTen's
-    3-party truncation: -2..+3); d is computed from the same v, so the polynomial then
-    reaches one segment further. ``shifted`` must keep v inside [0, width) or the caller
-    must gate the outside (v is read mod width)."""
-    from crypten.encoder import FixedPointEncoder
-
-    from crypten_mpcache.secure.onehot import onehot
-
-    segment = mul_public_int(shifted, torch.tensor(steps))
-    segment._tensor.div_(fixed_scale())           # CrypTen's truncation (any party count)
-    segment.encoder = FixedPointEncoder(precision_bits=0)  # v (maybe off by one): scale 1
-    bits = onehot(segment, int(table.shape[-1]))   # [v mod W == j]
-    start = mul_public_int(segment, torch.tensor(fixed_scale() // steps))
-    start.encoder = FixedPointEncoder()            # raw v * 2^16 / steps = v / steps, exact
-    d = shifted - start
-    out = _table_read(bits, table[-1])
-    for row in reversed(range(int(table.shape[0]) - 1)):
-        out = out * d + _table_read(bits, table[row])
-    return out
-
-
 def _silu_lookup(x: Any, config: ActivationConfig) -> Any:
     """SiLU from a table of Taylor coefficients (see ``ActivationConfig``).
 
@@ -568,7 +485,7 @@ def _silu_lookup(x: Any, config: ActivationConfig) -> Any:
     """
     bound, steps = config.lookup_bound, config.lookup_steps
     low, high = _outside(x, bound - 4.0 / steps)   # gated-out v may wrap mod W
-    table = _taylor_table("silu", -bound, steps, config.lookup_width, config.lookup_order)
+    table = taylor_table("silu", -bound, steps, config.lookup_width, config.lookup_order)
     inner = segment_polynomial(x + bound, steps, table)
     return _gated(x, inner, low, high)
 

@@ -41,13 +41,8 @@ from typing import Any
 import torch
 
 from crypten_mpcache.runtime.cost import operator_scope
-from crypten_mpcache.secure.functions import (
-    _expand_winner,
-    _tournament,
-    fixed_scale,
-    mul_public_int,
-    to_fixed,
-)
+from crypten_mpcache.secure.fixed_point import fixed_scale, mul_public_int, to_fixed
+from crypten_mpcache.secure.functions import _expand_winner, _tournament
 from crypten_mpcache.secure.network import LAN, NetworkProfile
 from crypten_mpcache.secure.onehot import onehot, width_for
 

@@ -1,0 +1,70 @@
+"""Functions read from public tables through the dealt one-hot (``secure.onehot``).
+
+Why: reading a segment's Taylor coefficients costs one opened word per element and
+local table products, fewer rounds than a polynomial, an exp or Newton iterations. The
+SiLU (``functions.silu``, method "lookup") and the RMSNorm's 1/sqrt use it.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import torch
+
+from crypten_mpcache.secure.fixed_point import fixed_scale, mul_public_int
+
+
+def _taylor_coefficients(kind: str, t: torch.Tensor) -> list[torch.Tensor]:
+    """f(t), f'(t), f''(t) / 2 of silu or of 1/sqrt."""
+    if kind == "silu":
+        s = torch.sigmoid(t)
+        return [t * s, s * (1 + t * (1 - s)), s * (1 - s) * (2 + t * (1 - 2 * s)) / 2]
+    if kind == "inv_sqrt":
+        return [t.rsqrt(), -0.5 * t.pow(-1.5), 0.375 * t.pow(-2.5)]
+    raise ValueError(f"no Taylor table for {kind!r}")
+
+
+@lru_cache(maxsize=8)
+def taylor_table(kind: str, start: float, steps: int, width: int, order: int
+                 ) -> torch.Tensor:
+    """(order + 1, width) raw fixed-point Taylor coefficients at each segment's left end
+    t_j = start + j / steps."""
+    t = start + torch.arange(width, dtype=torch.float64) / steps
+    return torch.stack([(c * fixed_scale()).round().long()
+                        for c in _taylor_coefficients(kind, t)[:order + 1]])
+
+
+def table_read(onehot_bits: Any, table_row: torch.Tensor) -> Any:
+    """sum_j onehot[..., j] * table_row[j] for a public raw fixed-point row: local, exact."""
+    from crypten.encoder import FixedPointEncoder
+
+    out = onehot_bits[..., 0].clone()
+    out.share = onehot_bits.share.matmul(table_row)
+    out.encoder = FixedPointEncoder()
+    return out
+
+
+def segment_polynomial(shifted: Any, steps: int, table: torch.Tensor) -> Any:
+    """sum_k table[k, v] d^k: v = floor(shifted * steps) read through the dealt one-hot
+    (one opened word), d = shifted - v / steps.
+
+    v comes from a local truncation of the shares, so it may be off by one (CrypTen's
+    3-party truncation: -2..+3); d is computed from the same v, so the polynomial then
+    reaches one segment further. ``shifted`` must keep v inside [0, width) or the caller
+    must gate the outside (v is read mod width)."""
+    from crypten.encoder import FixedPointEncoder
+
+    from crypten_mpcache.secure.onehot import onehot
+
+    segment = mul_public_int(shifted, torch.tensor(steps))
+    segment._tensor.div_(fixed_scale())           # CrypTen's truncation (any party count)
+    segment.encoder = FixedPointEncoder(precision_bits=0)  # v (maybe off by one): scale 1
+    bits = onehot(segment, int(table.shape[-1]))   # [v mod W == j]
+    start = mul_public_int(segment, torch.tensor(fixed_scale() // steps))
+    start.encoder = FixedPointEncoder()            # raw v * 2^16 / steps = v / steps, exact
+    d = shifted - start
+    out = table_read(bits, table[-1])
+    for row in reversed(range(int(table.shape[0]) - 1)):
+        out = out * d + table_read(bits, table[row])
+    return out
