@@ -6,9 +6,10 @@ RMSNorm inputs and long softmax rows leave those ranges. Both are handled here b
 *range reduction*: a handful of comparisons against public thresholds ``low * ratio**j``
 (one batched comparison round on a per-row scalar, so it is cheap) give the bucket of
 the secret value; the value is scaled into [low, low*ratio) by a secret one-hot mix of
-public factors, Newton iterations start from a linear fit that is good on that small
-interval, and the bucket's factor is re-applied as an exact scale-1 integer so that small
-results keep all their fractional bits.
+public factors; on that small interval 1/sqrt is read from a Taylor table
+(``secure.lookup``) and 1/x comes from Newton iterations started by a linear fit, and the
+bucket's factor is re-applied as an exact scale-1 integer so that small results keep all
+their fractional bits.
 
 Measured ranges on the embedded SmolLM2-135M-Instruct (plaintext forward hooks, 6 essays
 of ``assets.essay_texts()`` truncated to 1024 tokens plus 4 chat-templated prompts; see
