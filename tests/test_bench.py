@@ -201,3 +201,4 @@ def test_eviction_bounds_split_the_measured_rows(tiny_run: dict) -> None:
             assert x["measured"] <= x["free_selection"] <= x["free_attention"]
     lines = bounds.table(tiny_run["rows"])
     assert len(lines) == 2 + 4 * len(found) and "free selection" in lines[0]
+    assert "\n".join(lines) in format_report(tiny_run)  # the bench report prints it

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from crypten_mpcache.bench import bounds
 from crypten_mpcache.secure.network import LAN, WAN
 
 MIB = 1024 * 1024
@@ -139,4 +140,8 @@ def format_report(result: dict[str, Any]) -> str:
             lines += ratio_table(rows, online_ratios)
     lines += ["", "Per-operator MiB / rounds per decode step:", ""]
     lines += operator_table(rows)
+    if bounds.pairs(rows):
+        lines += ["", "What eviction alone can reach (online; ceilings if MPCache's selection, "
+                  "then its attention too, were free; docs/eviction_bounds.md):", ""]
+        lines += bounds.table(rows)
     return "\n".join(lines)
