@@ -16,7 +16,8 @@ of ``assets.essay_texts()`` truncated to 1024 tokens plus 4 chat-templated promp
 ``docs/numerics.md`` and the slow test ``test_measured_ranges_inside_supported``):
 
 - mean(x^2) at the input of every RMSNorm (61 norms): [0.00594, 1.12e6], with single
-  activations up to |x| = 25,199. ``NormConfig`` covers [4**-5, 4**13] ~ [0.00098, 6.7e7].
+  activations up to |x| = 25,199. ``NormConfig`` covers [4**-8, 4**13] ~ [1.5e-5, 6.7e7]
+  (also the small inputs of randomly initialised test models and of embedding rows).
 - MLP gate pre-activations (input of SiLU): [-33.3, 50.2] (99.9% of |x| below 20). The
   default SiLU (``ActivationConfig.method="lookup"``) has no range limit besides the ring.
 
@@ -119,17 +120,27 @@ class RangeReduction:
     def normalize(self, v: Any, onehot: Any) -> Any:
         """v / (low * ratio**bucket), in [1, ratio): one multiplication round.
 
-        The per-bucket factors are applied as exact integer products or divisions by
-        public integers: factors below 2**-16 would otherwise encode as zero.
+        Each bucket's factor 2**e is applied to v itself: an exact integer product where
+        e >= 0, one batched division by public integers where e < 0 (factors below 2**-16
+        would encode as zero). Dividing v, not v scaled up by 1 / low, keeps the dividend
+        small: a 2-party truncation fails with probability ~ |dividend| / 2**63, so a low
+        ``low`` costs no reliability.
         """
-        base = _scale_pow2(v, -round(math.log2(self.low)))
+        exponents = [-round(math.log2(self.low * self.ratio ** j)) for j in range(self.buckets)]
         if onehot is None:
-            return base
+            return _scale_pow2(v, exponents[0])
         import crypten
 
-        parts = crypten.stack([base.div(self.ratio ** j) if j else base
-                               for j in range(self.buckets)], dim=-1)
-        return (parts * onehot).sum(-1)
+        up = [e for e in exponents if e >= 0]
+        down = [-e for e in exponents if e < 0]
+        column = v.unsqueeze(-1)
+        parts = []
+        if up:
+            parts.append(mul_public_int(column, torch.tensor([2 ** e for e in up])))
+        if down:
+            parts.append(crypten.cat([column] * len(down), dim=-1).div(
+                torch.tensor([2 ** e for e in down])))
+        return (crypten.cat(parts, dim=-1) * onehot).sum(-1)
 
     def pow2_factor(self, onehot: Any, exponents: list[int]) -> Any:
         """sum_j onehot_j * 2**exponents[j] at the fixed-point scale, exactly (local).
@@ -214,9 +225,9 @@ class NormConfig:
     newton_iters: Newton iterations of 1/sqrt on [1, ratio) ("newton" only).
     """
 
-    low: float = 4.0 ** -5
+    low: float = 4.0 ** -8
     ratio: int = 4
-    buckets: int = 18
+    buckets: int = 21
     coarse_shift: int = 7
     coarse_switch: float = 64.0
     medium_shift: int = 3
