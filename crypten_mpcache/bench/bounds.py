@@ -60,31 +60,31 @@ def _online(op: dict[str, Any], key: str) -> float:
     return float(op.get(key, 0.0)) - float(op.get(f"dealer_{key}", 0.0))
 
 
+def _shared(ops: dict[str, dict[str, Any]], key: str) -> float:
+    return sum(_online(op, key) for kind, op in ops.items() if kind not in NOT_SHARED)
+
+
 def split(full: dict[str, Any], cache: dict[str, Any], key: str) -> Split:
     """The online ``key`` ("bytes" or "rounds") of a full and an MPCache row, split."""
     f_ops, c_ops = full["operators"], cache["operators"]
-    shared = sum(_online(op, key) for kind, op in f_ops.items() if kind not in NOT_SHARED)
-    cache_shared = sum(_online(op, key) for kind, op in c_ops.items()
-                       if kind not in NOT_SHARED)
+    shared = _shared(f_ops, key)
     selection = sum(_online(c_ops[k], key) for k in SELECTION if k in c_ops)
     return Split(shared, _online(f_ops["softmax"], key), _online(c_ops["softmax"], key),
-                 selection + cache_shared - shared)  # e.g. MPCache's extra premasking
+                 selection + _shared(c_ops, key) - shared)  # e.g. MPCache's extra premasking
 
 
 def latency_ratios(full: dict[str, Any], cache: dict[str, Any], profile: NetworkProfile
                    ) -> dict[str, float]:
-    """The same three ratios for network-only latency under ``profile``."""
+    """The same three ratios for network-only latency under ``profile``: it is linear in
+    rounds and bytes, so each part's seconds add up like its rounds and bytes."""
     parties = int(full["parties"])
     b, r = split(full, cache, "bytes"), split(full, cache, "rounds")
 
-    def seconds(byte_total: float, rounds: float) -> float:
-        return profile.latency(0.0, rounds, byte_total / parties)
+    def seconds(part: str) -> float:
+        return profile.latency(0.0, getattr(r, part), getattr(b, part) / parties)
 
-    full_s = seconds(b.full, r.full)
-    return {"measured": full_s / seconds(b.cache, r.cache),
-            "free_selection": full_s / seconds(b.shared + b.softmax_attended,
-                                               r.shared + r.softmax_attended),
-            "free_attention": full_s / seconds(b.shared, r.shared)}
+    return Split(*(seconds(f) for f in ("shared", "softmax_full", "softmax_attended",
+                                        "selection"))).ratios()
 
 
 def pairs(rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:

@@ -131,15 +131,11 @@ class RangeReduction:
             return _scale_pow2(v, exponents[0])
         import crypten
 
-        up = [e for e in exponents if e >= 0]
-        down = [-e for e in exponents if e < 0]
-        column = v.unsqueeze(-1)
-        parts = []
-        if up:
-            parts.append(mul_public_int(column, torch.tensor([2 ** e for e in up])))
-        if down:
-            parts.append(crypten.cat([column] * len(down), dim=-1).div(
-                torch.tensor([2 ** e for e in down])))
+        column = v.unsqueeze(-1)                        # both ops broadcast it
+        up = [2 ** e for e in exponents if e >= 0]
+        down = [2 ** -e for e in exponents if e < 0]
+        parts = [mul_public_int(column, torch.tensor(up))] if up else []
+        parts += [column.div(torch.tensor(down))] if down else []
         return (crypten.cat(parts, dim=-1) * onehot).sum(-1)
 
     def pow2_factor(self, onehot: Any, exponents: list[int]) -> Any:
@@ -338,7 +334,7 @@ def inv_rms_parts(x: Any, eps: float, config: NormConfig = NormConfig()) -> tupl
     red = config.reduction
     v = mean_square_estimates(x, config) + eps
     switches = _switches(config)
-    edges = red.edges if red.buckets > 1 else torch.zeros(0, dtype=torch.float64)
+    edges = red.edges                                   # empty with one bucket
     thresholds = torch.cat([edges, torch.tensor(switches, dtype=torch.float64) + eps])
     bits = ge_public(v, thresholds) if len(thresholds) else None   # one comparison round
     onehot = red.onehot_from_bits(bits[..., : len(edges)]) if red.buckets > 1 else None
