@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -113,6 +114,17 @@ def test_cli_bad_input_is_one_line_error(capsys) -> None:
     assert err.startswith("crypten-mpcache eval: error:") and "\n" not in err
     assert cli.run(parser.parse_args(["--method", "full,magic"])) == 2
     assert cli.run(parser.parse_args(["--budget", "0,0.1"])) == 2
+
+
+def test_cli_default_out_dir_is_the_ignored_runs_folder() -> None:
+    # Raw predictions are large and per-machine: by default they go to the git-ignored
+    # top-level runs/, never into the tracked results/ tree.
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    out_dir = parser.parse_args([]).out_dir
+    assert out_dir == EvalConfig().out_dir == "runs"
+    gitignore = (Path(__file__).resolve().parents[1] / ".gitignore").read_text().split()
+    assert "/runs/" in gitignore
 
 
 # --- tiny end-to-end -----------------------------------------------------------------

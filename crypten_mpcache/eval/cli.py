@@ -63,7 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="run only this fraction of the samples (quick look)")
     add("--seed", type=int, default=DEFAULTS.seed)
     add("--style", default=DEFAULTS.style, help="prompt style: chat (default) or plain")
-    add("--out-dir", default=DEFAULTS.out_dir, help="where run folders go")
+    add("--out-dir", default=DEFAULTS.out_dir,
+        help=f"where run folders go (default: {DEFAULTS.out_dir}/, ignored by git)")
     add("--run-name", default="", help="run folder name; an existing one is resumed")
     add("--json", dest="json_path", default="", help="write the result JSON here too")
     add("--plot", dest="plot_path", default="",

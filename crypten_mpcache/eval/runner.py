@@ -58,7 +58,7 @@ class EvalConfig:
     seed: int = 0
     style: str = "chat"
     ppl_tokens: int = 64
-    out_dir: str = "results/runs"
+    out_dir: str = "runs"  # raw run folders stay out of the tracked tree (.gitignore)
     run_name: str = ""
     model_folder: str = ""
     device: str = "cpu"
