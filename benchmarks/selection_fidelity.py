@@ -25,8 +25,9 @@ import torch
 
 import crypten_mpcache  # noqa: F401  (CrypTen compatibility patches before crypten)
 from crypten_mpcache.assets import essay_texts, smollm2_folder
-from crypten_mpcache.config import mpcache_variant, mpcache_variants
+from crypten_mpcache.config import mpcache_variants
 from crypten_mpcache.fidelity import compare_selections, secure_records
+from crypten_mpcache.methods import resolve_method
 from crypten_mpcache.plaintext import generate_fed
 from crypten_mpcache.runtime.launcher import DEALERS, LaunchConfig
 
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     folder = smollm2_folder()
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     ids = real_prompt(tokenizer, args.tokens, args.seed)
-    config = mpcache_variant(args.variant, args.budget)
+    config = resolve_method(args.variant, args.budget)
     print(f"prompt {len(ids)} tokens, {args.steps} steps, {args.variant} at budget "
           f"{args.budget}, dealer {args.dealer}", flush=True)
 

@@ -6,7 +6,7 @@ seconds, which are noisy on a shared machine. Network-only latency = rounds x RT
 per-party bytes / bandwidth (the same profiles, `crypten_mpcache.secure.network`),
 computed from the measured rows.
 
-Usage: python results/bench/ratios.py results/bench/llama2-7b.json [...]
+Usage: python benchmarks/bench_ratios.py results/bench/llama2-7b.json [...]
 """
 
 from __future__ import annotations
