@@ -57,32 +57,19 @@ def _jaccard(a: torch.Tensor, b: torch.Tensor) -> float:
     return 1.0 if not union else len(left & right) / len(union)
 
 
-def _kept(secure: dict[str, Any], like: torch.Tensor) -> torch.Tensor:
-    """The prompt positions the secure prefill kept, shaped like the plaintext record's;
-    no positions means no static stage ran: every prompt position was kept."""
-    if secure["positions"] is None:
-        return torch.arange(secure["attended"]).expand_as(like)
-    return secure["positions"].expand_as(like)
+RECORD_FIELDS = ("selector", "cache", "attended", "positions", "clusters")
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
+                and a.shape == b.shape and torch.equal(a, b))
+    return a == b
 
 
 def _differences(secure: dict[str, Any], plain: dict[str, Any]) -> list[str]:
-    fields = []
-    if secure["selector"] != plain["selector"]:
-        fields.append("selector")
-    if secure["phase"] == "prefill":
-        if secure["attended"] != plain["cache"]:
-            fields.append("kept")
-        elif not torch.equal(_kept(secure, plain["positions"]), plain["positions"]):
-            fields.append("positions")
-        return fields
-    if secure["attended"] != plain["attended"]:
-        fields.append("attended")
-    if (secure["clusters"] is None) != (plain["clusters"] is None):
-        fields.append("clusters")
-    elif secure["clusters"] is not None and not torch.equal(secure["clusters"],
-                                                            plain["clusters"]):
-        fields.append("clusters")
-    return fields
+    """The fields of one record (``algorithm.engine.SelectionRecord``) that differ."""
+    return [name for name in RECORD_FIELDS if not _same(secure[name], plain[name])]
 
 
 def compare_selections(secure: list[dict[str, Any]], plain: list[dict[str, Any]]

@@ -19,7 +19,6 @@ Shapes must depend on public values only; a policy keeps its per-layer state in
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,33 +125,3 @@ class FullCache(CachePolicy):
     """Keep and attend to the whole encrypted cache."""
 
     name: str = "full"
-
-
-@dataclass(frozen=True)
-class CachePolicyRegistry:
-    """Name -> factory of cache policies; ``mpcache`` registers itself beside ``full``."""
-
-    factories: tuple[tuple[str, Callable[..., CachePolicy]], ...] = (("full", FullCache),)
-
-    def names(self) -> tuple[str, ...]:
-        return tuple(name for name, _ in self.factories)
-
-    def create(self, name: str, **options: Any) -> CachePolicy:
-        for known, factory in self.factories:
-            if known == name:
-                return factory(**options)
-        raise ValueError(f"unknown cache policy {name!r}; known: {self.names()}")
-
-    def with_policy(self, name: str, factory: Callable[..., CachePolicy]
-                    ) -> CachePolicyRegistry:
-        """A registry that also knows ``name`` (replacing an existing entry)."""
-        kept = tuple((n, f) for n, f in self.factories if n != name)
-        return CachePolicyRegistry(kept + ((name, factory),))
-
-
-def default_policies() -> CachePolicyRegistry:
-    """The policies this package ships: ``full`` and ``mpcache`` (options: ``config``,
-    ``n_layers``, ``budget``, ``backend_config``, ``debug``)."""
-    from crypten_mpcache.secure.mpcache_policy import create_policy
-
-    return CachePolicyRegistry().with_policy("mpcache", create_policy)

@@ -1,0 +1,181 @@
+"""Attention over the tokens a cache policy chose: scores first, then select.
+
+Why scores first: gathering K and V by a secret one-hot would produce fresh secrets that
+q K_sel^T and p V_sel re-open (2 x H k s D elements). Instead q K^T runs on the whole
+premasked cache (opens q only), the selection picks the attended columns of the scores
+(public slices, and for secret clusters one product with the premasked one-hot, which
+opens the H_q x region scores), the softmax runs over the attended tokens only, the
+selection scatters p back (zeros elsewhere) and p V runs on the premasked V (opens
+H_q x N). Opened elements per step with clusters: H_q (D + region + k s + N) + H k G,
+against H_q D + 2 H k G + 2 H_kv (sink + k s + recent) D + H_q attended for gathering.
+
+``SelectedKeys`` / ``SelectedValues`` wrap the cache operands so that the secure
+attention code sees ordinary (K, V) operands whose length is the attended count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import crypten
+import torch
+
+from crypten_mpcache.algorithm import dynamic
+from crypten_mpcache.runtime.cost import operator_scope
+from crypten_mpcache.secure.crypten_backend import secret
+
+
+class Selection(Protocol):
+    """Which cache columns a decode step attends to, in original order."""
+
+    @property
+    def attended(self) -> int: ...
+
+    def pick(self, scores: Any) -> Any:
+        """``(B, H, r, N)`` -> ``(B, H, r, attended)``."""
+        ...
+
+    def scatter(self, probs: Any) -> Any:
+        """``(B, H, r, attended)`` -> ``(B, H, r, N)``, zeros where nothing is attended."""
+        ...
+
+
+@dataclass(frozen=True)
+class WindowSelection:
+    """The first ``frozen`` and the last ``tail`` of ``rows`` columns (public positions:
+    slices and public zeros, no traffic). Sliding-window methods keep the whole premasked
+    cache and attend to this window instead of re-masking a shrunken cache."""
+
+    rows: int
+    frozen: int
+    tail: int
+
+    @property
+    def attended(self) -> int:
+        return self.frozen + self.tail
+
+    def pick(self, scores: Any) -> Any:
+        return _cat_columns([scores[..., : self.frozen], scores[..., self.rows - self.tail:]])
+
+    def scatter(self, probs: Any) -> Any:
+        b, h, r, _ = probs.shape
+        gap = torch.zeros(b, h, r, self.rows - self.attended, dtype=torch.float64)
+        return _cat_columns([probs[..., : self.frozen], gap, probs[..., self.frozen:]])
+
+
+@dataclass(frozen=True)
+class ClusterSelection:
+    """The sinks and the recent tokens (public positions: plain slices) and ``k`` finest
+    clusters of the competing region, chosen by the secret one-hot ``onehot``
+    ``(B, H, k, G)`` (a fixed operand: masked and opened once per step, then every
+    product with it opens only the other side; None when no cluster is kept)."""
+
+    counts: dynamic.StepCounts
+    onehot: Any | None
+
+    @property
+    def kept(self) -> int:
+        return 0 if self.onehot is None else self.counts.ks[-1]
+
+    @property
+    def recent_from(self) -> int:
+        return self.counts.recent_start + self.counts.recent_drop
+
+    @property
+    def attended(self) -> int:
+        c = self.counts
+        return c.sink + self.kept * c.sizes[-1] + c.n_tokens - self.recent_from
+
+    def pick(self, scores: Any) -> Any:
+        c = self.counts
+        parts = [scores[..., : c.sink]]
+        if self.onehot is not None:
+            b, h, r, _ = scores.shape
+            size, groups = c.sizes[-1], c.totals[-1]
+            region = scores[..., c.sink: c.recent_start].reshape(b, h, r, groups, size)
+            region = region.transpose(-1, -2).reshape(b, h, r * size, groups)
+            picked = self.onehot.transpose(-1, -2).rmatmul(region)  # (B, H, r s, k)
+            picked = picked.reshape(b, h, r, size, self.kept).transpose(-1, -2)
+            parts.append(picked.reshape(b, h, r, self.kept * size))
+        parts.append(scores[..., self.recent_from:])
+        return _cat_columns(parts)
+
+    def scatter(self, probs: Any) -> Any:
+        c = self.counts
+        b, h, r, _ = probs.shape
+        size, end = c.sizes[-1], c.sink + self.kept * c.sizes[-1]
+        parts = [probs[..., : c.sink]]
+        if self.onehot is not None:
+            picked = probs[..., c.sink: end].reshape(b, h, r, self.kept, size)
+            picked = picked.transpose(-1, -2).reshape(b, h, r * size, self.kept)
+            region = self.onehot.rmatmul(picked)  # (B, H, r s, G)
+            region = region.reshape(b, h, r, size, c.totals[-1]).transpose(-1, -2)
+            parts.append(region.reshape(b, h, r, c.totals[-1] * size))
+        else:
+            parts.append(torch.zeros(b, h, r, c.recent_start - c.sink, dtype=torch.float64))
+        parts.append(torch.zeros(b, h, r, c.recent_drop, dtype=torch.float64))
+        parts.append(probs[..., end:])
+        return _cat_columns(parts)
+
+
+def _cat_columns(parts: list[Any]) -> Any:
+    """Concatenate secret and public (zero) column blocks; empty blocks are skipped."""
+    return crypten.cat([secret(p) for p in parts if p.shape[-1] > 0], dim=-1)
+
+
+class SelectedKeys:
+    """K as attention sees it this step: ``shape`` counts the attended tokens only;
+    ``transpose(-1, -2).rmatmul(q)`` = q K_attended^T, computed scores first."""
+
+    def __init__(self, keys: Any, selection: Selection) -> None:
+        self._keys, self._selection = keys, selection
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((*self._keys.shape[:-2], self._selection.attended,
+                           self._keys.shape[-1]))
+
+    def transpose(self, dim0: int, dim1: int) -> _SelectedKeysT:
+        if {dim0 % 4, dim1 % 4} != {2, 3}:
+            raise ValueError("selected keys only support transpose(-1, -2)")
+        return _SelectedKeysT(self._keys, self._selection)
+
+
+class _SelectedKeysT:
+    def __init__(self, keys: Any, selection: Selection) -> None:
+        self._keys, self._selection = keys, selection
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((*self._keys.shape[:-2], self._keys.shape[-1],
+                           self._selection.attended))
+
+    def rmatmul(self, x: Any) -> Any:
+        """``x (B, H, r, D)`` -> scores ``(B, H, r, attended)``; opens x, then (for
+        secret clusters) the region scores against the premasked one-hot."""
+        scores = self._keys.transpose(-1, -2).rmatmul(x)
+        with operator_scope("gather"):
+            return self._selection.pick(scores)
+
+
+class SelectedValues:
+    """V as attention sees it this step: ``rmatmul(p)`` scatters p back over the whole
+    cache (opens p for secret clusters) and multiplies with the premasked V."""
+
+    def __init__(self, values: Any, selection: Selection) -> None:
+        self._values, self._selection = values, selection
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((*self._values.shape[:-2], self._selection.attended,
+                           self._values.shape[-1]))
+
+    def rmatmul(self, probs: Any) -> Any:
+        with operator_scope("gather"):
+            full = self._selection.scatter(probs)
+        return self._values.rmatmul(full)
+
+
+__all__ = ["ClusterSelection", "SelectedKeys", "SelectedValues", "Selection",
+           "WindowSelection"]
