@@ -17,11 +17,9 @@ import json
 import time
 from pathlib import Path
 
-import crypten_mpcache  # noqa: F401  (CrypTen patches first)
 from crypten_mpcache.assets import essay_texts, smollm2_folder
 from crypten_mpcache.private import PrivateGenerationConfig, generate_ids
-
-MIB = 1024 * 1024
+from crypten_mpcache.runtime.report import MIB
 
 
 def essay_prompt(tokens: int) -> list[int]:

@@ -20,9 +20,14 @@ from pathlib import Path
 
 import torch
 
-import crypten_mpcache  # applies the CrypTen patches before crypten is used
+import crypten_mpcache  # installs the CrypTen fixes before crypten is used
+from crypten_mpcache import SecureModelOptions, patched, secure_forward
 from crypten_mpcache.assets import smollm2_folder
+from crypten_mpcache.models.llama import secure_argmax
+from crypten_mpcache.private import load_party_model, tokenize_prompt
 from crypten_mpcache.runtime.report import format_cost
+from crypten_mpcache.secure.kv_cache import SecureKVCache
+from crypten_mpcache.secure.reveal import reveal_generated_token
 from crypten_mpcache.testing import tiny_llama_checkpoint
 
 PROMPT = "What is the capital of France?"
@@ -30,14 +35,10 @@ PROMPT = "What is the capital of France?"
 
 def part1_own_function(folder: Path, prompt_ids: list[int]) -> int:
     """The secure modules inside a function launched by CrypTen's own decorator."""
+    # crypten itself: imported here, after ``import crypten_mpcache`` (at the top) has
+    # installed the fixes it needs on torch 2.x (isort would put it first at the top).
     import crypten
     import crypten.communicator as comm
-
-    from crypten_mpcache.models.llama import SecureModelOptions, secure_argmax, secure_forward
-    from crypten_mpcache.patches.transformers_llama import patched
-    from crypten_mpcache.private import load_party_model
-    from crypten_mpcache.secure.kv_cache import SecureKVCache
-    from crypten_mpcache.secure.reveal import reveal_generated_token
 
     crypten.cfg.mpc.provider = "TTP"  # a separate trusted dealer process
 
@@ -68,8 +69,6 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = tiny_llama_checkpoint(Path(tmp)) if args.tiny else smollm2_folder()
-        from crypten_mpcache.private import tokenize_prompt
-
         prompt_ids, tokenizer = tokenize_prompt(PROMPT, folder, chat_template=True)
         first = part1_own_function(folder, prompt_ids)
 

@@ -1,5 +1,44 @@
-"""Explicit, reversible patches of third-party code (``crypten_mpcache.patches``).
+"""Every hook into third-party code, each one explicit and reversible (``crypten_mpcache.patches``).
 
-``crypten_compat``: CrypTen 0.4.1 on torch 2.x. Model-family modules (one per Hugging
-Face family) live beside it.
+A patch here is only the hook: the logic it installs lives with the protocol or model it
+serves. Which patch is installed where:
+
+* ``crypten_compat``: CrypTen 0.4.1 on torch 2.x. Process-wide, installed once by
+  ``import crypten_mpcache`` (CrypTen cannot even be imported without it).
+* ``crypten_comparison``: ``MPCTensor._ltz`` -> the masked comparison
+  (``crypten_mpcache.secure.comparison``). Scoped: the launcher installs it in each party
+  for the lifetime of the party.
+* ``crypten_dealer``: CrypTen's ``TTPServer`` learns the requests of our dealer-assisted
+  protocols, and ``TTPClient`` tallies dealer traffic. Scoped: the launcher installs them
+  in each party and in the dealer process.
+* ``transformers_llama``: one Llama-family model instance -> encrypted modules. Scoped:
+  ``patched(model)`` for a ``with`` block.
 """
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Patch:
+    """One reversible hook: ``install`` runs the hook (once) and keeps its undo."""
+
+    name: str
+    doc: str
+    _install: Callable[[], Callable[[], None]]
+    _undo: Callable[[], None] | None = field(default=None, repr=False)
+
+    @property
+    def installed(self) -> bool:
+        return self._undo is not None
+
+    def install(self) -> None:
+        if self._undo is None:
+            self._undo = self._install()
+
+    def uninstall(self) -> None:
+        if self._undo is not None:
+            self._undo()
+            self._undo = None

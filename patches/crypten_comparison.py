@@ -1,9 +1,9 @@
-"""Route CrypTen's comparisons through a chosen protocol (reversible).
+"""Routes CrypTen's comparisons through a chosen protocol (reversible).
 
 Every CrypTen comparison (``lt``, ``ge``, ``relu``, ``sign``, ...) ends in
 ``MPCTensor._ltz``. ``use("masked")`` replaces it with the dealer-assisted masked
 comparison of ``crypten_mpcache.secure.comparison``; ``use("crypten")`` restores
-CrypTen's own. The party processes apply it from ``LaunchConfig.comparison`` so that
+CrypTen's own. The launcher selects ``LaunchConfig.comparison`` in each party, so that
 both the full-cache baseline and MPCache pay for the same comparison.
 """
 
@@ -11,22 +11,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from crypten_mpcache.patches.crypten_compat import Patch
+from crypten.mpc.mpc import MPCTensor
+from crypten.mpc.ptype import ptype as Ptype
+
+from crypten_mpcache.patches import Patch
+from crypten_mpcache.secure.comparison import less_than_zero
 
 COMPARISONS = ("crypten", "masked")
 
 
 def _route_ltz() -> Callable[[], None]:
-    from crypten.mpc.mpc import MPCTensor
-    from crypten.mpc.ptype import ptype as Ptype
-
     original = MPCTensor.__dict__["_ltz"]
 
     def _ltz(self):  # type: ignore[no-untyped-def]
         if self.ptype != Ptype.arithmetic:
             return original(self)
-        from crypten_mpcache.secure.comparison import less_than_zero
-
         return less_than_zero(self)
 
     MPCTensor._ltz = _ltz
@@ -44,7 +43,7 @@ PATCH = Patch("masked_comparison", "MPCTensor._ltz -> the dealer-assisted masked
 
 def current() -> str:
     """The comparison protocol this process uses now."""
-    return "masked" if PATCH.applied else "crypten"
+    return "masked" if PATCH.installed else "crypten"
 
 
 def use(comparison: str) -> None:
@@ -52,6 +51,6 @@ def use(comparison: str) -> None:
     if comparison not in COMPARISONS:
         raise ValueError(f"comparison must be one of {COMPARISONS}, got {comparison!r}")
     if comparison == "masked":
-        PATCH.apply()
+        PATCH.install()
     else:
-        PATCH.revert()
+        PATCH.uninstall()

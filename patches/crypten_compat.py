@@ -1,7 +1,9 @@
 """CrypTen 0.4.1 on torch 2.x: every incompatibility we know of, fixed explicitly.
 
-Each fix is a small ``Patch`` with ``apply()`` and ``revert()``; ``apply_all()`` runs when
-``crypten_mpcache`` is imported. The list (see ``shared/design/stack.md``):
+Each fix is a ``Patch`` (``install()`` / ``uninstall()``); ``install_all()`` runs once, when
+``crypten_mpcache`` is imported. CrypTen itself cannot be imported before the first fix, so
+this is the one module of ours that imports crypten inside its hooks. The list (see
+``shared/design/stack.md``):
 
 * ``onnx_registration_stub``: crypten imports ``torch.onnx._internal.registration``,
   removed from torch 2.x. It is unused by what we run, so a stub module satisfies it.
@@ -29,32 +31,13 @@ import sys
 import types
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+
+import torch
+
+from crypten_mpcache.patches import Patch
 
 _ONNX_REGISTRATION = "torch.onnx._internal.registration"
 
-
-@dataclass
-class Patch:
-    """One reversible fix of third-party code."""
-
-    name: str
-    doc: str
-    _apply: Callable[[], Callable[[], None]]
-    _undo: Callable[[], None] | None = field(default=None, repr=False)
-
-    @property
-    def applied(self) -> bool:
-        return self._undo is not None
-
-    def apply(self) -> None:
-        if self._undo is None:
-            self._undo = self._apply()
-
-    def revert(self) -> None:
-        if self._undo is not None:
-            self._undo()
-            self._undo = None
 
 
 def _stub_onnx_registration() -> Callable[[], None]:
@@ -108,8 +91,6 @@ def _classmethod_torch_function() -> Callable[[], None]:
 
 def trusted_torch_load(f, **kwargs):
     """``torch.load`` for files written by this project's own parties (full unpickling)."""
-    import torch
-
     kwargs.setdefault("weights_only", False)
     return torch.load(f, **kwargs)
 
@@ -145,6 +126,8 @@ def _drain_run_multiprocess() -> Callable[[], None]:
     import crypten.mpc
     import crypten.mpc.context as context
 
+    # The launcher imports crypten (through our protocols) at module level: it can only
+    # load once the stub above is in place, so it is imported when the hook runs.
     from crypten_mpcache.runtime.launcher import crypten_compatible_run_multiprocess
 
     original = context.run_multiprocess
@@ -159,7 +142,6 @@ def _drain_run_multiprocess() -> Callable[[], None]:
 
 
 def _exact_decode() -> Callable[[], None]:
-    import torch
     from crypten.encoder import FixedPointEncoder
 
     original = FixedPointEncoder.decode
@@ -201,14 +183,9 @@ def get(name: str) -> Patch:
     raise KeyError(f"no CrypTen patch named {name!r}; known: {[p.name for p in PATCHES]}")
 
 
-def apply_all() -> None:
-    """Apply every CrypTen patch (idempotent). Imports crypten without warning noise."""
-    get("onnx_registration_stub").apply()
+def install_all() -> None:
+    """Install every CrypTen fix (idempotent). Imports crypten without warning noise."""
+    get("onnx_registration_stub").install()
     _import_crypten_quietly()
     for patch in PATCHES:
-        patch.apply()
-
-
-def revert_all() -> None:
-    for patch in reversed(PATCHES):
-        patch.revert()
+        patch.install()

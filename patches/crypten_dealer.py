@@ -1,248 +1,31 @@
-"""The dealer side of premasking: fixed masks and (A_t, A_t (op) M) triples for them.
+"""Hooks our dealer-assisted protocols into CrypTen's trusted dealer (reversible).
 
-CrypTen's dealers only hand out triples (a, b, a*b) with a fresh b every time, so a fixed
-operand (a weight, a cached key) is re-masked and re-opened at every product. Premasking
-(``crypten_mpcache.secure.premask``) masks a fixed operand B once with a registered mask M
-and later asks the dealer for (A_t, A_t (op) M') where M' is M or a view of several
-registered masks (transposes, concatenations). The dealer learns nothing new: it already
-knows every mask and triple it deals.
+CrypTen's ``TTPServer`` serves a request by calling the method of that name. ``PATCH``
+adds four, each a thin adapter from the server's generators to the dealer side of a
+protocol that lives beside the protocol:
 
-What lives here:
+* ``premask_register`` / ``premask_triple``: fixed masks and (A_t, A_t (op) M) triples
+  (``crypten_mpcache.secure.premask_dealer``);
+* ``comparison_material``: the masked comparison (``crypten_mpcache.secure.comparison``);
+* ``onehot_material``: the dealt unit vectors (``crypten_mpcache.secure.onehot``).
 
-* a *recipe* (plain nested tuples, small and picklable through CrypTen's restricted
-  unpickler) names the mask of a derived operand:
-  ``("mask", id)``, ``("transpose", dim0, dim1, child)``, ``("cat", dim, (child, ...))``.
-* ``AppendCat``: a concatenation whose result grows in place when the list of parts only
-  grows (a KV cache gets one row per decode step), so each step costs O(new rows).
-* ``MaskStore``: the dealer's plaintext masks (refuses to register an id twice) and the
-  products ``A (op) build(recipe)``. The TTP server and the TFP dealer (party 0) use it.
-* ``PATCH``: a reversible patch that teaches CrypTen's ``TTPServer`` four requests,
-  ``premask_register``, ``premask_triple``, ``comparison_material`` (the masked
-  comparison of ``crypten_mpcache.secure.comparison``) and ``onehot_material`` (the
-  dealt unit vectors of ``crypten_mpcache.secure.onehot``). Apply it in the parent process before
-  ``launch`` (the TTP process is forked from it).
-* ``TRAFFIC_PATCH``: a reversible patch that tallies the traffic of every TTP request on
-  the communicator (``dealer_bytes``, ``dealer_rounds``, ``dealer_seconds``), so costs
-  can be split into online and dealer (offline) parts (``crypten_mpcache.runtime.cost``).
+``TRAFFIC_PATCH`` wraps ``TTPClient.ttp_request`` in ``runtime.cost.dealer_request`` so
+costs split into online and dealer (offline) parts. The launcher installs both in every
+party and in the dealer process, for the lifetime of the process.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
+from crypten.mpc.provider.ttp_provider import TTPClient, TTPServer
 
-from crypten_mpcache.patches.crypten_compat import Patch
-
-Recipe = tuple
-OPS = ("matmul", "mul")
-
-
-class MaskReuseError(RuntimeError):
-    """A mask id was registered twice: reusing a mask for another value leaks B - B'."""
-
-
-def mask_recipe(mask_id: int) -> Recipe:
-    return ("mask", int(mask_id))
-
-
-def transpose_recipe(child: Recipe, dim0: int, dim1: int) -> Recipe:
-    return ("transpose", int(dim0), int(dim1), child)
-
-
-def cat_recipe(children: tuple[Recipe, ...], dim: int) -> Recipe:
-    """A concatenation, flattened: a child that is itself a cat along ``dim`` contributes
-    its children, so a cache grown by ``cat([cache, row])`` stays one flat node."""
-    return ("cat", int(dim), cat_children(children, dim))
-
-
-def cat_children(children: tuple[Recipe, ...], dim: int) -> tuple[Recipe, ...]:
-    flat: list[Recipe] = []
-    for child in children:
-        if child[0] == "cat" and child[1] == dim:
-            flat.extend(child[2])
-        else:
-            flat.append(child)
-    return tuple(flat)
-
-
-class AppendCat:
-    """``torch.cat(parts, dim)`` that appends in place when the keyed list only grows.
-
-    Views handed out earlier stay valid: only the region past the longest view handed out
-    is ever written, and a list that is not an extension of the previous one gets a fresh
-    buffer.
-    """
-
-    def __init__(self, dim: int) -> None:
-        self._dim = dim
-        self._keys: tuple[Hashable, ...] = ()
-        self._buffer: torch.Tensor | None = None
-        self._length = 0
-
-    def cat(self, keys: tuple[Hashable, ...],
-            part: Callable[[int], torch.Tensor]) -> torch.Tensor:
-        """The concatenation of ``part(i)`` for each index of ``keys`` (which name them);
-        only the parts past the cached prefix are materialized."""
-        for i in range(self._cached_prefix(keys), len(keys)):
-            self._append(part(i))
-        return self._finish(keys)
-
-    def extend(self, keys: tuple[Hashable, ...],
-               segments: Sequence[torch.Tensor]) -> torch.Tensor:
-        """The concatenation of ``segments``, which hold the parts named by ``keys`` in
-        order (a segment may hold several, e.g. an earlier result); only the rows past the
-        cached prefix are copied."""
-        self._cached_prefix(keys)
-        covered, start = self._length, 0
-        for segment in segments:
-            dim = self._dim_of(segment)
-            rows = segment.shape[dim]
-            if start + rows > covered:
-                skip = max(0, covered - start)
-                self._append(segment.narrow(dim, skip, rows - skip))
-            start += rows
-        return self._finish(keys)
-
-    def parts(self) -> int:
-        return len(self._keys)
-
-    def holds_prefix_of(self, keys: tuple[Hashable, ...]) -> bool:
-        return self._buffer is not None and keys[:len(self._keys)] == self._keys
-
-    def _cached_prefix(self, keys: tuple[Hashable, ...]) -> int:
-        """How many leading parts the buffer already holds (0 after a reset)."""
-        if not keys:
-            raise ValueError("cannot concatenate an empty list")
-        n = len(self._keys)
-        if self._buffer is None or keys[:n] != self._keys:
-            self._buffer, self._length, self._keys = None, 0, ()
-            return 0
-        return n
-
-    def _finish(self, keys: tuple[Hashable, ...]) -> torch.Tensor:
-        self._keys = tuple(keys)
-        return self._buffer.narrow(self._dim_of(self._buffer), 0, self._length)
-
-    def _dim_of(self, tensor: torch.Tensor) -> int:
-        return self._dim % tensor.dim()
-
-    def _append(self, part: torch.Tensor) -> None:
-        dim = self._dim_of(part)
-        size = part.shape[dim]
-        capacity = 0 if self._buffer is None else self._buffer.shape[dim]
-        if self._buffer is not None and _without(self._buffer.shape, dim) != \
-                _without(part.shape, dim):
-            raise ValueError(f"cannot concatenate {tuple(part.shape)} to "
-                             f"{tuple(self._buffer.shape)} along dim {dim}")
-        if self._length + size > capacity:
-            shape = list(part.shape)
-            shape[dim] = 2 * (self._length + size)  # doubling: amortized O(1) per row
-            grown = part.new_empty(shape)
-            if self._buffer is not None:
-                kept = self._buffer.narrow(dim, 0, self._length)
-                grown.narrow(dim, 0, self._length).copy_(kept)
-            self._buffer = grown
-        self._buffer.narrow(dim, self._length, size).copy_(part)
-        self._length += size
-
-
-class AppendCatPool:
-    """Growing buffers keyed by (dim, first part), least recently used first out.
-
-    Up to ``per_key`` buffers per key, so concatenations that start alike but grow
-    differently (the whole KV cache, a selection from it) do not evict each other; at most
-    ``total`` buffers overall, so buffers of operands that are gone (a cache compacted by
-    eviction) are dropped eventually.
-    """
-
-    def __init__(self, per_key: int = 4, total: int = 512) -> None:
-        if not 1 <= per_key <= total:
-            raise ValueError("need 1 <= per_key <= total")
-        self._per_key, self._total = per_key, total
-        self._lru: OrderedDict[int, tuple[tuple[int, Hashable], AppendCat]] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._lru)
-
-    def joiner(self, dim: int, keys: tuple[Hashable, ...]) -> AppendCat:
-        """The buffer that already holds the longest prefix of ``keys`` (or a fresh one)."""
-        key = (dim, keys[0])
-        same = [j for k, j in self._lru.values() if k == key]
-        holding = [j for j in same if j.holds_prefix_of(keys)]
-        if holding:
-            best = max(holding, key=AppendCat.parts)
-            self._lru.move_to_end(id(best))
-            return best
-        if len(same) >= self._per_key:
-            del self._lru[id(same[0])]  # the least recently used of this key
-        best = AppendCat(dim)
-        self._lru[id(best)] = (key, best)
-        if len(self._lru) > self._total:
-            self._lru.popitem(last=False)
-        return best
-
-
-def ring_op(op: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a (op) b`` on ring (int64) tensors. torch's integer matmul is a plain loop that
-    is several times slower when a matrix ``b`` is a transposed view (an LM head over a
-    tied embedding), so such products run as ``(b^T a^T)^T`` on the dense layout (torch's
-    batched kernel handles transposed batches well: those are left alone)."""
-    if op not in OPS:
-        raise ValueError(f"op must be one of {OPS}, got {op!r}")
-    if op == "matmul" and a.dim() >= 1 and b.dim() == 2 and _column_major(b):
-        rows = a.reshape(-1, a.size(-1))
-        return torch.matmul(b.mT, rows.mT).mT.reshape(*a.shape[:-1], b.size(-1))
-    return getattr(torch, op)(a, b)
-
-
-def _column_major(t: torch.Tensor) -> bool:
-    """True when the last two dims of ``t`` are a transposed dense (row-major) matrix."""
-    return t.dim() >= 2 and t.size(-1) > 1 and t.stride(-2) == 1 and \
-        t.stride(-1) == t.size(-2)
-
-
-def _without(shape: torch.Size, dim: int) -> tuple[int, ...]:
-    return tuple(shape[:dim]) + tuple(shape[dim + 1:])
-
-
-class MaskStore:
-    """The dealer's plaintext masks, and the mask of any recipe built from them."""
-
-    def __init__(self) -> None:
-        self._masks: dict[int, torch.Tensor] = {}
-        self._cats = AppendCatPool()
-
-    def __contains__(self, mask_id: int) -> bool:
-        return mask_id in self._masks
-
-    def register(self, mask_id: int, mask: torch.Tensor) -> None:
-        if mask_id in self._masks:
-            raise MaskReuseError(f"mask {mask_id} is already registered; a mask masks one "
-                                 "value only")
-        self._masks[mask_id] = mask
-
-    def build(self, recipe: Recipe) -> torch.Tensor:
-        """The (plaintext) mask that ``recipe`` names."""
-        kind = recipe[0]
-        if kind == "mask":
-            if recipe[1] not in self._masks:
-                raise KeyError(f"mask {recipe[1]} was never registered")
-            return self._masks[recipe[1]]
-        if kind == "transpose":
-            _, dim0, dim1, child = recipe
-            return self.build(child).transpose(dim0, dim1)
-        if kind == "cat":
-            _, dim, children = recipe
-            joiner = self._cats.joiner(dim, children)
-            return joiner.cat(children, lambda i: self.build(children[i]))
-        raise ValueError(f"unknown recipe node {kind!r}")
-
-    def product(self, op: str, a: torch.Tensor, recipe: Recipe) -> torch.Tensor:
-        """``a (op) M`` for the mask M that ``recipe`` names (ring arithmetic)."""
-        return ring_op(op, a, self.build(recipe))
+from crypten_mpcache.patches import Patch
+from crypten_mpcache.runtime.cost import dealer_request
+from crypten_mpcache.secure import comparison, onehot
+from crypten_mpcache.secure.premask_dealer import MaskStore, Recipe, party0_product_share
 
 
 def _server_store(server: Any) -> MaskStore:
@@ -253,8 +36,8 @@ def _server_store(server: Any) -> MaskStore:
     return store
 
 
-def _ttp_premask_register(server: Any, masks: tuple[tuple[int, tuple[int, ...]], ...]
-                          ) -> torch.Tensor:
+def _premask_register(server: Any, masks: tuple[tuple[int, tuple[int, ...]], ...]
+                      ) -> torch.Tensor:
     """Rebuild the masks (id, shape), in order, that the parties drew from the generators
     they share with us."""
     store = _server_store(server)
@@ -263,45 +46,37 @@ def _ttp_premask_register(server: Any, masks: tuple[tuple[int, tuple[int, ...]],
     return torch.empty(0, dtype=torch.long)
 
 
-def _ttp_premask_triple(server: Any, recipe: Recipe, size_x: tuple[int, ...],
-                        op: str) -> torch.Tensor:
+def _premask_triple(server: Any, recipe: Recipe, size_x: tuple[int, ...],
+                    op: str) -> torch.Tensor:
     """Party 0's share of C = A (op) M; the parties drew A and the other C shares."""
     a = server._get_additive_PRSS(torch.Size(size_x))
-    c = _server_store(server).product(op, a, recipe)
-    return c - server._get_additive_PRSS(c.size(), remove_rank=True)
+    return party0_product_share(
+        _server_store(server), op, a, recipe,
+        lambda size: server._get_additive_PRSS(size, remove_rank=True))
 
 
-def _ttp_comparison_material(server: Any, n: int) -> torch.Tensor:
-    """Party 0's share of the masked comparison's dependent material for n elements
-    (``crypten_mpcache.secure.comparison``)."""
-    from crypten_mpcache.secure.comparison import ttp_party0_share
-
-    return ttp_party0_share(server._get_generators(device=None), int(n))
+def _comparison_material(server: Any, n: int) -> torch.Tensor:
+    return comparison.ttp_party0_share(server._get_generators(device=None), int(n))
 
 
-def _ttp_onehot_material(server: Any, n: int, width: int) -> torch.Tensor:
-    """Party 0's share of the dealt unit vectors (``crypten_mpcache.secure.onehot``)."""
-    from crypten_mpcache.secure.onehot import ttp_party0_share
-
-    return ttp_party0_share(server._get_generators(device=None), int(n), int(width))
+def _onehot_material(server: Any, n: int, width: int) -> torch.Tensor:
+    return onehot.ttp_party0_share(server._get_generators(device=None), int(n), int(width))
 
 
-_REQUESTS = {"premask_register": _ttp_premask_register,
-             "premask_triple": _ttp_premask_triple,
-             "comparison_material": _ttp_comparison_material,
-             "onehot_material": _ttp_onehot_material}
+REQUESTS = {"premask_register": _premask_register,
+            "premask_triple": _premask_triple,
+            "comparison_material": _comparison_material,
+            "onehot_material": _onehot_material}
 
 
 def _add_ttp_requests() -> Callable[[], None]:
-    from crypten.mpc.provider.ttp_provider import TTPServer
-
-    added = [name for name in _REQUESTS if name not in TTPServer.__dict__]
+    added = [name for name in REQUESTS if name not in TTPServer.__dict__]
     for name in added:
-        setattr(TTPServer, name, _REQUESTS[name])
+        setattr(TTPServer, name, REQUESTS[name])
 
     def undo() -> None:
         for name in added:
-            if TTPServer.__dict__.get(name) is _REQUESTS[name]:
+            if TTPServer.__dict__.get(name) is REQUESTS[name]:
                 delattr(TTPServer, name)
 
     return undo
@@ -315,26 +90,12 @@ PATCH = Patch("ttp_premask_dealer",
 
 
 def _tally_ttp_requests() -> Callable[[], None]:
-    import time
-
-    import crypten.communicator as comm
-    from crypten.mpc.provider.ttp_provider import TTPClient
-
     client_class = TTPClient._TTPClient__TTPClient   # the singleton's (name-mangled) class
     original = client_class.ttp_request
 
     def ttp_request(self: Any, func_name: str, device: Any, *args: Any, **kwargs: Any) -> Any:
-        channel = comm.get()
-        bytes0, rounds0, start = channel.comm_bytes, channel.comm_rounds, time.perf_counter()
-        try:
+        with dealer_request():
             return original(self, func_name, device, *args, **kwargs)
-        finally:
-            channel.dealer_bytes = getattr(channel, "dealer_bytes", 0) + \
-                channel.comm_bytes - bytes0
-            channel.dealer_rounds = getattr(channel, "dealer_rounds", 0) + \
-                channel.comm_rounds - rounds0
-            channel.dealer_seconds = getattr(channel, "dealer_seconds", 0.0) + \
-                time.perf_counter() - start
 
     client_class.ttp_request = ttp_request
 
@@ -349,15 +110,3 @@ TRAFFIC_PATCH = Patch("ttp_traffic_tally",
                       "TTPClient.ttp_request tallies its traffic as dealer_bytes / "
                       "dealer_rounds / dealer_seconds on the communicator",
                       _tally_ttp_requests)
-
-
-def apply() -> None:
-    """Teach CrypTen's TTP server the premask requests and tally dealer traffic
-    (idempotent)."""
-    PATCH.apply()
-    TRAFFIC_PATCH.apply()
-
-
-def revert() -> None:
-    TRAFFIC_PATCH.revert()
-    PATCH.revert()

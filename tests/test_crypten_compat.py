@@ -37,7 +37,7 @@ def _cat_warnings(revert: bool) -> list[str]:
 
     patch = crypten_compat.get("torch_function_classmethod")
     if revert:
-        patch.revert()
+        patch.uninstall()
     x = crypten.cryptensor(torch.ones(2))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -59,7 +59,7 @@ def _save_and_load(path: str, revert: bool) -> str:
     import crypten.communicator as comm
 
     if revert:
-        crypten_compat.get("load_weights_only").revert()
+        crypten_compat.get("load_weights_only").uninstall()
     x = crypten.cryptensor(torch.arange(3.0))
     own = f"{path}.{comm.get().get_rank()}"
     crypten.save(x, own)  # each party pickles its own share object
@@ -80,7 +80,7 @@ _BIG_RESULT = """
 import crypten_mpcache, crypten, torch
 from crypten_mpcache.patches import crypten_compat
 if {revert}:
-    crypten_compat.get("run_multiprocess_drain").revert()
+    crypten_compat.get("run_multiprocess_drain").uninstall()
 crypten.cfg.mpc.provider = "TFP"
 
 @crypten.mpc.run_multiprocess(world_size=2)
@@ -112,12 +112,12 @@ def test_patches_are_reversible_and_idempotent():
 
     patch = crypten_compat.get("torch_function_classmethod")
     assert isinstance(CrypTensor.__dict__["__torch_function__"], classmethod)
-    patch.revert()
+    patch.uninstall()
     try:
         assert not isinstance(CrypTensor.__dict__["__torch_function__"], classmethod)
     finally:
-        patch.apply()
-        patch.apply()
+        patch.install()
+        patch.install()
     assert isinstance(CrypTensor.__dict__["__torch_function__"], classmethod)
     assert getattr(crypten.load, "__crypten_mpcache_patch__", None) == "load_weights_only"
     with pytest.raises(KeyError):
@@ -132,9 +132,9 @@ def test_fixed_point_decode_is_exact_only_with_the_patch():
     exact = raw.double() / 65536
     assert torch.equal(encoder.decode(raw).double(), exact.float().double())
     patch = crypten_compat.get("exact_decode")
-    patch.revert()
+    patch.uninstall()
     try:
         wrong = encoder.decode(raw).double()
     finally:
-        patch.apply()
+        patch.install()
     assert (wrong - exact.float().double()).abs().max() > 0.5  # CrypTen's off-by-one

@@ -117,15 +117,15 @@ def test_crypten_run_multiprocess_decorator_is_served_by_the_launcher():
 _SEPARATE_PROCESS = """
 import sys, torch
 import crypten_mpcache
-from crypten_mpcache.runtime.launcher import LaunchConfig, run_party
+from crypten_mpcache.runtime.launcher import LaunchConfig, run_as_party
 
 def work():
     import crypten
     x = crypten.cryptensor(torch.tensor([3.0]), src=1)
     return float((x * x).get_plain_text())
 
-out = run_party(work, rank=int(sys.argv[1]), rendezvous=sys.argv[2],
-                config=LaunchConfig(parties=2, dealer="ttp"))
+out = run_as_party(work, rank=int(sys.argv[1]), rendezvous=sys.argv[2],
+                   config=LaunchConfig(parties=2, dealer="ttp"))
 print("RESULT", out)
 """
 
@@ -154,10 +154,10 @@ def test_parties_as_separate_processes_over_tcp(tmp_path):
     assert "RESULT None" in outs[2][0]  # the dealer returns nothing
 
 
-def test_run_party_rejects_bad_rank_and_rendezvous():
-    from crypten_mpcache.runtime.launcher import run_party
+def test_run_as_party_rejects_bad_rank_and_rendezvous():
+    from crypten_mpcache.runtime.launcher import run_as_party
 
     with pytest.raises(ValueError, match="rank must be in"):
-        run_party(print, rank=5, rendezvous="tcp://127.0.0.1:1")
+        run_as_party(print, rank=5, rendezvous="tcp://127.0.0.1:1")
     with pytest.raises(ValueError, match="rendezvous must start"):
-        run_party(print, rank=0, rendezvous="127.0.0.1:1")
+        run_as_party(print, rank=0, rendezvous="127.0.0.1:1")

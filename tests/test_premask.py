@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from crypten_mpcache.patches import crypten_dealer
-from crypten_mpcache.patches.crypten_dealer import (
+from crypten_mpcache.runtime.launcher import LaunchConfig, launch
+from crypten_mpcache.secure import premask
+from crypten_mpcache.secure.premask_dealer import (
     AppendCat,
     AppendCatPool,
     MaskReuseError,
@@ -19,8 +21,6 @@ from crypten_mpcache.patches.crypten_dealer import (
     ring_op,
     transpose_recipe,
 )
-from crypten_mpcache.runtime.launcher import LaunchConfig, launch
-from crypten_mpcache.secure import premask
 
 CONFIGS = [(2, "ttp"), (2, "tfp"), (3, "ttp"), (3, "tfp")]
 TOL = 2e-3
@@ -120,14 +120,14 @@ def test_ring_matmul_with_transposed_operand_is_exact(x_shape):
 def test_patch_is_reversible():
     from crypten.mpc.provider.ttp_provider import TTPServer
 
-    assert crypten_dealer.PATCH.applied and hasattr(TTPServer, "premask_triple")
-    crypten_dealer.revert()
+    assert not crypten_dealer.PATCH.installed  # the launcher installs it in the parties
+    crypten_dealer.PATCH.install()
     try:
-        assert not hasattr(TTPServer, "premask_triple")
-        assert not hasattr(TTPServer, "premask_register")
+        assert hasattr(TTPServer, "premask_triple")
     finally:
-        crypten_dealer.apply()
-    assert hasattr(TTPServer, "premask_triple")
+        crypten_dealer.PATCH.uninstall()
+    assert not hasattr(TTPServer, "premask_triple")
+    assert not hasattr(TTPServer, "premask_register")
 
 
 # ---------------------------------------------------------------- correctness

@@ -26,9 +26,9 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from crypten_mpcache.runtime.report import MIB
 from crypten_mpcache.secure.network import LAN, WAN, NetworkProfile
 
-MIB = 1024 * 1024
 SELECTION = ("similarity", "topk", "gather")
 NOT_SHARED = ("softmax", *SELECTION)
 

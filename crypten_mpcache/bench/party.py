@@ -13,12 +13,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import crypten
+import crypten.communicator as comm
 import torch
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
 
 from crypten_mpcache.bench.shapes import ModelShape, get_shape
 from crypten_mpcache.bench.variants import resolve
+from crypten_mpcache.models.llama import (
+    SecureLinear,
+    SecureLlamaAttention,
+    SecureMLP,
+    SecureModelOptions,
+    SecureRMSNorm,
+    encrypt_operand,
+)
 from crypten_mpcache.runtime.cost import CostMeter
-from crypten_mpcache.secure.kv_cache import CachePolicy
+from crypten_mpcache.secure.functions import ActivationConfig
+from crypten_mpcache.secure.kv_cache import CachePolicy, SecureKVCache
 
 OWNER = 0
 
@@ -76,15 +88,11 @@ def _owner_tensor(shape: tuple[int, ...], fill: str, generator: torch.Generator,
 
 
 def _linear(shape_in: int, shape_out: int, name: str, ctx: _BuildContext) -> Any:
-    from crypten_mpcache.models.llama import SecureLinear, encrypt_operand
-
     weight_t = _owner_tensor((shape_in, shape_out), "randn", ctx.generator, ctx.rank)
     return SecureLinear(encrypt_operand(weight_t, name, ctx.options))
 
 
 def _norm(name: str, ctx: _BuildContext) -> Any:
-    from crypten_mpcache.models.llama import SecureRMSNorm, encrypt_operand
-
     gamma = _owner_tensor((ctx.shape.hidden,), "ones", ctx.generator, ctx.rank)
     return SecureRMSNorm(encrypt_operand(gamma, name, ctx.options), ctx.shape.rms_eps,
                          ctx.options.norm)
@@ -101,8 +109,6 @@ class _BuildContext:
 
 def _weights(prefix: str, ctx: _BuildContext) -> dict[str, Any]:
     """One layer's encrypted, premasked modules (projections, MLP, norms)."""
-    from crypten_mpcache.models.llama import SecureMLP
-
     s = ctx.shape
     q_out, kv_out = s.heads * s.head_dim, s.kv_heads * s.head_dim
     dims = {"q_proj": (s.hidden, q_out), "k_proj": (s.hidden, kv_out),
@@ -123,10 +129,6 @@ def build_layers(task: RowTask, options: Any, rank: int) -> list[torch.nn.Module
     layers use ONE set of encrypted weights: a premasked product opens only the fresh
     activation, so the per-step transcript is the same as with distinct weights, and the
     memory is one layer's."""
-    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
-
-    from crypten_mpcache.models.llama import SecureLlamaAttention
-
     shape = task.model_shape()
     config = shape.llama_config(task.layers)
     ctx = _BuildContext(shape, config, options, torch.Generator().manual_seed(task.seed), rank)
@@ -147,10 +149,6 @@ def build_layers(task: RowTask, options: Any, rank: int) -> list[torch.nn.Module
 def fill_cache(task: RowTask, rank: int) -> Any:
     """A SecureKVCache whose every layer holds ``context`` random encrypted K/V rows,
     written as one operand like a prefill writes them."""
-    import crypten
-
-    from crypten_mpcache.secure.kv_cache import SecureKVCache
-
     shape = task.model_shape()
     generator = torch.Generator().manual_seed(task.seed + 1)
     cache = SecureKVCache(task.layers, premask=True)
@@ -165,8 +163,6 @@ def fill_cache(task: RowTask, rank: int) -> Any:
 def window_probs(task: RowTask, window: int, generator: torch.Generator, rank: int) -> Any:
     """Random attention rows (1, heads, window, context) for the static stage: positive,
     summing to one along the keys, causal like a prefill's last rows."""
-    import crypten
-
     shape = task.model_shape()
     probs = torch.zeros(1, shape.heads, window, task.context)
     if rank == OWNER:
@@ -178,8 +174,6 @@ def window_probs(task: RowTask, window: int, generator: torch.Generator, rank: i
 
 
 def _rope(task: RowTask, position: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
-
     config = task.model_shape().llama_config(task.layers)
     positions = torch.tensor([[position]])
     return LlamaRotaryEmbedding(config)(torch.empty(0), positions)
@@ -187,13 +181,6 @@ def _rope(task: RowTask, position: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def run_row(task: RowTask) -> dict[str, Any]:
     """One party's measurement of one row (module level: ``launch`` forks it)."""
-    import crypten
-    import crypten.communicator as comm
-    import transformers.models.llama.modeling_llama  # noqa: F401  (import outside the timing)
-
-    from crypten_mpcache.models.llama import SecureModelOptions
-    from crypten_mpcache.secure.functions import ActivationConfig
-
     rank = comm.get().get_rank()
     policy = CountingPolicy(resolve(task.cache).create(task.budget, task.layers))
     options = SecureModelOptions(src=OWNER, premask=True, policy=policy,

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-MIB = 1024 * 1024
+from crypten_mpcache.runtime.report import MIB
+
 PANELS = (("bytes", "MiB per decode step", MIB), ("lan_seconds", "LAN latency (s)", 1.0),
           ("wan_seconds", "WAN latency (s)", 1.0))
 

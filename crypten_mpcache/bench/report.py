@@ -15,9 +15,9 @@ from collections.abc import Callable
 from typing import Any
 
 from crypten_mpcache.bench import bounds
+from crypten_mpcache.runtime.report import MIB
 from crypten_mpcache.secure.network import LAN, WAN
 
-MIB = 1024 * 1024
 BASELINE = "full"
 KINDS = ("similarity", "topk", "gather", "softmax", "attention_scores", "attention_values",
          "linear", "norm", "activation", "premask", "dealer", "other")

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import crypten_mpcache.secure.premask  # noqa: F401  (patches the TTP dealer in the parent)
 from crypten_mpcache.bench.party import RowTask, run_row
 from crypten_mpcache.bench.shapes import get_shape
 from crypten_mpcache.bench.variants import default_caches, resolve

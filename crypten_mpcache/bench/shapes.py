@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from transformers import LlamaConfig
+
 
 @dataclass(frozen=True)
 class ModelShape:
@@ -36,8 +38,6 @@ class ModelShape:
 
     def llama_config(self, layers: int):
         """A LlamaConfig with ``layers`` decoder layers of this shape."""
-        from transformers import LlamaConfig
-
         if layers < 1:
             raise ValueError(f"layers must be >= 1, got {layers}")
         return LlamaConfig(

@@ -14,6 +14,8 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from scipy.stats import t as student_t
+
 Z95 = 1.959963984540054
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans("", "", string.punctuation)
@@ -67,8 +69,6 @@ def t_interval(values: Sequence[float]) -> tuple[float, float]:
     mean = sum(values) / n if n else float("nan")
     if n < 2:
         return (mean, mean)
-    from scipy.stats import t as student_t
-
     var = sum((v - mean) ** 2 for v in values) / (n - 1)
     half = float(student_t.ppf(0.975, n - 1)) * math.sqrt(var / n)
     return (mean - half, mean + half)

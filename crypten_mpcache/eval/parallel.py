@@ -18,6 +18,10 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 from types import FrameType
 
+from tqdm import tqdm
+
+from crypten_mpcache.eval.runner import read_predictions
+
 
 def worker_argv(options: Sequence[str], index: int, count: int) -> list[str]:
     """The eval ``options`` of shard ``index`` of ``count`` (no progress bar of its own)."""
@@ -27,8 +31,6 @@ def worker_argv(options: Sequence[str], index: int, count: int) -> list[str]:
 def finished(folder: Path, keys: Collection[str]) -> int:
     """How many of this command's units (``keys``) the folder holds. A resumed folder may
     hold other commands' units too: they do not count."""
-    from crypten_mpcache.eval.runner import read_predictions
-
     if not folder.is_dir():
         return 0
     done = read_predictions(folder)
@@ -43,8 +45,6 @@ def run_workers(options: Sequence[str], count: int, folder: Path, keys: Collecti
                 show_progress: bool = True, threads_per_worker: int = 1) -> int:
     """Run ``count`` shard workers of the eval ``options`` (whose units are ``keys``); 0
     when all succeed."""
-    from tqdm import tqdm
-
     env = {**os.environ, "OMP_NUM_THREADS": str(threads_per_worker),
            "MKL_NUM_THREADS": str(threads_per_worker)}
     code = "from crypten_mpcache.eval.cli import main; raise SystemExit(main())"

@@ -12,13 +12,13 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from crypten_mpcache.eval.runner import aggregate, read_predictions
+
 Key = tuple[str, int, str]  # task, context, query_at
 
 
 def _rows_of(path: Path) -> list[dict[str, Any]]:
     """Rows of a result JSON, or aggregated from a (possibly unfinished) run folder."""
-    from crypten_mpcache.eval.runner import aggregate, read_predictions
-
     if path.is_dir():
         return aggregate(read_predictions(path).values())
     if path.suffix == ".jsonl":

@@ -1,14 +1,13 @@
 """CrypTen-aware model families and the registry of supported architectures.
 
 One place lists what can run privately: an architecture name (``config.architectures``
-/ the model class name) maps to the module that patches it (``patches.<family>``).
+/ the model class name) has a family module here (``models.<family>``) and a patch that
+hooks it into the Hugging Face instance (``patches.transformers_<family>``).
 """
 
 from __future__ import annotations
 
-ARCHITECTURES: tuple[tuple[str, str], ...] = (
-    ("LlamaForCausalLM", "crypten_mpcache.patches.transformers_llama"),
-)
+ARCHITECTURES: tuple[str, ...] = ("LlamaForCausalLM",)
 
 
 class UnsupportedArchitectureError(ValueError):
@@ -17,7 +16,7 @@ class UnsupportedArchitectureError(ValueError):
 
 def supported_architectures() -> tuple[str, ...]:
     """Architecture names that private generation supports, LlamaForCausalLM first."""
-    return tuple(name for name, _ in ARCHITECTURES)
+    return ARCHITECTURES
 
 
 def check_architecture(name: str) -> str:
@@ -27,9 +26,3 @@ def check_architecture(name: str) -> str:
             f"architecture {name!r} is not supported for private inference; "
             f"supported: {', '.join(supported_architectures())}")
     return name
-
-
-def adapter_module(name: str) -> str:
-    """The module (with ``patch``) that makes architecture ``name`` CrypTen-aware."""
-    check_architecture(name)
-    return dict(ARCHITECTURES)[name]

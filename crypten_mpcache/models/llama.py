@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import crypten
 import torch
 from torch import nn
 
@@ -50,8 +51,6 @@ class SecureModelOptions:
 
 def encrypt_operand(weight: torch.Tensor, name: str, options: SecureModelOptions) -> Any:
     """Encrypt a weight from party ``src`` (other parties' values are ignored)."""
-    import crypten
-
     encrypted = crypten.cryptensor(weight.detach().float(), src=options.src)
     return fixed_operand(encrypted, name=name, premask=options.premask)
 
@@ -59,8 +58,6 @@ def encrypt_operand(weight: torch.Tensor, name: str, options: SecureModelOptions
 def _encrypt_bias(bias: torch.Tensor | None, options: SecureModelOptions) -> Any:
     if bias is None:
         return None
-    import crypten
-
     return crypten.cryptensor(bias.detach().float(), src=options.src)
 
 
@@ -140,8 +137,6 @@ class SecureMLP(nn.Module):
 
 
 def rotate_half(x: Any) -> Any:
-    import crypten
-
     half = x.shape[-1] // 2
     return crypten.cat([-x[..., half:], x[..., :half]], dim=-1)
 

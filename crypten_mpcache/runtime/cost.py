@@ -8,9 +8,9 @@ phase and operator boundaries inside one party; ``combine`` merges the per-party
 Dealer traffic is counted apart as well. With the TTP dealer, party 0 fetches each
 triple or comparison mask from the dealer at the moment it needs it (three logged
 messages per request in CrypTen). That material depends only on public shapes, so a
-deployment deals it ahead of the step (the offline phase). The patch
-``crypten_mpcache.patches.crypten_dealer.TRAFFIC_PATCH`` tallies the traffic inside
-every dealer request on the communicator (``dealer_bytes``, ``dealer_rounds``,
+deployment deals it ahead of the step (the offline phase). ``dealer_request`` (hooked
+around every TTP request by ``crypten_mpcache.patches.crypten_dealer``) tallies the
+traffic inside every dealer request on the communicator (``dealer_bytes``, ``dealer_rounds``,
 ``dealer_seconds``). Every cost then carries those fields, and "online" = total - dealer
 is what a step costs when the material was dealt ahead. TFP has no dealer traffic.
 
@@ -32,6 +32,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
+
+import crypten.communicator as comm
 
 OPERATOR_KINDS = (
     "linear", "attention_scores", "attention_values", "softmax", "norm", "activation",
@@ -67,18 +69,30 @@ FIELDS = ("bytes", "rounds", "seconds", "dealer_bytes", "dealer_rounds", "dealer
 
 
 def _read_comm() -> Counter:
-    try:
-        import crypten.communicator as comm
-
-        if not comm.is_initialized():
-            return Counter(seconds=time.perf_counter())
-        c = comm.get()
-        return Counter(float(getattr(c, "comm_bytes", 0)), int(getattr(c, "comm_rounds", 0)),
-                       time.perf_counter(), float(getattr(c, "dealer_bytes", 0)),
-                       int(getattr(c, "dealer_rounds", 0)),
-                       float(getattr(c, "dealer_seconds", 0.0)))
-    except ImportError:  # pragma: no cover - crypten is always installed by setup
+    if not comm.is_initialized():
         return Counter(seconds=time.perf_counter())
+    c = comm.get()
+    return Counter(float(getattr(c, "comm_bytes", 0)), int(getattr(c, "comm_rounds", 0)),
+                   time.perf_counter(), float(getattr(c, "dealer_bytes", 0)),
+                   int(getattr(c, "dealer_rounds", 0)),
+                   float(getattr(c, "dealer_seconds", 0.0)))
+
+
+@contextmanager
+def dealer_request() -> Iterator[None]:
+    """Charge the traffic and time inside the block to the dealer counters of this
+    party's communicator (``dealer_bytes``, ``dealer_rounds``, ``dealer_seconds``)."""
+    channel = comm.get()
+    bytes0, rounds0, start = channel.comm_bytes, channel.comm_rounds, time.perf_counter()
+    try:
+        yield
+    finally:
+        channel.dealer_bytes = getattr(channel, "dealer_bytes", 0) + \
+            channel.comm_bytes - bytes0
+        channel.dealer_rounds = getattr(channel, "dealer_rounds", 0) + \
+            channel.comm_rounds - rounds0
+        channel.dealer_seconds = getattr(channel, "dealer_seconds", 0.0) + \
+            time.perf_counter() - start
 
 
 def _delta(start: Counter, end: Counter) -> Counter:

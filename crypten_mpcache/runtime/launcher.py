@@ -6,6 +6,10 @@ fd-sharing (fails once the child has exited), and waits forever when one party d
 results travel as pickled numpy, the queue is drained while the parties run, and a party
 that fails or a run that exceeds its timeout stops every process with one error that names
 the party.
+
+The launcher is also where the protocol hooks of ``crypten_mpcache.patches`` (the
+comparison route, the dealer requests, the dealer-traffic tally) are installed: in each
+party and dealer process, for as long as it runs, never in the process that launches.
 """
 
 from __future__ import annotations
@@ -22,10 +26,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import crypten
+import crypten.communicator as comm
 import numpy as np
 import torch
+from crypten.config import cfg
 
-from crypten_mpcache.patches import crypten_comparison
+from crypten_mpcache.patches import crypten_comparison, crypten_dealer
 from crypten_mpcache.patches.crypten_comparison import COMPARISONS
 
 Dealer = Literal["ttp", "tfp"]
@@ -76,8 +83,6 @@ def party_name(rank: int, world_size: int) -> str:
 
 def configure_crypten(dealer: Dealer, count_communication: bool = True) -> None:
     """Select the dealer and turn on communication counting (CrypTen reads 0 otherwise)."""
-    from crypten.config import cfg
-
     cfg.mpc.provider = _PROVIDER_NAMES[dealer]
     cfg.communicator.verbose = bool(count_communication)
 
@@ -108,8 +113,8 @@ class _TensorBox:
     array: np.ndarray
 
 
-def run_party(func: Callable[..., Any], *args: Any, rank: int, rendezvous: str,
-              config: LaunchConfig | None = None, **kwargs: Any) -> Any:
+def run_as_party(func: Callable[..., Any], *args: Any, rank: int, rendezvous: str,
+                 config: LaunchConfig | None = None, **kwargs: Any) -> Any:
     """Run ONE party (or, with ``rank == parties``, the TTP dealer) in this process.
 
     For parties on separate hosts: start one process per party on its own host, all with
@@ -126,28 +131,44 @@ def run_party(func: Callable[..., Any], *args: Any, rank: int, rendezvous: str,
         raise ValueError(f"rendezvous must start with tcp://, env:// or file://, got "
                          f"{rendezvous!r}")
     _set_party_environment(rank, config.parties, rendezvous, config)
-    import crypten
-
     configure_crypten(config.dealer, config.count_communication)
     if rank == config.parties:
-        crypten.mpc.provider.TTPServer()
+        _serve_as_dealer()
         return None
     with _party_session(config):
         return func(*args, **kwargs)
 
 
 @contextmanager
-def _party_session(config: LaunchConfig) -> Iterator[None]:
-    """crypten.init() with the configured comparison protocol; both undone on exit."""
-    import crypten
-
-    crypten.init()
-    crypten_comparison.use(config.comparison)
+def _dealer_hooks() -> Iterator[None]:
+    """Our protocols' requests on CrypTen's TTP and the dealer-traffic tally."""
+    crypten_dealer.PATCH.install()
+    crypten_dealer.TRAFFIC_PATCH.install()
     try:
         yield
     finally:
-        crypten_comparison.use("crypten")
-        crypten.uninit()
+        crypten_dealer.TRAFFIC_PATCH.uninstall()
+        crypten_dealer.PATCH.uninstall()
+
+
+def _serve_as_dealer() -> None:
+    """The trusted dealer: serves until party 0 says terminate."""
+    with _dealer_hooks():
+        crypten.mpc.provider.TTPServer()
+
+
+@contextmanager
+def _party_session(config: LaunchConfig) -> Iterator[None]:
+    """crypten.init() with the dealer hooks and the configured comparison protocol; all
+    undone on exit."""
+    with _dealer_hooks():
+        crypten.init()
+        crypten_comparison.use(config.comparison)
+        try:
+            yield
+        finally:
+            crypten_comparison.use("crypten")
+            crypten.uninit()
 
 
 def _set_party_environment(rank: int, world_size: int, rendezvous: str,
@@ -163,11 +184,9 @@ def _child(target: Callable[..., Any], rank: int, world_size: int, rendezvous: s
            config: LaunchConfig, results: Any, args: tuple, kwargs: dict) -> None:
     _set_party_environment(rank, world_size, rendezvous, config)
     try:
-        import crypten
-
         configure_crypten(config.dealer, config.count_communication)
-        if rank == world_size:  # the trusted dealer serves until party 0 says terminate
-            crypten.mpc.provider.TTPServer()
+        if rank == world_size:
+            _serve_as_dealer()
             results.put((rank, "ok", None))
             return
         with _party_session(config):
@@ -274,15 +293,8 @@ def _stop(processes: Any) -> None:
 
 def _uninit_parent_crypten() -> None:
     """A forked child must initialize its own communicator, not inherit the parent's."""
-    try:
-        import crypten.communicator as comm
-
-        if comm.is_initialized():
-            import crypten
-
-            crypten.uninit()
-    except ImportError:
-        pass
+    if comm.is_initialized():
+        crypten.uninit()
 
 
 def _remove_rendezvous(rendezvous: str) -> None:
@@ -302,11 +314,7 @@ def crypten_compatible_run_multiprocess(world_size: int, maxsize: int | None = N
     def decorator(func: Callable[..., Any]) -> Callable[..., list[Any]]:
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> list[Any]:
-            import crypten
-
             dealer: Dealer = "ttp" if crypten.mpc.ttp_required() else "tfp"
-            from crypten.config import cfg
-
             config = LaunchConfig(parties=world_size, dealer=dealer,
                                   count_communication=bool(cfg.communicator.verbose))
             return launch(func, *args, config=config, **kwargs)

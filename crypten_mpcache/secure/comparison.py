@@ -36,8 +36,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from crypten.mpc import MPCTensor
+from crypten.mpc.primitives import ArithmeticSharedTensor, BinarySharedTensor
 
-import crypten_mpcache  # noqa: F401  (applies the CrypTen patches before crypten loads)
 from crypten_mpcache.secure.party import (
     by_dealer,
     deal_via_ttp,
@@ -225,8 +226,6 @@ def ttp_party0_share(generators: Sequence[torch.Generator], n: int) -> torch.Ten
 def _deal_tfp(layout: Layout) -> tuple[torch.Tensor, torch.Tensor]:
     """Party 0 draws everything and shares it with CrypTen's pseudo-random zero sharing
     (no traffic); party 0 then knows every mask: tests and cost measurement only."""
-    from crypten.mpc.primitives import ArithmeticSharedTensor, BinarySharedTensor
-
     n = layout.n
     free = value = None
     if party_rank() == 0:
@@ -284,8 +283,6 @@ def less_than_zero_shares(share: torch.Tensor, material: Material | None = None
 
 def less_than_zero(x: Any) -> Any:
     """[x < 0] as an MPCTensor with encoder scale 1, like CrypTen's ``_ltz``."""
-    from crypten.mpc import MPCTensor
-
     result = MPCTensor.from_shares(less_than_zero_shares(x._tensor.share), precision=0)
     result.encoder._scale = 1
     return result

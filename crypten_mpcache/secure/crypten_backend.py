@@ -23,12 +23,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import crypten
 import torch
 
 from crypten_mpcache.patches import crypten_comparison
 from crypten_mpcache.runtime.cost import operator_scope
 from crypten_mpcache.secure import topk
+from crypten_mpcache.secure.functions import masked_softmax, tournament_max
 from crypten_mpcache.secure.network import PROFILES, NetworkProfile
+from crypten_mpcache.secure.reveal import debug_reveal_selection
 
 Value = Any  # MPCTensor, public torch.Tensor, or a fixed operand (gather only)
 
@@ -68,8 +71,6 @@ def is_operand(x: Value) -> bool:
 
 
 def _is_cryptensor(x: Value) -> bool:
-    import crypten
-
     return isinstance(x, crypten.CrypTensor)
 
 
@@ -77,15 +78,11 @@ def secret(x: Value) -> Any:
     """A public tensor as an MPCTensor (pseudo-random zero shares: no traffic)."""
     if not is_public(x):
         return x
-    import crypten
-
     return crypten.cryptensor(x.double(), src=0)
 
 
 def current_dealer() -> str:
     """``ttp`` or ``tfp``: the configured CrypTen provider, for the top-k cost model."""
-    import crypten
-
     return crypten.mpc.get_default_provider().NAME.lower()
 
 
@@ -96,7 +93,6 @@ class CryptenBackend:
 
     def __init__(self, config: CryptenBackendConfig | None = None) -> None:
         self.config = config or CryptenBackendConfig()
-        self.protocols_used: list[tuple[int, int, int, str]] = []  # (G, k, batch, protocol)
 
     # -- linear -------------------------------------------------------------------------
     def matmul(self, a: Value, b: Value) -> Value:
@@ -127,8 +123,6 @@ class CryptenBackend:
     def cat(self, xs: Sequence[Value], dim: int) -> Value:
         if all(is_public(x) for x in xs):
             return torch.cat(list(xs), dim=dim)
-        import crypten
-
         return crypten.cat([secret(x) for x in xs], dim=dim)
 
     # -- comparisons --------------------------------------------------------------------
@@ -153,8 +147,6 @@ class CryptenBackend:
         """
         if is_public(x):
             return x.amax(dim=dim), x.amin(dim=dim)
-        import crypten
-
         x = _dim_last(secret(x), dim)
         n = int(x.shape[-1])
         if n == 1:
@@ -174,10 +166,6 @@ class CryptenBackend:
         of a single max): merging child boxes into a coarser one, or ``box``'s last step."""
         if is_public(upper) and is_public(lower):
             return upper.amax(dim=dim), lower.amin(dim=dim)
-        import crypten
-
-        from crypten_mpcache.secure.functions import tournament_max
-
         upper, lower = _dim_last(secret(upper), dim), _dim_last(secret(lower), dim)
         size = int(upper.shape[0])
         both = tournament_max(crypten.cat([upper, -lower], dim=0))[..., 0]
@@ -187,8 +175,6 @@ class CryptenBackend:
         """Log-depth tournament over ``dim`` (moved last; other dims keep their order)."""
         if is_public(x):
             return x.amax(dim=dim)
-        from crypten_mpcache.secure.functions import tournament_max
-
         return tournament_max(_dim_last(x, dim))[..., 0]
 
     def min(self, x: Value, dim: int) -> Value:
@@ -197,8 +183,6 @@ class CryptenBackend:
         return -self.max(-x, dim)
 
     def softmax(self, x: Value, dim: int) -> Value:
-        from crypten_mpcache.secure.functions import masked_softmax
-
         with operator_scope("softmax"):
             return masked_softmax(x, torch.ones(x.shape), dim=dim)
 
@@ -218,7 +202,6 @@ class CryptenBackend:
             return torch.zeros(*scores.shape[:-1], 0, g, dtype=torch.float64)
         batch = max(1, int(torch.Size(scores.shape[:-1]).numel()))
         protocol = self.protocol(g, k, batch, ordered)
-        self.protocols_used.append((g, k, batch, protocol))
         return topk.topk_onehot(secret(scores), k, protocol, ordered)
 
     def gather(self, onehot: Value, x: Value) -> Value:
@@ -232,6 +215,4 @@ class CryptenBackend:
         """TEST/DEBUG ONLY, through the named ``debug_reveal_selection``."""
         if is_public(x):
             return x.detach()
-        from crypten_mpcache.secure.reveal import debug_reveal_selection
-
         return debug_reveal_selection(x)

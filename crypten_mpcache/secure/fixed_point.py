@@ -10,12 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from crypten.encoder import FixedPointEncoder
 
 
 def fixed_scale() -> int:
     """The fixed-point scale of CrypTen's default encoder (2**16)."""
-    from crypten.encoder import FixedPointEncoder
-
     return int(FixedPointEncoder().scale)
 
 
@@ -26,8 +25,6 @@ def to_fixed(bits: Any) -> Any:
     """
     if bits.encoder.scale != 1:
         return bits
-    from crypten.encoder import FixedPointEncoder
-
     out = bits.clone()
     out.share = out.share * fixed_scale()
     out.encoder = FixedPointEncoder()

@@ -33,9 +33,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+import crypten
 import torch
+from crypten.encoder import FixedPointEncoder
 
-import crypten_mpcache  # noqa: F401  (applies the CrypTen patches before crypten loads)
 from crypten_mpcache.runtime.cost import operator_scope
 from crypten_mpcache.secure.fixed_point import mul_public_int, to_fixed
 from crypten_mpcache.secure.lookup import segment_polynomial, taylor_table
@@ -111,8 +112,6 @@ class RangeReduction:
         """The one-hot from the scale-1 bits [v >= edge_j] (..., buckets - 1): local."""
         ones = above[..., :1] * 0 + 1
         zeros = above[..., :1] * 0
-        import crypten
-
         padded_hi = crypten.cat([ones, above], dim=-1)    # [v >= edge_j], j = 0..buckets-1
         padded_lo = crypten.cat([above, zeros], dim=-1)   # [v >= edge_{j+1}]
         return padded_hi - padded_lo
@@ -129,8 +128,6 @@ class RangeReduction:
         exponents = [-round(math.log2(self.low * self.ratio ** j)) for j in range(self.buckets)]
         if onehot is None:
             return _scale_pow2(v, exponents[0])
-        import crypten
-
         column = v.unsqueeze(-1)                        # both ops broadcast it
         up = [2 ** e for e in exponents if e >= 0]
         down = [2 ** -e for e in exponents if e < 0]
@@ -146,8 +143,6 @@ class RangeReduction:
         """
         if min(exponents) < -16:
             raise ValueError("factors below 2**-16 are not representable; use fewer buckets")
-        from crypten.encoder import FixedPointEncoder
-
         ints = torch.tensor([2 ** (e + 16) for e in exponents], dtype=torch.long)
         out = onehot.clone()
         out.share = out.share * ints
@@ -268,8 +263,6 @@ def _apply_weight(y: Any, weight: Any) -> Any:
 
 
 def _is_cryptensor(value: Any) -> bool:
-    import crypten
-
     return crypten.is_encrypted_tensor(value)
 
 
@@ -292,8 +285,6 @@ def mean_square_estimates(x: Any, config: NormConfig = NormConfig()) -> Any:
     medium, coarse), all squares in one round. The 4**s times smaller squares keep
     massive activations from wrapping CrypTen's truncation; ``rms_norm`` picks the
     coarsest estimate above its switch."""
-    import crypten
-
     shifts = _shifts(config)
     scaled = crypten.stack([x.div(2 ** s) if s else x for s in shifts])
     squares = scaled.square().mean(-1, keepdim=True)
@@ -329,8 +320,6 @@ def inv_rms_parts(x: Any, eps: float, config: NormConfig = NormConfig()) -> tupl
     applied to (S, y_n). The estimates are per-row scalars, so the extra work is small.
     v = v_n * low * ratio**e with v_n in [1, ratio); S = (low * ratio**e)**-1/2.
     """
-    import crypten
-
     red = config.reduction
     v = mean_square_estimates(x, config) + eps
     switches = _switches(config)
@@ -457,8 +446,6 @@ def _silu_exp_poly(x: Any, config: ActivationConfig) -> Any:
 
 def _outside(x: Any, edge: float) -> tuple[Any, Any]:
     """Scale-1 bits [x < -edge] and [x > edge], in one comparison round."""
-    import crypten
-
     sides = crypten.stack([x + edge, x.neg() + edge])._ltz()
     return sides[0], sides[1]
 
@@ -466,8 +453,6 @@ def _outside(x: Any, edge: float) -> tuple[Any, Any]:
 def _gated(x: Any, inner: Any, low: Any, high: Any) -> Any:
     """silu(x) ~ 0 below the inner range, x above it, ``inner`` within: both gate
     products in one stacked product (one round)."""
-    import crypten
-
     products = crypten.stack([high, low]) * crypten.stack([x - inner, inner])
     return inner + products[0] - products[1]
 
@@ -601,8 +586,6 @@ def _tournament(x: Any) -> tuple[Any, list[tuple[Any, int]]]:
     the lower indices, so "right wins only if strictly greater" gives ties to the lowest
     index. ceil(log2 n) rounds of comparisons, n - 1 comparisons in all.
     """
-    import crypten
-
     levels: list[tuple[Any, int]] = []  # ([right > left] scale-1 bits, pairs) per level
     values = x
     while values.size(-1) > 1:
@@ -624,8 +607,6 @@ def tournament_max(x: Any) -> Any:
 
 def _expand_winner(levels: list[tuple[Any, int]], like: Any) -> Any:
     """Walk the tournament back down: one exact scale-1 multiplication round per level."""
-    import crypten
-
     weights = None
     for right_wins, pairs in reversed(levels):
         if weights is None:                                  # the final: a single pair

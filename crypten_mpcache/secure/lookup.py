@@ -11,8 +11,10 @@ from functools import lru_cache
 from typing import Any
 
 import torch
+from crypten.encoder import FixedPointEncoder
 
 from crypten_mpcache.secure.fixed_point import fixed_scale, mul_public_int
+from crypten_mpcache.secure.onehot import onehot
 
 
 def _taylor_coefficients(kind: str, t: torch.Tensor) -> list[torch.Tensor]:
@@ -37,8 +39,6 @@ def taylor_table(kind: str, start: float, steps: int, width: int, order: int
 
 def table_read(onehot_bits: Any, table_row: torch.Tensor) -> Any:
     """sum_j onehot[..., j] * table_row[j] for a public raw fixed-point row: local, exact."""
-    from crypten.encoder import FixedPointEncoder
-
     out = onehot_bits[..., 0].clone()
     out.share = onehot_bits.share.matmul(table_row)
     out.encoder = FixedPointEncoder()
@@ -53,10 +53,6 @@ def segment_polynomial(shifted: Any, steps: int, table: torch.Tensor) -> Any:
     3-party truncation: -2..+3); d is computed from the same v, so the polynomial then
     reaches one segment further. ``shifted`` must keep v inside [0, width) or the caller
     must gate the outside (v is read mod width)."""
-    from crypten.encoder import FixedPointEncoder
-
-    from crypten_mpcache.secure.onehot import onehot
-
     segment = mul_public_int(shifted, torch.tensor(steps))
     segment._tensor.div_(fixed_scale())           # CrypTen's truncation (any party count)
     segment.encoder = FixedPointEncoder(precision_bits=0)  # v (maybe off by one): scale 1

@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from crypten.mpc import MPCTensor
+from crypten.mpc.primitives import ArithmeticSharedTensor
 
-import crypten_mpcache  # noqa: F401  (applies the CrypTen patches before crypten loads)
 from crypten_mpcache.secure.party import (
     by_dealer,
     deal_via_ttp,
@@ -97,8 +98,6 @@ def deal(layout: Layout, device: torch.device) -> tuple[torch.Tensor, torch.Tens
 def _deal_tfp(layout: Layout) -> tuple[torch.Tensor, torch.Tensor]:
     """Party 0 draws R and shares R and u by CrypTen's zero sharing (no traffic); party 0
     then knows the masks: tests and cost measurement only."""
-    from crypten.mpc.primitives import ArithmeticSharedTensor
-
     r = u = None
     if party_rank() == 0:
         r = draw_free(layout, None)
@@ -125,8 +124,6 @@ def onehot_shares(share: torch.Tensor, width: int, count: int | None = None) -> 
 
 def onehot(v: Any, width: int, count: int | None = None) -> Any:
     """(..., count) scale-1 MPCTensor [v == j] for a scale-1 MPCTensor v in [0, width)."""
-    from crypten.mpc import MPCTensor
-
     if v.encoder.scale != 1:
         raise ValueError("onehot needs a scale-1 integer (e.g. a sum of comparison bits)")
     result = MPCTensor.from_shares(onehot_shares(v._tensor.share, width, count),

@@ -7,21 +7,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
+import crypten
+import crypten.communicator as comm
 import torch
+from crypten.mpc.provider.ttp_provider import TTPClient, TTPServer
 
 T = TypeVar("T")
 
 
 def party_rank() -> int:
-    import crypten.communicator as comm
-
     return comm.get().get_rank()
 
 
 def provider_name() -> str:
     """CrypTen's configured dealer: ``TTP`` or ``TFP`` (or another provider)."""
-    import crypten
-
     return crypten.mpc.get_default_provider().NAME
 
 
@@ -33,15 +32,11 @@ def uniform_words(size: tuple[int, ...], generator: torch.Generator | None) -> t
 
 def open_sum(share: torch.Tensor) -> torch.Tensor:
     """Open additive shares (one round)."""
-    import crypten.communicator as comm
-
     return comm.get().all_reduce(share)
 
 
 def open_xor(share: torch.Tensor) -> torch.Tensor:
     """Open XOR shares (one round)."""
-    import crypten.communicator as comm
-
     return comm.get().all_reduce(share, op=torch.distributed.ReduceOp.BXOR)
 
 
@@ -63,11 +58,10 @@ def deal_via_ttp(request: str, args: tuple,
     ("free") values from the generator it shares with the TTP; party 0 receives its share
     of the values that depend on them (``request``, a patched TTPServer method that
     replays the draws), every other party draws its share."""
-    from crypten.mpc.provider.ttp_provider import TTPClient, TTPServer
-
     if not hasattr(TTPServer, request):
-        raise RuntimeError(f"the TTP cannot serve {request!r}: apply "
-                           "crypten_mpcache.patches.crypten_dealer.PATCH before launch")
+        raise RuntimeError(f"the TTP cannot serve {request!r}: run the parties with "
+                           "crypten_mpcache.launch or run_party (they install the dealer "
+                           "requests)")
     client = TTPClient.get()
     generator = client.get_generator()
     free = draw_free(generator)

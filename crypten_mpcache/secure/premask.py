@@ -17,8 +17,8 @@ baseline that re-opens the operand at every call.
 
 Every party must create, transform and use operands in the same order (as with any
 CrypTen program). The dealer is CrypTen's configured provider: "TTP" (a separate trusted
-process; apply ``crypten_mpcache.patches.crypten_dealer.PATCH`` in the parent before
-``launch``; importing this module does so) or "TFP" (party 0 deals).
+process that serves the requests of ``crypten_mpcache.secure.premask_dealer``; the
+launcher installs them) or "TFP" (party 0 deals, with the same ``MaskStore``).
 """
 
 from __future__ import annotations
@@ -33,9 +33,11 @@ from crypten.common.rng import generate_random_ring_element
 from crypten.encoder import FixedPointEncoder
 from crypten.mpc import MPCTensor
 from crypten.mpc.primitives import ArithmeticSharedTensor
+from crypten.mpc.provider.ttp_provider import TTPClient, TTPServer
 
-from crypten_mpcache.patches import crypten_dealer
-from crypten_mpcache.patches.crypten_dealer import (
+from crypten_mpcache.runtime.cost import operator_scope
+from crypten_mpcache.secure.party import party_rank
+from crypten_mpcache.secure.premask_dealer import (
     AppendCatPool,
     MaskStore,
     Recipe,
@@ -44,10 +46,6 @@ from crypten_mpcache.patches.crypten_dealer import (
     ring_op,
     transpose_recipe,
 )
-from crypten_mpcache.runtime.cost import operator_scope
-from crypten_mpcache.secure.party import party_rank
-
-crypten_dealer.apply()  # the TTP process is forked from the importing parent
 
 _SESSION_ATTRIBUTE = "_crypten_mpcache_premask_session"
 
@@ -102,12 +100,11 @@ class _TrustedThirdParty:
     the TTP shares with each party: only party 0 receives anything (its C share)."""
 
     @staticmethod
-    def _client():
-        from crypten.mpc.provider.ttp_provider import TTPClient, TTPServer
-
+    def _client():  # the TTPClient singleton
         if not hasattr(TTPServer, "premask_triple"):
-            raise RuntimeError("the TTP cannot deal premask triples: apply "
-                               "crypten_mpcache.patches.crypten_dealer.PATCH before launch")
+            raise RuntimeError("the TTP cannot deal premask triples: run the parties with "
+                               "crypten_mpcache.launch or run_party (they install the "
+                               "dealer requests)")
         return TTPClient.get()
 
     def register(self, session: _Session, masks: list[tuple[int, torch.Size]]
@@ -338,3 +335,11 @@ def fixed_operand(value: MPCTensor, *, name: str,
     """A fixed operand: premasked (opened once) or plain (CrypTen's Beaver products)."""
     cls = FixedOperand if premask else PlainOperand
     return cls.create(value, name=name)
+
+
+def fixed_operands(values: list[MPCTensor], *, names: list[str],
+                   premask: bool = True) -> list[FixedOperand] | list[PlainOperand]:
+    """Several fixed operands; premasked ones share one dealer request and one opening."""
+    if premask:
+        return FixedOperand.create_many(values, names=names)
+    return [PlainOperand.create(v, name=n) for v, n in zip(values, names, strict=True)]

@@ -38,6 +38,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import crypten
 import torch
 
 from crypten_mpcache.runtime.cost import operator_scope
@@ -63,8 +64,6 @@ def ordered_onehot(selected: Any, k: int) -> Any:
 
     ``selected``: scale-1 bits (..., G) with exactly k ones.
     """
-    import crypten
-
     counts = selected.cumsum(-1)                                     # inclusive, 0..k
     thresholds = torch.arange(1, k + 1, dtype=torch.float64).unsqueeze(-1)
     reached = counts.unsqueeze(-2).ge(thresholds)                   # (..., k, G) bits
@@ -117,8 +116,6 @@ def _rank_onehot(scores: Any, k: int) -> Any:
 
 def _iterative_onehot(scores: Any, k: int) -> Any:
     """(..., k, G): the k tournament winners in the order they won (rank order)."""
-    import crypten
-
     return crypten.stack(_iterative_winners(scores, k), dim=-2)
 
 
@@ -151,8 +148,6 @@ def _distinct(scores: Any) -> Any:
 def _compare_exchange(values: Any, lo: torch.Tensor, hi: torch.Tensor,
                       descending: torch.Tensor) -> Any:
     """One network layer: for each pair (lo, hi) put the max first where ``descending``."""
-    import crypten
-
     a = values.index_select(-1, lo)
     b = values.index_select(-1, hi)
     a_wins = a.ge(b)
@@ -205,8 +200,6 @@ def _blockwise(stages: list, blocks: int, width: int) -> list:
 
 def _kth_largest(values: Any, k: int) -> Any:
     """The k-th largest of distinct values (..., G) by a bitonic top-k selection network."""
-    import crypten
-
     g = values.size(-1)
     width = 1 << max(0, math.ceil(math.log2(k)))
     blocks = 1 << max(0, math.ceil(math.log2(math.ceil(g / width))))
