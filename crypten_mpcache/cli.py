@@ -59,11 +59,14 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--comparison", default="masked", choices=COMPARISONS,
                    help="secure comparison protocol: masked (the dealer deals the mask's "
                    "bits; default, ~7x fewer bytes) or crypten (CrypTen's own)")
-    p.add_argument("--cache", default="full", choices=_cache_choices(),
-                   help="KV-cache policy")
+    p.add_argument("--cache", default="full", metavar="CACHE",
+                   help="KV cache: full, or an MPCache variant with the names and "
+                   f"configurations of eval and bench ({', '.join(_mpcache_names())}; "
+                   "knobs: mpcache+field=value)")
     p.add_argument("--budget", type=_budget, default=None,
                    help="mpcache only: tokens attended per decode step, a fraction of the "
-                   "context (0.05) or a count (128); default: the MPCacheConfig default")
+                   "context (0.05) or a count (128); default: no cap, the variant's "
+                   "level ratios")
     p.add_argument("--check", action="store_true",
                    help="also run plaintext greedy generation and compare")
     p.add_argument("--no-premask", action="store_true",
@@ -75,10 +78,10 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_run_generate)
 
 
-def _cache_choices() -> tuple[str, ...]:
-    from crypten_mpcache.secure.kv_cache import default_policies
+def _mpcache_names() -> tuple[str, ...]:
+    from crypten_mpcache.config import mpcache_variants
 
-    return default_policies().names()
+    return tuple(mpcache_variants())
 
 
 def _run_generate(args: argparse.Namespace) -> int:

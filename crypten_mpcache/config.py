@@ -1,7 +1,8 @@
 """MPCacheConfig: every knob of MPCache, validated, with the authors' defaults.
 
 A config is lowered to a ``MethodPlan`` (``crypten_mpcache.algorithm.plan``) that the
-plaintext ``apply`` and the secure model both run. Amounts are a float ratio of the
+plaintext ``apply`` and the secure model both run. A method name plus a budget becomes a
+config in one place, ``crypten_mpcache.methods.resolve_method``. Amounts are a float ratio of the
 prompt in (0, 1] or an int count of tokens. A *budget* counts every token attended per
 decode step, forced sink and recent tokens included; a cache no longer than the budget
 is attended in full.
@@ -31,7 +32,7 @@ class MPCacheConfig:
         (dynamic). recent_tokens: minimum most-recent tokens always attended.
     cluster_sizes / keep_ratios: per level, coarsest first (32, 16) / (0.5, 0.2); the
         level-l ratio is a fraction of ALL level-l clusters. coarse_floor: with a budget
-        (``from_budget``) each coarser level keeps max(coarse_floor, 2 x the next level's
+        (``at_budget``) each coarser level keeps max(coarse_floor, 2 x the next level's
         ratio) of its clusters (authors: 0.5); lower means fewer candidates for the finer
         top-k, which under MPC costs with the square of its candidates.
         budget: optional cap on tokens
@@ -135,10 +136,13 @@ class MPCacheConfig:
                 "cluster_sizes": (32, 8), "coarse_floor": 0.25, "keep_ratios": (0.6, 0.3)}
 
     @classmethod
-    def default(cls, **overrides: object) -> MPCacheConfig:
-        """The tuned configuration (``default_overrides``); the dataclass defaults and
-        ``paper()`` stay the authors' configuration."""
-        return cls(**{**cls.default_overrides(), **overrides})
+    def default(cls, budget: Amount | None = None, **overrides: object) -> MPCacheConfig:
+        """The tuned configuration (``default_overrides``) with ``overrides``, at ``budget``
+        the way every entry point applies one (``at_budget``), so ``default(budget=b)`` is
+        ``resolve_method("mpcache", b)``; the dataclass defaults and ``paper()`` stay the
+        authors' configuration."""
+        config = cls(**{**cls.default_overrides(), **overrides})
+        return config if budget is None else config.at_budget(budget)
 
     @classmethod
     def paper(cls) -> MPCacheConfig:
@@ -150,25 +154,29 @@ class MPCacheConfig:
 
     @classmethod
     def from_budget(cls, budget: Amount, **overrides: object) -> MPCacheConfig:
-        """A config whose decode steps attend to at most ``budget`` tokens.
+        """The authors' knobs with ``overrides``, at ``budget`` (see ``at_budget``)."""
+        return cls(**overrides).at_budget(budget)
 
-        For a ratio ``b`` the static stage keeps ``window_ratio + 2b`` of the prompt (the
-        paper's 30% at b = 5%), the last level keeps ``b / static_keep`` of the compacted
-        cache (``b`` of the whole cache when ``static=False``) and each coarser level
-        twice that, at least ``coarse_floor`` (the authors: half).
+    def at_budget(self, budget: Amount) -> MPCacheConfig:
+        """This configuration with decode steps attending to at most ``budget`` tokens.
+
+        A count only sets the cap (the level ratios stay this config's). For a ratio
+        ``b`` the static stage keeps ``window_ratio + 2b`` of the prompt (the paper's 30%
+        at b = 5%), the last level keeps ``b / static_keep`` of the compacted cache (``b``
+        of the whole cache when ``static=False``) and each coarser level twice that, at
+        least ``coarse_floor`` (the authors: half).
         """
-        base = cls(**overrides)  # validates the overrides
         check_amount("budget", budget)
         if isinstance(budget, int):
-            return replace(base, budget=budget)
-        keep = round(min(1.0, base.window_ratio + 2.0 * budget), 6)
+            return replace(self, budget=budget)
+        keep = round(min(1.0, self.window_ratio + 2.0 * budget), 6)
         # Without the static stage nothing is compacted: ratios are of the whole cache.
-        last = min(1.0, budget / keep) if base.static else budget
-        ratios = list(base.keep_ratios)
+        last = min(1.0, budget / keep) if self.static else budget
+        ratios = list(self.keep_ratios)
         ratios[-1] = round(last, 6)
         for i in range(len(ratios) - 2, -1, -1):
-            ratios[i] = round(min(1.0, max(base.coarse_floor, 2.0 * ratios[i + 1])), 6)
-        return replace(base, budget=budget, static_keep=keep, keep_ratios=tuple(ratios))
+            ratios[i] = round(min(1.0, max(self.coarse_floor, 2.0 * ratios[i + 1])), 6)
+        return replace(self, budget=budget, static_keep=keep, keep_ratios=tuple(ratios))
 
     def dynamic_spec(self) -> DynamicSpec:
         sizes, ratios = self.cluster_sizes, self.keep_ratios
@@ -223,8 +231,8 @@ def mpcache_variants() -> dict[str, tuple[dict[str, object], str]]:
     """Every MPCache variant name of ``bench`` and ``eval`` -> (overrides, description).
 
     ``mpcache`` is the tuned ``MPCacheConfig.default()``, ``mpcache:paper`` the authors'
-    configuration and ``mpcache:<ablation>`` the authors' configuration with one change,
-    so one name means one configuration in both commands and in ``generate``.
+    configuration and ``mpcache:<ablation>`` the authors' configuration with one change;
+    ``crypten_mpcache.methods.resolve_method`` puts them at a budget for every entry point.
     """
     return {
         MPCACHE: (MPCacheConfig.default_overrides(),
@@ -287,8 +295,3 @@ def variant_overrides(name: str) -> dict[str, object]:
         except ValueError as exc:
             raise ValueError(f"bad value in knob {knob!r}: {exc}") from exc
     return overrides
-
-
-def mpcache_variant(name: str, budget: Amount) -> MPCacheConfig:
-    """The configuration of variant ``name`` (see ``variant_overrides``) at ``budget``."""
-    return MPCacheConfig.from_budget(budget, **variant_overrides(name))

@@ -17,10 +17,14 @@ Phases of the cost report: ``setup`` (weight encryption and premasking, once),
     result = private_generate("What is the capital of France?", max_new_tokens=8)
     result.text, result.cost["decode"][0]["bytes"]
 
-With ``cache="mpcache"`` the encrypted KV cache is evicted by MPCache
-(``secure.mpcache_policy``): ``budget`` (a ratio of the context or a token count per
-decode step) and/or ``mpcache`` (an ``MPCacheConfig``) configure it, and ``check=True``
-compares with the PLAINTEXT MPCache generation of the same config (``plaintext.apply``).
+With ``cache="mpcache"`` (or any MPCache variant name of ``eval`` and ``bench``, e.g.
+``"mpcache:paper"`` or ``"mpcache+cluster_sizes=16/8"``) the encrypted KV cache is evicted
+by MPCache (``secure.mpcache_policy``) with ``methods.resolve_method(cache, budget)``:
+the configuration ``eval`` and ``bench`` run under that name and ``budget`` (a ratio of
+the context or a token count per decode step). ``mpcache=`` (an ``MPCacheConfig``)
+replaces the knobs of ``cache="mpcache"`` and is put at ``budget`` the same way
+(``MPCacheConfig.at_budget``). ``check=True`` compares with the PLAINTEXT generation of
+the same config (``plaintext.apply``).
 """
 
 from __future__ import annotations
@@ -35,11 +39,12 @@ import torch
 
 import crypten_mpcache.secure.premask  # noqa: F401  (patches the TTP dealer in the parent)
 from crypten_mpcache.algorithm.plan import Amount, check_amount
-from crypten_mpcache.config import MPCacheConfig
+from crypten_mpcache.config import MPCACHE, MPCacheConfig, is_mpcache_variant, mpcache_variants
+from crypten_mpcache.methods import FULL, is_known, resolve_method
 from crypten_mpcache.models import check_architecture
 from crypten_mpcache.runtime.cost import CostMeter, combine
 from crypten_mpcache.runtime.launcher import COMPARISONS, DEALERS, LaunchConfig, launch
-from crypten_mpcache.secure.kv_cache import default_policies
+from crypten_mpcache.secure.method_policy import default_policies
 
 DEFAULT_PROMPT = ("In two short sentences, explain why the sky looks blue on a clear day "
                   "and why sunsets often look red or orange.")
@@ -56,14 +61,14 @@ class PrivateGenerationConfig:
     parties: int = 2
     dealer: str = "ttp"
     comparison: str = "masked"
-    cache: str = "full"
+    cache: str = FULL  # full, or an MPCache variant name of eval and bench (with knobs)
     check: bool = False  # also run the plaintext model and compare (reveals logits)
     premask: bool = True
     progress: bool = True
     chat_template: bool = True
     timeout_s: float = 7200.0
     budget: Amount | None = None  # mpcache only: tokens attended per decode step
-    mpcache: MPCacheConfig | None = None  # mpcache only: every other MPCache knob
+    mpcache: MPCacheConfig | None = None  # cache="mpcache" only: replaces its knobs
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
@@ -76,9 +81,11 @@ class PrivateGenerationConfig:
         if self.comparison not in COMPARISONS:
             raise ValueError(f"comparison must be one of {COMPARISONS}, got "
                              f"{self.comparison!r}")
-        if self.cache not in default_policies().names():
-            raise ValueError(f"unknown cache policy {self.cache!r}; "
-                             f"known: {default_policies().names()}")
+        if self.cache != FULL and not is_mpcache_variant(self.cache):
+            kind = "a plaintext-only method (eval)" if is_known(self.cache) else "unknown"
+            raise ValueError(f"cache {self.cache!r} is {kind}; generate runs "
+                             f"{', '.join((FULL, *mpcache_variants()))} (an MPCache variant "
+                             "may add knobs: mpcache+field=value)")
         if self.model_path is not None and not (Path(self.model_path) / "config.json").is_file():
             raise ValueError(f"unknown model folder {self.model_path!r}: no config.json there "
                              "(give a local transformers checkpoint folder, or None for the "
@@ -88,17 +95,24 @@ class PrivateGenerationConfig:
         check_amount("budget", self.budget, allow_none=True)
         if self.mpcache is not None and not isinstance(self.mpcache, MPCacheConfig):
             raise ValueError(f"mpcache must be an MPCacheConfig, got {self.mpcache!r}")
-        if self.cache != "mpcache" and (self.budget is not None or self.mpcache is not None):
+        if self.cache == FULL and (self.budget is not None or self.mpcache is not None):
             raise ValueError(f"budget and mpcache options need cache='mpcache', "
                              f"not {self.cache!r}")
+        if self.mpcache is not None and self.cache != MPCACHE:
+            raise ValueError(f"mpcache= replaces the knobs of cache='mpcache'; "
+                             f"cache={self.cache!r} names its own (give one of the two)")
+        self.mpcache_config()  # a bad knob in the name fails here, before any party starts
 
     def mpcache_config(self) -> MPCacheConfig | None:
-        """The MPCacheConfig of the run (None unless cache is ``mpcache``)."""
-        if self.cache != "mpcache":
+        """The MPCacheConfig of the run (None for the full cache): ``resolve_method(cache,
+        budget)``, the config of ``eval`` and ``bench``, or ``mpcache`` at ``budget``."""
+        if self.cache == FULL:
             return None
-        from crypten_mpcache.secure.mpcache_policy import resolve_config
-
-        return resolve_config(self.budget, self.mpcache)
+        if self.mpcache is not None:
+            return self.mpcache if self.budget is None else self.mpcache.at_budget(self.budget)
+        config = resolve_method(self.cache, self.budget)
+        assert isinstance(config, MPCacheConfig)  # the cache names are MPCache variants
+        return config
 
     def model_folder(self) -> Path:
         if self.model_path is not None:
@@ -183,20 +197,22 @@ class PartyTask:
     prompt_ids: tuple[int, ...]
     max_new_tokens: int
     premask: bool
-    cache: str
+    cache: str  # "full" or an MPCache variant name
     check: bool
     progress: bool
-    mpcache: MPCacheConfig | None = None  # the resolved config when cache is "mpcache"
+    mpcache: MPCacheConfig | None = None  # the resolved config (None: resolve ``cache``)
     debug_selections: bool = False  # TESTS ONLY: reveal and return the mpcache selections
 
 
 def party_policy(task: PartyTask, n_layers: int) -> Any:
-    """The task's cache policy (mpcache gets its config and the model's layer count)."""
+    """The task's cache policy (mpcache gets its resolved config and the model's layer
+    count)."""
     registry = default_policies()
-    if task.cache != "mpcache":
-        return registry.create(task.cache)
-    return registry.create("mpcache", config=task.mpcache or MPCacheConfig.default(),
-                           n_layers=n_layers, debug=task.debug_selections)
+    if task.cache == FULL:
+        return registry.create(FULL)
+    config = task.mpcache or resolve_method(task.cache)
+    return registry.create(MPCACHE, config=config, n_layers=n_layers,
+                           debug=task.debug_selections)
 
 
 def load_party_model(folder: str, owner: bool) -> torch.nn.Module:
@@ -370,9 +386,10 @@ def private_generate(prompt: str | None = None, *, max_new_tokens: int = 16,
                      comparison: str = "masked", cache: str = "full", check: bool = False,
                      premask: bool = True,
                      progress: bool = True, chat_template: bool = True,
-                     budget: float | int | None = None,
+                     budget: Amount | None = None,
                      mpcache: MPCacheConfig | None = None) -> GenerationResult:
-    """Generate ``max_new_tokens`` tokens privately (see the module docstring)."""
+    """Generate ``max_new_tokens`` tokens privately (see the module docstring; ``cache``
+    and ``budget`` mean what they mean in ``eval`` and ``bench``)."""
     config = PrivateGenerationConfig(
         max_new_tokens=max_new_tokens, model_path=model_path, parties=parties, dealer=dealer,
         comparison=comparison, cache=cache, check=check, premask=premask, progress=progress,

@@ -42,7 +42,7 @@ def _run(model, prompt, method):
 
 
 def test_registry_and_validation() -> None:
-    assert set(BASELINES) == {"full", "streamingllm", "snapkv", "h2o", "quest", "infllm"}
+    assert set(BASELINES) == {"full", "streaming", "snapkv", "h2o", "quest", "infllm"}
     with pytest.raises(ValueError):
         SnapKVConfig(budget=1.5)
     with pytest.raises(ValueError):
@@ -53,7 +53,7 @@ def test_registry_and_validation() -> None:
         QuestConfig(page_size=0)
 
 
-@pytest.mark.parametrize("name", ["streamingllm", "snapkv", "h2o", "quest", "infllm"])
+@pytest.mark.parametrize("name", ["streaming", "snapkv", "h2o", "quest", "infllm"])
 def test_every_step_attends_within_budget(model, prompt, name) -> None:
     method = BASELINES[name](budget=BUDGET)
     session = _run(model, prompt, method)
@@ -69,7 +69,7 @@ def test_every_step_attends_within_budget(model, prompt, name) -> None:
             assert rec["attended"] >= limit - 16  # budgets are used, not wasted
 
 
-def test_streamingllm_is_sinks_plus_recent(model, prompt) -> None:
+def test_streaming_is_sinks_plus_recent(model, prompt) -> None:
     session = _run(model, prompt, StreamingLLMConfig(budget=BUDGET, sink_tokens=4))
     for rec in session.decode_records():
         seen = PROMPT + rec["step"]

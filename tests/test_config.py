@@ -88,3 +88,74 @@ def test_amounts() -> None:
     assert budget_tokens(64, 1000) == 64
     for seen in range(20, 3000, 37):
         assert budget_tokens(0.05, seen) <= 0.05 * seen
+
+
+# --- one name + one budget = one config, at every entry point ---------------------------
+
+KNOBBED = ("mpcache+cluster_sizes=16/8", "mpcache:paper+index_sharing=false",
+           "mpcache+selection_scope=kv_head+coarse_floor=0.3")
+
+
+@pytest.mark.parametrize("budget", [0.05, 0.2, 1.0, 64, 1])
+def test_every_entry_point_gives_the_same_config(budget) -> None:
+    """eval, bench, generate (CLI and Python API) and the presets agree with
+    ``resolve_method`` for every name, ratio and count budgets and knobs included."""
+    from crypten_mpcache.bench.variants import resolve as bench_variant
+    from crypten_mpcache.cli import build_parser
+    from crypten_mpcache.config import is_mpcache_variant
+    from crypten_mpcache.eval import methods as eval_methods
+    from crypten_mpcache.methods import known_methods, resolve_method
+    from crypten_mpcache.private import PrivateGenerationConfig
+
+    for name in (*known_methods(), *KNOBBED):
+        expected = resolve_method(name, budget)
+        assert expected.plan() is not None
+        if name != "full":
+            assert eval_methods.resolve(name, budget).config == expected, name
+        if not is_mpcache_variant(name):
+            continue
+        policy = bench_variant(name).create(budget, n_layers=30)
+        assert policy.plan == expected.plan(), name  # the policy runs the resolved plan
+        assert PrivateGenerationConfig(cache=name, budget=budget).mpcache_config() == \
+            expected, name
+        args = build_parser().parse_args(["generate", "--cache", name, "--budget", str(budget)])
+        assert PrivateGenerationConfig(cache=args.cache, budget=args.budget).mpcache_config() \
+            == expected, name
+    assert MPCacheConfig.default(budget=budget) == resolve_method("mpcache", budget)
+    assert MPCacheConfig.from_budget(budget) == resolve_method("mpcache:paper", budget)
+    assert MPCacheConfig.default(budget=budget, cluster_sizes=(16, 8)) == \
+        resolve_method("mpcache+cluster_sizes=16/8", budget)
+    paper = PrivateGenerationConfig(cache="mpcache", budget=budget,
+                                    mpcache=MPCacheConfig.paper()).mpcache_config()
+    assert paper == resolve_method("mpcache:paper", budget)
+
+
+def test_resolve_method_without_budget_and_errors() -> None:
+    from crypten_mpcache.algorithm.baselines import FullCacheConfig, StreamingLLMConfig
+    from crypten_mpcache.methods import resolve_method
+    from crypten_mpcache.private import PrivateGenerationConfig
+
+    assert resolve_method("full") == resolve_method("full", 0.1) == FullCacheConfig()
+    assert resolve_method("mpcache") == MPCacheConfig.default()  # level ratios, no cap
+    assert resolve_method("mpcache:paper") == MPCacheConfig.paper()
+    assert PrivateGenerationConfig(cache="mpcache").mpcache_config() == MPCacheConfig.default()
+    assert resolve_method("streaming", 0.1) == StreamingLLMConfig(budget=0.1)
+    assert resolve_method("streaming", 0.1).plan().name == "streaming"
+    # an int count only sets the cap: the variant's level ratios stay
+    assert resolve_method("mpcache", 64).keep_ratios == MPCacheConfig.default().keep_ratios
+    with pytest.raises(ValueError, match=r"unknown method 'streamingllm'; known: full, "):
+        resolve_method("streamingllm", 0.1)
+    with pytest.raises(ValueError, match="needs a budget"):
+        resolve_method("snapkv")
+    with pytest.raises(ValueError, match="budget"):
+        resolve_method("mpcache", 1.5)
+    with pytest.raises(ValueError, match="bad knob"):
+        resolve_method("mpcache+nope=1", 0.1)
+    with pytest.raises(ValueError, match="plaintext-only"):
+        PrivateGenerationConfig(cache="streaming", budget=0.1)
+    with pytest.raises(ValueError, match="unknown; generate runs full, mpcache"):
+        PrivateGenerationConfig(cache="nope")
+    with pytest.raises(ValueError, match="names its own"):
+        PrivateGenerationConfig(cache="mpcache:paper", mpcache=MPCacheConfig.paper())
+    with pytest.raises(ValueError, match="bad knob"):
+        PrivateGenerationConfig(cache="mpcache+nope=1")

@@ -48,7 +48,7 @@ class StreamingLLMConfig:
 
     budget: Amount = 0.2
     sink_tokens: int = 4
-    name = "streamingllm"
+    name = "streaming"
 
     def __post_init__(self) -> None:
         _check(self.budget, sink_tokens=self.sink_tokens)

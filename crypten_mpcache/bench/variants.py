@@ -7,6 +7,8 @@ default), ``mpcache:paper`` (the authors' configuration) and ``mpcache:<ablation
 authors' configuration with ONE ``MPCacheConfig`` field changed), all at the same token
 budget, so a ratio between ``mpcache:paper`` and an ablation measures that one choice.
 Any of them may add ``+field=value`` knobs (``config.variant_overrides``), as in ``eval``.
+A variant's policy runs ``methods.resolve_method(name, budget)``, the config ``eval`` and
+``generate`` run under the same name and budget.
 """
 
 from __future__ import annotations
@@ -14,13 +16,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from crypten_mpcache.algorithm.plan import Amount
 from crypten_mpcache.config import (
     OVERRIDE_SEPARATOR,
     is_mpcache_variant,
     mpcache_variants,
     variant_overrides,
 )
-from crypten_mpcache.secure.kv_cache import CachePolicy, CachePolicyRegistry, default_policies
+from crypten_mpcache.methods import resolve_method
+from crypten_mpcache.secure.kv_cache import CachePolicy
+from crypten_mpcache.secure.method_policy import CachePolicyRegistry, default_policies
 
 MPCACHE_POLICY = "mpcache"
 
@@ -38,17 +43,16 @@ class CacheVariant:
     overrides: dict[str, Any] | None = field(default=None, hash=False)
     description: str = ""
 
-    def create(self, budget: float, n_layers: int,
+    def create(self, budget: Amount, n_layers: int,
                registry: CachePolicyRegistry | None = None) -> CachePolicy:
-        """A fresh policy instance (one per run: policies keep per-step state).
-        ``n_layers`` places the layers that select alone (index sharing)."""
+        """A fresh policy instance (one per run: policies keep per-step state) running
+        ``resolve_method(name, budget)``. ``n_layers`` places the layers that select alone
+        (index sharing)."""
         registry = registry or default_policies()
         if self.overrides is None:
             return registry.create(self.policy)
-        from crypten_mpcache.config import MPCacheConfig
-
-        return registry.create(self.policy, config=MPCacheConfig(**self.overrides),
-                               budget=budget, n_layers=n_layers)
+        return registry.create(self.policy, config=resolve_method(self.name, budget),
+                               n_layers=n_layers)
 
 
 def known_variants(registry: CachePolicyRegistry | None = None) -> tuple[str, ...]:

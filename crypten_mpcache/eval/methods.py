@@ -1,28 +1,38 @@
-"""Method registry: a method name plus a budget becomes a method config and a context.
+"""The eval harness's view of methods: a name plus a budget becomes a ``MethodSpec``.
 
-The eviction methods live elsewhere (``crypten_mpcache.config``,
-``crypten_mpcache.algorithm.baselines``, ``crypten_mpcache.plaintext``); this module only
-maps names to their configs, so that the harness never implements a method itself.
-``full`` needs nothing (no patch). A method whose module is missing or that rejects a
-budget is reported as unavailable with the reason, never silently skipped.
+Names and configs come from ``crypten_mpcache.methods.resolve_method``, the resolver of
+``bench`` and ``generate`` too, so one name at one budget is one configuration in every
+command; this module only adds the run bookkeeping. ``full`` needs nothing (no patch). A
+method whose config rejects a budget is reported as unavailable with the reason, never
+silently skipped.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 from dataclasses import dataclass
 from typing import Any
 
-from crypten_mpcache.config import is_mpcache_variant, mpcache_variants
+from crypten_mpcache.algorithm.plan import Amount, check_amount
+from crypten_mpcache.config import MPCACHE
+from crypten_mpcache.methods import (
+    BASELINE_NAMES,
+    FULL,
+    MethodConfig,
+    is_known,
+    known_methods,
+    resolve_method,
+    unknown_method,
+)
 
-FULL = "full"
-BASELINES = ("streaming", "snapkv", "h2o", "quest", "infllm")
-METHODS = (FULL, "mpcache", *BASELINES)
+METHODS = (FULL, MPCACHE, *BASELINE_NAMES)  # the default grid of ``eval``
+
+__all__ = ["FULL", "METHODS", "MethodSpec", "MethodUnavailable", "apply", "is_known",
+           "known_methods", "resolve"]
 
 
 class MethodUnavailable(RuntimeError):
-    """The method cannot run (its implementation is missing or rejects the budget)."""
+    """The method cannot run at this budget (its config rejects it)."""
 
 
 @dataclass(frozen=True)
@@ -30,64 +40,24 @@ class MethodSpec:
     """A resolved method: its name, its budget (None for full cache) and its config."""
 
     name: str
-    budget: float | None
-    config: Any = None
+    budget: Amount | None
+    config: MethodConfig
 
     @property
     def is_full(self) -> bool:
-        return self.config is None
+        return self.name == FULL
 
 
-def _import(module: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise MethodUnavailable(f"{module} is not importable ({exc})") from exc
-
-
-# Baseline name in this harness -> key of crypten_mpcache.algorithm.baselines.BASELINES.
-BASELINE_KEYS = {"streaming": "streamingllm", "snapkv": "snapkv", "h2o": "h2o",
-                 "quest": "quest", "infllm": "infllm"}
-
-
-def _mpcache(name: str, budget: float) -> Any:
-    """``config.mpcache_variant``: one name means one configuration here and in bench."""
-    config = _import("crypten_mpcache.config")
-    return config.mpcache_variant(name, budget)
-
-
-def _baseline(name: str, budget: float) -> Any:
-    module = _import("crypten_mpcache.algorithm.baselines")
-    table = getattr(module, "BASELINES", {})
-    key = BASELINE_KEYS[name]
-    if key not in table:
-        raise MethodUnavailable(f"crypten_mpcache.algorithm.baselines has no {key!r}")
-    return table[key](budget=budget)
-
-
-def known_methods() -> tuple[str, ...]:
-    """Every method name this registry understands, MPCache ablations included."""
-    return METHODS + tuple(v for v in mpcache_variants() if v not in METHODS)
-
-
-def is_known(name: str) -> bool:
-    """A registered name, or an MPCache variant with ``+field=value`` knobs."""
-    return name in known_methods() or is_mpcache_variant(name)
-
-
-def resolve(name: str, budget: float | None) -> MethodSpec:
-    """The config of ``name`` at ``budget`` (fraction of the prompt attended per step)."""
+def resolve(name: str, budget: Amount | None) -> MethodSpec:
+    """``resolve_method(name, budget)`` with the run's name and budget; a bad name or
+    budget is a ValueError, a config that rejects the budget ``MethodUnavailable``."""
     if name == FULL:
-        return MethodSpec(FULL, None)
+        return MethodSpec(FULL, None, resolve_method(FULL))
     if not is_known(name):
-        raise ValueError(f"unknown method {name!r}; choose from {', '.join(known_methods())}"
-                         " (an MPCache variant may add knobs: mpcache+field=value)")
-    if budget is None or not 0 < budget <= 1:
-        raise ValueError(f"budget must be in (0, 1], got {budget!r}")
+        raise unknown_method(name)
+    check_amount("budget", budget)
     try:
-        if name.startswith("mpcache"):
-            return MethodSpec(name, budget, _mpcache(name, budget))
-        return MethodSpec(name, budget, _baseline(name, budget))
+        return MethodSpec(name, budget, resolve_method(name, budget))
     except (TypeError, ValueError) as exc:
         raise MethodUnavailable(f"{name} at budget {budget}: {exc}") from exc
 
@@ -96,5 +66,9 @@ def apply(model: Any, spec: MethodSpec) -> contextlib.AbstractContextManager[Any
     """The context in which ``model`` runs ``spec`` (nothing to patch for full cache)."""
     if spec.is_full:
         return contextlib.nullcontext()
-    plaintext = _import("crypten_mpcache.plaintext")
-    return plaintext.apply(model, spec.config, record=False)
+    # Imported here: the CLI builds every subcommand's parser (and so imports this module)
+    # at start, and plaintext loads transformers' modeling code (seconds) that only a run
+    # needs.
+    from crypten_mpcache.plaintext import apply as apply_method
+
+    return apply_method(model, spec.config, record=False)
