@@ -106,6 +106,7 @@ class StepChoice:
     evict: StaticChoice | None = None
     fresh: bool = True
     payload: Any = None
+    revealed: list[torch.Tensor] | None = None  # revealed one-hots (records only)
     clusters: torch.Tensor | None = None  # revealed finest clusters (records only)
 
     @property
@@ -320,7 +321,8 @@ class Engine:
                 raise RuntimeError(f"layer {layer} cannot reuse layer {selector}'s selection: "
                                    f"{state.rows} rows here, {shared.counts.n_tokens} there")
             choice = StepChoice("select", shared.counts, shared.onehots, fresh=False,
-                                payload=shared.payload, clusters=shared.clusters)
+                                payload=shared.payload, revealed=shared.revealed,
+                                clusters=shared.clusters)
             self._steps[layer] = choice
             return choice
         spec = self.plan.dynamic
@@ -329,11 +331,10 @@ class Engine:
         scores = None if level_scores is None else level_scores(state)
         onehots = dynamic.select(self.backend, query, state.clusters, counts,
                                  spec.similarity, scores)
-        clusters = None
+        choice = StepChoice("select", counts, onehots)
         if self.record and not counts.dense:
-            revealed = [self.backend.reveal(o).double() for o in onehots]
-            clusters = dynamic.finest_clusters(PLAIN, revealed, counts)
-        choice = StepChoice("select", counts, onehots, clusters=clusters)
+            choice.revealed = [self.backend.reveal(o).double() for o in onehots]
+            choice.clusters = dynamic.finest_clusters(PLAIN, choice.revealed, counts)
         self._steps[layer] = choice
         return choice
 
@@ -371,11 +372,12 @@ class Engine:
         if not self.record:
             return
         attended, positions = state.rows, state.positions
-        if choice.mode == "select" and not choice.counts.dense:
-            revealed = [self.backend.reveal(o).double() for o in choice.onehots]
+        if choice.selects:
             attended = choice.counts.attended
             positions = dynamic.gather_tokens(PLAIN, positions.double().unsqueeze(-1),
-                                              revealed, choice.counts)[..., 0].round().long()
+                                              choice.revealed, choice.counts)
+            # a set: the one-hots' row order is the top-k protocol's business
+            positions = positions[..., 0].round().long().sort(dim=-1).values
         self._log(layer, "decode", state, attended, positions, choice.clusters)
 
     def _log(self, layer: int, phase: Phase, state: LayerState, attended: int,
