@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import crypten
 import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-if TYPE_CHECKING:
-    from transformers import LlamaForCausalLM
+from crypten_mpcache.assets import smollm2_folder
+from crypten_mpcache.models.llama import SecureModelOptions, secure_argmax, secure_forward
+from crypten_mpcache.patches.transformers_llama import patch
+from crypten_mpcache.secure.kv_cache import SecureKVCache
 
 
 def tiny_llama(seed: int, *, kv_heads: int = 2, layers: int = 2, vocab: int = 40,
@@ -24,8 +29,6 @@ def tiny_llama(seed: int, *, kv_heads: int = 2, layers: int = 2, vocab: int = 40
     gaps; with ``tie`` it scales the shared embedding too). ``config``: extra LlamaConfig
     fields (e.g. ``attn_implementation="eager"``).
     """
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     torch.manual_seed(seed)
     llama_config = LlamaConfig(vocab_size=vocab, hidden_size=hidden,
                                intermediate_size=2 * hidden, num_hidden_layers=layers,
@@ -75,10 +78,6 @@ def tiny_llama_checkpoint(folder: Path, *, seed: int = 0, kv_heads: int = 2,
     The vocabulary is the real one (49,152) so that text prompts, chat templates and the
     secure argmax over a real-sized vocabulary are exercised; everything else is tiny.
     """
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from crypten_mpcache.assets import smollm2_folder
-
     tokenizer = AutoTokenizer.from_pretrained(str(smollm2_folder()))
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
@@ -106,12 +105,6 @@ def secure_greedy(model: torch.nn.Module, ids: list[int], steps: int,
     tokens with the secure argmax fed back, restore. TESTS ONLY: the logits of each step
     are revealed (``exact_plain``) so they can be compared with plaintext; also returns
     the cache length of every layer."""
-    import crypten
-
-    from crypten_mpcache.models.llama import SecureModelOptions, secure_argmax, secure_forward
-    from crypten_mpcache.patches.transformers_llama import patch
-    from crypten_mpcache.secure.kv_cache import SecureKVCache
-
     handle = patch(model, SecureModelOptions(premask=premask))
     cache = SecureKVCache(model.config.num_hidden_layers, premask=premask)
     onehot = torch.nn.functional.one_hot(torch.tensor([ids]), model.config.vocab_size)
@@ -138,3 +131,119 @@ def plaintext_greedy(model: torch.nn.Module, ids: list[int], steps: int
             logits.append(last)
             sequence.append(int(last.argmax()))
     return sequence[len(ids):], torch.stack(logits)
+
+
+# --- an independent reference of MPCache's selections (tests only) ---------------------
+
+
+class AttentionInputs:
+    """Forward pre-hooks on every Llama attention module that record, per layer and call,
+    the post-RoPE query and key rows computed from the module's own inputs.
+
+    Why: a selection test must not take its expected answer from the code under test.
+    The q and k rows are recomputed with transformers' projections and RoPE only, so a
+    reference selection built from them is independent of ``crypten_mpcache.algorithm``.
+    Use as a context manager around a plaintext run; ``keys(layer)`` concatenates every
+    call's key rows (the cache in original order), ``queries(layer)[i]`` is call i's.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.calls: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._hooks: list[Any] = []
+
+    def __enter__(self) -> AttentionInputs:
+        modules = [m for m in self.model.modules()
+                   if hasattr(m, "layer_idx") and hasattr(m, "q_proj") and hasattr(m, "k_proj")]
+        for module in modules:
+            self._hooks.append(module.register_forward_pre_hook(self._hook, with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+
+    def _hook(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        cos, sin = kwargs["position_embeddings"]
+        batch, length, _ = hidden.shape
+        dim = module.head_dim
+        with torch.no_grad():
+            q = module.q_proj(hidden).view(batch, length, -1, dim).transpose(1, 2)
+            k = module.k_proj(hidden).view(batch, length, -1, dim).transpose(1, 2)
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        self.calls.setdefault(module.layer_idx, []).append((q.double(), k.double()))
+
+    def keys(self, layer: int, calls: int | None = None) -> torch.Tensor:
+        """Key rows ``(B, Hkv, N, D)`` of the first ``calls`` forwards (all by default)."""
+        return torch.cat([k for _, k in self.calls[layer][:calls]], dim=-2)
+
+    def queries(self, layer: int) -> list[torch.Tensor]:
+        return [q for q, _ in self.calls[layer]]
+
+
+def _top(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k largest scores along the last dim (ties to the lower index)."""
+    return torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :k]
+
+
+def reference_static_positions(query: torch.Tensor, keys: torch.Tensor, *, sink: int,
+                               window: int, n_select: int, scope: str = "layer"
+                               ) -> torch.Tensor:
+    """Prompt positions look-once static eviction keeps, from first principles.
+
+    Importance of a prompt token = the softmax attention the last ``window`` prompt
+    queries give it (causal, scaled by 1/sqrt(d)), summed over those rows and averaged
+    over the query heads of the layer (``scope="layer"``) or of each KV head; the first
+    ``sink`` and last ``window`` tokens are kept, and the ``n_select`` most important of
+    the others. Returns sorted positions ``(B, 1 or Hkv, keep)``.
+    """
+    batch, hq, length, dim = query.shape
+    hkv = keys.shape[1]
+    full = keys.repeat_interleave(hq // hkv, dim=1)
+    scores = query[..., length - window:, :] @ full.transpose(-1, -2) / dim ** 0.5
+    rows = torch.arange(length - window, length).unsqueeze(1)
+    scores = scores.masked_fill(torch.arange(length).unsqueeze(0) > rows, float("-inf"))
+    per_head = torch.softmax(scores, dim=-1).sum(dim=2)  # (B, Hq, L)
+    if scope == "layer":
+        importance = per_head.mean(dim=1, keepdim=True)
+    else:
+        importance = per_head.reshape(batch, hkv, hq // hkv, length).mean(dim=2)
+    middle = _top(importance[..., sink: length - window], n_select) + sink
+    heads = importance.shape[1]
+    fixed = torch.cat([torch.arange(sink), torch.arange(length - window, length)])
+    kept = torch.cat([fixed.expand(batch, heads, -1), middle], dim=-1)
+    return kept.sort(dim=-1).values
+
+
+def reference_clusters(query: torch.Tensor, keys: torch.Tensor, *, sink: int,
+                       sizes: tuple[int, ...], ks: tuple[int, ...], n_top: int,
+                       alpha: float, per_layer: bool) -> torch.Tensor:
+    """Finest clusters MPCache's hierarchical selection keeps, from first principles.
+
+    The competing region is the ``n_top`` coarsest clusters after the ``sink`` tokens.
+    A cluster's representative is ``alpha * max + (1 - alpha) * min`` of its keys per
+    dimension; its score is the sum of the group's query rows dotted with it (summed over
+    KV heads when ``per_layer``). Level 0 keeps its ``ks[0]`` best clusters; each finer
+    level keeps the ``ks[l]`` best CHILDREN of the clusters kept so far. Returns the
+    sorted absolute finest-cluster indices ``(B, 1 or Hkv, ks[-1])``.
+    """
+    batch, hkv, _, dim = keys.shape
+    region = keys[..., sink: sink + n_top * sizes[0], :]
+    q_sum = query.reshape(batch, hkv, -1, dim).sum(dim=2)  # (B, Hkv, D)
+    kept = None
+    for level, size in enumerate(sizes):
+        blocks = region.reshape(batch, hkv, -1, size, dim)
+        rep = alpha * blocks.amax(dim=3) + (1 - alpha) * blocks.amin(dim=3)
+        scores = torch.einsum("bhd,bhcd->bhc", q_sum, rep)
+        if per_layer:
+            scores = scores.sum(dim=1, keepdim=True)
+        if kept is None:
+            candidates = torch.arange(scores.shape[-1]).expand(*scores.shape[:-1], -1)
+        else:
+            fan = sizes[level - 1] // size
+            candidates = (kept.unsqueeze(-1) * fan + torch.arange(fan)).flatten(-2)
+        best = _top(torch.gather(scores, -1, candidates), ks[level])
+        kept = torch.gather(candidates, -1, best)
+    return kept.sort(dim=-1).values

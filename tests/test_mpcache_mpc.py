@@ -16,20 +16,26 @@ import torch
 import crypten_mpcache  # noqa: F401
 from crypten_mpcache.algorithm import dynamic, static
 from crypten_mpcache.algorithm.clusters import ClusterState
-from crypten_mpcache.algorithm.plan import StaticSpec
+from crypten_mpcache.algorithm.plan import StaticSpec, budget_tokens
 from crypten_mpcache.algorithm.torch_backend import TorchBackend
 from crypten_mpcache.config import MPCacheConfig
 from crypten_mpcache.fidelity import compare_selections, secure_records
 from crypten_mpcache.private import PrivateGenerationConfig, generate_ids
 from crypten_mpcache.runtime.launcher import LaunchConfig, launch
-from crypten_mpcache.secure.kv_cache import default_policies
+from crypten_mpcache.secure.method_policy import default_policies
 from crypten_mpcache.secure.mpcache_policy import (
     MPCachePolicy,
     absolute_onehot,
     compaction_matrix,
     resolve_config,
 )
-from crypten_mpcache.testing import assert_same_transcript, save_tiny_llama
+from crypten_mpcache.testing import (
+    AttentionInputs,
+    assert_same_transcript,
+    reference_clusters,
+    reference_static_positions,
+    save_tiny_llama,
+)
 
 PLAIN = TorchBackend()
 TFP = LaunchConfig(parties=2, dealer="tfp", timeout_s=600)
@@ -38,23 +44,76 @@ MARGIN = 1e-2  # smallest plaintext top-k margin (CrypTen exp: a few % error on 
 RATIO = MPCacheConfig(static_keep=0.6, window_ratio=0.2, sink_tokens=4, recent_tokens=4,
                       cluster_sizes=(8, 4), keep_ratios=(0.5, 0.5), alone_head=0, alone_tail=1)
 BUDGET = 20  # tokens per decode step (GQA case)
+# The shipped default (sink 16, recent 16, clusters 32 then 8) needs a prompt with full
+# 32-token clusters beyond sink + recent, and a budget above sink + recent (32) so that
+# the top-k really chooses: at 160 tokens and 64 tokens a step it keeps 3 clusters of 8
+# out of the children of its best coarse clusters at every step.
+DEFAULT_PROMPT, DEFAULT_BUDGET = 160, 64
 
 
 def save_llama(folder: Path, seed: int, kv_heads: int) -> str:
     """Three layers, peaky attention (q/k weights x10) and wide logit gaps."""
     return save_tiny_llama(folder, seed, kv_heads=kv_heads, layers=3, vocab=VOCAB,
-                           qk_gain=10.0, lm_head_gain=4.0)
+                           qk_gain=10.0, lm_head_gain=4.0, max_positions=256)
 
 
-def prompt(seed: int) -> list[int]:
-    return torch.randint(0, VOCAB, (PROMPT,), generator=torch.Generator().manual_seed(seed)
+def prompt(seed: int, length: int = PROMPT) -> list[int]:
+    return torch.randint(0, VOCAB, (length,), generator=torch.Generator().manual_seed(seed)
                          ).tolist()
+
+
+def expected_selections(inputs: AttentionInputs, config: MPCacheConfig, prompt_len: int,
+                        records: list[dict]) -> int:
+    """Check every selecting layer's record against ``reference_static_positions`` /
+    ``reference_clusters`` computed from the run's own q and k rows (no code of
+    ``crypten_mpcache.algorithm`` decides anything here; only the public counts come from
+    it). Returns how many decode records really chose clusters (k >= 1 of more)."""
+    spec, chose = config.dynamic_spec(), 0
+    for record in records:
+        layer, step = record["layer"], record["step"]
+        if record["selector"] != layer:
+            continue
+        query0, keys0 = inputs.calls[layer][0]
+        kept = None
+        if config.static:
+            budget = budget_tokens(config.budget, prompt_len) if config.budget else None
+            counts = static.static_counts(config.static_spec(), prompt_len, budget)
+            if counts.evicts:
+                kept = reference_static_positions(query0, keys0, sink=counts.sink,
+                                                  window=counts.window,
+                                                  n_select=counts.n_select,
+                                                  scope=config.static_scope)
+        if record["phase"] == "prefill":
+            if kept is not None:
+                assert torch.equal(record["positions"], kept.expand_as(record["positions"])), \
+                    (layer, record["positions"], kept)
+            continue
+        keys = inputs.keys(layer, step + 1)
+        if kept is not None:
+            index = kept.expand(-1, keys0.shape[1], -1).unsqueeze(-1).expand(
+                -1, -1, -1, keys0.shape[-1])
+            keys = torch.cat([keys0.gather(2, index), keys[..., prompt_len:, :]], dim=-2)
+        budget = budget_tokens(config.budget, prompt_len + step) if config.budget else None
+        counts = dynamic.step_counts(spec, int(keys.shape[-2]), budget)
+        if counts.dense or counts.ks[-1] == 0:
+            assert record["clusters"] is None or record["clusters"].numel() == 0, (layer, step)
+            continue
+        want = reference_clusters(inputs.queries(layer)[step], keys, sink=counts.sink,
+                                  sizes=counts.sizes, ks=counts.ks, n_top=counts.n_top,
+                                  alpha=spec.alpha, per_layer=counts.shared_heads)
+        assert record["clusters"] is not None and torch.equal(record["clusters"], want), \
+            (layer, step, record["clusters"], want)
+        chose += 1
+    return chose
 
 
 def plaintext_run(folder: str, ids: list[int], feed: list[int], config: MPCacheConfig
                   ) -> tuple[list[int], list[dict], float]:
     """Greedy ids, debug records and the smallest top-k margin of the plaintext MPCache
-    run, fed with ``feed`` (the private tokens) so both runs see the same inputs."""
+    run, fed with ``feed`` (the private tokens) so both runs see the same inputs. Its
+    selections are checked against the first-principles reference
+    (``expected_selections``): a comparison of MPC with plaintext alone cannot see a
+    selection that is wrong in both."""
     from transformers import LlamaForCausalLM
 
     from crypten_mpcache.plaintext import generate_fed
@@ -71,9 +130,12 @@ def plaintext_run(folder: str, ids: list[int], feed: list[int], config: MPCacheC
     model = LlamaForCausalLM.from_pretrained(folder).eval()
     TorchBackend.topk_onehot = measured
     try:
-        greedy, _, records = generate_fed(model, config, ids, len(feed), feed=feed, record=True)
+        with AttentionInputs(model) as inputs:
+            greedy, _, records = generate_fed(model, config, ids, len(feed), feed=feed,
+                                              record=True)
     finally:
         TorchBackend.topk_onehot = original
+    assert expected_selections(inputs, config, len(ids), records) > 0
     return greedy, records, min(margins)
 
 
@@ -291,33 +353,83 @@ def _same_records(secure: list[dict], plain: list[dict], layers: int, exact: boo
 # Fixed-point noise (CrypTen's exp is a few % off on attention probabilities) can flip a
 # decode-time cluster choice whose plaintext top-k margin is small but above MARGIN: seen
 # in ~1 run of 10 for the MHA case (decode step 4, layer 2) and in 2 runs of ~45 for the
-# GQA one-level case (decode step 2, layer 0 and its reuser layer 1). Every case tolerates
-# ONE flipped decision; tokens must still be equal, and a real bug flips many.
-@pytest.mark.parametrize("seed,kv_heads,config", [
-    (27, 4, RATIO),                                                              # MHA, ratio
-    (6, 2, resolve_config(BUDGET, RATIO)),                                       # GQA, budget
-    (6, 2, resolve_config(BUDGET, replace(RATIO, selection_scope="layer", hierarchy=False))),
-], ids=["mha-ratio", "gqa-budget", "gqa-layer-scope-one-level"])
-def test_secure_selections_and_tokens_equal_plaintext(tmp_path, seed, kv_heads, config):
+# GQA one-level case (decode step 2, layer 0 and its reuser layer 1). Every case
+# tolerates ONE flipped decision; tokens must still be equal, and a real bug flips many.
+# The shipped default and the authors' configuration are not exact yet: with plaintext
+# margins of 4% (default, seed 0) and 1-2% (paper) of the largest score, one decision
+# flipped under MPC in the runs tried (default: decode 2 / layer 0; paper seed 1: two
+# layers at decode 4), so they run with the same tolerance. Their plaintext selections
+# are checked EXACTLY against the first-principles reference (``expected_selections``).
+# The authors' case runs at a 45% budget: their static stage then keeps the whole prompt
+# (keep = window + 2 x budget), because at a few hundred tokens static importances differ
+# by ~1e-4 at the cut (softmax sums), below CrypTen's exp error; the static stage is
+# checked against the reference in plaintext (``test_plaintext_selections_...``).
+@pytest.mark.parametrize("seed,kv_heads,config,length,exact", [
+    (27, 4, RATIO, PROMPT, False),                                               # MHA, ratio
+    (6, 2, resolve_config(BUDGET, RATIO), PROMPT, False),                        # GQA, budget
+    (6, 2, resolve_config(BUDGET, replace(RATIO, selection_scope="layer", hierarchy=False)),
+     PROMPT, False),
+    (0, 2, MPCacheConfig.default(budget=DEFAULT_BUDGET), DEFAULT_PROMPT, False),
+    (14, 2, resolve_config(0.45, MPCacheConfig.paper()), 224, False),
+], ids=["mha-ratio", "gqa-budget", "gqa-layer-scope-one-level", "default", "paper"])
+def test_secure_selections_and_tokens_equal_plaintext(tmp_path, seed, kv_heads, config,
+                                                      length, exact):
     folder = save_llama(tmp_path / "m", seed, kv_heads)
-    ids = prompt(100 + seed)
+    ids = prompt(100 + seed, length)
     client = secure_run(folder, ids, config)
     tokens = client["tokens"]
     greedy, records, margin = plaintext_run(folder, ids, tokens, config)
     assert margin > MARGIN  # the case is decided by the algorithm, not by rounding
     assert tokens == greedy
-    _same_records(client["selections"], records, layers=3, exact=False)
+    _same_records(client["selections"], records, layers=3, exact=exact)
     decode = [r for r in client["selections"] if r["phase"] == "decode"]
-    assert any(r["clusters"] is not None for r in decode)  # selection really happened
+    selecting = [r for r in decode if r["selector"] == r["layer"]]
+    # selection really happened: every selecting layer chose k >= 1 clusters at every step
+    # (a budget below sink + recent gives k = 0 and nothing to test), fewer than all
+    spec = config.dynamic_spec()
+    for record in selecting:
+        assert record["clusters"] is not None and record["clusters"].numel() > 0, record
+        assert record["attended"] < record["step"] + length, record
+    assert client["cost"]["operators"]["topk"]["bytes"] > 0
     if config.budget is not None:
-        assert max(r["attended"] for r in decode) <= BUDGET
-    # index sharing: layer 1 applies layer 0's selection and reveals nothing of its own
-    assert all(r["selector"] == 0 for r in client["selections"] if r["layer"] == 1)
-    expected = sum(len(config.dynamic_spec().cluster_sizes) for r in decode
-                   if r["clusters"] is not None and r["selector"] == r["layer"])
-    expected += sum(1 for r in client["selections"]
-                    if r["phase"] == "prefill" and r["selector"] == r["layer"])
+        limit = budget_tokens(config.budget, length + STEPS)
+        assert max(r["attended"] for r in decode) <= limit
+    if config.index_sharing and config.alone_head == 0:
+        # layer 1 applies layer 0's selection and reveals nothing of its own
+        assert all(r["selector"] == 0 for r in client["selections"] if r["layer"] == 1)
+    by_key = {(r["step"], r["layer"]): r for r in decode}
+    for record in decode:  # a reusing layer attends exactly its selector's clusters
+        chosen = by_key[(record["step"], record["selector"])]["clusters"]
+        assert record["clusters"] is None or torch.equal(record["clusters"], chosen)
+    expected = sum(len(spec.cluster_sizes) for r in selecting)
+    expected += sum(1 for r in client["selections"]  # static eviction's choice, if any
+                    if r["phase"] == "prefill" and r["selector"] == r["layer"]
+                    and r["positions"] is not None)
     assert client["reveals"]["counts"]["debug_reveal_selection"] == expected
+
+
+@pytest.mark.parametrize("config,length", [
+    (MPCacheConfig.default(budget=DEFAULT_BUDGET), DEFAULT_PROMPT),
+    (resolve_config(96, MPCacheConfig.paper()), 256),
+], ids=["default", "paper-static"])
+def test_plaintext_selections_equal_the_reference(tmp_path, config, length):
+    """The plaintext algorithm (what MPC is compared with) keeps exactly what the
+    first-principles reference keeps: the authors' static eviction (28 of 188 middle
+    tokens at 256 tokens, budget 96) and the decode-time top-k of both configurations.
+    Plaintext only (no fixed-point noise), so it is exact where MPC cannot be."""
+    from transformers import LlamaForCausalLM
+
+    from crypten_mpcache.plaintext import generate_fed
+
+    model = LlamaForCausalLM.from_pretrained(save_llama(tmp_path / "m", 2, 2)).eval()
+    ids = prompt(5, length)
+    with AttentionInputs(model) as inputs:
+        _, _, records = generate_fed(model, config, ids, STEPS, record=True)
+    chose = expected_selections(inputs, config, length, records)
+    assert chose == 3 * (STEPS - 1)  # every layer chose clusters at every decode step
+    if config.static:
+        prefill = [r for r in records if r["phase"] == "prefill"]
+        assert all(r["positions"].shape[-1] < length for r in prefill)  # it evicted
 
 
 def test_check_compares_with_plaintext_mpcache(tmp_path):
