@@ -98,16 +98,23 @@ def test_demo_walkthrough_runs(tmp_path):
 
 
 def test_generate_with_mpcache_and_a_budget_matches_plaintext_mpcache(tmp_path, capsys):
+    """A budget of 72 tokens on a ~120-token prompt: above the forced sink and recent
+    tokens (32), so the shipped default selects clusters with a secure top-k at every
+    decode step (a budget below 32 would select nothing and test no selection)."""
     folder = tiny_llama_checkpoint(tmp_path / "m", seed=3, context=256)
     out = tmp_path / "mp.json"
     code = main(["generate", "--model", str(folder), "--no-chat-template",
                  "--prompt", "Tell me a story about a dragon. " * 15,
                  "--max-new-tokens", "3", "--dealer", "tfp", "--cache", "mpcache",
-                 "--budget", "24", "--check", "--quiet", "--json", str(out)])
+                 "--budget", "72", "--check", "--quiet", "--json", str(out)])
     printed = capsys.readouterr().out
     assert code == 0, printed
     data = json.loads(out.read_text())
     assert data["cache"] == "mpcache" and data["match"] is True
+    assert data["prompt_tokens"] > 72
+    operators = data["cost"]["operators"]
+    for kind in ("similarity", "topk", "gather"):  # the selection ran under MPC
+        assert operators[kind]["bytes"] > 0 and operators[kind]["rounds"] > 0, kind
 
 
 def test_budget_without_mpcache_is_rejected(tiny_folder, capsys):
