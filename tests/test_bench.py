@@ -22,8 +22,14 @@ ROW_KEYS = {"shape", "layers", "context", "cache", "budget", "dealer", "bytes", 
             "operators", "bytes_per_party", "per_layer", "model_estimate", "online_bytes",
             "online_rounds", "online_lan_seconds", "online_wan_seconds", "dealer_bytes",
             "dealer_rounds", "activation", "comparison"}
+# budget 0.2: at 512 tokens 103 tokens, above the forced sink + recent tokens (32), so
+# MPCache's decode step runs a secure top-k (5% would give k = 0 and select nothing)
 TINY = BenchConfig(shape="tiny", layers=2, contexts=(64, 512), caches=("full",),
-                   dealer="tfp", steps=1)
+                   dealer="tfp", steps=1, budget=0.2)
+
+
+def _topk_bytes(row: dict) -> int:
+    return row["operators"].get("topk", {}).get("bytes", 0)
 
 
 def _caches() -> tuple[str, ...]:
@@ -115,8 +121,13 @@ def _transcript(result: dict) -> list[tuple]:
 
 def test_transcript_independent_of_values(tiny_run: dict, other_values_run: dict) -> None:
     """Different weights and cache values, distinct instead of shared weights: the same
-    bytes and rounds per step, per operator, and for the static stage."""
+    bytes and rounds per step, per operator, and for the static stage; with a top-k
+    that selects clusters (different values select different clusters)."""
     assert _transcript(tiny_run) == _transcript(other_values_run)
+    for run in (tiny_run, other_values_run):
+        for cache in ("mpcache", "mpcache:paper"):
+            row = next(r for r in run["rows"] if r["cache"] == cache and r["context"] == 512)
+            assert _topk_bytes(row) > 0, cache
 
 
 def test_full_vs_full_ratio_is_one(tiny_run: dict, other_values_run: dict) -> None:
@@ -132,13 +143,16 @@ def test_full_vs_full_ratio_is_one(tiny_run: dict, other_values_run: dict) -> No
 
 @pytest.mark.parametrize("cache", ["mpcache", "mpcache:paper"])
 def test_mpcache_respects_budget(tiny_run: dict, cache: str) -> None:
-    """At 512 tokens 5% (26 tokens) covers the forced sink and recent tokens: no step
-    attends to more, the new token included. Both pay a one-time cost at the end of
+    """At 512 tokens 20% (103 tokens): the decode step selects clusters with a secure
+    top-k and attends to no more, the new token included. Both pay a one-time cost at the end of
     prefill (premasking the cluster representatives); the authors' configuration adds
     static eviction (a secure top-k and the compaction) to it."""
     row = next(r for r in tiny_run["rows"] if r["cache"] == cache and r["context"] == 512)
     seen = row["context"] + row["steps"]
+    assert row["budget"] == 0.2
     assert row["attended_max"] <= math.ceil(row["budget"] * seen)
+    assert row["attended_max"] > 32  # more than the forced sink + recent tokens
+    assert _topk_bytes(row) > 0 and row["operators"]["topk"]["rounds"] > 0
     assert row["static_bytes"] > 0 and row["static_rounds"] > 0
     if cache == "mpcache:paper":
         tuned = next(r for r in tiny_run["rows"] if r["cache"] == "mpcache" and r["context"] == 512)
