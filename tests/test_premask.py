@@ -370,3 +370,56 @@ def test_transcript_does_not_depend_on_secret_values(parties, dealer):
     large = launch(_transcripts, 3.0, config=config)
     assert small == large
     assert all(len(trace) == 13 for trace in small)
+
+
+# ---------------------------------------------------------------- mask freshness
+
+
+def _freshness() -> dict[str, torch.Tensor]:
+    """Two operands masking the same secret value, and two products with the same x: what
+    each party sees opened (D = value - mask, eps = x - A)."""
+    import crypten
+    import crypten.communicator as comm
+
+    value = crypten.cryptensor(torch.linspace(-3.0, 3.0, 48).reshape(6, 8))
+    first, second = premask.FixedOperand.create_many([value, value], names=["w", "w_again"])
+    third = premask.fixed_operand(value, name="w_later")
+    x = crypten.cryptensor(torch.randn(4, 6, generator=torch.Generator().manual_seed(3)), src=1)
+    communicator = comm.get()
+    original, opened = communicator.all_reduce, []
+
+    def recording(*args, **kwargs):
+        result = original(*args, **kwargs)
+        opened.append(result.clone())
+        return result
+
+    communicator.all_reduce = recording
+    try:
+        products = [first.rmatmul(x).get_plain_text(), first.rmatmul(x).get_plain_text()]
+    finally:
+        communicator.all_reduce = original
+    return {"d": [first._pair[0], second._pair[0], third._pair[0]],
+            "encoded": value.encoder.encode(value.get_plain_text()),
+            "eps": [t for t in opened if t.shape == x.share.shape], "products": products,
+            "expected": x.get_plain_text() @ value.get_plain_text()}
+
+
+@pytest.mark.parametrize("dealer", ["ttp", "tfp"])
+def test_every_operand_and_product_gets_a_fresh_mask(dealer):
+    """A mask reused for two operands would open the same D twice (and D - D' = 0 reveals
+    that the values are equal, D = value if the mask were zero); a triple reused for two
+    products would open the same eps = x - A twice. Random 64-bit masks make equal
+    elements a 2^-64 event: require differences at (about) every element."""
+    results = launch(_freshness, config=LaunchConfig(parties=2, dealer=dealer, timeout_s=60))
+    for rank_result in results:
+        d, encoded = rank_result["d"], rank_result["encoded"]
+        assert torch.equal(d[0], results[0]["d"][0])  # D is opened: every party has it
+        for i in range(3):
+            assert (d[i] != encoded).float().mean() > 0.97, i
+            for j in range(i):
+                assert (d[i] != d[j]).float().mean() > 0.97, (i, j)
+        eps = rank_result["eps"]
+        assert len(eps) == 2, [e.shape for e in eps]  # one opening per product
+        assert (eps[0] != eps[1]).float().mean() > 0.97
+        for product in rank_result["products"]:  # fresh masks, same correct result
+            assert torch.allclose(product, rank_result["expected"], atol=TOL)
