@@ -196,27 +196,41 @@ def _passkey_run(model, tokenizer, method, ids: torch.Tensor) -> tuple[str, int]
 
 @pytest.mark.slow
 def test_smollm2_passkey_full_cache_and_mpcache_budgets() -> None:
-    """Full cache finds the passkey at ~2k tokens; report MPCache at 0.1/0.2/0.3."""
+    """Full cache finds the passkey at ~2k tokens; the shipped MPCache default finds it
+    too from budget 0.2 on (README, results/NOTES.md: parity with the full cache from 0.2
+    on 20 passkeys at 2k), attending to no more than its budget; 0.1 is reported only.
+    Measured here (one sample, depth 0.5, 2047 tokens, ~160 s): full, 0.2, 0.3 find the
+    key, 0.1 answers '712'."""
     from transformers import AutoTokenizer
 
     from crypten_mpcache.assets import smollm2_folder
+    from crypten_mpcache.methods import resolve_method
 
     folder = smollm2_folder()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     keys = ["71432", "38095", "52817"]
+    budgets = (0.1, 0.2, 0.3)
     results: dict[str, list[bool]] = {}
+    attended_max: dict[str, int] = {}
     # one depth keeps this under ~10 min on a loaded 2-core machine; add 0.1 / 0.9 at will
     for depth, key in zip((0.5,), keys, strict=False):
         ids = _passkey_prompt(tokenizer, 2048, key, depth)
         methods = {"full": None}
-        for budget in (0.1, 0.2, 0.3):
-            methods[f"mpcache@{budget}"] = MPCacheConfig.from_budget(
+        for budget in budgets:
+            method = resolve_method("mpcache", budget)  # the shipped default at this budget
+            assert method == MPCacheConfig.from_budget(
                 budget, **MPCacheConfig.default_overrides())
+            methods[f"mpcache@{budget}"] = method
         for name, method in methods.items():
             text, attended = _passkey_run(model, tokenizer, method, ids)
             results.setdefault(name, []).append(key in text)
+            attended_max[name] = max(attended, attended_max.get(name, 0))
             print(f"depth={depth} len={ids.shape[1]} {name}: {text!r} "
                   f"max_attended={attended}", flush=True)
+        for budget in budgets:  # 12 new tokens: the last step has seen len + 12 tokens
+            limit = budget_tokens(budget, ids.shape[1] + 12)
+            assert attended_max[f"mpcache@{budget}"] <= limit, (budget, attended_max)
     print({name: f"{sum(hits)}/{len(hits)}" for name, hits in results.items()})
     assert all(results["full"]), results
+    assert all(results["mpcache@0.2"]) and all(results["mpcache@0.3"]), results
