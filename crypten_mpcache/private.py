@@ -19,7 +19,7 @@ Phases of the cost report: ``setup`` (weight encryption and premasking, once),
 
 With ``cache="mpcache"`` (or any MPCache variant name of ``eval`` and ``bench``, e.g.
 ``"mpcache:paper"`` or ``"mpcache+cluster_sizes=16/8"``) the encrypted KV cache is evicted
-by MPCache (``secure.mpcache_policy``) with ``methods.resolve_method(cache, budget)``:
+by the engine (``secure.method_policy``) with ``methods.resolve_method(cache, budget)``:
 the configuration ``eval`` and ``bench`` run under that name and ``budget`` (a ratio of
 the context or a token count per decode step). ``mpcache=`` (an ``MPCacheConfig``)
 replaces the knobs of ``cache="mpcache"`` and is put at ``budget`` the same way

@@ -35,7 +35,8 @@ def test_every_kind_of_difference_is_named() -> None:
               _decode(3, [0])]
     report = compare_selections(secure, plain)
     fields = [f for _, f in report.mismatches]
-    assert fields == ["positions", "selector", "clusters", "attended", "clusters", "missing"]
+    assert fields == ["positions", "selector", "clusters", "attended", "positions", "clusters",
+                      "missing"]
     assert report.equal == 0 and not report.all_equal
     # decode overlaps: {0,2,3} vs {0,2,4} = 2/4, {0,1,3} vs itself = 1
     assert abs(report.overlap - 0.75) < 1e-9
@@ -47,11 +48,10 @@ def test_no_records_is_not_agreement() -> None:
     assert not compare_selections([], []).all_equal
 
 
-def test_prefill_without_static_stage_kept_everything() -> None:
-    """The secure prefill records no positions when nothing was evicted."""
+def test_missing_positions_differ_from_recorded_ones() -> None:
+    """Both backends record through the one engine, so a record without positions is a
+    difference, never an implicit 'kept everything'."""
     secure = _prefill(0, [0, 1, 2])
     secure["positions"] = None
-    assert compare_selections([secure], [_prefill(0, [0, 1, 2])]).all_equal
-    plain = _prefill(0, [0, 1, 2])
-    plain["positions"] = torch.tensor([[[0, 1, 3]]])
-    assert [f for _, f in compare_selections([secure], [plain]).mismatches] == ["positions"]
+    report = compare_selections([secure], [_prefill(0, [0, 1, 2])])
+    assert [f for _, f in report.mismatches] == ["positions"]

@@ -20,15 +20,11 @@ from crypten_mpcache.algorithm.plan import StaticSpec, budget_tokens
 from crypten_mpcache.algorithm.torch_backend import TorchBackend
 from crypten_mpcache.config import MPCacheConfig
 from crypten_mpcache.fidelity import compare_selections, secure_records
+from crypten_mpcache.methods import resolve_method
 from crypten_mpcache.private import PrivateGenerationConfig, generate_ids
 from crypten_mpcache.runtime.launcher import LaunchConfig, launch
-from crypten_mpcache.secure.method_policy import default_policies
-from crypten_mpcache.secure.mpcache_policy import (
-    MPCachePolicy,
-    absolute_onehot,
-    compaction_matrix,
-    resolve_config,
-)
+from crypten_mpcache.secure.method_policy import MethodPolicy, default_policies
+from crypten_mpcache.secure.selection_operands import absolute_onehot, compaction_matrix
 from crypten_mpcache.testing import (
     AttentionInputs,
     assert_same_transcript,
@@ -44,6 +40,8 @@ MARGIN = 1e-2  # smallest plaintext top-k margin (CrypTen exp: a few % error on 
 RATIO = MPCacheConfig(static_keep=0.6, window_ratio=0.2, sink_tokens=4, recent_tokens=4,
                       cluster_sizes=(8, 4), keep_ratios=(0.5, 0.5), alone_head=0, alone_tail=1)
 BUDGET = 20  # tokens per decode step (GQA case)
+# RATIO's knobs at a count budget, with the authors' static keep and level ratios
+BUDGETED = replace(RATIO, static_keep=0.3, keep_ratios=(0.5, 0.2), budget=BUDGET)
 # The shipped default (sink 16, recent 16, clusters 32 then 8) needs a prompt with full
 # 32-token clusters beyond sink + recent, and a budget above sink + recent (32) so that
 # the top-k really chooses: at 160 tokens and 64 tokens a step it keeps 3 clusters of 8
@@ -308,22 +306,18 @@ def test_box_is_exact_and_cheaper_than_max_and_min_apart():
 
 
 def test_registry_config_and_validation():
-    assert "mpcache" in default_policies().names()
-    policy = default_policies().create("mpcache", budget=0.1, n_layers=30)
-    assert isinstance(policy, MPCachePolicy)
-    assert policy.config == MPCacheConfig.from_budget(0.1, **MPCacheConfig.default_overrides())
+    assert default_policies().names() == ("full", "mpcache")
+    config = resolve_method("mpcache", 0.1)
+    policy = default_policies().create("mpcache", config=config, n_layers=30)
+    assert isinstance(policy, MethodPolicy) and policy.plan == config.plan()
     assert [policy.selector(i) for i in range(30)] == list(range(30))  # no index sharing
-    policy = default_policies().create("mpcache", config=MPCacheConfig.paper(), budget=0.1,
+    policy = default_policies().create("mpcache", config=resolve_method("mpcache:paper", 0.1),
                                        n_layers=30)
-    assert policy.config == MPCacheConfig.from_budget(0.1)
-    assert resolve_config(12, MPCacheConfig(sink_tokens=2)).sink_tokens == 2
-    assert resolve_config(None, None) == MPCacheConfig.default()
-    assert resolve_config(0.1, None).selection_scope == "layer"
-    assert resolve_config(0.1, MPCacheConfig.paper()).selection_scope == "kv_head"
+    assert policy.plan == MPCacheConfig.from_budget(0.1).plan()
     schedule = [policy.selector(i) for i in range(30)]
     assert schedule[:4] == [0, 1, 2, 2] and schedule[-2:] == [28, 29]
     with pytest.raises(ValueError, match="n_layers"):
-        MPCachePolicy(config=MPCacheConfig()).selector(5)
+        default_policies().create("mpcache", config=MPCacheConfig())
     with pytest.raises(ValueError, match="mpcache"):
         PrivateGenerationConfig(cache="full", budget=0.1)
     with pytest.raises(ValueError, match="budget"):
@@ -366,11 +360,10 @@ def _same_records(secure: list[dict], plain: list[dict], layers: int, exact: boo
 # checked against the reference in plaintext (``test_plaintext_selections_...``).
 @pytest.mark.parametrize("seed,kv_heads,config,length,exact", [
     (27, 4, RATIO, PROMPT, False),                                               # MHA, ratio
-    (6, 2, resolve_config(BUDGET, RATIO), PROMPT, False),                        # GQA, budget
-    (6, 2, resolve_config(BUDGET, replace(RATIO, selection_scope="layer", hierarchy=False)),
-     PROMPT, False),
+    (6, 2, BUDGETED, PROMPT, False),                                             # GQA, budget
+    (6, 2, replace(BUDGETED, selection_scope="layer", hierarchy=False), PROMPT, False),
     (0, 2, MPCacheConfig.default(budget=DEFAULT_BUDGET), DEFAULT_PROMPT, False),
-    (14, 2, resolve_config(0.45, MPCacheConfig.paper()), 224, False),
+    (14, 2, MPCacheConfig.paper().at_budget(0.45), 224, False),
 ], ids=["mha-ratio", "gqa-budget", "gqa-layer-scope-one-level", "default", "paper"])
 def test_secure_selections_and_tokens_equal_plaintext(tmp_path, seed, kv_heads, config,
                                                       length, exact):
@@ -404,13 +397,13 @@ def test_secure_selections_and_tokens_equal_plaintext(tmp_path, seed, kv_heads, 
     expected = sum(len(spec.cluster_sizes) for r in selecting)
     expected += sum(1 for r in client["selections"]  # static eviction's choice, if any
                     if r["phase"] == "prefill" and r["selector"] == r["layer"]
-                    and r["positions"] is not None)
+                    and r["cache"] < length)
     assert client["reveals"]["counts"]["debug_reveal_selection"] == expected
 
 
 @pytest.mark.parametrize("config,length", [
     (MPCacheConfig.default(budget=DEFAULT_BUDGET), DEFAULT_PROMPT),
-    (resolve_config(96, MPCacheConfig.paper()), 256),
+    (MPCacheConfig.paper().at_budget(96), 256),
 ], ids=["default", "paper-static"])
 def test_plaintext_selections_equal_the_reference(tmp_path, config, length):
     """The plaintext algorithm (what MPC is compared with) keeps exactly what the
@@ -436,7 +429,7 @@ def test_check_compares_with_plaintext_mpcache(tmp_path):
     folder = save_llama(tmp_path / "m", 6, 2)
     config = PrivateGenerationConfig(max_new_tokens=4, model_path=folder, dealer="tfp",
                                      progress=False, cache="mpcache", check=True,
-                                     budget=BUDGET, mpcache=RATIO)
+                                     mpcache=BUDGETED)
     result = generate_ids(prompt(106), config)
     assert result.match, (result.generated_ids, result.plaintext_ids)
     assert result.max_abs_logit_error < 0.1
@@ -448,8 +441,7 @@ def test_check_compares_with_plaintext_mpcache(tmp_path):
 def test_transcript_does_not_depend_on_the_prompt(tmp_path):
     folder = save_llama(tmp_path / "m", 6, 2)
     config = PrivateGenerationConfig(max_new_tokens=4, model_path=folder, dealer="tfp",
-                                     progress=False, cache="mpcache", budget=BUDGET,
-                                     mpcache=RATIO)
+                                     progress=False, cache="mpcache", mpcache=BUDGETED)
     first, second = (generate_ids(prompt(seed), config) for seed in (7, 8))
     assert prompt(7) != prompt(8)
     assert_same_transcript(first.cost, second.cost)
