@@ -37,7 +37,8 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterf
 from transformers.models.llama.modeling_llama import eager_attention_forward
 
 from crypten_mpcache.algorithm import dynamic
-from crypten_mpcache.algorithm.engine import Engine, SelectionRecord, StaticChoice, compact_rows
+from crypten_mpcache.algorithm.choices import SelectionRecord, StaticChoice, compact_rows
+from crypten_mpcache.algorithm.engine import Engine
 from crypten_mpcache.algorithm.plan import MethodPlan
 from crypten_mpcache.algorithm.torch_backend import TorchBackend
 

@@ -28,15 +28,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from crypten_mpcache.algorithm.clusters import group_queries
-from crypten_mpcache.algorithm.engine import (
-    Engine,
+from crypten_mpcache.algorithm.choices import (
     LayerState,
     LevelScores,
     SelectionRecord,
     StaticChoice,
     compact_rows,
 )
+from crypten_mpcache.algorithm.clusters import group_queries
+from crypten_mpcache.algorithm.engine import Engine
 from crypten_mpcache.algorithm.plan import MethodPlan
 from crypten_mpcache.config import MPCacheConfig
 from crypten_mpcache.runtime.cost import operator_scope
