@@ -32,9 +32,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+from tqdm import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from crypten_mpcache import assets
 from crypten_mpcache.eval import methods as registry
 from crypten_mpcache.eval.metrics import exact_match, first_match, summarize, token_f1
-from crypten_mpcache.eval.tasks import PROMPT_STYLES, TASKS, Haystack, Sample, TaskConfig
+from crypten_mpcache.eval.tasks import (
+    PROMPT_STYLES,
+    TASKS,
+    Haystack,
+    Sample,
+    TaskConfig,
+    build_samples,
+)
 
 QUERY_AT = ("prefill", "chunk", "decode")
 DEVICES = ("cpu", "cuda", "auto")
@@ -130,8 +142,6 @@ def _specs(cfg: EvalConfig, unavailable: dict[str, str]) -> list[registry.Method
 
 def plan(cfg: EvalConfig, hay: Haystack) -> Plan:
     """Build the samples (deterministic from the seed) and every unit to run."""
-    from crypten_mpcache.eval.tasks import build_samples
-
     out = Plan()
     specs = _specs(cfg, out.unavailable)
     task_cfg = TaskConfig(style=cfg.style, ppl_tokens=cfg.ppl_tokens)
@@ -149,8 +159,6 @@ def plan(cfg: EvalConfig, hay: Haystack) -> Plan:
 
 def _step(model: Any, ids: list[int], start: int, cache: Any) -> tuple[Any, Any]:
     """One forward over ``ids`` at positions ``start``..; returns last logits and the cache."""
-    import torch
-
     x = torch.tensor([ids], dtype=torch.long, device=model.device)
     pos = torch.arange(start, start + len(ids), dtype=torch.long, device=model.device)[None]
     out = model(input_ids=x, position_ids=pos, cache=cache, use_cache=True, logits_to_keep=1)
@@ -193,8 +201,6 @@ def _greedy(model: Any, unit: Unit, stop_ids: set[int]) -> list[int]:
 
 def _nll(model: Any, unit: Unit) -> list[float]:
     """Per-token NLL of the real continuation, fed one token at a time after prefill."""
-    import torch
-
     logits, cache, pos = _feed(model, unit)
     nll = []
     targets = unit.sample.target_ids
@@ -217,8 +223,6 @@ def score_prediction(task: str, text: str, answer: str) -> tuple[str, float]:
 
 def run_unit(model: Any, tokenizer: Any, unit: Unit, stop_ids: set[int]) -> dict[str, Any]:
     """Run one unit under its method; return its prediction record."""
-    import torch
-
     t0, c0 = time.perf_counter(), time.process_time()
     record: dict[str, Any] = {
         "key": unit.key, "task": unit.sample.task, "index": unit.sample.index,
@@ -276,8 +280,6 @@ def read_predictions(folder: Path) -> dict[str, dict[str, Any]]:
 
 def resolve_device(name: str) -> str:
     """``auto`` -> cuda when a GPU is visible, else cpu; ``cuda`` without one is an error."""
-    import torch
-
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
@@ -287,20 +289,11 @@ def resolve_device(name: str) -> str:
 
 def load_tokenizer(folder: str = "") -> Any:
     """The tokenizer of the embedded SmolLM2 (converted once) or of ``folder``."""
-    from transformers import AutoTokenizer
-
-    from crypten_mpcache import assets
-
     return AutoTokenizer.from_pretrained(folder or str(assets.smollm2_folder()))
 
 
 def load_model(folder: str = "", device: str = "cpu") -> tuple[Any, Any]:
     """The embedded SmolLM2 (or the checkpoint in ``folder``) in float32, eval mode."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from crypten_mpcache import assets
-
     path = folder or str(assets.smollm2_folder())
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     return model.to(resolve_device(device)), load_tokenizer(path)
@@ -331,16 +324,12 @@ def run_folder(cfg: EvalConfig) -> Path:
 
 
 def _progress(units: list[Unit], show: bool) -> Iterator[Unit]:
-    from tqdm import tqdm
-
     yield from tqdm(units, desc="eval", unit="run", disable=not show)
 
 
 def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None,
              texts: list[str] | None = None, progress: bool = True) -> dict[str, Any]:
     """Run the grid; returns {config, rows, unavailable, run_dir, seconds}."""
-    from crypten_mpcache import assets
-
     t0 = time.perf_counter()
     if tokenizer is None:
         tokenizer = load_tokenizer(cfg.model_folder)
