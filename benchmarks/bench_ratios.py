@@ -3,7 +3,7 @@
 Online columns (rows measured since the online/dealer split): the same without the
 dealer's traffic. The bench report's LAN/WAN ratios include the measured compute
 seconds, which are noisy on a shared machine. Network-only latency = rounds x RTT +
-per-party bytes / bandwidth (the same profiles, `crypten_mpcache.secure.network`),
+per-party bytes / bandwidth (the same profiles, `crypten_mpcache.runtime.network`),
 computed from the measured rows.
 
 Usage: python benchmarks/bench_ratios.py results/bench/llama2-7b.json [...]
@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import sys
 
-from crypten_mpcache.secure.network import LAN, WAN
+from crypten_mpcache.runtime.network import LAN, WAN
 
 MIB = 1024 * 1024
 

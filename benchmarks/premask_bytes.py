@@ -25,7 +25,7 @@ import torch
 
 import crypten_mpcache  # noqa: F401  (CrypTen compatibility patches before crypten)
 from crypten_mpcache.runtime.launcher import DEALERS, LaunchConfig, launch
-from crypten_mpcache.secure import premask
+from crypten_mpcache.secure.primitives import premask
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ import torch
 
 import crypten_mpcache  # noqa: F401
 from crypten_mpcache.runtime.launcher import LaunchConfig, launch
-from crypten_mpcache.secure import topk
-from crypten_mpcache.secure.network import PROFILES
+from crypten_mpcache.runtime.network import PROFILES
+from crypten_mpcache.secure.functions import topk, topk_cost, unit_costs
 
 
 def grid(max_g: int) -> list[tuple[int, int]]:
@@ -62,9 +62,9 @@ def party_job(cells: list[tuple[int, int]], protocols: tuple[str, ...]) -> dict:
     return {"units": units, "rows": rows}
 
 
-def fit_units(rows: list[dict]) -> topk.UnitCosts:
+def fit_units(rows: list[dict]) -> unit_costs.UnitCosts:
     """Least-squares unit costs from measured rows and the protocols' counts."""
-    counts = [topk.protocol_counts(r["protocol"], r["G"], r["k"]) for r in rows]
+    counts = [topk_cost.protocol_counts(r["protocol"], r["G"], r["k"]) for r in rows]
     a = torch.tensor([[c.comparisons, c.multiplications] for c in counts], dtype=torch.float64)
     b = torch.tensor([r["bytes"] for r in rows], dtype=torch.float64)
     bytes_fit = torch.linalg.lstsq(a, b.unsqueeze(1)).solution.squeeze(1)
@@ -72,7 +72,7 @@ def fit_units(rows: list[dict]) -> topk.UnitCosts:
                      dtype=torch.float64)
     b = torch.tensor([r["rounds"] for r in rows], dtype=torch.float64)
     rounds_fit = torch.linalg.lstsq(a, b.unsqueeze(1)).solution.squeeze(1)
-    return topk.UnitCosts(float(bytes_fit[0]), float(rounds_fit[0]), float(bytes_fit[1]),
+    return unit_costs.UnitCosts(float(bytes_fit[0]), float(rounds_fit[0]), float(bytes_fit[1]),
                           float(rounds_fit[1]))
 
 
@@ -91,7 +91,7 @@ def main() -> None:
                                              comparison=args.comparison))
         rows = results[0]["rows"]
         units = fit_units(rows)
-        config = topk.TopKConfig(dealer=dealer, comparison=args.comparison,
+        config = topk_cost.TopKConfig(dealer=dealer, comparison=args.comparison,
                                  units={(dealer, args.comparison): units})
         print(f"\n== dealer {dealer.upper()} (2 parties, per-party bytes) ==")
         print(f"measured units (4096 elements): {results[0]['units']}")
@@ -105,7 +105,7 @@ def main() -> None:
                   f"{pb:>10.0f} {row['rounds']:>6} {pr:>6.0f} {row['seconds']:>6.2f}")
         choices = {}
         for name, profile in PROFILES.items():
-            choices[name] = {f"{g},{k}": topk.choose_protocol(g, k, profile, config)
+            choices[name] = {f"{g},{k}": topk_cost.choose_protocol(g, k, profile, config)
                              for g, k in cells}
             print(f"{name} choice: {choices[name]}")
         report["dealers"][dealer] = {"units_measured": results[0]["units"],

@@ -3,7 +3,7 @@
 Both paths log one record per (phase, step, layer): which layer's selection it used
 (index sharing), how many tokens it attended, the kept positions (prefill: static
 eviction) and the selected clusters (decode). The MPC side produces them only in the
-TEST/DEBUG mode that reveals selections (``secure.reveal.debug_reveal_selection``), which
+TEST/DEBUG mode that reveals selections (``secure.primitives.reveal.debug_reveal_selection``), which
 a real run never enables. Fed the same tokens, both paths should agree except where two
 candidates score within fixed-point noise of each other (a near-tie), so the report
 counts agreements instead of stopping at the first difference.

@@ -9,7 +9,7 @@ party 0 ("tfp": tests and cost measurement only).
 
 Decoding runs exactly ``max_new_tokens`` tokens (public): no early stop on EOS, which
 would leak. The secure argmax one-hot is fed back as the next input and stays secret; only
-its index is opened, to party 1 (``secure.reveal``).
+its index is opened, to party 1 (``secure.primitives.reveal``).
 
 Phases of the cost report: ``setup`` (weight encryption and premasking, once),
 ``prefill`` (the prompt forward, the first token), ``decode/<i>`` for token i >= 1.
@@ -19,7 +19,7 @@ Phases of the cost report: ``setup`` (weight encryption and premasking, once),
 
 With ``cache="mpcache"`` (or any MPCache variant name of ``eval`` and ``bench``, e.g.
 ``"mpcache:paper"`` or ``"mpcache+cluster_sizes=16/8"``) the encrypted KV cache is evicted
-by the engine (``secure.method_policy``) with ``methods.resolve_method(cache, budget)``:
+by the engine (``secure.cache.method_policy``) with ``methods.resolve_method(cache, budget)``:
 the configuration ``eval`` and ``bench`` run under that name and ``budget`` (a ratio of
 the context or a token count per decode step). ``mpcache=`` (an ``MPCacheConfig``)
 replaces the knobs of ``cache="mpcache"`` and is put at ``budget`` the same way
@@ -37,14 +37,14 @@ from typing import Any
 
 import torch
 
-import crypten_mpcache.secure.premask  # noqa: F401  (patches the TTP dealer in the parent)
+import crypten_mpcache.secure.primitives.premask  # noqa: F401  (patches the TTP dealer in the parent)
 from crypten_mpcache.algorithm.plan import Amount, check_amount
 from crypten_mpcache.config import MPCACHE, MPCacheConfig, is_mpcache_variant, mpcache_variants
 from crypten_mpcache.methods import FULL, is_known, resolve_method
 from crypten_mpcache.models import check_architecture
 from crypten_mpcache.runtime.cost import CostMeter, combine
 from crypten_mpcache.runtime.launcher import COMPARISONS, DEALERS, LaunchConfig, launch
-from crypten_mpcache.secure.method_policy import default_policies
+from crypten_mpcache.secure.cache.method_policy import default_policies
 
 DEFAULT_PROMPT = ("In two short sentences, explain why the sky looks blue on a clear day "
                   "and why sunsets often look red or orange.")
@@ -254,8 +254,8 @@ def run_party(task: PartyTask) -> dict[str, Any]:
     from crypten_mpcache.models.llama import SecureModelOptions, secure_argmax, secure_forward
     from crypten_mpcache.patches.transformers_llama import patch
     from crypten_mpcache.runtime.cost import operator_scope
-    from crypten_mpcache.secure.kv_cache import SecureKVCache
-    from crypten_mpcache.secure.reveal import (
+    from crypten_mpcache.secure.cache.kv_cache import SecureKVCache
+    from crypten_mpcache.secure.primitives.reveal import (
         RevealLedger,
         debug_reveal_logits,
         reveal_generated_token,

@@ -13,7 +13,7 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 from crypten_mpcache.assets import smollm2_folder
 from crypten_mpcache.models.llama import SecureModelOptions, secure_argmax, secure_forward
 from crypten_mpcache.patches.transformers_llama import patch
-from crypten_mpcache.secure.kv_cache import SecureKVCache
+from crypten_mpcache.secure.cache.kv_cache import SecureKVCache
 
 
 def tiny_llama(seed: int, *, kv_heads: int = 2, layers: int = 2, vocab: int = 40,

@@ -26,8 +26,8 @@ from crypten_mpcache.assets import smollm2_folder
 from crypten_mpcache.models.llama import secure_argmax
 from crypten_mpcache.private import load_party_model, tokenize_prompt
 from crypten_mpcache.runtime.report import format_cost
-from crypten_mpcache.secure.kv_cache import SecureKVCache
-from crypten_mpcache.secure.reveal import reveal_generated_token
+from crypten_mpcache.secure.cache.kv_cache import SecureKVCache
+from crypten_mpcache.secure.primitives.reveal import reveal_generated_token
 from crypten_mpcache.testing import tiny_llama_checkpoint
 
 PROMPT = "What is the capital of France?"

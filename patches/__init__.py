@@ -6,7 +6,7 @@ serves. Which patch is installed where:
 * ``crypten_compat``: CrypTen 0.4.1 on torch 2.x. Process-wide, installed once by
   ``import crypten_mpcache`` (CrypTen cannot even be imported without it).
 * ``crypten_comparison``: ``MPCTensor._ltz`` -> the masked comparison
-  (``crypten_mpcache.secure.comparison``). Scoped: the launcher installs it in each party
+  (``crypten_mpcache.secure.primitives.comparison``). Scoped: the launcher installs it in each party
   for the lifetime of the party.
 * ``crypten_dealer``: CrypTen's ``TTPServer`` learns the requests of our dealer-assisted
   protocols, and ``TTPClient`` tallies dealer traffic. Scoped: the launcher installs them

@@ -2,7 +2,7 @@
 
 Every CrypTen comparison (``lt``, ``ge``, ``relu``, ``sign``, ...) ends in
 ``MPCTensor._ltz``. ``use("masked")`` replaces it with the dealer-assisted masked
-comparison of ``crypten_mpcache.secure.comparison``; ``use("crypten")`` restores
+comparison of ``crypten_mpcache.secure.primitives.comparison``; ``use("crypten")`` restores
 CrypTen's own. The launcher selects ``LaunchConfig.comparison`` in each party, so that
 both the full-cache baseline and MPCache pay for the same comparison.
 """
@@ -15,7 +15,7 @@ from crypten.mpc.mpc import MPCTensor
 from crypten.mpc.ptype import ptype as Ptype
 
 from crypten_mpcache.patches import Patch
-from crypten_mpcache.secure.comparison import less_than_zero
+from crypten_mpcache.secure.primitives.comparison import less_than_zero
 
 COMPARISONS = ("crypten", "masked")
 

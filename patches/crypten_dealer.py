@@ -5,9 +5,9 @@ adds four, each a thin adapter from the server's generators to the dealer side o
 protocol that lives beside the protocol:
 
 * ``premask_register`` / ``premask_triple``: fixed masks and (A_t, A_t (op) M) triples
-  (``crypten_mpcache.secure.premask_dealer``);
-* ``comparison_material``: the masked comparison (``crypten_mpcache.secure.comparison``);
-* ``onehot_material``: the dealt unit vectors (``crypten_mpcache.secure.onehot``).
+  (``crypten_mpcache.secure.primitives.premask_dealer``);
+* ``comparison_material``: the masked comparison (``crypten_mpcache.secure.primitives.comparison``);
+* ``onehot_material``: the dealt unit vectors (``crypten_mpcache.secure.primitives.onehot``).
 
 ``TRAFFIC_PATCH`` wraps ``TTPClient.ttp_request`` in ``runtime.cost.dealer_request`` so
 costs split into online and dealer (offline) parts. The launcher installs both in every
@@ -24,8 +24,8 @@ from crypten.mpc.provider.ttp_provider import TTPClient, TTPServer
 
 from crypten_mpcache.patches import Patch
 from crypten_mpcache.runtime.cost import dealer_request
-from crypten_mpcache.secure import comparison, onehot
-from crypten_mpcache.secure.premask_dealer import MaskStore, Recipe, party0_product_share
+from crypten_mpcache.secure.primitives import comparison_dealer, onehot
+from crypten_mpcache.secure.primitives.premask_dealer import MaskStore, Recipe, party0_product_share
 
 
 def _server_store(server: Any) -> MaskStore:
@@ -56,7 +56,7 @@ def _premask_triple(server: Any, recipe: Recipe, size_x: tuple[int, ...],
 
 
 def _comparison_material(server: Any, n: int) -> torch.Tensor:
-    return comparison.ttp_party0_share(server._get_generators(device=None), int(n))
+    return comparison_dealer.ttp_party0_share(server._get_generators(device=None), int(n))
 
 
 def _onehot_material(server: Any, n: int, width: int) -> torch.Tensor:

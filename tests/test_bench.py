@@ -15,7 +15,7 @@ from crypten_mpcache.bench.runner import BenchConfig, check_memory, memory_estim
 from crypten_mpcache.bench.shapes import SHAPES, get_shape
 from crypten_mpcache.bench.variants import known_variants, resolve
 from crypten_mpcache.config import MPCacheConfig
-from crypten_mpcache.secure.network import LAN, WAN
+from crypten_mpcache.runtime.network import LAN, WAN
 
 ROW_KEYS = {"shape", "layers", "context", "cache", "budget", "dealer", "bytes", "rounds",
             "seconds", "lan_seconds", "wan_seconds", "static_bytes", "static_rounds",

@@ -8,42 +8,43 @@ import torch
 
 from crypten_mpcache.patches import crypten_comparison
 from crypten_mpcache.runtime.launcher import LaunchConfig, launch
-from crypten_mpcache.secure import comparison as cmp
+from crypten_mpcache.secure.primitives import bitslice, comparison_dealer
 
 
 def test_pack_unpack_round_trip() -> None:
     bits = torch.randint(0, 2, (3, 130))
-    words = cmp.pack(bits)
-    assert words.shape == (3, cmp.words_for(130)) == (3, 3)
-    assert torch.equal(cmp.unpack(words, 130), bits)
+    words = bitslice.pack(bits)
+    assert words.shape == (3, bitslice.words_for(130)) == (3, 3)
+    assert torch.equal(bitslice.unpack(words, 130), bits)
     # lane 63 is the sign bit of the word
     top = torch.zeros(1, 64, dtype=torch.long)
     top[0, 63] = 1
-    assert cmp.pack(top).item() == -(2 ** 63)
+    assert bitslice.pack(top).item() == -(2 ** 63)
 
 
 def test_packed_bits_round_trip_over_the_whole_ring() -> None:
     values = torch.tensor([0, 1, -1, 2 ** 62, -(2 ** 63), 2 ** 63 - 1, 12345, -98765])
-    rows = cmp.pack_bits_of(values)
+    rows = bitslice.pack_bits_of(values)
     assert rows.shape == (64, 1)
-    assert torch.equal(cmp.value_of_packed(rows, values.numel()), values)
-    assert torch.equal(cmp.unpack(rows[63:], values.numel())[0], (values < 0).long())
-    assert torch.equal(cmp.unpack(rows[:1], values.numel())[0], values & 1)
+    assert torch.equal(bitslice.value_of_packed(rows, values.numel()), values)
+    assert torch.equal(bitslice.unpack(rows[63:], values.numel())[0], (values < 0).long())
+    assert torch.equal(bitslice.unpack(rows[:1], values.numel())[0], values & 1)
 
 
 def test_dealt_material_is_consistent() -> None:
     """Replay the TTP for 3 parties: the shares reconstruct r from its bits, rho from its
     bit row, and every triple product c = a & b."""
     n = 100
-    layout = cmp.Layout(n)
+    layout = comparison_dealer.Layout(n)
     gens = [torch.Generator().manual_seed(s) for s in (1, 2, 3)]
-    party0 = cmp.ttp_party0_share([torch.Generator().manual_seed(s) for s in (1, 2, 3)], n)
-    frees = [cmp.draw_free(layout, g) for g in gens[:1]]
+    party0 = comparison_dealer.ttp_party0_share(
+        [torch.Generator().manual_seed(s) for s in (1, 2, 3)], n)
+    frees = [comparison_dealer.draw_free(layout, g) for g in gens[:1]]
     deps = [party0]
     for g in gens[1:]:
-        frees.append(cmp.draw_free(layout, g))
-        deps.append(cmp.draw_dependent(layout, g))
-    mats = [cmp.assemble(layout, f, d) for f, d in zip(frees, deps, strict=True)]
+        frees.append(comparison_dealer.draw_free(layout, g))
+        deps.append(comparison_dealer.draw_dependent(layout, g))
+    mats = [comparison_dealer.assemble(layout, f, d) for f, d in zip(frees, deps, strict=True)]
 
     def xor(tensors):
         out = torch.zeros_like(tensors[0])
@@ -52,10 +53,10 @@ def test_dealt_material_is_consistent() -> None:
         return out
 
     r_bits = xor([m.r_bits for m in mats])
-    assert torch.equal(sum(m.r for m in mats), cmp.value_of_packed(r_bits, n))
-    rho = cmp.unpack(xor([m.rho_bits for m in mats]), n)[0]
+    assert torch.equal(sum(m.r for m in mats), bitslice.value_of_packed(r_bits, n))
+    rho = bitslice.unpack(xor([m.rho_bits for m in mats]), n)[0]
     assert torch.equal(sum(m.rho for m in mats), rho)
-    for level, m in enumerate(cmp.MERGES):
+    for level, m in enumerate(comparison_dealer.MERGES):
         a, b1, b2, c1, c2 = (xor([mat.triples[level][i] for mat in mats]) for i in range(5))
         assert a.shape == (m, layout.words)
         assert torch.equal(c1, a & b1) and torch.equal(c2, a & b2)

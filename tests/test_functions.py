@@ -12,7 +12,7 @@ import torch
 
 import crypten_mpcache  # noqa: F401
 from crypten_mpcache.runtime.launcher import LaunchConfig, launch
-from crypten_mpcache.secure import functions as F
+from crypten_mpcache.secure.functions import activation, approx, norm, softmax, tournament
 
 TFP = LaunchConfig(parties=2, dealer="tfp", timeout_s=300)
 
@@ -40,20 +40,20 @@ def _norm_job() -> dict:
     weight = torch.rand(576) + 0.5
     ref = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * weight
     out = {"ref": ref}
-    out["enc_weight"] = _exact(F.rms_norm(crypten.cryptensor(x), crypten.cryptensor(weight),
+    out["enc_weight"] = _exact(norm.rms_norm(crypten.cryptensor(x), crypten.cryptensor(weight),
                                           1e-5))
-    out["public_weight"] = _exact(F.rms_norm(crypten.cryptensor(x), weight, 1e-5))
+    out["public_weight"] = _exact(norm.rms_norm(crypten.cryptensor(x), weight, 1e-5))
 
     class Premasked:  # stands for a fixed operand premasked once
         def mul(self, y):
             return y * weight
 
-    out["premasked"] = _exact(F.rms_norm(crypten.cryptensor(x), Premasked(), 1e-5))
+    out["premasked"] = _exact(norm.rms_norm(crypten.cryptensor(x), Premasked(), 1e-5))
     costs = []
     for seed in (1, 2):
         torch.manual_seed(seed)
         b0, r0 = _comm()
-        F.rms_norm(crypten.cryptensor(torch.randn(3, 576) * seed * 40), None, 1e-5)
+        norm.rms_norm(crypten.cryptensor(torch.randn(3, 576) * seed * 40), None, 1e-5)
         b1, r1 = _comm()
         costs.append((b1 - b0, r1 - r0))
     out["costs"] = costs
@@ -61,16 +61,16 @@ def _norm_job() -> dict:
     crypten.cryptensor(torch.randn(3, 1, 19)).ge(0.5)
     out["comparison_rounds"] = _comm()[1] - r0
     b0, r0 = _comm()
-    newton = F.NormConfig(inv_sqrt="newton")
-    F.rms_norm(crypten.cryptensor(torch.randn(3, 576) * 40), None, 1e-5, config=newton)
+    newton = norm.NormConfig(inv_sqrt="newton")
+    norm.rms_norm(crypten.cryptensor(torch.randn(3, 576) * 40), None, 1e-5, config=newton)
     b1, r1 = _comm()
     out["newton_costs"] = (b1 - b0, r1 - r0)
-    out["newton"] = _exact(F.rms_norm(crypten.cryptensor(x), weight, 1e-5, config=newton))
+    out["newton"] = _exact(norm.rms_norm(crypten.cryptensor(x), weight, 1e-5, config=newton))
     moderate = x[1:5]  # no massive activation: a single estimate or two are enough
-    for name, config in (("fine_only", F.NormConfig(coarse_shift=0, medium_shift=0)),
-                         ("no_medium", F.NormConfig(medium_shift=0))):
+    for name, config in (("fine_only", norm.NormConfig(coarse_shift=0, medium_shift=0)),
+                         ("no_medium", norm.NormConfig(medium_shift=0))):
         out[name] = (moderate * torch.rsqrt(moderate.pow(2).mean(-1, keepdim=True) + 1e-5),
-                     _exact(F.rms_norm(crypten.cryptensor(moderate), None, 1e-5,
+                     _exact(norm.rms_norm(crypten.cryptensor(moderate), None, 1e-5,
                                        config=config)))
     return out
 
@@ -100,7 +100,8 @@ def _silu_job() -> dict:
     out = {"x": xs}
     for method in ("sigmoid", "exp_poly", "piecewise", "lookup"):
         b0, r0 = _comm()
-        y = F.silu(crypten.cryptensor(xs), config=F.ActivationConfig(method=method))
+        config = activation.ActivationConfig(method=method)
+        y = activation.silu(crypten.cryptensor(xs), config=config)
         b1, r1 = _comm()
         out[method] = (y.get_plain_text(), (b1 - b0) / xs.numel(), r1 - r0)
     return out
@@ -127,7 +128,7 @@ def _large_gate_job() -> dict:
     import crypten
 
     xs = torch.tensor([-1000.0, -40.0, 40.0, 1000.0, 3000.0])
-    return {"x": xs, "y": _exact(F.silu(crypten.cryptensor(xs)))}
+    return {"x": xs, "y": _exact(activation.silu(crypten.cryptensor(xs)))}
 
 
 def test_lookup_silu_has_no_range_limit_and_three_parties() -> None:
@@ -150,10 +151,10 @@ def _softmax_job() -> dict:
     long_mask = torch.ones(2, 3000)
     long_mask[1, 2500:] = 0                                  # 2500 allowed entries
     out = {"scores": scores, "causal": causal, "long": long_rows, "long_mask": long_mask}
-    out["p"] = F.masked_softmax(crypten.cryptensor(scores), causal).get_plain_text()
-    out["p_dim"] = F.masked_softmax(crypten.cryptensor(scores.transpose(-1, -2)),
+    out["p"] = softmax.masked_softmax(crypten.cryptensor(scores), causal).get_plain_text()
+    out["p_dim"] = softmax.masked_softmax(crypten.cryptensor(scores.transpose(-1, -2)),
                                     causal.T, dim=-2).get_plain_text()
-    out["p_long"] = F.masked_softmax(crypten.cryptensor(long_rows),
+    out["p_long"] = softmax.masked_softmax(crypten.cryptensor(long_rows),
                                      long_mask).get_plain_text()
     return out
 
@@ -183,9 +184,9 @@ def _argmax_job() -> dict:
     x[0, 4] = x[0, 20] = 100.0                               # a tie: lowest index wins
     vocab = torch.randn(1, 49_152)
     out = {"x": x, "vocab": vocab}
-    out["oh"] = F.argmax_onehot(crypten.cryptensor(x)).get_plain_text()
-    out["oh_dim0"] = F.argmax_onehot(crypten.cryptensor(x.T), dim=0).get_plain_text()
-    out["oh_vocab"] = F.argmax_onehot(crypten.cryptensor(vocab)).get_plain_text()
+    out["oh"] = tournament.argmax_onehot(crypten.cryptensor(x)).get_plain_text()
+    out["oh_dim0"] = tournament.argmax_onehot(crypten.cryptensor(x.T), dim=0).get_plain_text()
+    out["oh_vocab"] = tournament.argmax_onehot(crypten.cryptensor(vocab)).get_plain_text()
     return out
 
 
@@ -201,20 +202,20 @@ def test_argmax_onehot_exactly_one_lowest_index() -> None:
 
 def test_configs_validate() -> None:
     with pytest.raises(ValueError):
-        F.NormConfig(low=0.3)
+        norm.NormConfig(low=0.3)
     with pytest.raises(ValueError):
-        F.ActivationConfig(method="relu")
+        activation.ActivationConfig(method="relu")
     with pytest.raises(ValueError, match="power of two"):
-        F.ActivationConfig(lookup_steps=3)
+        activation.ActivationConfig(lookup_steps=3)
     with pytest.raises(ValueError, match="power of two"):
-        F.ActivationConfig(lookup_bound=5.0)
+        activation.ActivationConfig(lookup_bound=5.0)
     with pytest.raises(ValueError, match="order"):
-        F.ActivationConfig(lookup_order=3)
-    assert F.ActivationConfig().lookup_width == 128
+        activation.ActivationConfig(lookup_order=3)
+    assert activation.ActivationConfig().lookup_width == 128
     with pytest.raises(ValueError):
-        F.SoftmaxConfig(buckets=12)
+        softmax.SoftmaxConfig(buckets=12)
     with pytest.raises(ValueError):
-        F.RangeReduction(low=1.0, ratio=3, buckets=4)
+        approx.RangeReduction(low=1.0, ratio=3, buckets=4)
 
 
 @pytest.mark.slow
@@ -244,6 +245,6 @@ def test_measured_ranges_inside_supported() -> None:
         hook.remove()
     ms = torch.cat([m.flatten() for m in seen["ms"]])
     gate = torch.cat([g.flatten() for g in seen["gate"]])
-    red = F.NormConfig().reduction
+    red = norm.NormConfig().reduction
     assert red.low < ms.min() and ms.max() < red.high
-    assert gate.abs().max() < 2 ** F.ActivationConfig().exp_iterations
+    assert gate.abs().max() < 2 ** activation.ActivationConfig().exp_iterations

@@ -26,7 +26,7 @@ from crypten_mpcache.algorithm.baselines import (
 from crypten_mpcache.fidelity import compare_selections, secure_records
 from crypten_mpcache.plaintext import generate_fed
 from crypten_mpcache.runtime.launcher import LaunchConfig
-from crypten_mpcache.secure.method_policy import create_policy
+from crypten_mpcache.secure.cache.method_policy import create_policy
 from crypten_mpcache.testing import save_tiny_llama
 
 TFP = LaunchConfig(parties=2, dealer="tfp", timeout_s=600)

@@ -23,8 +23,8 @@ from crypten_mpcache.fidelity import compare_selections, secure_records
 from crypten_mpcache.methods import resolve_method
 from crypten_mpcache.private import PrivateGenerationConfig, generate_ids
 from crypten_mpcache.runtime.launcher import LaunchConfig, launch
-from crypten_mpcache.secure.method_policy import MethodPolicy, default_policies
-from crypten_mpcache.secure.selection_operands import absolute_onehot, compaction_matrix
+from crypten_mpcache.secure.cache.method_policy import MethodPolicy, default_policies
+from crypten_mpcache.secure.cache.selection_operands import absolute_onehot, compaction_matrix
 from crypten_mpcache.testing import (
     AttentionInputs,
     assert_same_transcript,
@@ -187,7 +187,7 @@ def test_secure_absolute_onehot_opens_only_the_level_onehots():
     the two small one-hots it multiplies (``(k_l, k_(l-1) f)`` and ``(k_(l-1),
     G_(l-1))``), never the ``k_(l-1) f x G_last`` expansion that a product with the
     identity over all finest clusters would open."""
-    from crypten_mpcache.secure.crypten_backend import CryptenBackend
+    from crypten_mpcache.secure.backend import CryptenBackend
 
     shapes = {2: [(3, 12), (4, 3 * 4)], 3: [(3, 12), (4, 3 * 4), (2, 4 * 2)]}
     sizes = {2: (16, 4), 3: (16, 4, 2)}
@@ -268,7 +268,7 @@ def test_layer_scope_selects_the_top_clusters_of_the_head_summed_scores():
 def test_box_is_exact_and_cheaper_than_max_and_min_apart():
     """``CryptenBackend.box`` = (amax, amin) exactly, for odd and even n, with fewer bytes
     and rounds than the two tournaments it replaces (what each cluster box costs)."""
-    from crypten_mpcache.secure.crypten_backend import CryptenBackend
+    from crypten_mpcache.secure.backend import CryptenBackend
 
     def run():
         import crypten

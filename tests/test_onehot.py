@@ -1,5 +1,5 @@
-"""The dealt one-hot of a small secret integer (``secure.onehot``): exact for every value,
-one round, a transcript that depends on (n, W) only, with both dealers."""
+"""The dealt one-hot of a small secret integer (``secure.primitives.onehot``): exact for every
+value, one round, a transcript that depends on (n, W) only, with both dealers."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 
 import crypten_mpcache  # noqa: F401
 from crypten_mpcache.runtime.launcher import LaunchConfig, launch
-from crypten_mpcache.secure import onehot as oh
+from crypten_mpcache.secure.primitives import onehot as oh
 
 
 def _job(width: int) -> dict:

@@ -10,8 +10,8 @@ import torch
 
 from crypten_mpcache.patches import crypten_dealer
 from crypten_mpcache.runtime.launcher import LaunchConfig, launch
-from crypten_mpcache.secure import premask
-from crypten_mpcache.secure.premask_dealer import (
+from crypten_mpcache.secure.primitives import premask
+from crypten_mpcache.secure.primitives.premask_dealer import (
     AppendCat,
     AppendCatPool,
     MaskReuseError,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import crypten_mpcache  # noqa: F401
-import crypten_mpcache.secure.premask  # noqa: F401  (patches the TTP dealer in the parent)
+import crypten_mpcache.secure.primitives.premask  # noqa: F401  (patches the TTP dealer in the parent)
 from crypten_mpcache.models import (
     UnsupportedArchitectureError,
     check_architecture,
@@ -105,7 +105,7 @@ def test_causal_mask_is_public_zero_one_and_sees_the_past():
 
 
 def test_reveals_are_declared_in_one_registry():
-    from crypten_mpcache.secure import reveal
+    from crypten_mpcache.secure.primitives import reveal
 
     assert set(reveal.registered_reveals()) == set(reveal.reveal_functions())
     with pytest.raises(KeyError, match="undeclared"):

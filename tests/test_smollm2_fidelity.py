@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import crypten_mpcache  # noqa: F401
-import crypten_mpcache.secure.premask  # noqa: F401  (patches the TTP dealer in the parent)
+import crypten_mpcache.secure.primitives.premask  # noqa: F401  (patches the TTP dealer in the parent)
 from crypten_mpcache.runtime.launcher import LaunchConfig, launch
 from crypten_mpcache.testing import plaintext_greedy, secure_greedy, tiny_llama
 

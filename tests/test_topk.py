@@ -7,8 +7,8 @@ import torch
 
 import crypten_mpcache  # noqa: F401
 from crypten_mpcache.runtime.launcher import LaunchConfig, launch
-from crypten_mpcache.secure import topk
-from crypten_mpcache.secure.network import LAN, WAN, NetworkProfile
+from crypten_mpcache.runtime.network import LAN, WAN, NetworkProfile
+from crypten_mpcache.secure.functions import topk, topk_cost
 
 TFP = LaunchConfig(parties=2, dealer="tfp", timeout_s=300)
 CASES = [(8, 2), (13, 5), (16, 4), (20, 10), (32, 8), (7, 7), (5, 1)]
@@ -91,11 +91,11 @@ def test_unordered_rows_are_the_same_set_in_rank_order(results: dict, protocol: 
         # of the unordered rows may cost a few more bytes
         assert cost[1] < ordered_cost[1] and cost[0] <= 1.1 * ordered_cost[0], \
             (cost, ordered_cost)
-        model = topk.TopKConfig(dealer="tfp")
+        model = topk_cost.TopKConfig(dealer="tfp")
         assert model.estimate(protocol, g, k, ordered=False)[1] < model.estimate(
             protocol, g, k)[1]
     if protocol == "rank":  # one comparison round, then one opening (a dealt one-hot)
-        assert cost[1] == 8 + 1 == topk.TopKConfig(dealer="tfp").estimate(
+        assert cost[1] == 8 + 1 == topk_cost.TopKConfig(dealer="tfp").estimate(
             protocol, g, k, ordered=False)[1]
 
 
@@ -112,15 +112,15 @@ def test_transcript_independent_of_secrets(results: dict, protocol: str) -> None
 
 
 def test_cost_model_choices() -> None:
-    config = topk.TopKConfig(dealer="tfp", comparison="crypten")
-    masked = topk.TopKConfig(dealer="tfp", comparison="masked")
+    config = topk_cost.TopKConfig(dealer="tfp", comparison="crypten")
+    masked = topk_cost.TopKConfig(dealer="tfp", comparison="masked")
     # WAN punishes rounds: the constant-round protocol wins at small G
-    assert topk.choose_protocol(16, 8, WAN, config) == "rank"
-    assert topk.choose_protocol(16, 8, WAN, masked) == "rank"
+    assert topk_cost.choose_protocol(16, 8, WAN, config) == "rank"
+    assert topk_cost.choose_protocol(16, 8, WAN, masked) == "rank"
     # bytes dominate a fast link with many items: rank's G^2 comparisons lose (later
     # with the cheaper masked comparison)
-    assert topk.choose_protocol(128, 4, LAN, config, batch=64) != "rank"
-    assert topk.choose_protocol(256, 4, LAN, masked, batch=64) != "rank"
+    assert topk_cost.choose_protocol(128, 4, LAN, config, batch=64) != "rank"
+    assert topk_cost.choose_protocol(256, 4, LAN, masked, batch=64) != "rank"
     for g, k in [(8, 2), (64, 16), (128, 64)]:
         for protocol in topk.PROTOCOLS:
             b, r = config.estimate(protocol, g, k)
@@ -128,12 +128,12 @@ def test_cost_model_choices() -> None:
 
 
 def test_cost_model_knows_both_comparisons() -> None:
-    crypten_cmp = topk.TopKConfig(dealer="ttp", comparison="crypten")
-    masked = topk.TopKConfig(dealer="ttp", comparison="masked")
+    crypten_cmp = topk_cost.TopKConfig(dealer="ttp", comparison="crypten")
+    masked = topk_cost.TopKConfig(dealer="ttp", comparison="masked")
     for protocol in topk.PROTOCOLS:
         assert masked.estimate(protocol, 64, 8)[0] < crypten_cmp.estimate(protocol, 64, 8)[0]
     with pytest.raises(ValueError, match="no unit costs"):
-        topk.TopKConfig(comparison="garbled")
+        topk_cost.TopKConfig(comparison="garbled")
 
 
 def test_network_profile() -> None:
@@ -142,4 +142,4 @@ def test_network_profile() -> None:
     with pytest.raises(ValueError):
         NetworkProfile("bad", 0, 0.1)
     with pytest.raises(ValueError):
-        topk.TopKConfig(protocols=("bogus",))
+        topk_cost.TopKConfig(protocols=("bogus",))

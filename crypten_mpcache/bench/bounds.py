@@ -26,8 +26,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from crypten_mpcache.runtime.network import LAN, WAN, NetworkProfile
 from crypten_mpcache.runtime.report import MIB
-from crypten_mpcache.secure.network import LAN, WAN, NetworkProfile
 
 SELECTION = ("similarity", "topk", "gather")
 NOT_SHARED = ("softmax", *SELECTION)

@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from crypten_mpcache.bench.shapes import SHAPES
     from crypten_mpcache.bench.variants import ABLATIONS
     from crypten_mpcache.runtime.launcher import COMPARISONS, DEALERS
-    from crypten_mpcache.secure.functions import SILU_METHODS
+    from crypten_mpcache.secure.functions.activation import SILU_METHODS
 
     add = parser.add_argument
     add("--shape", default=DEFAULTS.shape, choices=tuple(SHAPES),

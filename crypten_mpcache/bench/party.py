@@ -29,8 +29,8 @@ from crypten_mpcache.models.llama import (
     encrypt_operand,
 )
 from crypten_mpcache.runtime.cost import CostMeter
-from crypten_mpcache.secure.functions import ActivationConfig
-from crypten_mpcache.secure.kv_cache import CachePolicy, SecureKVCache
+from crypten_mpcache.secure.cache.kv_cache import CachePolicy, SecureKVCache
+from crypten_mpcache.secure.functions.activation import ActivationConfig
 
 OWNER = 0
 

@@ -4,7 +4,7 @@ Why ratios against ``full`` at the same context, shape, layers and dealer: every
 optimization that does not depend on eviction (premasking, activations, softmax and
 comparison protocols) runs in both, so the ratio measures eviction and nothing else.
 Latency: measured compute + rounds x RTT + per-party bytes / bandwidth
-(``secure.network``: LAN 3 Gbps / 0.8 ms RTT, WAN 200 Mbps / 40 ms RTT).
+(``runtime.network``: LAN 3 Gbps / 0.8 ms RTT, WAN 200 Mbps / 40 ms RTT).
 With the TTP dealer, the "online" table leaves out the dealer's traffic (its material
 depends only on public shapes and is dealt ahead: ``runtime.cost``).
 """
@@ -15,8 +15,8 @@ from collections.abc import Callable
 from typing import Any
 
 from crypten_mpcache.bench import bounds
+from crypten_mpcache.runtime.network import LAN, WAN
 from crypten_mpcache.runtime.report import MIB
-from crypten_mpcache.secure.network import LAN, WAN
 
 BASELINE = "full"
 KINDS = ("similarity", "topk", "gather", "softmax", "attention_scores", "attention_values",

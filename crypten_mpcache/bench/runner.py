@@ -3,7 +3,7 @@
 Why one launch per row: each row gets a fresh MPC session (fresh masks, an empty dealer
 store), so memory never accumulates across rows and no row can disturb another's
 counters. Bytes are summed over the parties (``runtime.cost.combine``); latency uses
-the bytes ONE party sends (``secure.network``); rounds and seconds are the max over
+the bytes ONE party sends (``runtime.network``); rounds and seconds are the max over
 parties.
 """
 
@@ -19,8 +19,8 @@ from crypten_mpcache.bench.shapes import get_shape
 from crypten_mpcache.bench.variants import default_caches, resolve
 from crypten_mpcache.runtime.cost import FIELDS, combine, online
 from crypten_mpcache.runtime.launcher import COMPARISONS, DEALERS, LaunchConfig, launch
-from crypten_mpcache.secure.functions import SILU_METHODS
-from crypten_mpcache.secure.network import LAN, WAN
+from crypten_mpcache.runtime.network import LAN, WAN
+from crypten_mpcache.secure.functions.activation import SILU_METHODS
 
 BYTES_PER_ELEMENT = 8  # int64 ring elements
 

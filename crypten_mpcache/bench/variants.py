@@ -1,7 +1,7 @@
 """The cache variants that ``bench`` compares: full cache, MPCache and its ablations.
 
 A variant is a name the user types (``--cache full,mpcache,...``) that resolves to a cache
-policy of ``secure.kv_cache.default_policies()`` plus options. The MPCache ablations
+policy of ``secure.cache.kv_cache.default_policies()`` plus options. The MPCache ablations
 (``config.mpcache_variants``, the same names as ``eval``) are ``mpcache`` (the tuned
 default), ``mpcache:paper`` (the authors' configuration) and ``mpcache:<ablation>`` (the
 authors' configuration with ONE ``MPCacheConfig`` field changed), all at the same token
@@ -24,8 +24,8 @@ from crypten_mpcache.config import (
     variant_overrides,
 )
 from crypten_mpcache.methods import resolve_method
-from crypten_mpcache.secure.kv_cache import CachePolicy
-from crypten_mpcache.secure.method_policy import CachePolicyRegistry, default_policies
+from crypten_mpcache.secure.cache.kv_cache import CachePolicy
+from crypten_mpcache.secure.cache.method_policy import CachePolicyRegistry, default_policies
 
 MPCACHE_POLICY = "mpcache"
 

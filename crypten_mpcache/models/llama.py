@@ -1,7 +1,7 @@
 """CrypTen-aware Llama modules: encrypted weights, secure attention over the encrypted cache.
 
 Why: parameters cannot hold CrypTensors, so each transformers module that owns weights is
-replaced by one that holds them as fixed operands (``secure.premask``): W^T of every
+replaced by one that holds them as fixed operands (``secure.primitives.premask``): W^T of every
 linear, the embedding table (and its transpose for a tied LM head), the RMSNorm gammas.
 The transformers decoder layers stay as they are and call these modules.
 
@@ -24,10 +24,12 @@ import torch
 from torch import nn
 
 from crypten_mpcache.runtime.cost import operator_scope
-from crypten_mpcache.secure import functions
-from crypten_mpcache.secure.functions import ActivationConfig, NormConfig, SoftmaxConfig
-from crypten_mpcache.secure.kv_cache import CachePolicy, FullCache, SecureKVCache
-from crypten_mpcache.secure.premask import fixed_operand
+from crypten_mpcache.secure.cache.kv_cache import CachePolicy, FullCache, SecureKVCache
+from crypten_mpcache.secure.functions.activation import ActivationConfig, silu
+from crypten_mpcache.secure.functions.norm import NormConfig, rms_norm
+from crypten_mpcache.secure.functions.softmax import SoftmaxConfig, masked_softmax
+from crypten_mpcache.secure.functions.tournament import argmax_onehot
+from crypten_mpcache.secure.primitives.premask import fixed_operand
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,7 @@ class SecureModelOptions:
     """How weights are encrypted and how attention uses the cache."""
 
     src: int = 0  # the party that holds the real weights (the model owner)
-    premask: bool = True  # mask each fixed operand once (see secure.premask)
+    premask: bool = True  # mask each fixed operand once (see secure.primitives.premask)
     policy: CachePolicy = field(default_factory=FullCache)
     norm: NormConfig = field(default_factory=NormConfig)
     softmax: SoftmaxConfig = field(default_factory=SoftmaxConfig)
@@ -103,7 +105,7 @@ class SecureEmbedding(nn.Module):
 
 
 class SecureRMSNorm(nn.Module):
-    """RMSNorm with an encrypted gamma (``functions.rms_norm`` keeps inv_sqrt in range)."""
+    """RMSNorm with an encrypted gamma (``functions.norm.rms_norm`` keeps inv_sqrt in range)."""
 
     def __init__(self, weight: Any, eps: float, config: NormConfig) -> None:
         super().__init__()
@@ -113,7 +115,7 @@ class SecureRMSNorm(nn.Module):
 
     def forward(self, x: Any) -> Any:
         with operator_scope("norm"):
-            return functions.rms_norm(x, self.weight, self.variance_epsilon,
+            return rms_norm(x, self.weight, self.variance_epsilon,
                                       config=self.config)
 
 
@@ -129,7 +131,7 @@ class SecureMLP(nn.Module):
     def forward(self, x: Any) -> Any:
         gate, up = self.gate_proj(x), self.up_proj(x)
         with operator_scope("activation"):
-            hidden = functions.silu(gate, config=self.config) * up
+            hidden = silu(gate, config=self.config) * up
         return self.down_proj(hidden)
 
 
@@ -218,7 +220,7 @@ class SecureLlamaAttention(nn.Module):
             scores = keys.transpose(-1, -2).rmatmul(self._grouped(q))
         scores = self._ungrouped(scores, queries)
         with operator_scope("softmax"):
-            return functions.masked_softmax(scores, mask01, dim=-1,
+            return masked_softmax(scores, mask01, dim=-1,
                                             config=self.options.softmax)
 
 
@@ -228,7 +230,7 @@ class SecureLlamaAttention(nn.Module):
 def secure_argmax(logits: Any) -> Any:
     """The next token as an encrypted fixed-point one-hot (B, 1, vocab); it stays secret."""
     with operator_scope("argmax"):
-        return functions.argmax_onehot(logits, dim=-1)
+        return argmax_onehot(logits, dim=-1)
 
 
 def secure_forward(model: nn.Module, onehot: Any, cache: SecureKVCache,

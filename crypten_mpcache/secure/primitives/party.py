@@ -1,6 +1,8 @@
-"""What every dealer-assisted protocol needs from the party it runs in: its rank, the
-configured dealer, uniform ring words, the opening of shares (one round), and the TTP
-pattern of dealing material."""
+"""The party a dealer-assisted protocol runs in: rank, dealer, ring words, openings.
+
+What every such protocol needs from its party: its rank, the configured dealer, uniform
+ring words, the opening of shares (one round), and the TTP pattern of dealing material.
+"""
 
 from __future__ import annotations
 

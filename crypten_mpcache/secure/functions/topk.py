@@ -1,4 +1,4 @@
-"""Secure top-k with a PUBLIC k over secret scores (..., G), and a cost model to pick one.
+"""Secure top-k protocols with a PUBLIC k over secret scores (..., G).
 
 Every protocol returns a secret one-hot selection matrix (..., k, G) whose row r selects
 the r-th chosen item IN ASCENDING ORIGINAL INDEX ORDER (gathering with it keeps token
@@ -21,7 +21,7 @@ Protocols
   ~G log^2 k' comparisons, log^2 k' + log(G / k') log k' rounds.
 Where row order does not matter (dynamic selection: a gather, then attention over the
 rows) ``ordered=False`` returns rows in rank order instead: ``rank`` then reads
-onehot[r, i] = [rank_i == r] off a dealt unit vector (``secure.onehot``: one opened word
+onehot[r, i] = [rank_i == r] off a dealt unit vector (``primitives.onehot``: one opened word
 per item and one round, no second comparison round), ``iterative`` its winners as they
 come. Otherwise each builds the
 ordered one-hot from the inclusive prefix count c = cumsum(selected):
@@ -29,23 +29,22 @@ a[r, i] = [c_i >= r + 1] (k G comparisons on small integers, one round) and
 onehot[r, i] = a[r, i] - a[r, i - 1]: the first index where the count reaches r + 1 is
 the (r + 1)-th selected item. ``topk_mask`` skips that step and returns the (..., G) bits.
 
-Costs are charged to ``operator_scope("topk")``.
+Costs are charged to ``operator_scope("topk")``; ``functions.topk_cost`` predicts them
+and picks a protocol.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Any
 
 import crypten
 import torch
 
 from crypten_mpcache.runtime.cost import operator_scope
-from crypten_mpcache.secure.fixed_point import fixed_scale, mul_public_int, to_fixed
-from crypten_mpcache.secure.functions import _expand_winner, _tournament
-from crypten_mpcache.secure.network import LAN, NetworkProfile
-from crypten_mpcache.secure.onehot import onehot, width_for
+from crypten_mpcache.secure.functions.tournament import expand_winner, tournament
+from crypten_mpcache.secure.primitives.fixed_point import fixed_scale, mul_public_int, to_fixed
+from crypten_mpcache.secure.primitives.onehot import onehot, width_for
 
 PROTOCOLS = ("iterative", "rank", "network")
 
@@ -78,8 +77,8 @@ def _iterative_winners(scores: Any, k: int) -> list[Any]:
     offset = _push_down_offset(scores)
     current, winners = scores, []
     for _ in range(k):
-        _, levels = _tournament(current)
-        winner = _expand_winner(levels, current)
+        _, levels = tournament(current)
+        winner = expand_winner(levels, current)
         winners.append(winner)
         current = current - winner * offset                         # public product: local
     return winners
@@ -261,140 +260,3 @@ def topk_onehot(scores: Any, k: int, protocol: str = "rank", ordered: bool = Tru
         if not ordered and protocol in _UNORDERED:
             return to_fixed(_UNORDERED[protocol](scores, k))
         return to_fixed(ordered_onehot(_MASKS[protocol](scores, k), k))
-
-
-# --------------------------------------------------------------------------- cost model
-
-
-@dataclass(frozen=True)
-class UnitCosts:
-    """Measured per-party cost of CrypTen primitives (see benchmarks/topk_cost.py).
-
-    cmp_bytes / cmp_rounds: one batched comparison (bytes per element, rounds per call);
-    mul_bytes / mul_rounds: one batched Beaver multiplication;
-    lookup_bytes / lookup_word_bytes / lookup_rounds: one dealt one-hot (``secure.onehot``)
-    per element, plus the dealer's bytes per word of width.
-    """
-
-    cmp_bytes: float
-    cmp_rounds: float
-    mul_bytes: float
-    mul_rounds: float
-    lookup_bytes: float = 16.0
-    lookup_word_bytes: float = 0.0
-    lookup_rounds: float = 1.0
-
-
-@dataclass(frozen=True)
-class Counts:
-    """What a protocol does, independent of the dealer: element and round counts."""
-
-    comparisons: int
-    comparison_rounds: int
-    multiplications: int
-    multiplication_rounds: int
-    lookups: int = 0
-    lookup_width: int = 0
-    lookup_rounds: int = 0
-
-    def bytes(self, unit: UnitCosts) -> float:
-        return (self.comparisons * unit.cmp_bytes + self.multiplications * unit.mul_bytes
-                + self.lookups * (unit.lookup_bytes
-                                  + self.lookup_width * unit.lookup_word_bytes))
-
-    def rounds(self, unit: UnitCosts) -> float:
-        return (self.comparison_rounds * unit.cmp_rounds
-                + self.multiplication_rounds * unit.mul_rounds
-                + self.lookup_rounds * unit.lookup_rounds)
-
-
-def _log2(n: int) -> int:
-    return max(0, math.ceil(math.log2(n))) if n > 1 else 0
-
-
-def protocol_counts(protocol: str, g: int, k: int, ordered: bool = True) -> Counts:
-    """Counts per score vector (multiply bytes by the batch of vectors; rounds do not grow)."""
-    if protocol == "iterative":
-        levels = _log2(g)
-        counts = Counts(k * (g - 1), k * levels, k * (g - 1) + k * (g - 2), 2 * k * levels - k)
-        if not ordered:  # the winners are the rows: no ordering step
-            return counts
-    elif protocol == "rank":
-        if not ordered:  # one dealt one-hot per item replaces the mask's comparisons
-            return Counts(g * (g - 1) // 2, 1, 0, 0, lookups=g, lookup_width=width_for(g),
-                          lookup_rounds=1)
-        counts = Counts(g * (g - 1) // 2 + g, 2, 0, 0)
-    elif protocol == "network":
-        width = 1 << _log2(k)
-        blocks = 1 << _log2(math.ceil(g / width))
-        n = width * blocks
-        sort_layers = _log2(width) * (_log2(width) + 1) // 2
-        merges = _log2(blocks)
-        merge_layers = merges * (1 + _log2(width))
-        cmp = n // 2 * sort_layers + sum(
-            (blocks >> (m + 1)) * width * (1 + _log2(width) / 2) for m in range(merges))
-        counts = Counts(int(cmp) + g, sort_layers + merge_layers + 1, int(cmp),
-                        sort_layers + merge_layers)
-    else:
-        raise ValueError(f"unknown protocol {protocol!r}; known: {PROTOCOLS}")
-    if ordered:
-        counts = Counts(counts.comparisons + k * g, counts.comparison_rounds + 1,
-                        counts.multiplications, counts.multiplication_rounds)
-    return counts
-
-
-def _measured_units() -> dict[tuple[str, str], UnitCosts]:
-    """Per-party unit costs with 2 parties, keyed by (dealer, comparison protocol).
-
-    CrypTen's comparison: fitted by benchmarks/topk_cost.py (docs/numerics.md). The masked
-    comparison (``crypten_mpcache.secure.comparison``): measured on 11,008 elements,
-    party 0 (which also receives the TTP's material).
-    """
-    tfp_mul = {"mul_bytes": 32.0, "mul_rounds": 1.0}
-    ttp_mul = {"mul_bytes": 111.6, "mul_rounds": 4.0, "lookup_word_bytes": 8.0,
-               "lookup_rounds": 4.0}
-    return {
-        ("tfp", "crypten"): UnitCosts(cmp_bytes=432.0, cmp_rounds=8.0, **tfp_mul),
-        ("ttp", "crypten"): UnitCosts(cmp_bytes=544.1, cmp_rounds=32.0, **ttp_mul),
-        ("tfp", "masked"): UnitCosts(cmp_bytes=63.5, cmp_rounds=8.0, **tfp_mul),
-        ("ttp", "masked"): UnitCosts(cmp_bytes=95.3, cmp_rounds=11.0, **ttp_mul),
-    }
-
-
-@dataclass(frozen=True)
-class TopKConfig:
-    """The cost model: measured unit costs per (dealer, comparison) and the candidate
-    protocols."""
-
-    protocols: tuple[str, ...] = PROTOCOLS
-    dealer: str = "ttp"
-    comparison: str = "masked"
-    units: dict[tuple[str, str], UnitCosts] = field(default_factory=_measured_units)
-
-    def __post_init__(self) -> None:
-        unknown = set(self.protocols) - set(PROTOCOLS)
-        if unknown or not self.protocols:
-            raise ValueError(f"protocols must be a non-empty subset of {PROTOCOLS}")
-        if (self.dealer, self.comparison) not in self.units:
-            raise ValueError(f"no unit costs for dealer {self.dealer!r} with comparison "
-                             f"{self.comparison!r}")
-
-    def estimate(self, protocol: str, g: int, k: int, batch: int = 1,
-                 ordered: bool = True) -> tuple[float, float]:
-        """(per-party bytes, rounds) predicted for ``batch`` score vectors of length g."""
-        counts = protocol_counts(protocol, g, k, ordered)
-        unit = self.units[(self.dealer, self.comparison)]
-        return counts.bytes(unit) * batch, counts.rounds(unit)
-
-    def latency(self, protocol: str, g: int, k: int, network: NetworkProfile = LAN,
-                batch: int = 1, ordered: bool = True) -> float:
-        bytes_, rounds = self.estimate(protocol, g, k, batch, ordered)
-        return network.latency(0.0, rounds, bytes_)
-
-
-def choose_protocol(g: int, k: int, network: NetworkProfile = LAN,
-                    config: TopKConfig = TopKConfig(), batch: int = 1,
-                    ordered: bool = True) -> str:
-    """The protocol of least predicted latency (rounds * RTT + bytes / bandwidth)."""
-    return min(config.protocols,
-               key=lambda p: config.latency(p, g, k, network, batch, ordered))

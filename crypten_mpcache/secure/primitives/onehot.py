@@ -16,7 +16,7 @@ Requirements: v is a scale-1 integer (raw shares, e.g. a sum of comparison bits)
 lie in [0, W). The result is exact. Per element: one opened word (8 bytes per party),
 one round; the dealer's material is W words per element (with the TTP: party 0
 receives its share of u, every other share comes from the generators it shares with
-the TTP, as in ``crypten_mpcache.secure.comparison``). The material depends only on
+the TTP, as in ``crypten_mpcache.secure.primitives.comparison``). The material depends only on
 (n, W): the transcript is the same for every value.
 """
 
@@ -29,7 +29,7 @@ import torch
 from crypten.mpc import MPCTensor
 from crypten.mpc.primitives import ArithmeticSharedTensor
 
-from crypten_mpcache.secure.party import (
+from crypten_mpcache.secure.primitives.party import (
     by_dealer,
     deal_via_ttp,
     open_sum,

@@ -12,13 +12,13 @@ them into operations on premasked operands:
   premasked representatives (opens the summed query), its per-level one-hots are
   composed into one absolute one-hot, premasked once per step and shared with the
   layers that reuse the selection; attention reads it through ``SelectedKeys`` /
-  ``SelectedValues`` (``secure.attended``: scores first, then select). Sliding-window
+  ``SelectedValues`` (``secure.cache.attended``: scores first, then select). Sliding-window
   methods attend to a public window of the cache the same way.
 
 Not supported under MPC: decode-time heavy-hitter eviction (H2O), whose choice at every
 step depends on the attention the previous steps computed; it fails at construction.
 Every shape depends on public values only. ``debug=True`` (tests only) makes the engine
-reveal each choice through the named ``secure.reveal.debug_reveal_selection`` and
+reveal each choice through the named ``secure.primitives.reveal.debug_reveal_selection`` and
 record it (``records``), in the schema of the plaintext ``Session.records``.
 """
 
@@ -40,20 +40,20 @@ from crypten_mpcache.algorithm.engine import Engine
 from crypten_mpcache.algorithm.plan import MethodPlan
 from crypten_mpcache.config import MPCacheConfig
 from crypten_mpcache.runtime.cost import operator_scope
-from crypten_mpcache.secure.attended import (
+from crypten_mpcache.secure.backend import CryptenBackend, CryptenBackendConfig
+from crypten_mpcache.secure.cache.attended import (
     ClusterSelection,
     SelectedKeys,
     SelectedValues,
     WindowSelection,
 )
-from crypten_mpcache.secure.crypten_backend import CryptenBackend, CryptenBackendConfig
-from crypten_mpcache.secure.kv_cache import CachePolicy, FullCache, SecureKVLayer
-from crypten_mpcache.secure.premask import fixed_operands
-from crypten_mpcache.secure.selection_operands import (
+from crypten_mpcache.secure.cache.kv_cache import CachePolicy, FullCache, SecureKVLayer
+from crypten_mpcache.secure.cache.selection_operands import (
     RepOperands,
     absolute_onehot,
     compaction_matrix,
 )
+from crypten_mpcache.secure.primitives.premask import fixed_operands
 
 
 @dataclass

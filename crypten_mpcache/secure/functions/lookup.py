@@ -1,4 +1,4 @@
-"""Functions read from public tables through the dealt one-hot (``secure.onehot``).
+"""Functions read from public tables through the dealt one-hot (``secure.primitives.onehot``).
 
 Why: reading a segment's Taylor coefficients costs one opened word per element and
 local table products, fewer rounds than a polynomial, an exp or Newton iterations. The
@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from crypten.encoder import FixedPointEncoder
 
-from crypten_mpcache.secure.fixed_point import fixed_scale, mul_public_int
-from crypten_mpcache.secure.onehot import onehot
+from crypten_mpcache.secure.primitives.fixed_point import fixed_scale, mul_public_int
+from crypten_mpcache.secure.primitives.onehot import onehot
 
 
 def _taylor_coefficients(kind: str, t: torch.Tensor) -> list[torch.Tensor]:

@@ -17,7 +17,7 @@ baseline that re-opens the operand at every call.
 
 Every party must create, transform and use operands in the same order (as with any
 CrypTen program). The dealer is CrypTen's configured provider: "TTP" (a separate trusted
-process that serves the requests of ``crypten_mpcache.secure.premask_dealer``; the
+process that serves the requests of ``crypten_mpcache.secure.primitives.premask_dealer``; the
 launcher installs them) or "TFP" (party 0 deals, with the same ``MaskStore``).
 """
 
@@ -36,8 +36,8 @@ from crypten.mpc.primitives import ArithmeticSharedTensor
 from crypten.mpc.provider.ttp_provider import TTPClient, TTPServer
 
 from crypten_mpcache.runtime.cost import operator_scope
-from crypten_mpcache.secure.party import party_rank
-from crypten_mpcache.secure.premask_dealer import (
+from crypten_mpcache.secure.primitives.party import party_rank
+from crypten_mpcache.secure.primitives.premask_dealer import (
     AppendCatPool,
     MaskStore,
     Recipe,

@@ -1,4 +1,4 @@
-"""The MPCache ``Backend`` protocol on CrypTen MPCTensors (secret shares).
+"""The CrypTen backend: the MPCache ``Backend`` protocol on MPCTensors (secret shares).
 
 Why: the algorithm (``crypten_mpcache.algorithm``) is written once against ``Backend``;
 this backend runs it under MPC, so the secure selections are by construction the same
@@ -6,15 +6,15 @@ computation as the plaintext ones. Every output shape depends on input shapes an
 integers only, so the transcript depends on public values only.
 
 Values are MPCTensors; plain ``torch.Tensor`` operands are public (identity matrices,
-zero padding). A fixed operand (``secure.premask``: a premasked KV cache or cluster
+zero padding). A fixed operand (``secure.primitives.premask``: a premasked KV cache or cluster
 layout) is accepted as the gathered side of ``gather``: ``x.rmatmul(onehot)`` opens only
 the one-hot, never the operand again.
 
-Costs: ``topk_onehot`` -> "topk" (inside ``secure.topk``), ``gather`` -> "gather",
+Costs: ``topk_onehot`` -> "topk" (inside ``secure.functions.topk``), ``gather`` -> "gather",
 ``softmax`` -> "softmax"; comparisons of cluster boxes and the cluster scores are charged
 by the caller (the policy wraps selection in "similarity" and the static stage in
 "static_eviction"). The top-k protocol is the cheapest one for the configured network and
-the number of score vectors per call (the cost model of ``secure.topk``).
+the number of score vectors per call (the cost model of ``secure.functions.topk_cost``).
 """
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ import torch
 
 from crypten_mpcache.patches import crypten_comparison
 from crypten_mpcache.runtime.cost import operator_scope
-from crypten_mpcache.secure import topk
-from crypten_mpcache.secure.functions import masked_softmax, tournament_max
-from crypten_mpcache.secure.network import PROFILES, NetworkProfile
-from crypten_mpcache.secure.reveal import debug_reveal_selection
+from crypten_mpcache.runtime.network import PROFILES, NetworkProfile
+from crypten_mpcache.secure.functions import topk, topk_cost
+from crypten_mpcache.secure.functions.softmax import masked_softmax
+from crypten_mpcache.secure.functions.tournament import tournament_max
+from crypten_mpcache.secure.primitives.reveal import debug_reveal_selection
 
 Value = Any  # MPCTensor, public torch.Tensor, or a fixed operand (gather only)
 
@@ -45,7 +46,7 @@ def _dim_last(x: Value, dim: int) -> Value:
 @dataclass(frozen=True)
 class CryptenBackendConfig:
     """How the backend picks its top-k protocol: the network the parties run on and the
-    candidate protocols (``secure.topk.PROTOCOLS`` by default)."""
+    candidate protocols (``secure.functions.topk.PROTOCOLS`` by default)."""
 
     network: str = "LAN"
     protocols: tuple[str, ...] = topk.PROTOCOLS
@@ -66,7 +67,7 @@ def is_public(x: Value) -> bool:
 
 
 def is_operand(x: Value) -> bool:
-    """A premasked (or plain) fixed operand of ``secure.premask``."""
+    """A premasked (or plain) fixed operand of ``secure.primitives.premask``."""
     return hasattr(x, "rmatmul") and not is_public(x) and not _is_cryptensor(x)
 
 
@@ -189,9 +190,9 @@ class CryptenBackend:
     # -- selection ----------------------------------------------------------------------
     def protocol(self, g: int, k: int, batch: int, ordered: bool = True) -> str:
         """The top-k protocol of least predicted latency for ``batch`` vectors of G."""
-        model = topk.TopKConfig(protocols=self.config.protocols, dealer=current_dealer(),
+        model = topk_cost.TopKConfig(protocols=self.config.protocols, dealer=current_dealer(),
                                 comparison=crypten_comparison.current())
-        return topk.choose_protocol(g, k, self.config.profile, model, batch=batch,
+        return topk_cost.choose_protocol(g, k, self.config.profile, model, batch=batch,
                                     ordered=ordered)
 
     def topk_onehot(self, scores: Value, k: int, ordered: bool = True) -> Value:

@@ -2,9 +2,9 @@
 
 CrypTen's dealers only hand out triples (a, b, a*b) with a fresh b every time, so a fixed
 operand (a weight, a cached key) is re-masked and re-opened at every product. Premasking
-(``crypten_mpcache.secure.premask``) masks a fixed operand B once with a registered mask M
-and later asks the dealer for (A_t, A_t (op) M') where M' is M or a view of several
-registered masks (transposes, concatenations). The dealer learns nothing new: it already
+(``crypten_mpcache.secure.primitives.premask``) masks a fixed operand B once with a
+registered mask M and later asks the dealer for (A_t, A_t (op) M') where M' is M or a view
+of several registered masks (transposes, concatenations). The dealer learns nothing new: it already
 knows every mask and triple it deals.
 
 * a *recipe* (plain nested tuples, small and picklable through CrypTen's restricted

@@ -23,7 +23,7 @@ import torch
 
 from crypten_mpcache.algorithm import dynamic
 from crypten_mpcache.runtime.cost import operator_scope
-from crypten_mpcache.secure.crypten_backend import secret
+from crypten_mpcache.secure.backend import secret
 
 
 class Selection(Protocol):

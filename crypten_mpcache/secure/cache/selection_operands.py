@@ -18,7 +18,7 @@ import torch
 from crypten_mpcache.algorithm import dynamic
 from crypten_mpcache.algorithm.clusters import ClusterState
 from crypten_mpcache.algorithm.static import StaticCounts
-from crypten_mpcache.secure.premask import fixed_operands
+from crypten_mpcache.secure.primitives.premask import fixed_operands
 
 
 def compaction_matrix(backend: Any, onehot: Any, counts: StaticCounts) -> Any:

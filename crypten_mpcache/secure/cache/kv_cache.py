@@ -2,8 +2,8 @@
 
 Why this shape: transformers' attention calls ``cache.update(k, v, layer_idx)``; a
 ``SecureKVCache`` (a transformers ``Cache`` of ``SecureKVLayer``) keeps each layer's K and
-V as fixed operands (see ``secure.premask``): a row written once is masked and opened once,
-and every later product with it opens only the fresh operand. Each step's rows are one
+V as fixed operands (see ``secure.primitives.premask``): a row written once is masked and
+opened once, and every later product with it opens only the fresh operand. Each step's rows are one
 operand; the layer holds their concatenation.
 
 What attention attends to is a ``CachePolicy``'s decision, so eviction plugs in without
@@ -24,7 +24,7 @@ from typing import Any
 
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from crypten_mpcache.secure.premask import fixed_operand
+from crypten_mpcache.secure.primitives.premask import fixed_operand
 
 
 class SecureKVLayer(CacheLayerMixin):

@@ -1,0 +1,162 @@
+"""The secure SiLU: a Taylor table read by a dealt one-hot, or its polynomial/sigmoid variants.
+
+Measured on the embedded SmolLM2-135M-Instruct (see ``docs/numerics.md``): MLP gate
+pre-activations (input of SiLU) lie in [-33.3, 50.2] (99.9% of |x| below 20). The default
+SiLU (``ActivationConfig.method="lookup"``) has no range limit besides the ring.
+
+Charged to ``operator_scope("activation")``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import crypten
+import torch
+
+from crypten_mpcache.runtime.cost import operator_scope
+from crypten_mpcache.secure.functions.approx import exp_nonpositive
+from crypten_mpcache.secure.functions.lookup import segment_polynomial, taylor_table
+
+SILU_METHODS = ("lookup", "exp_poly", "piecewise", "sigmoid")
+
+
+@dataclass(frozen=True)
+class ActivationConfig:
+    """Knobs of the secure SiLU.
+
+    method:
+      "sigmoid": x * CrypTen sigmoid(x) (comparison + exp + 3 reciprocal iterations).
+      "exp_poly": silu(x) = relu(x) - |x| * P(exp(-|x|)) with P ~ z/(1+z) on [0, 1]:
+        one comparison, one exp, one short polynomial, no reciprocal.
+      "piecewise": 0 below -bound, x above bound, x/2 + even polynomial in (x/bound)^2
+        in between: two comparisons in the same round and one polynomial.
+      "lookup": 0 below -lookup_bound, x above it, and in between the Taylor polynomial
+        of the segment x falls in, its coefficients read by a dealt one-hot of the
+        segment index (``primitives.onehot``): two comparisons in one round, one opening and
+        ``lookup_order`` products.
+    degree: polynomial degree (in z for exp_poly, in (x/bound)^2 for piecewise).
+    bound: the piecewise breakpoint (silu(-b) ~ -b e^-b is the error beyond it).
+    exp_iterations, exp_order: see ``exp_nonpositive``; exp(-a) is valid for a < 2**iters.
+    lookup_bound, lookup_steps, lookup_order: the table covers [-lookup_bound,
+      lookup_bound) in segments of width 1 / lookup_steps (their number, a power of two,
+      is the width of the dealt one-hot: the dealer's words per element).
+    """
+
+    method: str = "lookup"
+    degree: int = 6
+    bound: float = 7.0
+    exp_iterations: int = 8
+    exp_order: int = 2
+    lookup_bound: float = 16.0
+    lookup_steps: int = 4
+    lookup_order: int = 2
+
+    def __post_init__(self) -> None:
+        if self.method not in SILU_METHODS:
+            raise ValueError(f"unknown SiLU method {self.method!r}")
+        if not 1 <= self.degree <= 16:
+            raise ValueError("degree must be in [1, 16]")
+        if not self.bound > 0:
+            raise ValueError("bound must be positive")
+        if not 1 <= self.exp_iterations <= 12:
+            raise ValueError("exp_iterations must be in [1, 12]")
+        if self.exp_order not in (1, 2, 3):
+            raise ValueError("exp_order must be 1, 2 or 3")
+        if not 1 <= self.lookup_steps <= 1024 or self.lookup_steps & (self.lookup_steps - 1):
+            raise ValueError("lookup_steps must be a power of two in [1, 1024]")
+        segments = 2 * self.lookup_bound * self.lookup_steps
+        if not (segments >= 16 and segments == int(segments)
+                and int(segments) & (int(segments) - 1) == 0):
+            raise ValueError("2 * lookup_bound * lookup_steps must be a power of two >= 16")
+        if self.lookup_order not in (1, 2):
+            raise ValueError("lookup_order must be 1 or 2")
+
+    @property
+    def lookup_width(self) -> int:
+        """Segments in the table (the dealt one-hot's width)."""
+        return int(2 * self.lookup_bound * self.lookup_steps)
+
+
+@lru_cache(maxsize=32)
+def _fit_poly(kind: str, degree: int, bound: float) -> tuple[float, ...]:
+    """Least-squares coefficients c_0..c_degree (float64) of the approximated function."""
+    if kind == "sigma_of_z":  # z/(1+z) on z in [0, 1]
+        t = torch.linspace(0.0, 1.0, 4001, dtype=torch.float64)
+        target = t / (1 + t)
+    else:  # silu(x) - x/2 as a polynomial in w = (x/bound)^2, x in [0, bound]
+        xs = torch.linspace(0.0, bound, 4001, dtype=torch.float64)
+        t = (xs / bound) ** 2
+        target = xs * torch.sigmoid(xs) - xs / 2
+    design = torch.stack([t ** i for i in range(degree + 1)], dim=1)
+    coef = torch.linalg.lstsq(design, target.unsqueeze(1)).solution.squeeze(1)
+    return tuple(float(c) for c in coef)
+
+
+def _poly(x: Any, coeffs: tuple[float, ...]) -> Any:
+    out = x.polynomial(list(coeffs[1:])) if len(coeffs) > 1 else x * 0
+    return out + coeffs[0]
+
+
+def _silu_exp_poly(x: Any, config: ActivationConfig) -> Any:
+    neg = x._ltz()                                  # scale-1 bit [x < 0]
+    neg_x = x * neg                                 # exact (bit times fixed)
+    relu = x - neg_x
+    absx = x - neg_x * 2
+    z = exp_nonpositive(-absx, config.exp_iterations, config.exp_order)
+    p = _poly(z, _fit_poly("sigma_of_z", config.degree, 0.0))
+    return relu - absx * p
+
+
+def _outside(x: Any, edge: float) -> tuple[Any, Any]:
+    """Scale-1 bits [x < -edge] and [x > edge], in one comparison round."""
+    sides = crypten.stack([x + edge, x.neg() + edge])._ltz()
+    return sides[0], sides[1]
+
+
+def _gated(x: Any, inner: Any, low: Any, high: Any) -> Any:
+    """silu(x) ~ 0 below the inner range, x above it, ``inner`` within: both gate
+    products in one stacked product (one round)."""
+    products = crypten.stack([high, low]) * crypten.stack([x - inner, inner])
+    return inner + products[0] - products[1]
+
+
+def _silu_piecewise(x: Any, config: ActivationConfig) -> Any:
+    b = config.bound
+    low, high = _outside(x, b)
+    w = (x * (1.0 / b)).square()
+    inner = x * 0.5 + _poly(w, _fit_poly("silu_even", config.degree, b))
+    return _gated(x, inner, low, high)
+
+
+def _silu_lookup(x: Any, config: ActivationConfig) -> Any:
+    """SiLU from a table of Taylor coefficients (see ``ActivationConfig``).
+
+    Why a table: with the dealt one-hot (one opened word per element) reading a segment's
+    coefficients costs less than any polynomial's products or an exp. The segment index
+    v = floor((x + B) * steps) comes from a local truncation of the shares, so it may be
+    off by one; the Taylor step d = x + B - v / steps is computed from the same v, so the
+    polynomial then reaches one segment further (error ~ max|f'''| (2 / steps)^3 / 6).
+    The gates compare x with -+(B - 4 / steps), exactly, so a gated-in v never wraps: a
+    2-party truncation is off by at most one, CrypTen's 3-party protocol by -2..+3.
+    """
+    bound, steps = config.lookup_bound, config.lookup_steps
+    low, high = _outside(x, bound - 4.0 / steps)   # gated-out v may wrap mod W
+    table = taylor_table("silu", -bound, steps, config.lookup_width, config.lookup_order)
+    inner = segment_polynomial(x + bound, steps, table)
+    return _gated(x, inner, low, high)
+
+
+def silu(x: Any, *, config: ActivationConfig = ActivationConfig()) -> Any:
+    """SiLU(x) = x * sigmoid(x), accurate over SmolLM2's gate pre-activations."""
+    with operator_scope("activation"):
+        if config.method == "sigmoid":
+            return x * x.sigmoid()
+        if config.method == "exp_poly":
+            return _silu_exp_poly(x, config)
+        if config.method == "lookup":
+            return _silu_lookup(x, config)
+        return _silu_piecewise(x, config)
+

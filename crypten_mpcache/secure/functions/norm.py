@@ -1,0 +1,188 @@
+"""The secure RMSNorm: 1 / sqrt(mean(x^2) + eps) by range reduction and a Taylor table.
+
+Measured ranges on the embedded SmolLM2-135M-Instruct (plaintext forward hooks, 6 essays
+of ``assets.essay_texts()`` truncated to 1024 tokens plus 4 chat-templated prompts; see
+``docs/numerics.md`` and the slow test ``test_measured_ranges_inside_supported``):
+mean(x^2) at the input of every RMSNorm (61 norms): [0.00594, 1.12e6], with single
+activations up to |x| = 25,199. ``NormConfig`` covers [4**-8, 4**13] ~ [1.5e-5, 6.7e7]
+(also the small inputs of randomly initialised test models and of embedding rows).
+
+Charged to ``operator_scope("norm")``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import crypten
+import torch
+
+from crypten_mpcache.runtime.cost import operator_scope
+from crypten_mpcache.secure.functions.approx import RangeReduction, ge_public, newton_inv_sqrt
+from crypten_mpcache.secure.functions.lookup import segment_polynomial, taylor_table
+from crypten_mpcache.secure.primitives.fixed_point import mul_public_int
+
+
+@dataclass(frozen=True)
+class NormConfig:
+    """Knobs of the secure RMSNorm.
+
+    low, ratio, buckets: the range-reduction buckets of mean(x^2) + eps (RangeReduction);
+        low must be a power of 4, ratio 4 or 16.
+    coarse_shift, coarse_switch: squaring a massive activation (|x| ~ 25,000 in SmolLM2)
+        at 16 fractional bits makes CrypTen's 2-party truncation wrap with probability
+        ~x^2 / 2**32. mean(x^2) is therefore computed twice, from x (fine) and from
+        x / 2**coarse_shift (coarse); one comparison per row picks the coarse value when it
+        is >= coarse_switch. Below the switch no element can wrap; above it the coarse
+        value has ample relative precision.
+    medium_shift, medium_switch: the same between fine and coarse. Rows below the coarse
+        switch still hold single elements up to |x| ~ 135 on SmolLM2 (x^2 ~ 18,000):
+        their fine squares made ~0.7% of 55-token prefills wrap (measured, see
+        docs/numerics.md). Such rows (mean(x^2) >= medium_switch) take mean((x/2**s)^2)
+        * 4**s instead, 4**s times less likely to wrap; the fine value is kept only for
+        rows below medium_switch, whose elements are all small. 0 turns it off.
+    inv_sqrt: how 1/sqrt is taken on [1, ratio): "lookup" (default: a dealt one-hot reads
+        the segment's quadratic Taylor coefficients from a public table, 3 rounds; its
+        dealer sends ratio * lookup_steps words per row, one row per token) or "newton"
+        (a linear start and ``newton_iters`` Newton steps, 3 rounds each).
+    lookup_steps: table segments per unit (a power of two); the table covers
+        [0.5, ratio + 0.5). Error ~ (15/8) (2 / steps)^3 / 6 relative when the index is
+        off by one (9.5e-5 at 32).
+    newton_iters: Newton iterations of 1/sqrt on [1, ratio) ("newton" only).
+    """
+
+    low: float = 4.0 ** -8
+    ratio: int = 4
+    buckets: int = 21
+    coarse_shift: int = 7
+    coarse_switch: float = 64.0
+    medium_shift: int = 3
+    medium_switch: float = 1.0
+    inv_sqrt: str = "lookup"
+    lookup_steps: int = 32
+    newton_iters: int = 3
+
+    def __post_init__(self) -> None:
+        RangeReduction(self.low, self.ratio, self.buckets)  # validates
+        if self.inv_sqrt not in ("lookup", "newton"):
+            raise ValueError(f"inv_sqrt must be 'lookup' or 'newton', got {self.inv_sqrt!r}")
+        if not 1 <= self.lookup_steps <= 256 or self.lookup_steps & (self.lookup_steps - 1):
+            raise ValueError("lookup_steps must be a power of two in [1, 256]")
+        m = math.log(self.low, 4)
+        if abs(m - round(m)) > 1e-9:
+            raise ValueError(f"low must be a power of 4, got {self.low}")
+        if self.ratio not in (4, 16):
+            raise ValueError(f"ratio must be 4 or 16, got {self.ratio}")
+        if not 0 <= self.coarse_shift <= 14:
+            raise ValueError("coarse_shift must be in [0, 14]")
+        if not self.coarse_switch > 0:
+            raise ValueError("coarse_switch must be positive")
+        if self.medium_shift and not 0 < self.medium_shift < self.coarse_shift:
+            raise ValueError("medium_shift must be 0 (off) or in (0, coarse_shift)")
+        if self.medium_shift and not 0 < self.medium_switch < self.coarse_switch:
+            raise ValueError("medium_switch must be in (0, coarse_switch)")
+        if self.newton_iters < 0:
+            raise ValueError("newton_iters must be >= 0")
+
+    @property
+    def reduction(self) -> RangeReduction:
+        return RangeReduction(self.low, self.ratio, self.buckets)
+
+
+def _apply_weight(y: Any, weight: Any) -> Any:
+    if weight is None:
+        return y
+    if isinstance(weight, torch.Tensor) or _is_cryptensor(weight):
+        return y * weight
+    return weight.mul(y)                                  # a premasked fixed operand
+
+
+def _is_cryptensor(value: Any) -> bool:
+    return crypten.is_encrypted_tensor(value)
+
+
+def _shifts(config: NormConfig) -> list[int]:
+    """The estimates' shifts: fine (0), then medium and coarse when configured."""
+    if config.coarse_shift == 0:
+        return [0]
+    return [0, *([config.medium_shift] if config.medium_shift else []), config.coarse_shift]
+
+
+def _switches(config: NormConfig) -> list[float]:
+    """Estimate i >= 1 takes over when its value is >= switch i - 1 (coarsest wins)."""
+    if config.coarse_shift == 0:
+        return []
+    return [*([config.medium_switch] if config.medium_shift else []), config.coarse_switch]
+
+
+def mean_square_estimates(x: Any, config: NormConfig = NormConfig()) -> Any:
+    """``(E, ..., 1)``: mean((x / 2**s)^2) * 4**s for each shift s of ``config`` (fine,
+    medium, coarse), all squares in one round. The 4**s times smaller squares keep
+    massive activations from wrapping CrypTen's truncation; ``rms_norm`` picks the
+    coarsest estimate above its switch."""
+    shifts = _shifts(config)
+    scaled = crypten.stack([x.div(2 ** s) if s else x for s in shifts])
+    squares = scaled.square().mean(-1, keepdim=True)
+    factors = torch.tensor([4 ** s for s in shifts]).view(-1, *([1] * x.dim()))
+    return mul_public_int(squares, factors)
+
+
+def _take_over(values: Any, bits: list[Any]) -> Any:
+    """values[0], replaced by values[i] wherever bits[i - 1] is set (later ones win);
+    exact in the ring, so a wrapped value that is not taken cancels."""
+    out = values[0]
+    for i, bit in enumerate(bits, start=1):
+        out = out + bit * (values[i] - out)
+    return out
+
+
+def _inv_sqrt_normalized(v_n: Any, config: NormConfig) -> Any:
+    """1 / sqrt(v_n) for v_n in [1, ratio)."""
+    if config.inv_sqrt == "newton":
+        return newton_inv_sqrt(v_n, 1.0, float(config.ratio), config.newton_iters)
+    steps = config.lookup_steps
+    table = taylor_table("inv_sqrt", 0.5, steps, config.ratio * steps, 2)
+    return segment_polynomial(v_n - 0.5, steps, table)
+
+
+def inv_rms_parts(x: Any, eps: float, config: NormConfig = NormConfig()) -> tuple[Any, Any]:
+    """(S, y_n) with 1 / sqrt(mean(x^2, -1) + eps) = S * y_n (keepdim): S an exact power
+    of two, y_n in (1/sqrt(ratio), 1].
+
+    Why every estimate goes the whole way: the switches between the estimates and the
+    range-reduction buckets are then ONE comparison round on per-row scalars (the
+    estimates' bucket bits do not wait for the pick), and the pick moves to the end,
+    applied to (S, y_n). The estimates are per-row scalars, so the extra work is small.
+    v = v_n * low * ratio**e with v_n in [1, ratio); S = (low * ratio**e)**-1/2.
+    """
+    red = config.reduction
+    v = mean_square_estimates(x, config) + eps
+    switches = _switches(config)
+    edges = red.edges                                   # empty with one bucket
+    thresholds = torch.cat([edges, torch.tensor(switches, dtype=torch.float64) + eps])
+    bits = ge_public(v, thresholds) if len(thresholds) else None   # one comparison round
+    onehot = red.onehot_from_bits(bits[..., : len(edges)]) if red.buckets > 1 else None
+    y_n = _inv_sqrt_normalized(red.normalize(v, onehot), config)
+    m = round(-math.log2(red.low)) // 2
+    r = round(math.log2(red.ratio)) // 2
+    picks = [bits[i, ..., len(edges) + i - 1] for i in range(1, len(switches) + 1)]
+    if onehot is None:
+        return torch.tensor(2.0 ** m), _take_over(y_n, picks)
+    scale = red.pow2_factor(onehot, [m - r * j for j in range(red.buckets)])
+    both = _take_over(crypten.stack([scale, y_n], dim=1), picks)
+    return both[0], both[1]
+
+
+def rms_norm(x: Any, weight: Any, eps: float, *, config: NormConfig = NormConfig()) -> Any:
+    """x * inv_sqrt(mean(x^2, -1) + eps) * weight, accurate over the real SmolLM2 range.
+
+    ``weight``: an MPCTensor, a public tensor, an object with ``.mul(y)`` (a premasked
+    fixed operand) or None. x is first multiplied by the exact power of two S ~ 1/rms
+    (so that no product is large enough to wrap), then by y_n in (0.5, 1].
+    """
+    with operator_scope("norm"):
+        scale, y_n = inv_rms_parts(x, eps, config)
+        y = (x * scale) * y_n
+        return _apply_weight(y, weight)

@@ -1,0 +1,81 @@
+"""The masked softmax: a tournament row max, an order-2 exp and a range-reduced reciprocal.
+
+Charged to ``operator_scope("softmax")``; the result carries the standard fixed-point
+encoder.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from crypten_mpcache.runtime.cost import operator_scope
+from crypten_mpcache.secure.functions.approx import RangeReduction, exp_nonpositive, reciprocal
+from crypten_mpcache.secure.functions.tournament import tournament_max
+from crypten_mpcache.secure.primitives.fixed_point import mul_public_int
+
+
+@dataclass(frozen=True)
+class SoftmaxConfig:
+    """Knobs of the masked softmax.
+
+    fill: public value that masked scores take before the row max (must be below every
+        real score; it never reaches exp's output because masked exps are zeroed).
+    exp_iterations, exp_order: see ``exp_nonpositive``; exp(d) is valid for d > -2**iters.
+    ratio, buckets: range reduction of the denominator, which lies in [1, allowed count]:
+        rows of up to ratio**buckets allowed entries are exact to Newton precision.
+    newton_iters: Newton iterations of 1/d on [1, ratio).
+    """
+
+    fill: float = -(2.0 ** 12)
+    exp_iterations: int = 8
+    exp_order: int = 2
+    ratio: int = 4
+    buckets: int = 9
+    newton_iters: int = 3
+
+    def __post_init__(self) -> None:
+        if not self.fill < 0:
+            raise ValueError("fill must be negative")
+        if not 1 <= self.exp_iterations <= 12:
+            raise ValueError("exp_iterations must be in [1, 12]")
+        if self.exp_order not in (1, 2, 3):
+            raise ValueError("exp_order must be 1, 2 or 3")
+        RangeReduction(1.0, self.ratio, self.buckets)
+        if math.log2(self.ratio) * (self.buckets - 1) > 16:
+            raise ValueError("ratio**(buckets-1) must be <= 2**16 (fixed-point factor)")
+        if self.newton_iters < 1:
+            raise ValueError("newton_iters must be >= 1")
+
+
+def masked_softmax(scores: Any, mask01: torch.Tensor, dim: int = -1,
+                   *, config: SoftmaxConfig = SoftmaxConfig()) -> Any:
+    """Softmax over ``dim`` restricted to positions where the PUBLIC ``mask01`` is 1.
+
+    Masked positions are exactly 0. No additive -inf masks: masked scores are replaced by
+    a moderate public fill for the max, their differences by 0 for the exp (which is only
+    valid above -384), and exps are multiplied by the integer mask.
+    """
+    with operator_scope("softmax"):
+        mask = torch.as_tensor(mask01).to(torch.long)
+        if dim not in (-1, scores.dim() - 1):
+            mask = mask.expand(scores.size()).transpose(dim, -1)
+            scores = scores.transpose(dim, -1)
+        filled = mul_public_int(scores, mask) + (1 - mask).to(torch.float64) * config.fill
+        row_max = tournament_max(filled)
+        # masked differences become 0 before exp (fill - max would be far outside exp's
+        # range: its 2**8 squarings of garbage wrap, harmless but wasted); then exact 0s
+        diffs = mul_public_int(filled - row_max, mask)
+        exps = exp_nonpositive(diffs, config.exp_iterations, config.exp_order)
+        exps = mul_public_int(exps, mask)
+        denom = exps.sum(-1, keepdim=True)
+        reduction = RangeReduction(1.0, config.ratio, config.buckets)
+        out = exps * reciprocal(denom, reduction, config.newton_iters)
+        out = mul_public_int(out, mask)
+        if dim not in (-1, scores.dim() - 1):
+            out = out.transpose(dim, -1)
+        return out
+

@@ -1,0 +1,165 @@
+"""The dealer side of the masked comparison: the material's layout, drawing and dealing.
+
+The dealer deals a random ring element r twice (additively shared, and as binary shares
+of its 64 bits), a daBit rho, and the bit-sliced AND triples of the comparison tree (see
+``primitives.comparison`` for the protocol, ``docs/comparison.md`` for the costs). With
+the TTP, every party draws its ``free`` rows and its share of the ``dependent`` values
+from the generator it shares with the TTP; the TTP replays those draws and deals party
+0's dependent share (``ttp_party0_share``, called by ``patches.crypten_dealer``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from crypten.mpc.primitives import ArithmeticSharedTensor, BinarySharedTensor
+
+from crypten_mpcache.secure.primitives.bitslice import WORD, unpack_row, value_of_packed, words_for
+from crypten_mpcache.secure.primitives.party import (
+    by_dealer,
+    deal_via_ttp,
+    party_rank,
+    uniform_words,
+)
+
+LEVELS = 6                              # 64 leaves (63 positions + one pad) -> 1
+MERGES = tuple(32 >> level for level in range(LEVELS))   # 32, 16, 8, 4, 2, 1
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each part of the dealt material sits, for n elements.
+
+    ``free`` rows (uniform words, drawn by every party from its dealer generator): the 64
+    bit rows of r, one row of rho, then per tree level the triples' a, b1, b2 (3 x merges
+    rows). ``dependent`` (values fixed by the free ones, party 0's share dealt): r and rho
+    as n ring elements each, then the products c1 = a & b1 and c2 = a & b2 per level.
+    """
+
+    n: int
+
+    @property
+    def words(self) -> int:
+        return words_for(self.n)
+
+    @property
+    def free_rows(self) -> int:
+        return WORD + 1 + 3 * sum(MERGES)
+
+    @property
+    def product_rows(self) -> int:
+        return 2 * sum(MERGES)
+
+    @property
+    def dependent_size(self) -> int:
+        return 2 * self.n + self.product_rows * self.words
+
+
+@dataclass
+class Material:
+    """One party's shares of the material for one comparison of n elements."""
+
+    r_bits: torch.Tensor        # (64, W) binary
+    rho_bits: torch.Tensor      # (1, W) binary
+    r: torch.Tensor             # (n,) arithmetic
+    rho: torch.Tensor           # (n,) arithmetic (0/1 values)
+    triples: list[tuple[torch.Tensor, ...]]  # per level: a, b1, b2, c1, c2, each (m, W)
+
+
+def draw_free(layout: Layout, generator: torch.Generator | None) -> torch.Tensor:
+    """(free_rows, W) uniform words; the TTP replays the same call on the same generator."""
+    return uniform_words((layout.free_rows, layout.words), generator)
+
+
+def draw_dependent(layout: Layout, generator: torch.Generator | None) -> torch.Tensor:
+    return uniform_words((layout.dependent_size,), generator)
+
+
+def dependent_values(layout: Layout, free: torch.Tensor) -> torch.Tensor:
+    """The plaintext dependent material for the plaintext free rows (the dealer's job)."""
+    n = layout.n
+    r = value_of_packed(free[:WORD], n)
+    rho = unpack_row(free[WORD], n)
+    products = []
+    for a, b1, b2 in _free_triples(free):
+        products += [a & b1, a & b2]
+    return torch.cat([r, rho, torch.cat(products).reshape(-1)])
+
+
+def _free_triples(free: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    out, row = [], WORD + 1
+    for m in MERGES:
+        out.append((free[row:row + m], free[row + m:row + 2 * m], free[row + 2 * m:row + 3 * m]))
+        row += 3 * m
+    return out
+
+
+def split_dependent(layout: Layout, value: torch.Tensor, others: Sequence[torch.Tensor]
+                    ) -> torch.Tensor:
+    """Party 0's share of the dependent material, given every other party's share: the
+    ring parts are additive, the product rows are XOR shares."""
+    n = layout.n
+    share = value.clone()
+    for other in others:
+        share[: 2 * n] -= other[: 2 * n]
+        share[2 * n:] ^= other[2 * n:]
+    return share
+
+
+def assemble(layout: Layout, free: torch.Tensor, dependent: torch.Tensor) -> Material:
+    """This party's free rows and dependent shares as ``Material``."""
+    n, words = layout.n, layout.words
+    products = dependent[2 * n:].view(-1, words)
+    triples, row = [], 0
+    for (a, b1, b2), m in zip(_free_triples(free), MERGES, strict=True):
+        c1, c2 = products[row:row + m], products[row + m:row + 2 * m]
+        triples.append((a, b1, b2, c1, c2))
+        row += 2 * m
+    return Material(r_bits=free[:WORD], rho_bits=free[WORD:WORD + 1], r=dependent[:n],
+                    rho=dependent[n:2 * n], triples=triples)
+
+
+# --------------------------------------------------------------------------- dealers
+
+
+def deal(n: int, device: torch.device) -> Material:
+    """This party's material for n elements, from the configured dealer."""
+    layout = Layout(n)
+    free, dependent = by_dealer(
+        "the masked comparison",
+        ttp=lambda: deal_via_ttp("comparison_material", (layout.n,),
+                                 lambda g: draw_free(layout, g),
+                                 lambda g: draw_dependent(layout, g)),
+        tfp=lambda: _deal_tfp(layout))
+    return assemble(layout, free.to(device), dependent.to(device))
+
+
+def ttp_party0_share(generators: Sequence[torch.Generator], n: int) -> torch.Tensor:
+    """The TTP's side: replay every party's draws, deal party 0's dependent share."""
+    layout = Layout(n)
+    free = torch.zeros(layout.free_rows, layout.words, dtype=torch.long)
+    others = []
+    for rank, generator in enumerate(generators):
+        free ^= draw_free(layout, generator)
+        if rank > 0:
+            others.append(draw_dependent(layout, generator))
+    return split_dependent(layout, dependent_values(layout, free), others)
+
+
+def _deal_tfp(layout: Layout) -> tuple[torch.Tensor, torch.Tensor]:
+    """Party 0 draws everything and shares it with CrypTen's pseudo-random zero sharing
+    (no traffic); party 0 then knows every mask: tests and cost measurement only."""
+    n = layout.n
+    free = value = None
+    if party_rank() == 0:
+        free = draw_free(layout, None)
+        value = dependent_values(layout, free)
+    free_share = BinarySharedTensor(free, size=(layout.free_rows, layout.words), src=0).share
+    ring = ArithmeticSharedTensor(None if value is None else value[: 2 * n], size=(2 * n,),
+                                  precision=0, src=0).share
+    products = BinarySharedTensor(None if value is None else value[2 * n:],
+                                  size=(layout.dependent_size - 2 * n,), src=0).share
+    return free_share, torch.cat([ring, products])
+
