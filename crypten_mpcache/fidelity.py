@@ -18,6 +18,8 @@ from typing import Any
 import torch
 
 from crypten_mpcache.config import MPCacheConfig
+from crypten_mpcache.generation_party import CLIENT, PartyTask, generation_party
+from crypten_mpcache.runtime.launcher import launch
 
 Key = tuple[str, int, int]  # (phase, step, layer)
 
@@ -95,10 +97,7 @@ def compare_selections(secure: list[dict[str, Any]], plain: list[dict[str, Any]]
 def secure_records(folder: str | Path, prompt_ids: list[int], steps: int,
                    config: MPCacheConfig, launch_config: Any) -> dict[str, Any]:
     """Private generation with the selections revealed (DEBUG ONLY): the client's output
-    of ``private.run_party`` (tokens, cost, reveals, selections)."""
-    from crypten_mpcache.private import CLIENT, PartyTask, run_party
-    from crypten_mpcache.runtime.launcher import launch
-
+    of ``generation_party.generation_party`` (tokens, cost, reveals, selections)."""
     task = PartyTask(str(folder), tuple(prompt_ids), steps, True, "mpcache", False, False,
                      config, debug_selections=True)
-    return launch(run_party, task, config=launch_config)[CLIENT]
+    return launch(generation_party, task, config=launch_config)[CLIENT]

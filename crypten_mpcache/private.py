@@ -1,10 +1,12 @@
 """Private greedy generation: the model owner's weights and the client's prompt stay secret.
 
-Party 0 (model owner) loads the real weights and encrypts them; party 1 (client) builds
-the same model from its config alone (it never holds the weights: ``weight_checksums``
-in each party's output lets tests check that), encrypts its prompt as one-hot tokens and
-is the only one to learn the generated tokens. With 3 parties, party 2 is a helper built
-from the config like party 1. The dealer is a trusted third process ("ttp", default) or
+The client-side API: ``PrivateGenerationConfig`` (validated before any party starts),
+``private_generate`` / ``generate_ids``, which launch ``generation_party.generation_party``
+in every party process, and the ``GenerationResult`` with the plaintext check. Party 0
+(model owner) loads the real weights and encrypts them; party 1 (client) builds the same
+model from its config alone, encrypts its prompt as one-hot tokens and is the only one to
+learn the generated tokens. With 3 parties, party 2 is a helper built from the config like
+party 1. The dealer is a trusted third process ("ttp", default) or
 party 0 ("tfp": tests and cost measurement only).
 
 Decoding runs exactly ``max_new_tokens`` tokens (public): no early stop on EOS, which
@@ -24,7 +26,7 @@ the configuration ``eval`` and ``bench`` run under that name and ``budget`` (a r
 the context or a token count per decode step). ``mpcache=`` (an ``MPCacheConfig``)
 replaces the knobs of ``cache="mpcache"`` and is put at ``budget`` the same way
 (``MPCacheConfig.at_budget``). ``check=True`` compares with the PLAINTEXT generation of
-the same config (``plaintext.apply``).
+the same config (``plaintext.generate_fed``).
 """
 
 from __future__ import annotations
@@ -36,20 +38,39 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AutoConfig, AutoTokenizer
 
-import crypten_mpcache.secure.primitives.premask  # noqa: F401  (patches the TTP dealer in the parent)
 from crypten_mpcache.algorithm.plan import Amount, check_amount
-from crypten_mpcache.config import MPCACHE, MPCacheConfig, is_mpcache_variant, mpcache_variants
-from crypten_mpcache.methods import FULL, is_known, resolve_method
+from crypten_mpcache.assets import smollm2_folder
+from crypten_mpcache.config import MPCACHE, MPCacheConfig
+from crypten_mpcache.generation_party import (
+    CLIENT,
+    PartyTask,
+    generation_party,
+    load_party_model,
+)
+from crypten_mpcache.methods import (
+    BASELINE_NAMES,
+    FULL,
+    MethodConfig,
+    is_known,
+    known_methods,
+    resolve_method,
+)
 from crypten_mpcache.models import check_architecture
-from crypten_mpcache.runtime.cost import CostMeter, combine
+from crypten_mpcache.plaintext import generate_fed
+from crypten_mpcache.runtime.cost import combine
 from crypten_mpcache.runtime.launcher import COMPARISONS, DEALERS, LaunchConfig, launch
-from crypten_mpcache.secure.cache.method_policy import default_policies
 
 DEFAULT_PROMPT = ("In two short sentences, explain why the sky looks blue on a clear day "
                   "and why sunsets often look red or orange.")
-CLIENT = 1
-OWNER = 0
+# Evicts by attention accumulated at every decode step: the secure cache does not compute it.
+SECURE_UNSUPPORTED = ("h2o",)
+
+
+def secure_methods() -> tuple[str, ...]:
+    """The method names ``generate`` runs (MPCache variants may also add knobs)."""
+    return tuple(m for m in known_methods() if m not in SECURE_UNSUPPORTED)
 
 
 @dataclass(frozen=True)
@@ -61,13 +82,13 @@ class PrivateGenerationConfig:
     parties: int = 2
     dealer: str = "ttp"
     comparison: str = "masked"
-    cache: str = FULL  # full, or an MPCache variant name of eval and bench (with knobs)
+    cache: str = FULL  # full, or a method name of eval and bench (``secure_methods``)
     check: bool = False  # also run the plaintext model and compare (reveals logits)
     premask: bool = True
     progress: bool = True
     chat_template: bool = True
     timeout_s: float = 7200.0
-    budget: Amount | None = None  # mpcache only: tokens attended per decode step
+    budget: Amount | None = None  # tokens attended per decode step (not for full)
     mpcache: MPCacheConfig | None = None  # cache="mpcache" only: replaces its knobs
 
     def __post_init__(self) -> None:
@@ -81,11 +102,14 @@ class PrivateGenerationConfig:
         if self.comparison not in COMPARISONS:
             raise ValueError(f"comparison must be one of {COMPARISONS}, got "
                              f"{self.comparison!r}")
-        if self.cache != FULL and not is_mpcache_variant(self.cache):
-            kind = "a plaintext-only method (eval)" if is_known(self.cache) else "unknown"
-            raise ValueError(f"cache {self.cache!r} is {kind}; generate runs "
-                             f"{', '.join((FULL, *mpcache_variants()))} (an MPCache variant "
-                             "may add knobs: mpcache+field=value)")
+        if not is_known(self.cache):
+            raise ValueError(f"unknown cache policy {self.cache!r}; generate runs "
+                             f"{', '.join(secure_methods())} (an MPCache variant may add "
+                             "knobs: mpcache+field=value)")
+        if self.cache in SECURE_UNSUPPORTED:
+            raise ValueError(f"cache {self.cache!r} evicts by the attention accumulated at "
+                             "every decode step, which the secure cache does not compute; "
+                             f"generate runs {', '.join(secure_methods())}")
         if self.model_path is not None and not (Path(self.model_path) / "config.json").is_file():
             raise ValueError(f"unknown model folder {self.model_path!r}: no config.json there "
                              "(give a local transformers checkpoint folder, or None for the "
@@ -96,29 +120,28 @@ class PrivateGenerationConfig:
         if self.mpcache is not None and not isinstance(self.mpcache, MPCacheConfig):
             raise ValueError(f"mpcache must be an MPCacheConfig, got {self.mpcache!r}")
         if self.cache == FULL and (self.budget is not None or self.mpcache is not None):
-            raise ValueError(f"budget and mpcache options need cache='mpcache', "
-                             f"not {self.cache!r}")
+            raise ValueError(f"budget and mpcache options need cache='mpcache' or another "
+                             f"evicting method, not {self.cache!r}")
         if self.mpcache is not None and self.cache != MPCACHE:
             raise ValueError(f"mpcache= replaces the knobs of cache='mpcache'; "
                              f"cache={self.cache!r} names its own (give one of the two)")
-        self.mpcache_config()  # a bad knob in the name fails here, before any party starts
+        if self.cache in BASELINE_NAMES and self.budget is None:
+            raise ValueError(f"cache {self.cache!r} needs a budget (a ratio like 0.05 or a "
+                             "token count like 128)")
+        self.method_config()  # a bad knob or budget fails here, before any party starts
 
-    def mpcache_config(self) -> MPCacheConfig | None:
-        """The MPCacheConfig of the run (None for the full cache): ``resolve_method(cache,
+    def method_config(self) -> MethodConfig | None:
+        """The method config of the run (None for the full cache): ``resolve_method(cache,
         budget)``, the config of ``eval`` and ``bench``, or ``mpcache`` at ``budget``."""
         if self.cache == FULL:
             return None
         if self.mpcache is not None:
             return self.mpcache if self.budget is None else self.mpcache.at_budget(self.budget)
-        config = resolve_method(self.cache, self.budget)
-        assert isinstance(config, MPCacheConfig)  # the cache names are MPCache variants
-        return config
+        return resolve_method(self.cache, self.budget)
 
     def model_folder(self) -> Path:
         if self.model_path is not None:
             return Path(self.model_path)
-        from crypten_mpcache.assets import smollm2_folder
-
         return smollm2_folder()
 
     def launch_config(self) -> LaunchConfig:
@@ -154,8 +177,6 @@ class GenerationResult:
 
 def public_model_config(folder: Path) -> Any:
     """The model's config (public), after checking that its architecture is supported."""
-    from transformers import AutoConfig
-
     config = AutoConfig.from_pretrained(str(folder))
     names = list(getattr(config, "architectures", None) or [])
     check_architecture(names[0] if names else type(config).__name__)
@@ -164,8 +185,6 @@ def public_model_config(folder: Path) -> Any:
 
 def tokenize_prompt(prompt: str, folder: Path, chat_template: bool) -> tuple[list[int], Any]:
     """Token ids of the prompt (the tokenizer is public; the ids are the client's secret)."""
-    from transformers import AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     if chat_template and getattr(tokenizer, "chat_template", None):
         encoded = tokenizer.apply_chat_template(
@@ -183,124 +202,6 @@ def check_prompt_length(prompt_ids: list[int], config: Any, max_new_tokens: int)
     if context and len(prompt_ids) + max_new_tokens > context:
         raise ValueError(f"prompt of {len(prompt_ids)} tokens + {max_new_tokens} new tokens "
                          f"exceeds the model's context of {context} tokens")
-
-
-# --- inside the parties ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PartyTask:
-    """What every party receives. Only party 1 reads ``prompt_ids``; the others use only
-    its length (public)."""
-
-    folder: str
-    prompt_ids: tuple[int, ...]
-    max_new_tokens: int
-    premask: bool
-    cache: str  # "full" or an MPCache variant name
-    check: bool
-    progress: bool
-    mpcache: MPCacheConfig | None = None  # the resolved config (None: resolve ``cache``)
-    debug_selections: bool = False  # TESTS ONLY: reveal and return the mpcache selections
-
-
-def party_policy(task: PartyTask, n_layers: int) -> Any:
-    """The task's cache policy (mpcache gets its resolved config and the model's layer
-    count)."""
-    registry = default_policies()
-    if task.cache == FULL:
-        return registry.create(FULL)
-    config = task.mpcache or resolve_method(task.cache)
-    return registry.create(MPCACHE, config=config, n_layers=n_layers,
-                           debug=task.debug_selections)
-
-
-def load_party_model(folder: str, owner: bool) -> torch.nn.Module:
-    """The owner loads the real weights; everyone else builds the model from its config."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    if owner:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    else:
-        config = AutoConfig.from_pretrained(folder)
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    return model.eval()
-
-
-def weight_checksums(model: torch.nn.Module) -> dict[str, float]:
-    """A checksum per parameter, so tests can see whose weights a party holds."""
-    return {name: float(p.detach().double().sum()) for name, p in model.named_parameters()}
-
-
-def _client_onehot(task: PartyTask, rank: int, vocab: int) -> torch.Tensor:
-    ids = list(task.prompt_ids) if rank == CLIENT else [0] * len(task.prompt_ids)
-    return torch.nn.functional.one_hot(torch.tensor([ids]), vocab).float()
-
-
-def _decode_steps(task: PartyTask, rank: int) -> Any:
-    steps = range(1, task.max_new_tokens)
-    if task.progress and rank == CLIENT and len(steps):
-        from tqdm import tqdm
-
-        return tqdm(steps, desc="private decode", unit="token")
-    return steps
-
-
-def run_party(task: PartyTask) -> dict[str, Any]:
-    """One party's whole generation (module level: ``launch`` forks it)."""
-    import crypten
-    import crypten.communicator as comm
-
-    from crypten_mpcache.models.llama import SecureModelOptions, secure_argmax, secure_forward
-    from crypten_mpcache.patches.transformers_llama import patch
-    from crypten_mpcache.runtime.cost import operator_scope
-    from crypten_mpcache.secure.cache.kv_cache import SecureKVCache
-    from crypten_mpcache.secure.primitives.reveal import (
-        RevealLedger,
-        debug_reveal_logits,
-        reveal_generated_token,
-    )
-
-    rank = comm.get().get_rank()
-    model = load_party_model(task.folder, owner=rank == OWNER)
-    checksums = weight_checksums(model)
-    policy = party_policy(task, model.config.num_hidden_layers)
-    options = SecureModelOptions(src=OWNER, premask=task.premask, policy=policy)
-    meter, ledger = CostMeter(), RevealLedger()
-    tokens: list[int | None] = []
-    logits_seen: list[torch.Tensor] = []
-
-    def emit(logits: Any) -> Any:
-        onehot = secure_argmax(logits)
-        if task.check:
-            logits_seen.append(debug_reveal_logits(logits, to=CLIENT))
-        tokens.append(reveal_generated_token(onehot, to=CLIENT))
-        return onehot
-
-    with ledger:
-        with meter.phase("setup"):
-            handle = patch(model, options)
-        cache = SecureKVCache(model.config.num_hidden_layers, premask=task.premask)
-        with meter.phase("prefill"):
-            with operator_scope("embedding"):
-                prompt = crypten.cryptensor(
-                    _client_onehot(task, rank, model.config.vocab_size), src=CLIENT)
-            token = emit(secure_forward(model, prompt, cache, 0))
-        for step in _decode_steps(task, rank):
-            with meter.phase(f"decode/{step}"):
-                position = len(task.prompt_ids) + step - 1
-                token = emit(secure_forward(model, token, cache, position))
-        handle.restore()
-    return {
-        "rank": rank,
-        "tokens": tokens if rank == CLIENT else None,
-        "logits": torch.stack([t.reshape(-1) for t in logits_seen])
-        if rank == CLIENT and logits_seen else None,
-        "cost": meter.report(),
-        "reveals": ledger.as_dict(),
-        "checksums": checksums,
-        "selections": policy.records if task.debug_selections else None,
-    }
 
 
 # --- the client-side API ---------------------------------------------------------------
@@ -331,13 +232,12 @@ def plaintext_reference(folder: Path, prompt_ids: list[int], generated: list[int
     return sequence[len(prompt_ids):], teacher
 
 
-def plaintext_mpcache_reference(folder: Path, prompt_ids: list[int], generated: list[int],
-                                 steps: int, config: MPCacheConfig
-                                 ) -> tuple[list[int], torch.Tensor]:
-    """Like ``plaintext_reference`` with MPCache applied (``plaintext.apply``): greedy ids,
-    and logits along the PRIVATE tokens' prefix (a cache policy needs step-by-step runs)."""
-    from crypten_mpcache.plaintext import generate_fed
-
+def plaintext_method_reference(folder: Path, prompt_ids: list[int], generated: list[int],
+                               steps: int, config: MethodConfig
+                               ) -> tuple[list[int], torch.Tensor]:
+    """Like ``plaintext_reference`` with the method ``config`` applied
+    (``plaintext.generate_fed``): greedy ids, and logits along the PRIVATE tokens' prefix
+    (a cache policy needs step-by-step runs)."""
     model = load_party_model(str(folder), owner=True)
     plain_ids, _, _ = generate_fed(model, config, prompt_ids, steps)
     _, teacher, _ = generate_fed(model, config, prompt_ids, steps, feed=generated)
@@ -352,11 +252,11 @@ def generate_ids(prompt_ids: list[int], config: PrivateGenerationConfig | None =
     model_config = public_model_config(folder)
     prompt_ids = [int(t) for t in prompt_ids]
     check_prompt_length(prompt_ids, model_config, config.max_new_tokens)
-    mpcache = config.mpcache_config()
+    method = config.method_config()
     task = PartyTask(str(folder), tuple(prompt_ids), config.max_new_tokens, config.premask,
-                     config.cache, config.check, config.progress, mpcache)
+                     config.cache, config.check, config.progress, method)
     start = time.perf_counter()
-    outputs = launch(run_party, task, config=config.launch_config())
+    outputs = launch(generation_party, task, config=config.launch_config())
     seconds = time.perf_counter() - start
     client = outputs[CLIENT]
     generated = [int(t) for t in client["tokens"]]
@@ -369,9 +269,9 @@ def generate_ids(prompt_ids: list[int], config: PrivateGenerationConfig | None =
         reveals={f"party{o['rank']}": o["reveals"]["counts"] for o in outputs},
         seconds=seconds)
     if config.check:
-        if mpcache is not None:
-            plain_ids, plain_logits = plaintext_mpcache_reference(
-                folder, prompt_ids, generated, config.max_new_tokens, mpcache)
+        if method is not None:
+            plain_ids, plain_logits = plaintext_method_reference(
+                folder, prompt_ids, generated, config.max_new_tokens, method)
         else:
             plain_ids, plain_logits = plaintext_reference(folder, prompt_ids, generated,
                                                           config.max_new_tokens)

@@ -23,8 +23,9 @@ import torch
 import crypten_mpcache  # installs the CrypTen fixes before crypten is used
 from crypten_mpcache import SecureModelOptions, patched, secure_forward
 from crypten_mpcache.assets import smollm2_folder
+from crypten_mpcache.generation_party import load_party_model
 from crypten_mpcache.models.llama import secure_argmax
-from crypten_mpcache.private import load_party_model, tokenize_prompt
+from crypten_mpcache.private import tokenize_prompt
 from crypten_mpcache.runtime.report import format_cost
 from crypten_mpcache.secure.cache.kv_cache import SecureKVCache
 from crypten_mpcache.secure.primitives.reveal import reveal_generated_token

@@ -9,11 +9,11 @@ from dataclasses import replace
 
 import pytest
 
-from crypten_mpcache.bench import cli
 from crypten_mpcache.bench.report import format_report, ratios
 from crypten_mpcache.bench.runner import BenchConfig, check_memory, memory_estimate_gb, run_bench
 from crypten_mpcache.bench.shapes import SHAPES, get_shape
 from crypten_mpcache.bench.variants import known_variants, resolve
+from crypten_mpcache.cli import main
 from crypten_mpcache.config import MPCacheConfig
 from crypten_mpcache.runtime.network import LAN, WAN
 
@@ -170,28 +170,23 @@ def test_variants_resolve() -> None:
         resolve("mpcache:nothing")
 
 
-def _parse(argv: list[str]):
-    parser = cli.argparse.ArgumentParser()
-    cli.add_arguments(parser)
-    return parser.parse_args(argv)
-
-
 def test_cli_errors_are_one_line(capsys: pytest.CaptureFixture) -> None:
-    assert cli.main(["--shape", "tiny", "--cache", "bogus"]) == 2
+    assert main(["bench", "--shape", "tiny", "--cache", "bogus"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("crypten-mpcache bench: error: unknown cache") and "\n" not in err
-    assert cli.main(["--shape", "tiny", "--json", "/no/such/dir/x.json"]) == 2
-    assert cli.main(["--shape", "tiny", "--plot", "/tmp/x.jpg"]) == 2
-    with pytest.raises(SystemExit):
-        _parse(["--context", "a,b"])
+    assert main(["bench", "--shape", "tiny", "--json", "/no/such/dir/x.json"]) == 2
+    assert main(["bench", "--shape", "tiny", "--plot", "/tmp/x.jpg"]) == 2
+    assert main(["bench", "--context", "a,b"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(e.startswith("crypten-mpcache bench: error:") for e in err)
 
 
 def test_cli_report_only(tiny_run: dict, tmp_path) -> None:
     source = tmp_path / "run.json"
     source.write_text(json.dumps(tiny_run))
     png, md = tmp_path / "out.png", tmp_path / "out.md"
-    code = cli.run(_parse(["--report-only", str(source), "--plot", str(png),
-                           "--markdown", str(md)]))
+    code = main(["bench", "--report-only", str(source), "--plot", str(png),
+                 "--markdown", str(md)])
     assert code == 0 and png.stat().st_size > 1000
     assert "MiB/step" in md.read_text()
 

@@ -40,12 +40,14 @@ def test_generate_writes_the_documented_json(tiny_folder, tmp_path, capsys):
     assert {"linear", "softmax", "norm", "activation", "argmax"} <= set(cost["operators"])
 
 
-def _error_of(argv: list[str], capsys) -> str:
+def _error_of(argv: list[str], capsys, command: str = "generate") -> str:
+    """Bad input: one line ``crypten-mpcache <command>: error: ...``, exit status 2."""
     code = main(argv)
     captured = capsys.readouterr()
     assert code == 2, captured
     lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("crypten-mpcache: error: "), captured.err
+    assert len(lines) == 1 and lines[0].startswith(f"crypten-mpcache {command}: error: "), \
+        captured.err
     assert "Traceback" not in captured.err
     return lines[0]
 
@@ -81,11 +83,33 @@ def test_invalid_party_count(tiny_folder, capsys):
         ["generate", "--model", str(tiny_folder), "--parties", "5"], capsys)
 
 
-def test_invalid_dealer_is_an_argparse_error(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["generate", "--dealer", "bank"])
-    assert exit_info.value.code == 2
-    assert "invalid choice: 'bank'" in capsys.readouterr().err
+def test_invalid_dealer_is_a_one_line_error(capsys):
+    assert "invalid choice: 'bank'" in _error_of(["generate", "--dealer", "bank"], capsys)
+
+
+@pytest.mark.parametrize("argv,command,expected", [
+    (["bench", "--shape", "tiny", "--cache", "bogus"], "bench", "unknown cache"),
+    (["bench", "--shape", "tiny", "--budget", "5"], "bench", "expected a fraction"),
+    (["bench", "--shape", "tiny", "--context", "a,b"], "bench", "bad list"),
+    (["eval", "--method", "full,magic"], "eval", "unknown method"),
+    (["eval", "--budget", "0,0.1"], "eval", "expected a fraction"),
+    (["eval", "--shard", "3"], "eval", "--shard takes I/N"),
+    (["generate", "--max-new-tokens", "0"], "generate", "positive integer"),
+])
+def test_every_command_reports_bad_input_the_same_way(argv, command, expected, capsys):
+    assert expected in _error_of(argv, capsys, command)
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    with pytest.raises(ValueError, match="unknown model folder"):
+        main(["--debug", "generate", "--model", str(tmp_path / "nowhere")])
+
+
+def test_help_is_quick_and_names_every_command():
+    done = subprocess.run([sys.executable, "-m", "crypten_mpcache", "--help"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert all(name in done.stdout for name in ("generate", "eval", "bench"))
 
 
 def test_demo_walkthrough_runs(tmp_path):
@@ -123,7 +147,28 @@ def test_budget_without_mpcache_is_rejected(tiny_folder, capsys):
         ["generate", "--model", str(tiny_folder), "--budget", "0.1"], capsys)
 
 
-def test_malformed_budget_is_an_argparse_error(capsys):
-    with pytest.raises(SystemExit):
-        main(["generate", "--budget", "lots"])
-    assert "expected a fraction like 0.05" in capsys.readouterr().err
+def test_malformed_budget_is_a_one_line_error(capsys):
+    assert "expected a fraction like 0.05" in _error_of(["generate", "--budget", "lots"],
+                                                       capsys)
+
+
+def test_h2o_is_refused_before_any_party_starts(tiny_folder, capsys):
+    message = _error_of(["generate", "--model", str(tiny_folder), "--cache", "h2o",
+                         "--budget", "0.5"], capsys)
+    assert "accumulated" in message and "streaming" in message
+
+
+def test_generate_runs_a_baseline_and_checks_it_against_plaintext(tmp_path, capsys):
+    """StreamingLLM at 40 tokens on a ~120-token prompt: the secure cache evicts, and
+    --check compares with the plaintext run of the same method."""
+    folder = tiny_llama_checkpoint(tmp_path / "m", seed=3, context=256)
+    out = tmp_path / "streaming.json"
+    code = main(["generate", "--model", str(folder), "--no-chat-template",
+                 "--prompt", "Tell me a story about a dragon. " * 15,
+                 "--max-new-tokens", "3", "--dealer", "tfp", "--cache", "streaming",
+                 "--budget", "40", "--check", "--quiet", "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    data = json.loads(out.read_text())
+    assert data["cache"] == "streaming" and data["match"] is True
+    assert data["prompt_tokens"] > 40 and data["max_abs_logit_error"] < 0.1

@@ -116,17 +116,17 @@ def test_every_entry_point_gives_the_same_config(budget) -> None:
             continue
         policy = bench_variant(name).create(budget, n_layers=30)
         assert policy.plan == expected.plan(), name  # the policy runs the resolved plan
-        assert PrivateGenerationConfig(cache=name, budget=budget).mpcache_config() == \
+        assert PrivateGenerationConfig(cache=name, budget=budget).method_config() == \
             expected, name
         args = build_parser().parse_args(["generate", "--cache", name, "--budget", str(budget)])
-        assert PrivateGenerationConfig(cache=args.cache, budget=args.budget).mpcache_config() \
+        assert PrivateGenerationConfig(cache=args.cache, budget=args.budget).method_config() \
             == expected, name
     assert MPCacheConfig.default(budget=budget) == resolve_method("mpcache", budget)
     assert MPCacheConfig.from_budget(budget) == resolve_method("mpcache:paper", budget)
     assert MPCacheConfig.default(budget=budget, cluster_sizes=(16, 8)) == \
         resolve_method("mpcache+cluster_sizes=16/8", budget)
     paper = PrivateGenerationConfig(cache="mpcache", budget=budget,
-                                    mpcache=MPCacheConfig.paper()).mpcache_config()
+                                    mpcache=MPCacheConfig.paper()).method_config()
     assert paper == resolve_method("mpcache:paper", budget)
 
 
@@ -138,7 +138,7 @@ def test_resolve_method_without_budget_and_errors() -> None:
     assert resolve_method("full") == resolve_method("full", 0.1) == FullCacheConfig()
     assert resolve_method("mpcache") == MPCacheConfig.default()  # level ratios, no cap
     assert resolve_method("mpcache:paper") == MPCacheConfig.paper()
-    assert PrivateGenerationConfig(cache="mpcache").mpcache_config() == MPCacheConfig.default()
+    assert PrivateGenerationConfig(cache="mpcache").method_config() == MPCacheConfig.default()
     assert resolve_method("streaming", 0.1) == StreamingLLMConfig(budget=0.1)
     assert resolve_method("streaming", 0.1).plan().name == "streaming"
     # an int count only sets the cap: the variant's level ratios stay
@@ -151,9 +151,14 @@ def test_resolve_method_without_budget_and_errors() -> None:
         resolve_method("mpcache", 1.5)
     with pytest.raises(ValueError, match="bad knob"):
         resolve_method("mpcache+nope=1", 0.1)
-    with pytest.raises(ValueError, match="plaintext-only"):
-        PrivateGenerationConfig(cache="streaming", budget=0.1)
-    with pytest.raises(ValueError, match="unknown; generate runs full, mpcache"):
+    assert PrivateGenerationConfig(cache="streaming", budget=0.1).method_config() == \
+        resolve_method("streaming", 0.1)
+    with pytest.raises(ValueError, match="accumulated at every decode step"):
+        PrivateGenerationConfig(cache="h2o", budget=0.1)
+    with pytest.raises(ValueError, match="needs a budget"):
+        PrivateGenerationConfig(cache="quest")
+    with pytest.raises(ValueError, match="unknown cache policy 'nope'; generate runs full, "
+                       "mpcache"):
         PrivateGenerationConfig(cache="nope")
     with pytest.raises(ValueError, match="names its own"):
         PrivateGenerationConfig(cache="mpcache:paper", mpcache=MPCacheConfig.paper())

@@ -6,7 +6,6 @@ tokenizer on short contexts; it checks the JSON schema and the run folder, not a
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from dataclasses import replace
@@ -17,7 +16,9 @@ import torch
 
 import crypten_mpcache  # noqa: F401  (CrypTen patches first)
 from crypten_mpcache import assets
-from crypten_mpcache.eval import cli, methods, metrics, report, tasks
+from crypten_mpcache.cli import build_parser, main
+from crypten_mpcache.cli import eval as eval_cli
+from crypten_mpcache.eval import methods, metrics, report, tasks
 from crypten_mpcache.eval.runner import EvalConfig, aggregate, run_eval
 
 # --- metrics -------------------------------------------------------------------------
@@ -107,21 +108,18 @@ def test_registry_names_and_errors() -> None:
 
 
 def test_cli_bad_input_is_one_line_error(capsys) -> None:
-    parser = argparse.ArgumentParser()
-    cli.add_arguments(parser)
-    assert cli.run(parser.parse_args(["--task", "bogus"])) == 2
+    assert main(["eval", "--task", "bogus"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("crypten-mpcache eval: error:") and "\n" not in err
-    assert cli.run(parser.parse_args(["--method", "full,magic"])) == 2
-    assert cli.run(parser.parse_args(["--budget", "0,0.1"])) == 2
+    assert main(["eval", "--method", "full,magic"]) == 2
+    assert main(["eval", "--budget", "0,0.1"]) == 2
 
 
 def test_cli_default_out_dir_is_the_ignored_runs_folder() -> None:
     # Raw predictions are large and per-machine: by default they go to the git-ignored
     # top-level runs/, never into the tracked results/ tree.
-    parser = argparse.ArgumentParser()
-    cli.add_arguments(parser)
-    out_dir = parser.parse_args([]).out_dir
+    args = build_parser().parse_args(["eval"])
+    out_dir = EvalConfig(**eval_cli.config_options(args)).out_dir
     assert out_dir == EvalConfig().out_dir == "runs"
     gitignore = (Path(__file__).resolve().parents[1] / ".gitignore").read_text().split()
     assert "/runs/" in gitignore
@@ -313,15 +311,12 @@ def test_mpcache_knobs_in_a_method_name() -> None:
 
 
 def test_cli_shard_device_and_knob_errors(capsys) -> None:
-    parser = argparse.ArgumentParser()
-    cli.add_arguments(parser)
-    with pytest.raises(SystemExit):
-        parser.parse_args(["--shard", "3"])
-    assert cli.run(parser.parse_args(["--shard", "2/2"])) == 2
-    assert cli.run(parser.parse_args(["--device", "tpu"])) == 2
-    assert cli.run(parser.parse_args(["--method", "mpcache+alpha=x"])) == 2
+    assert main(["eval", "--shard", "3"]) == 2
+    assert main(["eval", "--shard", "2/2"]) == 2
+    assert main(["eval", "--device", "tpu"]) == 2
+    assert main(["eval", "--method", "mpcache+alpha=x"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) >= 3 and all(e.startswith("crypten-mpcache eval: error:") for e in err[-3:])
+    assert len(err) == 4 and all(e.startswith("crypten-mpcache eval: error:") for e in err)
 
 
 def test_device_resolution() -> None:
@@ -345,14 +340,14 @@ def test_workers_share_one_run_folder(tokenizer, tmp_path) -> None:
             "--budget", "0.5", "--query-at", "prefill", "--samples", "2", "--out-dir",
             str(out), "--run-name", "w", "--model-folder", folder, "--workers", "2",
             "--no-progress", "--json", str(tmp_path / "w.json")]
-    assert cli.main(argv) == 0
+    assert main(["eval", *argv]) == 0
     files = sorted(p.name for p in (out / "w").glob("predictions*.jsonl"))
     assert files == ["predictions-0-of-2.jsonl", "predictions-1-of-2.jsonl"]
     rows = json.loads((tmp_path / "w.json").read_text())["rows"]
     assert {(r["method"], r["n"]) for r in rows} == {("full", 2), ("streaming", 2)}
     # Everything is done: a second identical command runs no worker unit again.
     before = [p.read_text() for p in sorted((out / "w").glob("predictions*.jsonl"))]
-    assert cli.main(argv) == 0
+    assert main(["eval", *argv]) == 0
     assert [p.read_text() for p in sorted((out / "w").glob("predictions*.jsonl"))] == before
 
 

@@ -8,14 +8,9 @@ from pathlib import Path
 import pytest
 
 import crypten_mpcache  # noqa: F401
+from crypten_mpcache.generation_party import PartyTask, generation_party
 from crypten_mpcache.models import UnsupportedArchitectureError
-from crypten_mpcache.private import (
-    PartyTask,
-    PrivateGenerationConfig,
-    generate_ids,
-    private_generate,
-    run_party,
-)
+from crypten_mpcache.private import PrivateGenerationConfig, generate_ids, private_generate
 from crypten_mpcache.runtime.launcher import LaunchConfig, launch
 from crypten_mpcache.testing import assert_same_transcript, save_tiny_llama
 
@@ -61,7 +56,7 @@ def test_transcript_does_not_depend_on_the_prompt(tmp_path):
 
 
 def counting_party(task: PartyTask) -> dict:
-    """run_party, counting every decryption through CrypTen's public API."""
+    """generation_party, counting every decryption through CrypTen's public API."""
     from crypten.mpc import MPCTensor
 
     original, calls = MPCTensor.get_plain_text, []
@@ -72,7 +67,7 @@ def counting_party(task: PartyTask) -> dict:
 
     MPCTensor.get_plain_text = counted
     try:
-        output = run_party(task)
+        output = generation_party(task)
     finally:
         MPCTensor.get_plain_text = original
     output["plain_text_calls"] = len(calls)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 
 import crypten_mpcache  # noqa: F401  (compat patches first)
+from crypten_mpcache.generation_party import CLIENT, PartyTask, generation_party
 from crypten_mpcache.methods import resolve_method
-from crypten_mpcache.private import CLIENT, PartyTask, run_party
 from crypten_mpcache.runtime.launcher import LaunchConfig, launch
 from crypten_mpcache.testing import assert_same_transcript, save_tiny_llama
 
@@ -27,7 +27,8 @@ def _without_seconds(report: object) -> object:
 def _run(folder: str, prompt: list[int]) -> list[dict]:
     task = PartyTask(folder, tuple(prompt), NEW_TOKENS, True, "mpcache", False, False,
                      resolve_method("mpcache", BUDGET), debug_selections=True)
-    return launch(run_party, task, config=LaunchConfig(parties=2, dealer="ttp", timeout_s=300))
+    return launch(generation_party, task,
+                  config=LaunchConfig(parties=2, dealer="ttp", timeout_s=300))
 
 
 def test_ttp_transcript_is_the_same_when_the_selected_clusters_differ(tmp_path):

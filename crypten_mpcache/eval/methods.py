@@ -24,11 +24,12 @@ from crypten_mpcache.methods import (
     resolve_method,
     unknown_method,
 )
+from crypten_mpcache.plaintext import apply
 
 METHODS = (FULL, MPCACHE, *BASELINE_NAMES)  # the default grid of ``eval``
 
-__all__ = ["FULL", "METHODS", "MethodSpec", "MethodUnavailable", "apply", "is_known",
-           "known_methods", "resolve"]
+__all__ = ["FULL", "METHODS", "MethodSpec", "MethodUnavailable", "is_known",
+           "known_methods", "method_context", "resolve"]
 
 
 class MethodUnavailable(RuntimeError):
@@ -62,13 +63,8 @@ def resolve(name: str, budget: Amount | None) -> MethodSpec:
         raise MethodUnavailable(f"{name} at budget {budget}: {exc}") from exc
 
 
-def apply(model: Any, spec: MethodSpec) -> contextlib.AbstractContextManager[Any]:
+def method_context(model: Any, spec: MethodSpec) -> contextlib.AbstractContextManager[Any]:
     """The context in which ``model`` runs ``spec`` (nothing to patch for full cache)."""
     if spec.is_full:
         return contextlib.nullcontext()
-    # Imported here: the CLI builds every subcommand's parser (and so imports this module)
-    # at start, and plaintext loads transformers' modeling code (seconds) that only a run
-    # needs.
-    from crypten_mpcache.plaintext import apply as apply_method
-
-    return apply_method(model, spec.config, record=False)
+    return apply(model, spec.config, record=False)

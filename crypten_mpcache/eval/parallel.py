@@ -47,7 +47,8 @@ def run_workers(options: Sequence[str], count: int, folder: Path, keys: Collecti
     when all succeed."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads_per_worker),
            "MKL_NUM_THREADS": str(threads_per_worker)}
-    code = "from crypten_mpcache.eval.cli import main; raise SystemExit(main())"
+    code = ("import sys; from crypten_mpcache.cli import main; "
+            "raise SystemExit(main(['eval', *sys.argv[1:]]))")
     procs: list[subprocess.Popen[bytes]] = []
     previous = signal.signal(signal.SIGTERM, _raise_exit)
     keys = set(keys)

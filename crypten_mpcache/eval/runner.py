@@ -229,7 +229,7 @@ def run_unit(model: Any, tokenizer: Any, unit: Unit, stop_ids: set[int]) -> dict
         "context": unit.context, "tokens": unit.sample.length, "query_at": unit.query_at,
         "method": unit.spec.name, "budget": unit.spec.budget, "meta": unit.sample.meta,
         "device": str(model.device)}
-    with torch.inference_mode(), registry.apply(model, unit.spec):
+    with torch.inference_mode(), registry.method_context(model, unit.spec):
         if unit.sample.task == "ppl":
             nll = _nll(model, unit)
             record.update(value=sum(nll) / len(nll), nll=nll)
