@@ -18,7 +18,7 @@ from crypten_mpcache.bench.party import RowTask, run_row
 from crypten_mpcache.bench.shapes import get_shape
 from crypten_mpcache.bench.variants import default_caches, resolve
 from crypten_mpcache.runtime.cost import FIELDS, combine, online
-from crypten_mpcache.runtime.launcher import COMPARISONS, DEALERS, LaunchConfig, launch
+from crypten_mpcache.runtime.launcher import LaunchConfig, launch
 from crypten_mpcache.runtime.network import LAN, WAN
 from crypten_mpcache.secure.functions.activation import SILU_METHODS
 
@@ -58,18 +58,17 @@ class BenchConfig:
             resolve(cache)
         if not 0.0 < self.budget <= 1.0:
             raise ValueError(f"budget must be a ratio in (0, 1], got {self.budget}")
-        if self.dealer not in DEALERS:
-            raise ValueError(f"dealer must be one of {DEALERS}, got {self.dealer!r}")
-        if self.comparison not in COMPARISONS:
-            raise ValueError(f"comparison must be one of {COMPARISONS}, got "
-                             f"{self.comparison!r}")
+        self.launch_config()  # parties, dealer, comparison and timeout: validated there
         if self.activation not in SILU_METHODS:
             raise ValueError(f"activation must be one of {SILU_METHODS}, got "
                              f"{self.activation!r}")
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.parties not in (2, 3):
-            raise ValueError(f"parties must be 2 or 3, got {self.parties}")
+
+    def launch_config(self) -> LaunchConfig:
+        """How the parties of every row run (``LaunchConfig`` validates these fields)."""
+        return LaunchConfig(parties=self.parties, dealer=self.dealer,  # type: ignore[arg-type]
+                            comparison=self.comparison, timeout_s=self.timeout_s)
 
     def tasks(self) -> list[RowTask]:
         return [RowTask(self.shape, self.layers, context, cache, self.budget, self.steps,
@@ -213,8 +212,7 @@ def run_bench(config: BenchConfig,
     """Measure every (context, cache) row; ``on_row`` is called before (None) and after
     each row (progress reporting)."""
     check_memory(config)
-    launch_config = LaunchConfig(parties=config.parties, dealer=config.dealer,  # type: ignore[arg-type]
-                                 comparison=config.comparison, timeout_s=config.timeout_s)
+    launch_config = config.launch_config()
     result = BenchResult(config)
     for task in config.tasks():
         if on_row is not None:
