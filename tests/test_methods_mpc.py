@@ -44,38 +44,38 @@ def _run_both(folder: str, config: object) -> tuple[dict, list[dict], list[int]]
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory: pytest.TempPathFactory) -> str:
+def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[int, str]:
+    """Tiny Llamas by seed, saved once for the module."""
     path: Path = tmp_path_factory.mktemp("methods")
-    return save_tiny_llama(path / "m", 18, kv_heads=2, layers=LAYERS, vocab=40,
-                           qk_gain=10.0, lm_head_gain=4.0, max_positions=256)
+    return {seed: save_tiny_llama(path / f"m{seed}", seed, kv_heads=2, layers=LAYERS, vocab=40,
+                                  qk_gain=10.0, lm_head_gain=4.0, max_positions=256)
+            for seed in (11, 18)}
 
 
-@pytest.mark.parametrize("config", [
-    QuestConfig(budget=40, page_size=8),
-    InfLLMConfig(budget=40, block_size=8, sink_tokens=4, local_tokens=8),
-    StreamingLLMConfig(budget=40, sink_tokens=4),
-    SnapKVConfig(budget=40, window_tokens=8, pool_kernel=3),
+# Seeds whose plaintext choices have margins well above CrypTen's fixed-point noise
+# (top-k gaps >= 1% of the largest score for the per-step choices, >= 10% for SnapKV's
+# static cut, whose importances are sums of softmax probabilities, a few % off under
+# MPC) and logit gaps >= 0.06, so that equality tests the algorithm, not rounding.
+@pytest.mark.parametrize("config,seed", [
+    (QuestConfig(budget=40, page_size=8), 18),
+    (InfLLMConfig(budget=40, block_size=8, sink_tokens=4, local_tokens=8), 18),
+    (StreamingLLMConfig(budget=40, sink_tokens=4), 18),
+    (SnapKVConfig(budget=16, window_tokens=8, pool_kernel=3), 11),
 ], ids=["quest", "infllm", "streaming", "snapkv"])
-def test_baseline_choices_under_mpc_equal_plaintext(folder: str, config: object) -> None:
-    client, plain, greedy = _run_both(folder, config)
+def test_baseline_choices_under_mpc_equal_plaintext(folders: dict[int, str], config: object,
+                                                   seed: int) -> None:
+    client, plain, greedy = _run_both(folders[seed], config)
     secure = client["selections"]
     assert client["tokens"] == greedy
     assert len(secure) == LAYERS * (1 + STEPS - 1)
     report = compare_selections(secure, plain)
-    if isinstance(config, SnapKVConfig):
-        # Static importances are softmax sums; CrypTen's exp is a few % off, so ONE
-        # layer's static cut may fall on a near-tie (plaintext margin ~1% of the largest
-        # importance here): that layer's kept and attended positions then differ.
-        assert all(f == "positions" for _, f in report.mismatches), report.mismatches
-        assert len({where[2] for where, _ in report.mismatches}) <= 1, report.mismatches
-    else:
-        assert report.all_equal, report.mismatches
+    assert report.all_equal, report.mismatches
     decode = [r for r in secure if r["phase"] == "decode"]
     plan = config.plan()
     # the budget binds: every non-dense decode query attends fewer tokens than it has seen
     for record in decode:
         if record["layer"] not in plan.dense_layers:
-            assert record["attended"] <= 40 < PROMPT + record["step"], record
+            assert record["attended"] <= plan.budget < PROMPT + record["step"], record
     if plan.decode == "select":  # the query-aware choice really chose among clusters
         chosen = [r["clusters"] for r in decode if r["layer"] not in plan.dense_layers]
         assert chosen and all(c is not None and c.numel() > 0 for c in chosen)
