@@ -190,7 +190,7 @@ def test_tiny_eval_end_to_end(tokenizer, tmp_path) -> None:
 
 def test_full_cache_same_logits_in_both_query_modes(tokenizer, hay) -> None:
     """With no eviction, feeding the question after prefill changes nothing."""
-    from crypten_mpcache.eval.runner import Unit, _feed
+    from crypten_mpcache.eval.decoding import Unit, _feed
 
     model = _tiny_llama(len(tokenizer))
     (s,) = tasks.build_samples("passkey", hay, tasks.TaskConfig(), 160, 1, seed=0)
@@ -208,7 +208,7 @@ def test_chunk_query_is_attended_densely_after_static_eviction(tokenizer, hay) -
     """``chunk``: the question enters as one extend forward (dense over the evicted cache),
     then each generated token selects; ``decode``: every question token selects."""
     from crypten_mpcache import plaintext
-    from crypten_mpcache.eval.runner import Unit, _feed
+    from crypten_mpcache.eval.decoding import Unit, _feed
 
     model = _tiny_llama(len(tokenizer))
     (s,) = tasks.build_samples("passkey", hay, tasks.TaskConfig(), 400, 1, seed=0)

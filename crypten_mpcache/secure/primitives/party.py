@@ -62,7 +62,7 @@ def deal_via_ttp(request: str, args: tuple,
     replays the draws), every other party draws its share."""
     if not hasattr(TTPServer, request):
         raise RuntimeError(f"the TTP cannot serve {request!r}: run the parties with "
-                           "crypten_mpcache.launch or run_party (they install the dealer "
+                           "crypten_mpcache.launch or run_as_party (they install the dealer "
                            "requests)")
     client = TTPClient.get()
     generator = client.get_generator()

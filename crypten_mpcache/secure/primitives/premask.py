@@ -103,7 +103,7 @@ class _TrustedThirdParty:
     def _client():  # the TTPClient singleton
         if not hasattr(TTPServer, "premask_triple"):
             raise RuntimeError("the TTP cannot deal premask triples: run the parties with "
-                               "crypten_mpcache.launch or run_party (they install the "
+                               "crypten_mpcache.launch or run_as_party (they install the "
                                "dealer requests)")
         return TTPClient.get()
 
