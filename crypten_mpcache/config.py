@@ -242,8 +242,8 @@ def mpcache_variants() -> dict[str, tuple[dict[str, object], str]]:
                                            "hierarchy + index sharing, per KV head)"),
         f"{MPCACHE}:{TUNED_V1}": (
             {"static": False, "index_sharing": False, "selection_scope": "layer"},
-            "the tuned default until 2026-11-29 (clusters 32/16, coarse level >= 50%): a "
-            "stable name for the results measured with it"),
+            "the tuned default with clusters 32/16 and a coarse level >= 50%: the "
+            "configuration the tuned-v1 results were measured with"),
         **{f"{MPCACHE}:{name}": entry for name, entry in MPCACHE_ABLATIONS.items()},
     }
 
