@@ -18,6 +18,7 @@ from crypten_mpcache import assets
 from crypten_mpcache.eval.parallel import run_workers
 from crypten_mpcache.eval.plots import plot_all
 from crypten_mpcache.eval.report import load_rows, markdown
+from crypten_mpcache.eval.retention import Outcomes, load_outcomes
 from crypten_mpcache.eval.runner import EvalConfig, load_tokenizer, plan, run_eval, run_folder
 from crypten_mpcache.eval.tasks import Haystack
 
@@ -32,20 +33,24 @@ class Outputs:
     notes_path: str = ""
 
 
-def write_reports(rows: list[dict[str, Any]], outputs: Outputs, command: str) -> None:
+def write_reports(rows: list[dict[str, Any]], outputs: Outputs, command: str,
+                  outcomes: Outcomes | None = None) -> None:
+    """Plots and the markdown page (with retention where per-sample ``outcomes`` exist)."""
     if outputs.plot_path:
         for path in plot_all(rows, outputs.plot_path):
             print(f"plot: {path}")
     if outputs.markdown_path:
         Path(outputs.markdown_path).parent.mkdir(parents=True, exist_ok=True)
         notes = Path(outputs.notes_path).read_text() if outputs.notes_path else ""
-        Path(outputs.markdown_path).write_text(markdown(rows, command, notes=notes))
+        page = markdown(rows, command, notes=notes, outcomes=outcomes)
+        Path(outputs.markdown_path).write_text(page)
         print(f"table: {outputs.markdown_path}")
 
 
 def report_only(sources: list[str], outputs: Outputs, command: str) -> int:
-    """Build the markdown/plots from result JSONs or run folders."""
-    write_reports(load_rows(sources), outputs, command)
+    """Build the markdown/plots from result JSONs or run folders (retention from the run
+    folders' predictions or an outcomes JSON such as results/retention.json)."""
+    write_reports(load_rows(sources), outputs, command, load_outcomes(sources))
     return 0
 
 
@@ -93,6 +98,6 @@ def run_command(cfg: EvalConfig, outputs: Outputs, command: str, workers: int = 
     if outputs.json_path:
         Path(outputs.json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(outputs.json_path).write_text(json.dumps(result, indent=2))
-    write_reports(result["rows"], outputs, command)
+    write_reports(result["rows"], outputs, command, load_outcomes([result["run_dir"]]))
     print(f"{len(result['rows'])} rows in {result['seconds']} s; run folder {result['run_dir']}")
     return 0

@@ -3,6 +3,10 @@
 Budget-to-parity of a method = the smallest budget whose score is >= ``parity`` (0.95) x
 the full-cache score of the same task, context and query placement. Because every score
 is "higher is better" (ppl uses 1 / perplexity), one rule serves every task.
+
+Given per-sample outcomes (run folders or ``results/retention.json``), each score table is
+followed by its retention table (``eval.retention``: the fraction of the full cache's
+correct answers a method keeps) and the parity table by budget-to-parity on retention.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from crypten_mpcache.eval import retention
 from crypten_mpcache.eval.runner import aggregate, read_predictions
 
 Key = tuple[str, int, str]  # task, context, query_at
@@ -24,7 +29,7 @@ def _rows_of(path: Path) -> list[dict[str, Any]]:
     if path.suffix == ".jsonl":
         lines = path.read_text().splitlines()
         return aggregate(json.loads(x) for x in lines if x.strip())
-    return json.loads(path.read_text())["rows"]
+    return json.loads(path.read_text()).get("rows", [])  # an outcomes JSON has none
 
 
 def load_rows(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
@@ -68,8 +73,10 @@ def _fmt(row: dict[str, Any] | None) -> str:
     return f"{row['score']:.2f} [{row['ci_low']:.2f}, {row['ci_high']:.2f}]"
 
 
-def score_table(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """One markdown table per (task, context, query_at): methods x budgets."""
+def score_table(rows: Sequence[dict[str, Any]],
+                kept: Sequence[dict[str, Any]] | None = None) -> list[str]:
+    """One markdown table per (task, context, query_at): methods x budgets; with retention
+    rows ``kept``, each followed by its retention table."""
     lines: list[str] = []
     for key in sorted({(r["task"], r["context"], r["query_at"]) for r in rows}):
         here = [r for r in rows if (r["task"], r["context"], r["query_at"]) == key]
@@ -80,15 +87,16 @@ def score_table(rows: Sequence[dict[str, Any]]) -> list[str]:
         n = max(r["n"] for r in here)
         lines += [f"### {key[0]}, {key[1]} tokens, query at {key[2]} ({unit}, n={n})", "",
                   f"full cache: {_fmt(full)}", ""]
-        if not budgets:
-            continue
-        lines += ["| method | " + " | ".join(f"{b:g}" for b in budgets) + " |",
-                  "|---|" + "---|" * len(budgets)]
-        for method in sorted({r["method"] for r in here} - {"full"}):
-            cells = [_fmt(next((r for r in here if r["method"] == method
-                                and r["budget"] == b), None)) for b in budgets]
-            lines.append(f"| {method} | " + " | ".join(cells) + " |")
-        lines.append("")
+        if budgets:
+            lines += ["| method | " + " | ".join(f"{b:g}" for b in budgets) + " |",
+                      "|---|" + "---|" * len(budgets)]
+            for method in sorted({r["method"] for r in here} - {"full"}):
+                cells = [_fmt(next((r for r in here if r["method"] == method
+                                    and r["budget"] == b), None)) for b in budgets]
+                lines.append(f"| {method} | " + " | ".join(cells) + " |")
+            lines.append("")
+        if kept is not None and budgets:
+            lines += retention.table(kept, key, budgets)
     return lines
 
 
@@ -113,12 +121,24 @@ def parity_table(rows: Sequence[dict[str, Any]], parity: float = 0.95) -> list[s
     return lines + [""]
 
 
+def retention_of(rows: Sequence[dict[str, Any]], outcomes: retention.Outcomes,
+                 ) -> list[dict[str, Any]]:
+    """Retention rows of the cells ``rows`` report (so a retention cell comes from the run
+    its score does); the full cache's outcomes are the reference wherever they come from."""
+    shown = {(r["task"], r["context"], r["query_at"], r["method"], r["budget"]) for r in rows}
+    return retention.retention_rows({cell: done for cell, done in outcomes.items()
+                                     if cell in shown})
+
+
 def markdown(rows: Sequence[dict[str, Any]], command: str = "", parity: float = 0.95,
-             notes: str = "") -> str:
-    """The results page: how to regenerate it, notes, parity table, every score table."""
+             notes: str = "", outcomes: retention.Outcomes | None = None) -> str:
+    """The results page: how to regenerate it, notes, parity tables (raw and, with
+    per-sample ``outcomes``, on retention), every score table with its retention table."""
     head = ["# Accuracy vs KV-cache budget (plaintext, SmolLM2-135M-Instruct, real essays)", ""]
     if command:
         head += ["Regenerate this page (no model run) with:", "", "```", command, "```", ""]
     if notes:
         head += [notes.strip(), ""]
-    return "\n".join(head + parity_table(rows, parity) + score_table(rows))
+    kept = None if outcomes is None else retention_of(rows, outcomes)
+    extra = [] if kept is None else retention.parity_table(kept)
+    return "\n".join(head + parity_table(rows, parity) + extra + score_table(rows, kept))
