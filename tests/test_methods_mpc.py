@@ -70,11 +70,18 @@ def test_baseline_choices_under_mpc_equal_plaintext(folders: dict[int, str], con
     report = compare_selections(secure, plain)
     if isinstance(config, SnapKVConfig):
         # SnapKV's static importances are sums of softmax probabilities, which the secure
-        # exp computes a few % off; max pooling makes plateaus, and at this cut the next
-        # candidate is ~5% of the largest importance below: ONE layer's static cut may
-        # flip (seen in 1 of ~6 runs), moving that layer's kept and attended positions.
+        # exp computes a few % off, and max pooling makes plateaus of near-equal values at
+        # the cut: a layer's static cut may move by a token or two under MPC (seen in
+        # ~1 of 3 runs). Everything public is exact; per KV head, the kept and attended
+        # positions must overlap the plaintext ones by at least 3/4 (of 16 positions the
+        # 8 of the window are always shared: a first-k choice shares about 9).
         assert all(f == "positions" for _, f in report.mismatches), report.mismatches
-        assert len({where[2] for where, _ in report.mismatches}) <= 1, report.mismatches
+        by_key = {(r["phase"], r["step"], r["layer"]): r for r in plain}
+        for record in secure:
+            other = by_key[(record["phase"], record["step"], record["layer"])]
+            for mine, theirs in zip(record["positions"].flatten(0, 1).tolist(),
+                                    other["positions"].flatten(0, 1).tolist(), strict=True):
+                assert len(set(mine) & set(theirs)) >= 0.75 * len(theirs), (record, other)
     else:
         assert report.all_equal, report.mismatches
     decode = [r for r in secure if r["phase"] == "decode"]
