@@ -7,7 +7,13 @@ from typing import Any
 
 import crypten
 import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from crypten_mpcache.assets import smollm2_folder
@@ -35,11 +41,36 @@ def tiny_llama(seed: int, *, kv_heads: int = 2, layers: int = 2, vocab: int = 40
                                num_attention_heads=4, num_key_value_heads=kv_heads,
                                max_position_embeddings=max_positions, rms_norm_eps=1e-5,
                                tie_word_embeddings=tie, **config)
-    model = LlamaForCausalLM(llama_config).eval()
+    return _randomized(LlamaForCausalLM(llama_config).eval(), qk_gain, lm_head_gain)
+
+
+def tiny_qwen2(seed: int, *, kv_heads: int = 1, layers: int = 2, vocab: int = 40,
+               hidden: int = 32, max_positions: int = 128, tie: bool = False,
+               qk_gain: float = 1.0, lm_head_gain: float = 1.0, bias_std: float = 0.5,
+               **config: Any) -> Qwen2ForCausalLM:
+    """A tiny random Qwen2 (4 attention heads, GQA 4:1 by default, RoPE theta 1e6, biased
+    q/k/v drawn as ``bias_std * randn``, untied LM head), built like ``tiny_llama``."""
+    torch.manual_seed(seed)
+    config.setdefault("use_sliding_window", False)
+    qwen_config = Qwen2Config(vocab_size=vocab, hidden_size=hidden,
+                              intermediate_size=2 * hidden, num_hidden_layers=layers,
+                              num_attention_heads=4, num_key_value_heads=kv_heads,
+                              max_position_embeddings=max_positions, rms_norm_eps=1e-6,
+                              tie_word_embeddings=tie,
+                              rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+                              **config)
+    return _randomized(Qwen2ForCausalLM(qwen_config).eval(), qk_gain, lm_head_gain, bias_std)
+
+
+def _randomized(model: Any, qk_gain: float, lm_head_gain: float, bias_std: float = 0.0) -> Any:
+    """Norm gammas 1 + 0.2 * randn and biases ``bias_std`` * randn (in parameter order,
+    right after the seeded init), q/k projections x ``qk_gain``, LM head x ``lm_head_gain``."""
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "norm" in name:
                 param.copy_(1.0 + 0.2 * torch.randn_like(param))
+            if name.endswith(".bias"):
+                param.copy_(bias_std * torch.randn_like(param))
             if qk_gain != 1.0 and ("q_proj" in name or "k_proj" in name):
                 param.mul_(qk_gain)
         if lm_head_gain != 1.0:
@@ -47,10 +78,12 @@ def tiny_llama(seed: int, *, kv_heads: int = 2, layers: int = 2, vocab: int = 40
     return model
 
 
-def save_tiny_llama(folder: Path | str, seed: int, **kwargs: Any) -> str:
-    """``tiny_llama(seed, **kwargs)`` saved as a checkpoint folder (for the private
-    generation entry points, which load a model by path); returns the folder as a str."""
-    tiny_llama(seed, **kwargs).save_pretrained(folder)
+def save_tiny_llama(folder: Path | str, seed: int, family: str = "llama", **kwargs: Any) -> str:
+    """``tiny_llama(seed, **kwargs)`` (``tiny_qwen2`` with ``family="qwen2"``) saved as a
+    checkpoint folder (for the private generation entry points, which load a model by
+    path); returns the folder as a str."""
+    build = {"llama": tiny_llama, "qwen2": tiny_qwen2}[family]
+    build(seed, **kwargs).save_pretrained(folder)
     return str(folder)
 
 

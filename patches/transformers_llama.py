@@ -1,5 +1,8 @@
 """Explicit, reversible patch of a transformers Llama-family model instance for CrypTen.
 
+The family: LlamaForCausalLM and Qwen2ForCausalLM (same decoder; Qwen2's q/k/v biases are
+encrypted and premasked with their weights by ``SecureLinear.from_linear``).
+
 Why a patch of one instance (not of the class): nothing else in the process changes, and
 ``restore()`` puts back the very module objects that were replaced. What is replaced:
 ``embed_tokens``, every layer's ``self_attn`` (with q/k/v/o), ``mlp``, both RMSNorms, the
@@ -57,7 +60,12 @@ class PatchHandle:
 
 
 def _architecture(model: nn.Module) -> str:
-    return check_architecture(type(model).__name__)
+    name = check_architecture(type(model).__name__)
+    layer_types = getattr(model.config, "layer_types", None) or ()
+    if getattr(model.config, "use_sliding_window", False) or "sliding_attention" in layer_types:
+        raise ValueError(f"{name} with sliding-window attention is not supported for private "
+                         "inference (set use_sliding_window=False)")
+    return name
 
 
 def _norm(norm: nn.Module, name: str, options: SecureModelOptions) -> SecureRMSNorm:

@@ -27,6 +27,7 @@ from crypten_mpcache.models.llama import (
     SecureModelOptions,
     SecureRMSNorm,
     encrypt_operand,
+    encrypt_operands,
 )
 from crypten_mpcache.runtime.cost import CostMeter
 from crypten_mpcache.secure.cache.kv_cache import CachePolicy, SecureKVCache
@@ -87,9 +88,13 @@ def _owner_tensor(shape: tuple[int, ...], fill: str, generator: torch.Generator,
     return 0.02 * torch.randn(shape, generator=generator)
 
 
-def _linear(shape_in: int, shape_out: int, name: str, ctx: _BuildContext) -> Any:
+def _linear(shape_in: int, shape_out: int, name: str, ctx: _BuildContext,
+            bias: bool = False) -> Any:
     weight_t = _owner_tensor((shape_in, shape_out), "randn", ctx.generator, ctx.rank)
-    return SecureLinear(encrypt_operand(weight_t, name, ctx.options))
+    if not bias:
+        return SecureLinear(encrypt_operand(weight_t, name, ctx.options))
+    b = _owner_tensor((shape_out,), "randn", ctx.generator, ctx.rank)
+    return SecureLinear(*encrypt_operands([weight_t, b], [name, f"{name}.bias"], ctx.options))
 
 
 def _norm(name: str, ctx: _BuildContext) -> Any:
@@ -113,7 +118,8 @@ def _weights(prefix: str, ctx: _BuildContext) -> dict[str, Any]:
     q_out, kv_out = s.heads * s.head_dim, s.kv_heads * s.head_dim
     dims = {"q_proj": (s.hidden, q_out), "k_proj": (s.hidden, kv_out),
             "v_proj": (s.hidden, kv_out), "o_proj": (q_out, s.hidden)}
-    projections = {p: _linear(*dims[p], f"{prefix}/{p}", ctx) for p in dims}
+    projections = {p: _linear(*dims[p], f"{prefix}/{p}", ctx, s.qkv_bias and p != "o_proj")
+                   for p in dims}
     mlp = SecureMLP(_linear(s.hidden, s.mlp, f"{prefix}/gate_proj", ctx),
                     _linear(s.hidden, s.mlp, f"{prefix}/up_proj", ctx),
                     _linear(s.mlp, s.hidden, f"{prefix}/down_proj", ctx),

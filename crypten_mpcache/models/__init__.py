@@ -2,12 +2,14 @@
 
 One place lists what can run privately: an architecture name (``config.architectures``
 / the model class name) has a family module here (``models.<family>``) and a patch that
-hooks it into the Hugging Face instance (``patches.transformers_<family>``).
+hooks it into the Hugging Face instance (``patches.transformers_<family>``). Qwen2 shares
+the Llama family's adapter (``models.llama``, ``patches.transformers_llama``): its only
+structural difference, the q/k/v biases, is an optional bias of ``SecureLinear``.
 """
 
 from __future__ import annotations
 
-ARCHITECTURES: tuple[str, ...] = ("LlamaForCausalLM",)
+ARCHITECTURES: tuple[str, ...] = ("LlamaForCausalLM", "Qwen2ForCausalLM")
 
 
 class UnsupportedArchitectureError(ValueError):

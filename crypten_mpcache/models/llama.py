@@ -1,8 +1,11 @@
-"""CrypTen-aware Llama modules: encrypted weights, secure attention over the encrypted cache.
+"""CrypTen-aware Llama-family modules (Llama, Qwen2): encrypted weights, secure attention.
+
+The attention runs over the encrypted cache.
 
 Why: parameters cannot hold CrypTensors, so each transformers module that owns weights is
 replaced by one that holds them as fixed operands (``secure.primitives.premask``): W^T of every
-linear, the embedding table (and its transpose for a tied LM head), the RMSNorm gammas.
+linear (and its bias: Qwen2's q/k/v), the embedding table (and its transpose for a tied LM
+head), the RMSNorm gammas.
 The transformers decoder layers stay as they are and call these modules.
 
 - SecureEmbedding: one-hot @ table (the token stays secret: no index is ever opened).
@@ -29,7 +32,7 @@ from crypten_mpcache.secure.functions.activation import ActivationConfig, silu
 from crypten_mpcache.secure.functions.norm import NormConfig, rms_norm
 from crypten_mpcache.secure.functions.softmax import SoftmaxConfig, masked_softmax
 from crypten_mpcache.secure.functions.tournament import argmax_onehot
-from crypten_mpcache.secure.primitives.premask import fixed_operand
+from crypten_mpcache.secure.primitives.premask import fixed_operand, fixed_operands
 
 
 @dataclass(frozen=True)
@@ -57,14 +60,17 @@ def encrypt_operand(weight: torch.Tensor, name: str, options: SecureModelOptions
     return fixed_operand(encrypted, name=name, premask=options.premask)
 
 
-def _encrypt_bias(bias: torch.Tensor | None, options: SecureModelOptions) -> Any:
-    if bias is None:
-        return None
-    return crypten.cryptensor(bias.detach().float(), src=options.src)
+def encrypt_operands(weights: list[torch.Tensor], names: list[str],
+                     options: SecureModelOptions) -> list[Any]:
+    """Several weights from party ``src``, premasked together (one dealer request and one
+    opening round, e.g. a projection's W^T and its bias)."""
+    encrypted = [crypten.cryptensor(w.detach().float(), src=options.src) for w in weights]
+    return fixed_operands(encrypted, names=names, premask=options.premask)
 
 
 class SecureLinear(nn.Module):
-    """y = x @ W^T (+ b) with W^T a fixed operand."""
+    """y = x @ W^T (+ b): W^T and the optional bias b (Qwen2's q/k/v) are fixed operands,
+    encrypted by the owner and premasked together; adding b is local (no traffic)."""
 
     def __init__(self, weight_t: Any, bias: Any = None, kind: str = "linear") -> None:
         super().__init__()
@@ -76,16 +82,19 @@ class SecureLinear(nn.Module):
     @classmethod
     def from_linear(cls, linear: nn.Linear, name: str,
                     options: SecureModelOptions) -> SecureLinear:
-        weight_t = encrypt_operand(linear.weight.t(), name, options)
-        return cls(weight_t, _encrypt_bias(linear.bias, options))
+        if linear.bias is None:
+            return cls(encrypt_operand(linear.weight.t(), name, options))
+        return cls(*encrypt_operands([linear.weight.t(), linear.bias],
+                                     [name, f"{name}.bias"], options))
 
     def forward(self, x: Any) -> Any:
         with operator_scope(self.kind):
             y = self.weight_t.rmatmul(x)
-            return y if self.bias is None else y + self.bias
+            return y if self.bias is None else y + self.bias.value()
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, encrypted"
+        bias = ", bias" if self.bias is not None else ""
+        return f"in={self.in_features}, out={self.out_features}{bias}, encrypted"
 
 
 class SecureEmbedding(nn.Module):
@@ -237,9 +246,9 @@ def secure_forward(model: nn.Module, onehot: Any, cache: SecureKVCache,
                    start_position: int) -> Any:
     """Encrypted logits (B, 1, vocab) of the last position of an encrypted one-hot input.
 
-    ``model`` is a patched LlamaForCausalLM; ``start_position`` (public) is the position
-    of the first input token, so the decode positions continue after the prompt even when
-    a policy has evicted cache entries.
+    ``model`` is a patched LlamaForCausalLM or Qwen2ForCausalLM; ``start_position``
+    (public) is the position of the first input token, so the decode positions continue
+    after the prompt even when a policy has evicted cache entries.
     """
     inner = model.model
     length = int(onehot.shape[1])
