@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the client's prompt (default: a short built-in question)")
     p.add_argument("--max-new-tokens", type=positive_int, default=16)
     p.add_argument("--model", default=None, metavar="PATH",
-                   help="a local Llama-family checkpoint folder (default: the embedded "
+                   help="a local Llama- or Qwen2-family checkpoint folder (default: the embedded "
                    "SmolLM2-135M-Instruct)")
     p.add_argument("--parties", type=int, default=2, help="2 or 3 computing parties")
     p.add_argument("--dealer", default="ttp", choices=DEALERS,
