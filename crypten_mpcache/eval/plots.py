@@ -54,9 +54,12 @@ def plot_task(rows: list[dict[str, Any]], task: str, path: Path) -> Path:
     for ax in axes[0]:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             handles.setdefault(label, handle)
-    fig.legend(handles.values(), handles.keys(), loc="upper center", ncol=len(handles),
+    # at most 4 legend entries per panel width in a row, so a narrow figure clips none
+    ncol = max(1, min(len(handles), 4 * len(panels)))
+    legend_rows = -(-len(handles) // ncol)
+    fig.legend(handles.values(), handles.keys(), loc="upper center", ncol=ncol,
                fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0, 1, 0.9))
+    fig.tight_layout(rect=(0, 0, 1, 0.96 - 0.06 * legend_rows))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
