@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ from transformers import (
 )
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
+from crypten_mpcache.algorithm.torch_backend import TorchBackend
 from crypten_mpcache.assets import smollm2_folder
 from crypten_mpcache.models.llama import SecureModelOptions, secure_argmax, secure_forward
 from crypten_mpcache.patches.transformers_llama import patch
@@ -167,6 +170,28 @@ def plaintext_greedy(model: torch.nn.Module, ids: list[int], steps: int
 
 
 # --- an independent reference of MPCache's selections (tests only) ---------------------
+
+
+@contextlib.contextmanager
+def topk_margins() -> Iterator[list[float]]:
+    """Record, for every plaintext top-k that chooses (0 < k < G), the smallest gap between
+    the k-th and (k+1)-th score: a test asserts it clears fixed-point noise, so that an
+    MPC-vs-plaintext comparison tests the algorithm, not rounding."""
+    margins: list[float] = []
+    original = TorchBackend.topk_onehot
+
+    def measured(self: TorchBackend, scores: torch.Tensor, k: int,
+                 ordered: bool = True) -> torch.Tensor:
+        if 0 < k < scores.shape[-1]:
+            top = scores.sort(dim=-1, descending=True).values
+            margins.append(float((top[..., k - 1] - top[..., k]).min()))
+        return original(self, scores, k, ordered)
+
+    TorchBackend.topk_onehot = measured
+    try:
+        yield margins
+    finally:
+        TorchBackend.topk_onehot = original
 
 
 class AttentionInputs:

@@ -31,6 +31,7 @@ from crypten_mpcache.testing import (
     reference_clusters,
     reference_static_positions,
     save_tiny_llama,
+    topk_margins,
 )
 
 PLAIN = TorchBackend()
@@ -116,23 +117,10 @@ def plaintext_run(folder: str, ids: list[int], feed: list[int], config: MPCacheC
 
     from crypten_mpcache.plaintext import generate_fed
 
-    margins: list[float] = []
-    original = TorchBackend.topk_onehot
-
-    def measured(self, scores, k, ordered=True):
-        if 0 < k < scores.shape[-1]:
-            top = scores.sort(dim=-1, descending=True).values
-            margins.append(float((top[..., k - 1] - top[..., k]).min()))
-        return original(self, scores, k, ordered)
-
     model = LlamaForCausalLM.from_pretrained(folder).eval()
-    TorchBackend.topk_onehot = measured
-    try:
-        with AttentionInputs(model) as inputs:
-            greedy, _, records = generate_fed(model, config, ids, len(feed), feed=feed,
-                                              record=True)
-    finally:
-        TorchBackend.topk_onehot = original
+    with topk_margins() as margins, AttentionInputs(model) as inputs:
+        greedy, _, records = generate_fed(model, config, ids, len(feed), feed=feed,
+                                          record=True)
     assert expected_selections(inputs, config, len(ids), records) > 0
     return greedy, records, min(margins)
 

@@ -18,7 +18,6 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from crypten_mpcache.algorithm.torch_backend import TorchBackend
 from crypten_mpcache.fidelity import compare_selections, secure_records
 from crypten_mpcache.generation_party import PartyTask, generation_party
 from crypten_mpcache.methods import resolve_method
@@ -26,7 +25,7 @@ from crypten_mpcache.models import UnsupportedArchitectureError, check_architect
 from crypten_mpcache.plaintext import apply, generate_fed
 from crypten_mpcache.private import PrivateGenerationConfig, generate_ids
 from crypten_mpcache.runtime.launcher import LaunchConfig, launch
-from crypten_mpcache.testing import save_tiny_llama, tiny_qwen2
+from crypten_mpcache.testing import save_tiny_llama, tiny_qwen2, topk_margins
 
 SEED, STEPS = 32, 4
 TFP = LaunchConfig(parties=2, dealer="tfp", timeout_s=600)
@@ -87,22 +86,10 @@ def test_mpcache_selections_and_tokens_equal_plaintext(folder):
     config = resolve_method("mpcache", 64)
     ids = prompt(160)
     client = secure_records(folder, ids, STEPS, config, TFP)
-    margins: list[float] = []
-    original = TorchBackend.topk_onehot
-
-    def measured(self, scores, k, ordered=True):
-        if 0 < k < scores.shape[-1]:
-            top = scores.sort(dim=-1, descending=True).values
-            margins.append(float((top[..., k - 1] - top[..., k]).min()))
-        return original(self, scores, k, ordered)
-
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
-    TorchBackend.topk_onehot = measured
-    try:
+    with topk_margins() as margins:
         greedy, _, records = generate_fed(model, config, ids, STEPS, feed=client["tokens"],
                                           record=True)
-    finally:
-        TorchBackend.topk_onehot = original
     assert margins and min(margins) > 1e-2  # decided by the algorithm, not by rounding
     assert client["tokens"] == greedy
     decode = [r for r in client["selections"] if r["phase"] == "decode"]
