@@ -121,19 +121,25 @@ def test_demo_walkthrough_runs(tmp_path):
     assert "matches plaintext greedy: True" in result.stdout
 
 
+def _checked_generation(tmp_path, capsys, cache: str, budget: int) -> dict:
+    """``generate --check`` of 3 tokens on a ~120-token prompt (tiny Llama, TFP) with
+    ``cache`` at ``budget`` tokens; returns the JSON it wrote (exit status asserted 0)."""
+    folder = tiny_llama_checkpoint(tmp_path / "m", seed=3, context=256)
+    out = tmp_path / f"{cache}.json"
+    code = main(["generate", "--model", str(folder), "--no-chat-template",
+                 "--prompt", "Tell me a story about a dragon. " * 15,
+                 "--max-new-tokens", "3", "--dealer", "tfp", "--cache", cache,
+                 "--budget", str(budget), "--check", "--quiet", "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    return json.loads(out.read_text())
+
+
 def test_generate_with_mpcache_and_a_budget_matches_plaintext_mpcache(tmp_path, capsys):
     """A budget of 72 tokens on a ~120-token prompt: above the forced sink and recent
     tokens (32), so the shipped default selects clusters with a secure top-k at every
     decode step (a budget below 32 would select nothing and test no selection)."""
-    folder = tiny_llama_checkpoint(tmp_path / "m", seed=3, context=256)
-    out = tmp_path / "mp.json"
-    code = main(["generate", "--model", str(folder), "--no-chat-template",
-                 "--prompt", "Tell me a story about a dragon. " * 15,
-                 "--max-new-tokens", "3", "--dealer", "tfp", "--cache", "mpcache",
-                 "--budget", "72", "--check", "--quiet", "--json", str(out)])
-    printed = capsys.readouterr().out
-    assert code == 0, printed
-    data = json.loads(out.read_text())
+    data = _checked_generation(tmp_path, capsys, "mpcache", 72)
     assert data["cache"] == "mpcache" and data["match"] is True
     assert data["prompt_tokens"] > 72
     operators = data["cost"]["operators"]
@@ -161,14 +167,6 @@ def test_h2o_is_refused_before_any_party_starts(tiny_folder, capsys):
 def test_generate_runs_a_baseline_and_checks_it_against_plaintext(tmp_path, capsys):
     """StreamingLLM at 40 tokens on a ~120-token prompt: the secure cache evicts, and
     --check compares with the plaintext run of the same method."""
-    folder = tiny_llama_checkpoint(tmp_path / "m", seed=3, context=256)
-    out = tmp_path / "streaming.json"
-    code = main(["generate", "--model", str(folder), "--no-chat-template",
-                 "--prompt", "Tell me a story about a dragon. " * 15,
-                 "--max-new-tokens", "3", "--dealer", "tfp", "--cache", "streaming",
-                 "--budget", "40", "--check", "--quiet", "--json", str(out)])
-    printed = capsys.readouterr().out
-    assert code == 0, printed
-    data = json.loads(out.read_text())
+    data = _checked_generation(tmp_path, capsys, "streaming", 40)
     assert data["cache"] == "streaming" and data["match"] is True
     assert data["prompt_tokens"] > 40 and data["max_abs_logit_error"] < 0.1
