@@ -35,6 +35,10 @@ class MPCacheConfig:
         (``at_budget``) each coarser level keeps max(coarse_floor, 2 x the next level's
         ratio) of its clusters (authors: 0.5); lower means fewer candidates for the finer
         top-k, which under MPC costs with the square of its candidates.
+        max_candidates: with a budget, the most candidates any level's top-k competes
+        over (``DynamicSpec.for_context``): longer contexts get coarser levels on top
+        instead of a quadratic top-k; None keeps the configured levels at every context
+        (at 128 nothing changes up to ~4.1k tokens).
         budget: optional cap on tokens
         attended per decode step (overrides the last-level ratio). alpha: weight of r_max
         in the linear representative. similarity: "linear" (MPCache) or "maxbound"
@@ -59,6 +63,7 @@ class MPCacheConfig:
     cluster_sizes: tuple[int, ...] = (32, 16)
     keep_ratios: tuple[float, ...] = (0.5, 0.2)
     coarse_floor: float = 0.5
+    max_candidates: int | None = 128
     budget: Amount | None = None
     alpha: float = 0.6
     similarity: Literal["linear", "maxbound"] = "linear"
@@ -87,6 +92,8 @@ class MPCacheConfig:
         if self.recent_tokens < 1:
             raise ValueError("recent_tokens must be >= 1 (a decode query attends to itself)")
         self._check_levels()
+        if self.max_candidates is not None and self.max_candidates < 4:
+            raise ValueError(f"max_candidates must be >= 4 or None, got {self.max_candidates}")
         if not 0.0 < self.coarse_floor <= 1.0:
             raise ValueError(f"coarse_floor must be in (0, 1], got {self.coarse_floor}")
         if not 0.0 <= self.alpha <= 1.0:
@@ -184,7 +191,8 @@ class MPCacheConfig:
             sizes, ratios = sizes[-1:], ratios[-1:]
         return DynamicSpec(cluster_sizes=sizes, keep_ratios=ratios, alpha=self.alpha,
                            similarity=self.similarity, sink=self.sink_tokens,
-                           recent=self.recent_tokens, scope=self.selection_scope)
+                           recent=self.recent_tokens, scope=self.selection_scope,
+                           max_candidates=self.max_candidates)
 
     def static_spec(self) -> StaticSpec:
         return StaticSpec(keep=self.static_keep, window=self.window_ratio,
@@ -253,6 +261,8 @@ OVERRIDE_SEPARATOR = "+"
 
 def _coerce(field: str, text: str, current: object) -> object:
     """``text`` as the type of ``field``'s current value (tuples are '/'-separated)."""
+    if field == "max_candidates" and text.lower() == "none":
+        return None
     if isinstance(current, bool):
         if text.lower() not in ("true", "false", "1", "0"):
             raise ValueError(f"{field} takes true or false, got {text!r}")

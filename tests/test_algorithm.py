@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import pytest
 import torch
@@ -15,9 +16,10 @@ from crypten_mpcache.algorithm.clusters import (
     score_dot,
     score_maxbound,
 )
-from crypten_mpcache.algorithm.plan import DynamicSpec, StaticSpec
+from crypten_mpcache.algorithm.plan import DynamicSpec, StaticSpec, budget_tokens
 from crypten_mpcache.algorithm.sharing import sharing_schedule
 from crypten_mpcache.algorithm.torch_backend import TorchBackend
+from crypten_mpcache.methods import resolve_method
 
 B = TorchBackend()
 
@@ -223,3 +225,37 @@ def test_sharing_schedule_authors_pattern() -> None:
     assert all(schedule[i] == i and schedule[i + 1] == i for i in range(2, 28, 2))
     assert sharing_schedule(8, share=False) == tuple(range(8))
     assert sharing_schedule(8, dense_layers=(2,))[3] == 3
+
+
+def _candidates(counts: dynamic.StepCounts) -> list[int]:
+    """Candidates each level's top-k competes over (all clusters at the top)."""
+    fans = [a // b for a, b in zip(counts.sizes, counts.sizes[1:], strict=False)]
+    return [counts.totals[0]] + [k * f for k, f in zip(counts.ks, fans, strict=False)]
+
+
+@pytest.mark.parametrize("method", ["mpcache", "mpcache:paper"])
+def test_per_context_hierarchy_changes_nothing_up_to_4k(method: str) -> None:
+    """Up to ~4.1k tokens the shipped configurations select exactly as with their
+    configured levels (the retention measured at 2k and 4k stays valid)."""
+    for budget in (0.05, 0.2, 0.5):
+        spec = resolve_method(method, budget).plan().dynamic
+        fixed = replace(spec, max_candidates=None)
+        for n in range(40, 4160, 13):
+            cap = budget_tokens(budget, n)
+            assert spec.for_context(n).cluster_sizes == fixed.cluster_sizes
+            assert dynamic.step_counts(spec.for_context(n), n, cap) == \
+                dynamic.step_counts(fixed, n, cap), (budget, n)
+
+
+def test_per_context_hierarchy_bounds_every_top_k_at_16k() -> None:
+    """At 16k (5%) a coarser level goes on top: every top-k competes over ~128 candidates
+    (the configured two levels: 511 and 512), the budget still holds."""
+    spec = resolve_method("mpcache", 0.05).plan().dynamic
+    n, cap = 16384, budget_tokens(0.05, 16384)
+    deep = dynamic.step_counts(spec.for_context(n), n, cap)
+    flat = dynamic.step_counts(replace(spec, max_candidates=None), n, cap)
+    assert deep.sizes == (128, 32, 8) and flat.sizes == (32, 8)
+    assert max(_candidates(deep)) <= 132 and min(_candidates(flat)) >= 511
+    assert deep.attended <= cap and deep.attended >= 0.95 * flat.attended
+    # every level keeps a real choice: fewer than its candidates
+    assert all(k < c for k, c in zip(deep.ks, _candidates(deep), strict=True))

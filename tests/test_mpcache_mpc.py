@@ -48,6 +48,10 @@ BUDGETED = replace(RATIO, static_keep=0.3, keep_ratios=(0.5, 0.2), budget=BUDGET
 # the top-k really chooses: at 160 tokens and 64 tokens a step it keeps 3 clusters of 8
 # out of the children of its best coarse clusters at every step.
 DEFAULT_PROMPT, DEFAULT_BUDGET = 160, 64
+# The per-context hierarchy at a size a tiny model can run: 16/4-token clusters with at
+# most 4 candidates per level become 64/16/4 at 224 tokens (the shipped default does the
+# same past ~4.1k tokens: 128/32/8).
+DEEP = MPCacheConfig.default(budget=0.25, cluster_sizes=(16, 4), max_candidates=4)
 
 
 def save_llama(folder: Path, seed: int, kv_heads: int) -> str:
@@ -93,7 +97,8 @@ def expected_selections(inputs: AttentionInputs, config: MPCacheConfig, prompt_l
                 -1, -1, -1, keys0.shape[-1])
             keys = torch.cat([keys0.gather(2, index), keys[..., prompt_len:, :]], dim=-2)
         budget = budget_tokens(config.budget, prompt_len + step) if config.budget else None
-        counts = dynamic.step_counts(spec, int(keys.shape[-2]), budget)
+        rows = prompt_len if kept is None else int(kept.shape[-1])
+        counts = dynamic.step_counts(spec.for_context(rows), int(keys.shape[-2]), budget)
         if counts.dense or counts.ks[-1] == 0:
             assert record["clusters"] is None or record["clusters"].numel() == 0, (layer, step)
             continue
@@ -358,7 +363,9 @@ def _same_records(secure: list[dict], plain: list[dict], layers: int, exact: boo
     (6, 2, replace(BUDGETED, selection_scope="layer", hierarchy=False), PROMPT, False),
     (0, 2, MPCacheConfig.default(budget=DEFAULT_BUDGET), DEFAULT_PROMPT, False),
     (14, 2, MPCacheConfig.paper().at_budget(0.45), 224, False),
-], ids=["mha-ratio", "gqa-budget", "gqa-layer-scope-one-level", "default", "paper"])
+    (3, 2, DEEP, 224, False),
+], ids=["mha-ratio", "gqa-budget", "gqa-layer-scope-one-level", "default", "paper",
+        "deepened"])
 def test_secure_selections_and_tokens_equal_plaintext(tmp_path, seed, kv_heads, config,
                                                       length, exact):
     folder = save_llama(tmp_path / "m", seed, kv_heads)
@@ -373,7 +380,7 @@ def test_secure_selections_and_tokens_equal_plaintext(tmp_path, seed, kv_heads, 
     selecting = [r for r in decode if r["selector"] == r["layer"]]
     # selection really happened: every selecting layer chose k >= 1 clusters at every step
     # (a budget below sink + recent gives k = 0 and nothing to test), fewer than all
-    spec = config.dynamic_spec()
+    spec = config.dynamic_spec().for_context(length)
     for record in selecting:
         assert record["clusters"] is not None and record["clusters"].numel() > 0, record
         assert record["attended"] < record["step"] + length, record
@@ -398,7 +405,8 @@ def test_secure_selections_and_tokens_equal_plaintext(tmp_path, seed, kv_heads, 
 @pytest.mark.parametrize("config,length", [
     (MPCacheConfig.default(budget=DEFAULT_BUDGET), DEFAULT_PROMPT),
     (MPCacheConfig.paper().at_budget(96), 256),
-], ids=["default", "paper-static"])
+    (DEEP, 224),
+], ids=["default", "paper-static", "deepened"])
 def test_plaintext_selections_equal_the_reference(tmp_path, config, length):
     """The plaintext algorithm (what MPC is compared with) keeps exactly what the
     first-principles reference keeps: the authors' static eviction (28 of 188 middle

@@ -16,6 +16,7 @@ import torch
 from crypten_mpcache.algorithm import dynamic, static
 from crypten_mpcache.algorithm.backend import Backend, Value
 from crypten_mpcache.algorithm.clusters import ClusterState
+from crypten_mpcache.algorithm.plan import DynamicSpec
 from crypten_mpcache.algorithm.static import StaticCounts
 
 Phase = Literal["prefill", "decode", "extend"]
@@ -53,6 +54,7 @@ class LayerState:
     frozen: int = 0  # statically kept prefix that sliding methods never drop
     recent: int = 0  # statically kept window (H2O's recent share)
     clusters: ClusterState | None = None
+    spec: DynamicSpec | None = None  # the hierarchy for this sequence (``for_context``)
     scores: Value | None = None  # accumulated attention per row (H2O), (B, H', rows)
     positions: torch.Tensor | None = None  # original position per kept row (records)
 

@@ -16,9 +16,11 @@ ascending order; tokens are fetched by chained one-hot gathers, so attention run
 Counts: in ratio mode k_l = ceil(ratio_l * G_l) (G_l = all level-l clusters of the region),
 clamped to the children of the kept parents. In budget mode (tokens attended per step)
 k_last = floor((budget - S - recent) / s_last) and the coarser levels keep at least enough
-parents for it; when sink + recent alone exceed the budget the oldest recent tokens are
-left out. A cache no longer than the budget (or, in ratio mode, without a full competing
-cluster) is attended densely.
+parents for it; in a hierarchy deepened by ``spec.for_context`` (``max_candidates`` = M)
+at least 1.5 x that (so the level below really chooses) and otherwise at most M / fan
+(so the level below chooses among at most M); when sink + recent alone exceed the budget
+the oldest recent tokens are left out. A cache no longer than the budget (or, in ratio
+mode, without a full competing cluster) is attended densely.
 """
 
 from __future__ import annotations
@@ -69,6 +71,9 @@ class StepCounts:
         return self.sink + self.ks[-1] * self.sizes[-1] + recent
 
 
+MARGIN = 1.5  # a deepened hierarchy's level keeps >= 1.5 x the parents the next one needs
+
+
 def _ceil(x: float) -> int:
     return math.ceil(x - 1e-9)
 
@@ -97,8 +102,11 @@ def step_counts(spec: DynamicSpec, n_tokens: int, budget: int | None) -> StepCou
         ks = [last]
         for level in range(len(sizes) - 2, -1, -1):
             need = _ceil(ks[0] / fan[level])
-            want = max(need, _ceil(spec.keep_ratios[level] * totals[level]))
-            ks.insert(0, 0 if last == 0 else min(totals[level], max(1, want)))
+            want = _ceil(spec.keep_ratios[level] * totals[level])
+            if spec.max_candidates is not None:  # a real choice below, ~<= M candidates
+                choice = _ceil(MARGIN * ks[0] / fan[level])
+                want = max(choice, min(want, spec.max_candidates // fan[level]))
+            ks.insert(0, 0 if last == 0 else min(totals[level], max(1, need, want)))
         return StepCounts(n_tokens, sink, sizes, n_top, tuple(ks), False, drop, shared)
     return StepCounts(n_tokens, sink, sizes, n_top, tuple(ks), False, shared_heads=shared)
 

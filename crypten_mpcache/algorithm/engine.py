@@ -129,7 +129,7 @@ class Engine:
             state.frozen = counts.sink + counts.n_select
             state.recent = counts.window
         if self.selects(layer) and self.selector(layer) == layer:
-            spec = self.plan.dynamic
+            spec = state.spec = self.plan.dynamic.for_context(state.rows)
             state.clusters = ClusterState(self.backend, spec.cluster_sizes, spec.sink,
                                           spec.alpha, spec.similarity)
             state.clusters.build(keys)
@@ -257,7 +257,7 @@ class Engine:
                                 clusters=shared.clusters)
             self._steps[layer] = choice
             return choice
-        spec = self.plan.dynamic
+        spec = state.spec
         state.clusters.append(latest_key())
         counts = dynamic.step_counts(spec, state.rows, self.budget(state.seen))
         scores = None if level_scores is None else level_scores(state)

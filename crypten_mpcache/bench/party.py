@@ -203,7 +203,9 @@ def run_row(task: RowTask) -> dict[str, Any]:
             policy.after_prefill(cache.layer(index), probs)
         del probs
     hidden_size = task.model_shape().hidden
+    topk_log = getattr(getattr(policy.inner, "backend", None), "topk_log", [])
     for step in range(task.steps):
+        topk_log.clear()  # the last step's top-k calls are reported
         hidden = crypten.cryptensor(
             _owner_tensor((1, 1, hidden_size), "randn", generator, rank) * 50, src=OWNER)
         position = task.context + step
@@ -214,5 +216,6 @@ def run_row(task: RowTask) -> dict[str, Any]:
                                position_ids=torch.tensor([[position]]), cache=cache,
                                use_cache=True, position_embeddings=cos_sin)
     return {"rank": rank, "cost": meter.report(), "attended": policy.attended,
+            "topk": [choice.label() for choice in topk_log],
             "window": window, "cache_lengths": [cache.get_seq_length(i)
                                                 for i in range(task.layers)]}

@@ -19,7 +19,7 @@ from crypten_mpcache.runtime.network import LAN, WAN
 from crypten_mpcache.runtime.report import MIB
 
 BASELINE = "full"
-KINDS = ("similarity", "topk", "gather", "softmax", "attention_scores", "attention_values",
+KINDS = ("similarity", "topk", "gather", "pick", "softmax", "attention_scores", "attention_values",
          "linear", "norm", "activation", "premask", "dealer", "other")
 
 
@@ -113,6 +113,28 @@ def operator_table(rows: list[dict[str, Any]]) -> list[str]:
     return _table(header, body)
 
 
+def _online_bytes(op: dict[str, Any]) -> float:
+    return float(op["bytes"]) - float(op.get("dealer_bytes", 0.0))
+
+
+def selection_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Per selecting row: its selection's online MiB (similarity, top-k, gather, pick)
+    and share of the step, and what each top-k of the last step ran (G -> k protocol)."""
+    header = ["context", "cache", "selection MiB", "of which pick", "share of step",
+              "top-k calls (last step)"]
+    body = []
+    for r in rows:
+        if not r.get("topk_last_step"):
+            continue
+        ops = r["operators"]
+        selection = sum(_online_bytes(ops[k]) for k in bounds.SELECTION if k in ops)
+        pick = _online_bytes(ops["pick"]) if "pick" in ops else 0.0
+        body.append([str(r["context"]), r["cache"], _fmt(selection / MIB), _fmt(pick / MIB),
+                     f"{100 * selection / max(1, r['online_bytes']):.0f}%",
+                     "; ".join(r["topk_last_step"])])
+    return _table(header, body) if body else []
+
+
 def format_report(result: dict[str, Any]) -> str:
     """The whole markdown report of a ``BenchResult.as_dict()``."""
     config, rows = result["config"], result["rows"]
@@ -140,8 +162,12 @@ def format_report(result: dict[str, Any]) -> str:
             lines += ratio_table(rows, online_ratios)
     lines += ["", "Per-operator MiB / rounds per decode step:", ""]
     lines += operator_table(rows)
+    selection = selection_table(rows)
+    if selection:
+        lines += ["", "The selection per decode step (online):", ""] + selection
     if bounds.pairs(rows):
-        lines += ["", "What eviction alone can reach (online; ceilings if MPCache's selection, "
-                  "then its attention too, were free; docs/eviction_bounds.md):", ""]
+        lines += ["", "What eviction alone can reach (online; ceilings if MPCache's selection "
+                  "cost only its pick, if it were free, and if its attention were free too; "
+                  "docs/eviction_bounds.md):", ""]
         lines += bounds.table(rows)
     return "\n".join(lines)

@@ -37,7 +37,7 @@ import crypten.communicator as comm
 
 OPERATOR_KINDS = (
     "linear", "attention_scores", "attention_values", "softmax", "norm", "activation",
-    "embedding", "argmax", "dealer", "premask", "similarity", "topk", "gather",
+    "embedding", "argmax", "dealer", "premask", "similarity", "topk", "gather", "pick",
     "static_eviction", "reveal", "other",
 )
 

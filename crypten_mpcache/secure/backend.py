@@ -62,6 +62,20 @@ class CryptenBackendConfig:
         return PROFILES[self.network]
 
 
+@dataclass(frozen=True)
+class TopKChoice:
+    """One top-k call, all public: ``batch`` score vectors of ``g`` candidates, ``k``
+    kept, by ``protocol`` (what ``bench`` shows next to the step's cost)."""
+
+    g: int
+    k: int
+    batch: int
+    protocol: str
+
+    def label(self) -> str:
+        return f"{self.g}->{self.k}{f' x{self.batch}' if self.batch > 1 else ''} {self.protocol}"
+
+
 def is_public(x: Value) -> bool:
     return isinstance(x, torch.Tensor)
 
@@ -94,6 +108,7 @@ class CryptenBackend:
 
     def __init__(self, config: CryptenBackendConfig | None = None) -> None:
         self.config = config or CryptenBackendConfig()
+        self.topk_log: list[TopKChoice] = []  # public: what each top-k call ran (bench)
 
     # -- linear -------------------------------------------------------------------------
     def matmul(self, a: Value, b: Value) -> Value:
@@ -203,6 +218,7 @@ class CryptenBackend:
             return torch.zeros(*scores.shape[:-1], 0, g, dtype=torch.float64)
         batch = max(1, int(torch.Size(scores.shape[:-1]).numel()))
         protocol = self.protocol(g, k, batch, ordered)
+        self.topk_log.append(TopKChoice(g, k, batch, protocol))
         return topk.topk_onehot(secret(scores), k, protocol, ordered)
 
     def gather(self, onehot: Value, x: Value) -> Value:

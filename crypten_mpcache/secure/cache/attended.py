@@ -9,6 +9,13 @@ selection scatters p back (zeros elsewhere) and p V runs on the premasked V (ope
 H_q x N). Opened elements per step with clusters: H_q (D + region + k s + N) + H k G,
 against H_q D + 2 H k G + 2 H_kv (sink + k s + recent) D + H_q attended for gathering.
 
+The pick's opening of the region scores (H_q x region, "pick" in the cost report) is the
+floor of any selection in this premasked setting: picking columns of q K^T by a secret
+one-hot is a product of three secrets (q, K, the one-hot), and the dealer cannot
+pre-multiply the masks of q and of the one-hot across the opened, public K - B it must
+not see, so one side of size min(H_q N, H_kv D attended) has to be opened each step
+(docs/eviction_bounds.md).
+
 ``SelectedKeys`` / ``SelectedValues`` wrap the cache operands so that the secure
 attention code sees ordinary (K, V) operands whose length is the attended count.
 """
@@ -155,7 +162,7 @@ class _SelectedKeysT:
         """``x (B, H, r, D)`` -> scores ``(B, H, r, attended)``; opens x, then (for
         secret clusters) the region scores against the premasked one-hot."""
         scores = self._keys.transpose(-1, -2).rmatmul(x)
-        with operator_scope("gather"):
+        with operator_scope("pick"):
             return self._selection.pick(scores)
 
 

@@ -100,7 +100,7 @@ class MethodPolicy(CachePolicy):
             state = self.engine.prefill(index, layer.keys.value(), probs,
                                         lambda choice: self._compact(layer, choice))
             if state.clusters is not None and self.plan.dynamic.similarity != "maxbound":
-                reps = RepOperands(len(self.plan.dynamic.cluster_sizes))
+                reps = RepOperands(len(state.clusters.levels))
                 reps.sync(state.clusters, layer.premask, f"mpcache/layer{index}")
                 self._reps[index] = reps
 
