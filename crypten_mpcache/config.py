@@ -35,10 +35,11 @@ class MPCacheConfig:
         (``at_budget``) each coarser level keeps max(coarse_floor, 2 x the next level's
         ratio) of its clusters (authors: 0.5); lower means fewer candidates for the finer
         top-k, which under MPC costs with the square of its candidates.
-        max_candidates: with a budget, the most candidates any level's top-k competes
-        over (``DynamicSpec.for_context``): longer contexts get coarser levels on top
-        instead of a quadratic top-k; None keeps the configured levels at every context
-        (at 128 nothing changes up to ~4.1k tokens).
+        max_candidates / level_cost: with a budget, past max_candidates coarsest clusters
+        (~4.1k tokens at 128) the cost model (``algorithm.dynamic.hierarchy``) may put
+        coarser levels on top so that no top-k competes over much more than
+        max_candidates; level_cost prices one more level's rounds in comparisons (52k:
+        LAN profile, ~173k: WAN). None keeps the configured levels at every context.
         budget: optional cap on tokens
         attended per decode step (overrides the last-level ratio). alpha: weight of r_max
         in the linear representative. similarity: "linear" (MPCache) or "maxbound"
@@ -64,6 +65,7 @@ class MPCacheConfig:
     keep_ratios: tuple[float, ...] = (0.5, 0.2)
     coarse_floor: float = 0.5
     max_candidates: int | None = 128
+    level_cost: float = 52_000.0
     budget: Amount | None = None
     alpha: float = 0.6
     similarity: Literal["linear", "maxbound"] = "linear"
@@ -94,6 +96,8 @@ class MPCacheConfig:
         self._check_levels()
         if self.max_candidates is not None and self.max_candidates < 4:
             raise ValueError(f"max_candidates must be >= 4 or None, got {self.max_candidates}")
+        if self.level_cost < 0:
+            raise ValueError(f"level_cost must be >= 0, got {self.level_cost}")
         if not 0.0 < self.coarse_floor <= 1.0:
             raise ValueError(f"coarse_floor must be in (0, 1], got {self.coarse_floor}")
         if not 0.0 <= self.alpha <= 1.0:
@@ -192,7 +196,7 @@ class MPCacheConfig:
         return DynamicSpec(cluster_sizes=sizes, keep_ratios=ratios, alpha=self.alpha,
                            similarity=self.similarity, sink=self.sink_tokens,
                            recent=self.recent_tokens, scope=self.selection_scope,
-                           max_candidates=self.max_candidates)
+                           max_candidates=self.max_candidates, level_cost=self.level_cost)
 
     def static_spec(self) -> StaticSpec:
         return StaticSpec(keep=self.static_keep, window=self.window_ratio,

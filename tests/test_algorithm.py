@@ -227,12 +227,6 @@ def test_sharing_schedule_authors_pattern() -> None:
     assert sharing_schedule(8, dense_layers=(2,))[3] == 3
 
 
-def _candidates(counts: dynamic.StepCounts) -> list[int]:
-    """Candidates each level's top-k competes over (all clusters at the top)."""
-    fans = [a // b for a, b in zip(counts.sizes, counts.sizes[1:], strict=False)]
-    return [counts.totals[0]] + [k * f for k, f in zip(counts.ks, fans, strict=False)]
-
-
 @pytest.mark.parametrize("method", ["mpcache", "mpcache:paper"])
 def test_per_context_hierarchy_changes_nothing_up_to_4k(method: str) -> None:
     """Up to ~4.1k tokens the shipped configurations select exactly as with their
@@ -242,20 +236,35 @@ def test_per_context_hierarchy_changes_nothing_up_to_4k(method: str) -> None:
         fixed = replace(spec, max_candidates=None)
         for n in range(40, 4160, 13):
             cap = budget_tokens(budget, n)
-            assert spec.for_context(n).cluster_sizes == fixed.cluster_sizes
-            assert dynamic.step_counts(spec.for_context(n), n, cap) == \
+            chosen = dynamic.hierarchy(spec, n, cap)
+            assert chosen.cluster_sizes == fixed.cluster_sizes
+            assert dynamic.step_counts(chosen, n, cap) == \
                 dynamic.step_counts(fixed, n, cap), (budget, n)
 
 
 def test_per_context_hierarchy_bounds_every_top_k_at_16k() -> None:
-    """At 16k (5%) a coarser level goes on top: every top-k competes over ~128 candidates
-    (the configured two levels: 511 and 512), the budget still holds."""
+    """At 16k (5%) the cost model puts a coarser level on top: every top-k competes over
+    ~128 candidates (the configured two levels: 511 and 512), the budget still holds."""
     spec = resolve_method("mpcache", 0.05).plan().dynamic
     n, cap = 16384, budget_tokens(0.05, 16384)
-    deep = dynamic.step_counts(spec.for_context(n), n, cap)
+    deep = dynamic.step_counts(dynamic.hierarchy(spec, n, cap), n, cap)
     flat = dynamic.step_counts(replace(spec, max_candidates=None), n, cap)
     assert deep.sizes == (128, 32, 8) and flat.sizes == (32, 8)
-    assert max(_candidates(deep)) <= 132 and min(_candidates(flat)) >= 511
-    assert deep.attended <= cap and deep.attended >= 0.95 * flat.attended
+    assert max(dynamic.candidates(deep)) <= 132 and min(dynamic.candidates(flat)) >= 511
+    assert flat.attended >= deep.attended >= 0.95 * flat.attended
     # every level keeps a real choice: fewer than its candidates
-    assert all(k < c for k, c in zip(deep.ks, _candidates(deep), strict=True))
+    assert all(k < c for k, c in zip(deep.ks, dynamic.candidates(deep), strict=True))
+    assert dynamic.selection_cost(deep, spec.level_cost) < \
+        dynamic.selection_cost(flat, spec.level_cost) / 1.5
+
+
+def test_hierarchy_cost_model_weighs_rounds_against_comparisons() -> None:
+    """Rounds priced too high keep two levels at 16k; at 8k a 128-token top would force
+    up to 127 more recent tokens (under 3/4 of the chosen ones left), so it keeps them."""
+    spec = resolve_method("mpcache", 0.05).plan().dynamic
+    n, cap = 16384, budget_tokens(0.05, 16384)
+    assert dynamic.hierarchy(replace(spec, level_cost=1e6), n, cap).cluster_sizes == (32, 8)
+    assert dynamic.hierarchy(spec, 8192, budget_tokens(0.05, 8192)).cluster_sizes == (32, 8)
+    assert dynamic.hierarchy(spec, 12000, budget_tokens(0.05, 12000)).cluster_sizes == \
+        (128, 32, 8)
+    assert dynamic.hierarchy(spec, n, None).cluster_sizes == (32, 8)  # ratio mode: as set

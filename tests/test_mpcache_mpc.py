@@ -51,7 +51,8 @@ DEFAULT_PROMPT, DEFAULT_BUDGET = 160, 64
 # The per-context hierarchy at a size a tiny model can run: 16/4-token clusters with at
 # most 4 candidates per level become 64/16/4 at 224 tokens (the shipped default does the
 # same past ~4.1k tokens: 128/32/8).
-DEEP = MPCacheConfig.default(budget=0.25, cluster_sizes=(16, 4), max_candidates=4)
+DEEP = MPCacheConfig.default(budget=0.25, cluster_sizes=(16, 4), max_candidates=4,
+                             level_cost=0.0)
 
 
 def save_llama(folder: Path, seed: int, kv_heads: int) -> str:
@@ -98,7 +99,9 @@ def expected_selections(inputs: AttentionInputs, config: MPCacheConfig, prompt_l
             keys = torch.cat([keys0.gather(2, index), keys[..., prompt_len:, :]], dim=-2)
         budget = budget_tokens(config.budget, prompt_len + step) if config.budget else None
         rows = prompt_len if kept is None else int(kept.shape[-1])
-        counts = dynamic.step_counts(spec.for_context(rows), int(keys.shape[-2]), budget)
+        prefill_budget = budget_tokens(config.budget, prompt_len) if config.budget else None
+        counts = dynamic.step_counts(dynamic.hierarchy(spec, rows, prefill_budget),
+                                     int(keys.shape[-2]), budget)
         if counts.dense or counts.ks[-1] == 0:
             assert record["clusters"] is None or record["clusters"].numel() == 0, (layer, step)
             continue
@@ -380,7 +383,8 @@ def test_secure_selections_and_tokens_equal_plaintext(tmp_path, seed, kv_heads, 
     selecting = [r for r in decode if r["selector"] == r["layer"]]
     # selection really happened: every selecting layer chose k >= 1 clusters at every step
     # (a budget below sink + recent gives k = 0 and nothing to test), fewer than all
-    spec = config.dynamic_spec().for_context(length)
+    spec = dynamic.hierarchy(config.dynamic_spec(), length,
+                             budget_tokens(config.budget, length) if config.budget else None)
     for record in selecting:
         assert record["clusters"] is not None and record["clusters"].numel() > 0, record
         assert record["attended"] < record["step"] + length, record

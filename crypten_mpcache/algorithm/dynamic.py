@@ -16,7 +16,7 @@ ascending order; tokens are fetched by chained one-hot gathers, so attention run
 Counts: in ratio mode k_l = ceil(ratio_l * G_l) (G_l = all level-l clusters of the region),
 clamped to the children of the kept parents. In budget mode (tokens attended per step)
 k_last = floor((budget - S - recent) / s_last) and the coarser levels keep at least enough
-parents for it; in a hierarchy deepened by ``spec.for_context`` (``max_candidates`` = M)
+parents for it; in a hierarchy deepened by ``hierarchy`` (``max_candidates`` = M)
 at least 1.5 x that (so the level below really chooses) and otherwise at most M / fan
 (so the level below chooses among at most M); when sink + recent alone exceed the budget
 the oldest recent tokens are left out. A cache no longer than the budget (or, in ratio
@@ -109,6 +109,58 @@ def step_counts(spec: DynamicSpec, n_tokens: int, budget: int | None) -> StepCou
             ks.insert(0, 0 if last == 0 else min(totals[level], max(1, need, want)))
         return StepCounts(n_tokens, sink, sizes, n_top, tuple(ks), False, drop, shared)
     return StepCounts(n_tokens, sink, sizes, n_top, tuple(ks), False, shared_heads=shared)
+
+
+def candidates(counts: StepCounts) -> list[int]:
+    """How many candidates each level's top-k competes over (all clusters at the top)."""
+    fans = [a // b for a, b in zip(counts.sizes, counts.sizes[1:], strict=False)]
+    return [counts.totals[0]] + [k * f for k, f in zip(counts.ks, fans, strict=False)]
+
+
+def selection_cost(counts: StepCounts, level_cost: float) -> float:
+    """The cost model of ``hierarchy``, in comparisons: the rank top-k's C (C - 1) / 2 per
+    level of C candidates, plus ``level_cost`` per level for its rounds."""
+    if counts.dense or counts.ks[-1] == 0:
+        return 0.0
+    return sum(c * (c - 1) / 2 for c in candidates(counts)) + level_cost * len(counts.sizes)
+
+
+def hierarchy(spec: DynamicSpec, n_tokens: int, budget: int | None) -> DynamicSpec:
+    """The hierarchy of a sequence whose cache holds ``n_tokens`` at the end of prefill
+    (public), fixed for the sequence; the plaintext mirror and MPC run the same.
+
+    Why: under MPC a top-k over C candidates costs ~C^2 / 2 comparisons (rank protocol)
+    and the composed one-hot grows with the coarsest level, so a hierarchy tuned at 2k-4k
+    grows quadratically at 16k. With ``spec.max_candidates`` = M, a budget and at least
+    two levels, when the coarsest level would hold more than M full clusters this weighs
+    the configured hierarchy against 1, 2, ... levels ``growth`` times coarser on top
+    (up to one more than it takes to bring the top to M; an option whose coarser top
+    forces so many recent tokens that under 3/4 of the budget's chosen tokens are left is
+    out) by ``selection_cost``: a level
+    costs ``spec.level_cost`` comparisons for its rounds (the default prices ~11 rounds on
+    the LAN profile; ~173k prices them on the WAN one). In a deepened hierarchy
+    ``step_counts`` keeps at most M / fan of a level's clusters (unless the budget needs
+    more) and at least 1.5 x what the level below needs. Up to M coarsest clusters the
+    configured hierarchy is kept as it is, so short contexts select exactly as before.
+    """
+    configured = spec.deepened(0)
+    region = n_tokens - min(spec.sink, n_tokens) - spec.recent
+    if (spec.max_candidates is None or budget is None or len(spec.cluster_sizes) < 2
+            or region // spec.cluster_sizes[0] <= spec.max_candidates):
+        return configured
+    needed = 0
+    while region // (spec.cluster_sizes[0] * spec.growth ** needed) > spec.max_candidates:
+        needed += 1
+    base = step_counts(configured, n_tokens, budget)
+    options = [configured]
+    for depth in range(1, needed + 2):
+        option = spec.deepened(depth)
+        counts = step_counts(option, n_tokens, budget)
+        # a coarser top forces up to its size - 1 more recent tokens: keep >= 3/4 chosen
+        if counts.ks[-1] * counts.sizes[-1] >= 0.75 * base.ks[-1] * base.sizes[-1] > 0:
+            options.append(option)
+    return min(options, key=lambda s: selection_cost(step_counts(s, n_tokens, budget),
+                                                     s.level_cost))
 
 
 def descend(backend: Backend, grouped: Value, onehots: list[Value], sizes: tuple[int, ...],

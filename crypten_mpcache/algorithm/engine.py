@@ -129,7 +129,8 @@ class Engine:
             state.frozen = counts.sink + counts.n_select
             state.recent = counts.window
         if self.selects(layer) and self.selector(layer) == layer:
-            spec = state.spec = self.plan.dynamic.for_context(state.rows)
+            spec = state.spec = dynamic.hierarchy(self.plan.dynamic, state.rows,
+                                                  self.budget(state.seen))
             state.clusters = ClusterState(self.backend, spec.cluster_sizes, spec.sink,
                                           spec.alpha, spec.similarity)
             state.clusters.build(keys)

@@ -79,8 +79,9 @@ class DynamicSpec:
     ``keep_ratios`` has one ratio per level (fraction of ALL clusters of that level).
     ``similarity``: "linear" (q . (alpha r_max + (1 - alpha) r_min), one inner product per
     cluster), "maxbound" (exact upper bound of q.k over the box, Quest) or "mean"
-    (q . mean key, InfLLM-like). ``max_candidates`` / ``growth``: the per-context
-    hierarchy of ``for_context`` (None: the configured levels at every context).
+    (q . mean key, InfLLM-like). ``max_candidates`` / ``growth`` / ``level_cost``: the
+    per-context hierarchy of ``dynamic.hierarchy`` (None: the configured levels at every
+    context).
     """
 
     cluster_sizes: tuple[int, ...] = (32, 16)
@@ -92,6 +93,7 @@ class DynamicSpec:
     scope: Literal["kv_head", "layer"] = "kv_head"
     max_candidates: int | None = None
     growth: int = 4
+    level_cost: float = 52_000.0
 
     def __post_init__(self) -> None:
         if self.max_candidates is not None and self.max_candidates < self.growth:
@@ -99,28 +101,18 @@ class DynamicSpec:
                              f"got {self.max_candidates}")
         if self.growth < 2:
             raise ValueError(f"growth must be >= 2, got {self.growth}")
+        if self.level_cost < 0:
+            raise ValueError(f"level_cost must be >= 0, got {self.level_cost}")
 
-    def for_context(self, n_tokens: int) -> DynamicSpec:
-        """The hierarchy for a cache of ``n_tokens`` (public), fixed for a sequence.
-
-        Why: a top-k over G candidates costs ~G^2 / 2 comparisons under MPC (rank
-        protocol) and the composed one-hot of the coarsest level G x k, so a hierarchy
-        tuned at 2k-4k grows quadratically at 16k. With ``max_candidates`` = M set (and
-        at least two levels), while the coarsest level would hold more than M full
-        clusters, a level ``growth`` times coarser is put on top (same keep ratio as the
-        coarsest); ``step_counts`` then keeps at most M / fan of a level's clusters so
-        that no top-k below it competes over more than M candidates (unless the budget
-        needs more), and at least 1.5 x what the level below needs (a real choice). A
-        cache whose coarsest level has at most M clusters keeps the configured hierarchy
-        and counts (``max_candidates`` cleared), so short contexts select exactly as
-        before.
-        """
-        region = n_tokens - min(self.sink, n_tokens) - self.recent
-        if (self.max_candidates is None or len(self.cluster_sizes) < 2
-                or region // self.cluster_sizes[0] <= self.max_candidates):
-            return replace(self, max_candidates=None)  # the configured levels, as they are
+    def deepened(self, levels: int) -> DynamicSpec:
+        """This hierarchy with ``levels`` coarser levels on top, each ``growth`` times the
+        one below with the coarsest keep ratio (``dynamic.hierarchy`` picks how many);
+        ``levels=0`` is the configured hierarchy with plain counts (``max_candidates``
+        cleared: ``step_counts`` caps only a deepened one)."""
+        if levels == 0:
+            return replace(self, max_candidates=None)
         sizes, ratios = list(self.cluster_sizes), list(self.keep_ratios)
-        while region // sizes[0] > self.max_candidates:
+        for _ in range(levels):
             sizes.insert(0, sizes[0] * self.growth)
             ratios.insert(0, ratios[0])
         return replace(self, cluster_sizes=tuple(sizes), keep_ratios=tuple(ratios))
