@@ -259,12 +259,13 @@ def test_per_context_hierarchy_bounds_every_top_k_at_16k() -> None:
 
 
 def test_hierarchy_cost_model_weighs_rounds_against_comparisons() -> None:
-    """Rounds priced too high keep two levels at 16k; at 8k a 128-token top would force
-    up to 127 more recent tokens (under 3/4 of the chosen ones left), so it keeps them."""
+    """At 8k a level's rounds priced for the LAN buy a coarser top, priced for the WAN
+    they do not; priced too high they keep two levels even at 16k. At 4.2k a 128-token
+    top would force up to 127 more recent tokens (under 2/3 of the chosen ones left)."""
     spec = resolve_method("mpcache", 0.05).plan().dynamic
-    n, cap = 16384, budget_tokens(0.05, 16384)
-    assert dynamic.hierarchy(replace(spec, level_cost=1e6), n, cap).cluster_sizes == (32, 8)
-    assert dynamic.hierarchy(spec, 8192, budget_tokens(0.05, 8192)).cluster_sizes == (32, 8)
-    assert dynamic.hierarchy(spec, 12000, budget_tokens(0.05, 12000)).cluster_sizes == \
-        (128, 32, 8)
-    assert dynamic.hierarchy(spec, n, None).cluster_sizes == (32, 8)  # ratio mode: as set
+    at = lambda s, n: dynamic.hierarchy(s, n, budget_tokens(0.05, n)).cluster_sizes  # noqa: E731
+    assert at(spec, 8192) == (128, 32, 8)
+    assert at(replace(spec, level_cost=173_000.0), 8192) == (32, 8)
+    assert at(replace(spec, level_cost=1e6), 16384) == (32, 8)
+    assert at(replace(spec, level_cost=0.0), 4200) == (32, 8)
+    assert dynamic.hierarchy(spec, 16384, None).cluster_sizes == (32, 8)  # ratio mode

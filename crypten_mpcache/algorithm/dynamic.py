@@ -117,12 +117,22 @@ def candidates(counts: StepCounts) -> list[int]:
     return [counts.totals[0]] + [k * f for k, f in zip(counts.ks, fans, strict=False)]
 
 
+OPENED_PER_COMPARISON = 4.0  # a masked comparison sends ~4x the bytes of an opened element
+
+
 def selection_cost(counts: StepCounts, level_cost: float) -> float:
     """The cost model of ``hierarchy``, in comparisons: the rank top-k's C (C - 1) / 2 per
-    level of C candidates, plus ``level_cost`` per level for its rounds."""
+    level of C candidates, ``level_cost`` per level for its rounds, and the one-hots the
+    secure cache opens (composing the levels, premasking the absolute one-hot) at
+    1 / ``OPENED_PER_COMPARISON`` comparison per element."""
     if counts.dense or counts.ks[-1] == 0:
         return 0.0
-    return sum(c * (c - 1) / 2 for c in candidates(counts)) + level_cost * len(counts.sizes)
+    ks, totals = counts.ks, counts.totals
+    opened = ks[-1] * totals[-1] + sum(
+        (counts.sizes[lv - 1] // counts.sizes[lv]) * ks[lv] * ks[lv - 1]
+        + ks[lv - 1] * totals[lv - 1] for lv in range(1, len(ks)))
+    return (sum(c * (c - 1) / 2 for c in candidates(counts)) + level_cost * len(ks)
+            + opened / OPENED_PER_COMPARISON)
 
 
 def hierarchy(spec: DynamicSpec, n_tokens: int, budget: int | None) -> DynamicSpec:
@@ -135,7 +145,7 @@ def hierarchy(spec: DynamicSpec, n_tokens: int, budget: int | None) -> DynamicSp
     two levels, when the coarsest level would hold more than M full clusters this weighs
     the configured hierarchy against 1, 2, ... levels ``growth`` times coarser on top
     (up to one more than it takes to bring the top to M; an option whose coarser top
-    forces so many recent tokens that under 3/4 of the budget's chosen tokens are left is
+    forces so many recent tokens that under 2/3 of the budget's chosen tokens are left is
     out) by ``selection_cost``: a level
     costs ``spec.level_cost`` comparisons for its rounds (the default prices ~11 rounds on
     the LAN profile; ~173k prices them on the WAN one). In a deepened hierarchy
@@ -156,8 +166,8 @@ def hierarchy(spec: DynamicSpec, n_tokens: int, budget: int | None) -> DynamicSp
     for depth in range(1, needed + 2):
         option = spec.deepened(depth)
         counts = step_counts(option, n_tokens, budget)
-        # a coarser top forces up to its size - 1 more recent tokens: keep >= 3/4 chosen
-        if counts.ks[-1] * counts.sizes[-1] >= 0.75 * base.ks[-1] * base.sizes[-1] > 0:
+        # a coarser top forces up to its size - 1 more recent tokens: keep >= 2/3 chosen
+        if 3 * counts.ks[-1] * counts.sizes[-1] >= 2 * base.ks[-1] * base.sizes[-1] > 0:
             options.append(option)
     return min(options, key=lambda s: selection_cost(step_counts(s, n_tokens, budget),
                                                      s.level_cost))
