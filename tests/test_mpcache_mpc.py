@@ -48,10 +48,11 @@ BUDGETED = replace(RATIO, static_keep=0.3, keep_ratios=(0.5, 0.2), budget=BUDGET
 # the top-k really chooses: at 160 tokens and 64 tokens a step it keeps 3 clusters of 8
 # out of the children of its best coarse clusters at every step.
 DEFAULT_PROMPT, DEFAULT_BUDGET = 160, 64
-# The per-context hierarchy at a size a tiny model can run: 16/4-token clusters with at
-# most 4 candidates per level become 64/16/4 at 224 tokens (the shipped default does the
-# same past ~4.1k tokens: 128/32/8).
-DEEP = MPCacheConfig.default(budget=0.25, cluster_sizes=(16, 4), max_candidates=4,
+# The per-context hierarchy at a size a tiny model can run: 16/2-token clusters with at
+# most 4 candidates per level become 64/16/2 at 224 tokens (the shipped default does the
+# same past ~4.1k tokens: 128/32/8), and the secure pick goes through two one-hots
+# (``selection_operands.chain_last_level``, as the default from ~12k tokens).
+DEEP = MPCacheConfig.default(budget=0.25, cluster_sizes=(16, 2), max_candidates=4,
                              level_cost=0.0)
 
 
@@ -451,3 +452,59 @@ def test_transcript_does_not_depend_on_the_prompt(tmp_path):
     first, second = (generate_ids(prompt(seed), config) for seed in (7, 8))
     assert prompt(7) != prompt(8)
     assert_same_transcript(first.cost, second.cost)
+
+
+def test_chained_pick_and_scatter_equal_the_absolute_one_hot():
+    """Picking the attended scores through the next-to-last level's absolute one-hot and
+    the last level's local one (long contexts) gives exactly what one absolute one-hot
+    gives, and scatter puts the probabilities back in the same columns; the cost rule
+    chooses the chain at 16k (Llama-3-8B, 5%) and not at 4k."""
+    from crypten_mpcache.secure.backend import CryptenBackend
+    from crypten_mpcache.secure.cache.attended import ClusterSelection
+    from crypten_mpcache.secure.cache.selection_operands import (
+        chain_last_level,
+        selection_operands,
+    )
+
+    dims = [(3, 12), (4, 3 * 4), (5, 4 * 2)]  # local one-hots of levels 16 / 4 / 2
+    counts = dynamic.StepCounts(2 + 12 * 16 + 3, 2, (16, 4, 2), 12, (3, 4, 5), False)
+    assert counts.totals == (12, 48, 96)
+    scores = torch.randn(1, 2, 3, counts.n_tokens, dtype=torch.float64,
+                         generator=torch.Generator().manual_seed(4))
+    plain = [_random_onehot(r, c, seed=30 + i) for i, (r, c) in enumerate(dims)]
+
+    def run():
+        import crypten
+
+        backend, out = CryptenBackend(), {}
+        secret_scores = crypten.cryptensor(scores)
+        for chain in (False, True):
+            secrets = [crypten.cryptensor(o) for o in plain]
+            operands = selection_operands(backend, secrets, counts, 3, True, f"t{chain}",
+                                          chain=chain)
+            selection = ClusterSelection(counts, operands)
+            picked = selection.pick(secret_scores)
+            out[chain] = (picked.get_plain_text(),
+                          selection.scatter(picked).get_plain_text())
+        return out
+
+    out = launch(run, config=TFP)[0]
+    absolute = absolute_onehot(PLAIN, plain, counts)  # (1, 2, 5, 96) over 2-token clusters
+    region = scores[..., 2: 194].reshape(1, 2, 3, 96, 2)
+    want = torch.einsum("bhkg,bhrgs->bhrks", absolute, region).reshape(1, 2, 3, 10)
+    want = torch.cat([scores[..., :2], want, scores[..., 194:]], dim=-1)
+    back = scores.clone()
+    back[..., 2:194] *= absolute.sum(-2).repeat_interleave(2, -1)[:, :, None]
+    for chain in (False, True):
+        picked, scattered = (x.double() for x in out[chain])
+        assert torch.allclose(picked, want, atol=1e-3), chain
+        assert torch.allclose(scattered, back, atol=1e-3), chain
+    deep = dynamic.hierarchy(DEEP.dynamic_spec(), 224, budget_tokens(0.25, 224))
+    for n in range(225, 224 + STEPS):  # the deepened MPC case above runs the chain
+        step = dynamic.step_counts(deep, n, budget_tokens(0.25, n))
+        assert len(step.sizes) == 3 and chain_last_level(step, 4), step
+    llama3 = resolve_method("mpcache", 0.05).plan().dynamic
+    for n, chained in ((4096, False), (16384, True)):
+        budget = budget_tokens(0.05, n)
+        step = dynamic.step_counts(dynamic.hierarchy(llama3, n, budget), n, budget)
+        assert chain_last_level(step, 32) is chained

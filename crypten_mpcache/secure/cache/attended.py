@@ -74,16 +74,18 @@ class WindowSelection:
 @dataclass(frozen=True)
 class ClusterSelection:
     """The sinks and the recent tokens (public positions: plain slices) and ``k`` finest
-    clusters of the competing region, chosen by the secret one-hot ``onehot``
-    ``(B, H, k, G)`` (a fixed operand: masked and opened once per step, then every
-    product with it opens only the other side; None when no cluster is kept)."""
+    clusters of the competing region, chosen by secret one-hots premasked once per step
+    (``selection_operands.PickOperands``: every product with them opens only the other
+    side; None when no cluster is kept): ``fine`` over all finest clusters, or
+    ``coarse`` over the next-to-last level's clusters and ``fine`` over the children of
+    the ones it keeps (then the pick and the scatter go through both)."""
 
     counts: dynamic.StepCounts
-    onehot: Any | None
+    operands: Any | None
 
     @property
     def kept(self) -> int:
-        return 0 if self.onehot is None else self.counts.ks[-1]
+        return 0 if self.operands is None else self.counts.ks[-1]
 
     @property
     def recent_from(self) -> int:
@@ -97,33 +99,56 @@ class ClusterSelection:
     def pick(self, scores: Any) -> Any:
         c = self.counts
         parts = [scores[..., : c.sink]]
-        if self.onehot is not None:
-            b, h, r, _ = scores.shape
-            size, groups = c.sizes[-1], c.totals[-1]
-            region = scores[..., c.sink: c.recent_start].reshape(b, h, r, groups, size)
-            region = region.transpose(-1, -2).reshape(b, h, r * size, groups)
-            picked = self.onehot.transpose(-1, -2).rmatmul(region)  # (B, H, r s, k)
-            picked = picked.reshape(b, h, r, size, self.kept).transpose(-1, -2)
-            parts.append(picked.reshape(b, h, r, self.kept * size))
+        if self.operands is not None:
+            region = scores[..., c.sink: c.recent_start]
+            if self.operands.coarse is None:
+                picked = _pick(region, self.operands.fine, c.sizes[-1])
+            else:  # the kept next-to-last clusters, whose children are the candidates
+                mid = _pick(region, self.operands.coarse, c.sizes[-2])  # (b, h, r, kc sc)
+                picked = _pick(mid, self.operands.fine, c.sizes[-1])
+            parts.append(picked)
         parts.append(scores[..., self.recent_from:])
         return _cat_columns(parts)
 
     def scatter(self, probs: Any) -> Any:
         c = self.counts
-        b, h, r, _ = probs.shape
-        size, end = c.sizes[-1], c.sink + self.kept * c.sizes[-1]
+        end = c.sink + self.kept * c.sizes[-1]
         parts = [probs[..., : c.sink]]
-        if self.onehot is not None:
-            picked = probs[..., c.sink: end].reshape(b, h, r, self.kept, size)
-            picked = picked.transpose(-1, -2).reshape(b, h, r * size, self.kept)
-            region = self.onehot.rmatmul(picked)  # (B, H, r s, G)
-            region = region.reshape(b, h, r, size, c.totals[-1]).transpose(-1, -2)
-            parts.append(region.reshape(b, h, r, c.totals[-1] * size))
+        if self.operands is not None:
+            picked = probs[..., c.sink: end]
+            if self.operands.coarse is None:
+                parts.append(_scatter(picked, self.operands.fine, c.sizes[-1]))
+            else:
+                mid = _scatter(picked, self.operands.fine, c.sizes[-1])  # (b, h, r, kc sc)
+                parts.append(_scatter(mid, self.operands.coarse, c.sizes[-2]))
         else:
+            b, h, r, _ = probs.shape
             parts.append(torch.zeros(b, h, r, c.recent_start - c.sink, dtype=torch.float64))
+        b, h, r, _ = probs.shape
         parts.append(torch.zeros(b, h, r, c.recent_drop, dtype=torch.float64))
         parts.append(probs[..., end:])
         return _cat_columns(parts)
+
+
+def _pick(columns: Any, onehot: Any, size: int) -> Any:
+    """``columns (b, h, r, G size)`` grouped in G clusters of ``size`` -> the k clusters
+    the premasked ``onehot (b, h, k, G)`` picks, ``(b, h, r, k size)`` (opens columns)."""
+    b, h, r, width = columns.shape
+    groups = width // size
+    kept = int(onehot.shape[-2])
+    x = columns.reshape(b, h, r, groups, size).transpose(-1, -2).reshape(b, h, r * size, groups)
+    x = onehot.transpose(-1, -2).rmatmul(x)  # (b, h, r size, k)
+    return x.reshape(b, h, r, size, kept).transpose(-1, -2).reshape(b, h, r, kept * size)
+
+
+def _scatter(columns: Any, onehot: Any, size: int) -> Any:
+    """The inverse placement of ``_pick``: ``(b, h, r, k size)`` -> ``(b, h, r, G size)``
+    with zeros in the clusters not picked (opens columns)."""
+    b, h, r, width = columns.shape
+    kept, groups = int(onehot.shape[-2]), int(onehot.shape[-1])
+    x = columns.reshape(b, h, r, kept, size).transpose(-1, -2).reshape(b, h, r * size, kept)
+    x = onehot.rmatmul(x)  # (b, h, r size, G)
+    return x.reshape(b, h, r, size, groups).transpose(-1, -2).reshape(b, h, r, groups * size)
 
 
 def _cat_columns(parts: list[Any]) -> Any:

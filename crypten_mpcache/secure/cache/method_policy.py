@@ -10,10 +10,11 @@ them into operations on premasked operands:
   selects dynamically premasks its cluster representatives (``RepOperands``).
 - Every decode step: a query-aware choice scores every full cluster against the
   premasked representatives (opens the summed query), its per-level one-hots are
-  composed into one absolute one-hot, premasked once per step and shared with the
-  layers that reuse the selection; attention reads it through ``SelectedKeys`` /
-  ``SelectedValues`` (``secure.cache.attended``: scores first, then select). Sliding-window
-  methods attend to a public window of the cache the same way.
+  composed into one absolute one-hot (at long contexts: two, ``selection_operands``),
+  premasked once per step and shared with the layers that reuse the selection;
+  attention reads it through ``SelectedKeys`` / ``SelectedValues``
+  (``secure.cache.attended``: scores first, then select). Sliding-window methods attend
+  to a public window of the cache the same way.
 
 Not supported under MPC: decode-time heavy-hitter eviction (H2O), whose choice at every
 step depends on the attention the previous steps computed; it fails at construction.
@@ -50,8 +51,8 @@ from crypten_mpcache.secure.cache.attended import (
 from crypten_mpcache.secure.cache.kv_cache import CachePolicy, FullCache, SecureKVLayer
 from crypten_mpcache.secure.cache.selection_operands import (
     RepOperands,
-    absolute_onehot,
     compaction_matrix,
+    selection_operands,
 )
 from crypten_mpcache.secure.primitives.premask import fixed_operands
 
@@ -129,10 +130,11 @@ class MethodPolicy(CachePolicy):
         elif choice.selects:
             if choice.fresh and choice.onehots:
                 with operator_scope("gather"):
-                    absolute = absolute_onehot(self.backend, choice.onehots, choice.counts)
                     name = f"mpcache/layer{index}/step{self.engine.layers[index].step}/selection"
-                    choice.payload = fixed_operands([absolute], names=[name],
-                                                    premask=layer.premask)[0]
+                    rows = int(query.shape[1]) // int(choice.onehots[0].shape[1])
+                    choice.payload = selection_operands(self.backend, choice.onehots,
+                                                        choice.counts, rows, layer.premask,
+                                                        name)
             selection = ClusterSelection(choice.counts, choice.payload)
         else:
             return layer.keys, layer.values

@@ -4,6 +4,9 @@
   K and V are compacted by ONE product with the premasked cache.
 - ``absolute_onehot``: a step's per-level one-hots composed into one one-hot over the
   finest clusters, masked and opened once per step.
+- ``selection_operands``: the step's selection as premasked one-hots for
+  ``attended.ClusterSelection``: the absolute one-hot, or (at long contexts, where it is
+  cheaper) the absolute one-hot of the next-to-last level and the last level's local one.
 - ``RepOperands``: the cluster representatives, masked once when their cluster fills,
   so each step's scores open only the summed query.
 """
@@ -50,6 +53,58 @@ def absolute_onehot(backend: Any, onehots: list[Any], counts: dynamic.StepCounts
         fan = counts.sizes[level - 1] // counts.sizes[level]
         absolute = _compose(backend, onehots[level], absolute, fan)
     return absolute
+
+
+def _composition_elements(counts: dynamic.StepCounts, levels: int) -> int:
+    """Elements ``absolute_onehot`` opens composing the first ``levels`` levels."""
+    ks, totals = counts.ks, counts.totals
+    return sum((counts.sizes[lv - 1] // counts.sizes[lv]) * ks[lv] * ks[lv - 1]
+               + ks[lv - 1] * totals[lv - 1] for lv in range(1, levels))
+
+
+def chain_last_level(counts: dynamic.StepCounts, query_rows: int) -> bool:
+    """Whether picking through two one-hots opens fewer elements than through one.
+
+    One absolute one-hot over the finest clusters opens k_L x G_L when premasked (G_L
+    grows with the context). Two (the next-to-last level's absolute one-hot, k_(L-1) x
+    G_(L-1), and the last level's local one over its k_(L-1) f candidates) open far less
+    one-hot, but the pick and the scatter each open the ``query_rows`` x k_(L-1) s_(L-1)
+    intermediate scores once more. Public counts only: the same for every party."""
+    levels = len(counts.ks)
+    if levels < 2 or counts.dense or counts.ks[-1] == 0:
+        return False
+    ks, totals, sizes = counts.ks, counts.totals, counts.sizes
+    one = ks[-1] * totals[-1] + _composition_elements(counts, levels)
+    fan = sizes[-2] // sizes[-1]
+    two = (ks[-2] * totals[-2] + _composition_elements(counts, levels - 1)
+           + ks[-1] * ks[-2] * fan + 2 * query_rows * ks[-2] * sizes[-2])
+    return two < one
+
+
+@dataclass(frozen=True)
+class PickOperands:
+    """A step's selection, premasked: ``fine`` over the finest clusters (``coarse`` is
+    None), or ``coarse`` over the next-to-last level's clusters and ``fine`` over the
+    children of the clusters it keeps (``chain_last_level``)."""
+
+    fine: Any
+    coarse: Any | None = None
+
+
+def selection_operands(backend: Any, onehots: list[Any], counts: dynamic.StepCounts,
+                       query_rows: int, premask: bool, name: str,
+                       chain: bool | None = None) -> PickOperands:
+    """Premask the step's selection (one opening) in the cheaper of the two forms
+    (``chain`` forces one: tests)."""
+    if chain is None:
+        chain = chain_last_level(counts, query_rows)
+    if chain:
+        coarse = absolute_onehot(backend, onehots[:-1], counts)
+        masked = fixed_operands([coarse, onehots[-1]], names=[f"{name}/coarse", f"{name}/fine"],
+                                premask=premask)
+        return PickOperands(fine=masked[1], coarse=masked[0])
+    absolute = absolute_onehot(backend, onehots, counts)
+    return PickOperands(fine=fixed_operands([absolute], names=[name], premask=premask)[0])
 
 
 def _compose(backend: Any, child: Any, parent: Any, fan: int) -> Any:
@@ -102,4 +157,5 @@ class RepOperands:
         return self.operands[level].transpose(-1, -2).rmatmul(query_sum)[..., 0, :]
 
 
-__all__ = ["RepOperands", "absolute_onehot", "compaction_matrix"]
+__all__ = ["PickOperands", "RepOperands", "absolute_onehot", "chain_last_level",
+           "compaction_matrix", "selection_operands"]
