@@ -105,7 +105,8 @@ class ClusterSelection:
                 picked = _pick(region, self.operands.fine, c.sizes[-1])
             else:  # the kept next-to-last clusters, whose children are the candidates
                 mid = _pick(region, self.operands.coarse, c.sizes[-2])  # (b, h, r, kc sc)
-                picked = _pick(mid, self.operands.fine, c.sizes[-1])
+                with operator_scope("gather"):  # the "pick" stays the one region opening
+                    picked = _pick(mid, self.operands.fine, c.sizes[-1])
             parts.append(picked)
         parts.append(scores[..., self.recent_from:])
         return _cat_columns(parts)
