@@ -2,8 +2,9 @@
 
 ``generation_party(task)`` is what ``private.generate_ids`` launches in every party
 process (``runtime.launcher.launch`` forks it). Party 0 (model owner) loads the real
-weights; every other party builds the model from its config alone and never holds the
-weights (``weight_checksums`` lets tests check that). Party 1 (client) encrypts its prompt
+weights; every other party builds the model from its config alone on the meta device and
+never holds, nor allocates, the weights (``weight_checksums`` lets tests check that; the
+dealer process never builds a model). Party 1 (client) encrypts its prompt
 as one-hot tokens and is the only one to learn the generated tokens: the secure argmax
 one-hot is fed back as the next input and stays secret; only its index is opened, to
 party 1 (``secure.primitives.reveal``).
@@ -17,6 +18,7 @@ from typing import Any
 import crypten
 import crypten.communicator as comm
 import torch
+from accelerate import init_empty_weights
 from tqdm import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -62,18 +64,24 @@ def party_policy(task: PartyTask, n_layers: int) -> Any:
 
 
 def load_party_model(folder: str, owner: bool) -> torch.nn.Module:
-    """The owner loads the real weights; everyone else builds the model from its config."""
+    """The owner loads the real weights (straight into the model, without a second copy:
+    ``low_cpu_mem_usage``); everyone else builds the skeleton from the config on the meta
+    device (accelerate's ``init_empty_weights``): shapes, no weight is ever allocated."""
     if owner:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32,
+                                                     low_cpu_mem_usage=True)
     else:
         config = AutoConfig.from_pretrained(folder)
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        with init_empty_weights():
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     return model.eval()
 
 
-def weight_checksums(model: torch.nn.Module) -> dict[str, float]:
-    """A checksum per parameter, so tests can see whose weights a party holds."""
-    return {name: float(p.detach().double().sum()) for name, p in model.named_parameters()}
+def weight_checksums(model: torch.nn.Module) -> dict[str, float | None]:
+    """A checksum per parameter (None on the meta device: no values held), so tests can
+    see whose weights a party holds."""
+    return {name: None if p.is_meta else float(p.detach().double().sum())
+            for name, p in model.named_parameters()}
 
 
 def _client_onehot(task: PartyTask, rank: int, vocab: int) -> torch.Tensor:

@@ -84,8 +84,8 @@ def test_client_never_holds_weights_and_only_named_reveals_happen(tmp_path):
     outputs = launch(counting_party, task, config=LaunchConfig(parties=2, dealer="tfp"))
     owner, client = outputs
     assert owner["checksums"] == pytest.approx(real)
-    assert client["checksums"].keys() == real.keys()
-    assert all(client["checksums"][n] != pytest.approx(real[n]) for n in real)
+    # the client built the model on the meta device: no parameter holds a value
+    assert client["checksums"] == dict.fromkeys(real)
     for party in outputs:
         assert party["reveals"]["counts"] == {"reveal_generated_token": 3,
                                               "debug_reveal_logits": 3}

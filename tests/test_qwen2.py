@@ -127,7 +127,7 @@ def test_biases_are_encrypted_and_premasked_and_the_client_holds_none(folder):
     task = PartyTask(folder, tuple(prompt(8)), 2, True, "full", True, False)
     owner, client = launch(bias_party, task, config=LaunchConfig(parties=2, dealer="tfp"))
     assert owner["checksums"] == pytest.approx(real)
-    assert all(client["checksums"][n] != pytest.approx(real[n]) for n in biases)
+    assert client["checksums"] == dict.fromkeys(real)  # meta device: no values at all
     for party in (owner, client):  # q, k, v of 3 layers, premasked with their weights
         assert party["bias_operands"] == ["FixedOperand"] * 9
 

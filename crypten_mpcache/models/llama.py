@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import crypten
+import crypten.communicator as comm
 import torch
 from torch import nn
 
@@ -54,9 +55,22 @@ class SecureModelOptions:
 # --- encrypted weights -----------------------------------------------------------------
 
 
+def owner_values(weight: torch.Tensor, options: SecureModelOptions) -> torch.Tensor:
+    """What this party passes to ``crypten.cryptensor(..., src)``: the owner its weight;
+    every other party holds the model on the meta device (no values, only shapes:
+    ``generation_party.load_party_model``) and passes zeros of the public shape, which
+    CrypTen ignores at a non-source party."""
+    if weight.is_meta:
+        if comm.get().get_rank() == options.src:
+            raise ValueError("the model owner's weights are on the meta device: load them "
+                             "with from_pretrained")
+        return torch.zeros(weight.shape)
+    return weight.detach().float()
+
+
 def encrypt_operand(weight: torch.Tensor, name: str, options: SecureModelOptions) -> Any:
     """Encrypt a weight from party ``src`` (other parties' values are ignored)."""
-    encrypted = crypten.cryptensor(weight.detach().float(), src=options.src)
+    encrypted = crypten.cryptensor(owner_values(weight, options), src=options.src)
     return fixed_operand(encrypted, name=name, premask=options.premask)
 
 
@@ -64,7 +78,8 @@ def encrypt_operands(weights: list[torch.Tensor], names: list[str],
                      options: SecureModelOptions) -> list[Any]:
     """Several weights from party ``src``, premasked together (one dealer request and one
     opening round, e.g. a projection's W^T and its bias)."""
-    encrypted = [crypten.cryptensor(w.detach().float(), src=options.src) for w in weights]
+    encrypted = [crypten.cryptensor(owner_values(w, options), src=options.src)
+                 for w in weights]
     return fixed_operands(encrypted, names=names, premask=options.premask)
 
 
