@@ -30,6 +30,11 @@ NOTEBOOKS = {
         'CONTEXT = 256\nBUDGET = 0.2\nSAMPLE = 0\n'
         'METHODS = ["full", "mpcache", "quest", "snapkv", "streaming"]\n', 120),
     "own_function_mpc.ipynb": ("DIM = 32\nN = 32\nTOKENS = 2\nK = 4\n", 90),
+    # the tiny config-built Llama (SmolLM2's tokenizer), as `demos/private_generation.py --tiny`
+    "private_generation.ipynb": (
+        'PROMPT = "What is the capital of France?"\nTINY = True\nMAX_NEW_TOKENS = 2\n', 90),
+    # the saved Llama-shape runs are read, not re-run; the live bench: one tiny-shape context
+    "mpcache_under_mpc.ipynb": ("LIVE_CONTEXTS = (1024,)\nLIVE_STEPS = 1\n", 90),
 }
 
 
