@@ -269,3 +269,19 @@ def test_hierarchy_cost_model_weighs_rounds_against_comparisons() -> None:
     assert at(replace(spec, level_cost=1e6), 16384) == (32, 8)
     assert at(replace(spec, level_cost=0.0), 4200) == (32, 8)
     assert dynamic.hierarchy(spec, 16384, None).cluster_sizes == (32, 8)  # ratio mode
+
+
+def test_cluster_boxes_built_in_batches_equal_one_batch(monkeypatch) -> None:
+    """Long caches build their end-of-prefill boxes in batches (memory); same boxes."""
+    from crypten_mpcache.algorithm import clusters
+
+    keys = torch.randn(1, 2, 300, 4, generator=torch.Generator().manual_seed(3))
+    whole = ClusterState(B, (32, 8), 16, 0.6, "linear")
+    whole.build(keys)
+    monkeypatch.setattr(clusters, "BUILD_CHUNK_TOKENS", 40)  # 5 finest clusters a batch
+    batched = ClusterState(B, (32, 8), 16, 0.6, "linear")
+    batched.build(keys)
+    for a, b in zip(whole.levels, batched.levels, strict=True):
+        assert a.count == b.count > 0
+        assert torch.equal(a.rmax, b.rmax) and torch.equal(a.rmin, b.rmin)
+        assert torch.equal(a.rep, b.rep)

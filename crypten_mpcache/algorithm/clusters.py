@@ -23,6 +23,11 @@ from dataclasses import dataclass
 
 from crypten_mpcache.algorithm.backend import Backend, Value
 
+# The end-of-prefill boxes are built in batches of at most this many tokens: under MPC a
+# batch's comparisons hold ~1 KB per key element at once (~9 GB for 16k tokens of a
+# Llama-3-8B layer); longer caches take one box round trip more per batch.
+BUILD_CHUNK_TOKENS = 16_384
+
 
 @dataclass
 class LevelBoxes:
@@ -75,9 +80,12 @@ class ClusterState:
         region = max(0, n - self.start)
         size = self.finest.size
         full = region // size
-        if full:
-            chunk = keys[..., self.start: self.start + full * size, :]
-            self._append_chunk(chunk.reshape(batch, heads, full, size, dim))
+        step = max(1, BUILD_CHUNK_TOKENS // size)  # boxes are per cluster: same result
+        for first in range(0, full, step):
+            count = min(step, full - first)
+            lo = self.start + first * size
+            chunk = keys[..., lo: lo + count * size, :]
+            self._append_chunk(chunk.reshape(batch, heads, count, size, dim))
         self._filling = [keys[..., pos: pos + 1, :] for pos in range(self.start + full * size, n)]
 
     def append(self, key: Value) -> None:
