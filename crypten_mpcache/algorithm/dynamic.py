@@ -127,12 +127,19 @@ def selection_cost(counts: StepCounts, level_cost: float) -> float:
     1 / ``OPENED_PER_COMPARISON`` comparison per element."""
     if counts.dense or counts.ks[-1] == 0:
         return 0.0
-    ks, totals = counts.ks, counts.totals
-    opened = ks[-1] * totals[-1] + sum(
-        (counts.sizes[lv - 1] // counts.sizes[lv]) * ks[lv] * ks[lv - 1]
-        + ks[lv - 1] * totals[lv - 1] for lv in range(1, len(ks)))
+    ks = counts.ks
+    opened = ks[-1] * counts.totals[-1] + composition_elements(counts, len(ks))
     return (sum(c * (c - 1) / 2 for c in candidates(counts)) + level_cost * len(ks)
             + opened / OPENED_PER_COMPARISON)
+
+
+def composition_elements(counts: StepCounts, levels: int) -> int:
+    """One-hot elements the secure cache opens composing the first ``levels`` levels'
+    one-hots into one absolute one-hot (``secure.cache.selection_operands``): per level,
+    its local one-hot split by child slot and the absolute one-hot so far."""
+    ks, totals, sizes = counts.ks, counts.totals, counts.sizes
+    return sum((sizes[lv - 1] // sizes[lv]) * ks[lv] * ks[lv - 1] + ks[lv - 1] * totals[lv - 1]
+               for lv in range(1, levels))
 
 
 def hierarchy(spec: DynamicSpec, n_tokens: int, budget: int | None) -> DynamicSpec:
@@ -146,9 +153,9 @@ def hierarchy(spec: DynamicSpec, n_tokens: int, budget: int | None) -> DynamicSp
     the configured hierarchy against 1, 2, ... levels ``growth`` times coarser on top
     (up to one more than it takes to bring the top to M; an option whose coarser top
     forces so many recent tokens that under 2/3 of the budget's chosen tokens are left is
-    out) by ``selection_cost``: a level
-    costs ``spec.level_cost`` comparisons for its rounds (the default prices ~11 rounds on
-    the LAN profile; ~173k prices them on the WAN one). In a deepened hierarchy
+    out) by ``selection_cost``: a level costs ``spec.level_cost`` comparisons for its
+    rounds (the default prices ~11 rounds on the LAN profile; ~173k prices them on the
+    WAN one). In a deepened hierarchy
     ``step_counts`` keeps at most M / fan of a level's clusters (unless the budget needs
     more) and at least 1.5 x what the level below needs. Up to M coarsest clusters the
     configured hierarchy is kept as it is, so short contexts select exactly as before.

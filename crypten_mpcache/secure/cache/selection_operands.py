@@ -55,13 +55,6 @@ def absolute_onehot(backend: Any, onehots: list[Any], counts: dynamic.StepCounts
     return absolute
 
 
-def _composition_elements(counts: dynamic.StepCounts, levels: int) -> int:
-    """Elements ``absolute_onehot`` opens composing the first ``levels`` levels."""
-    ks, totals = counts.ks, counts.totals
-    return sum((counts.sizes[lv - 1] // counts.sizes[lv]) * ks[lv] * ks[lv - 1]
-               + ks[lv - 1] * totals[lv - 1] for lv in range(1, levels))
-
-
 def chain_last_level(counts: dynamic.StepCounts, query_rows: int) -> bool:
     """Whether picking through two one-hots opens fewer elements than through one.
 
@@ -74,9 +67,9 @@ def chain_last_level(counts: dynamic.StepCounts, query_rows: int) -> bool:
     if levels < 2 or counts.dense or counts.ks[-1] == 0:
         return False
     ks, totals, sizes = counts.ks, counts.totals, counts.sizes
-    one = ks[-1] * totals[-1] + _composition_elements(counts, levels)
+    one = ks[-1] * totals[-1] + dynamic.composition_elements(counts, levels)
     fan = sizes[-2] // sizes[-1]
-    two = (ks[-2] * totals[-2] + _composition_elements(counts, levels - 1)
+    two = (ks[-2] * totals[-2] + dynamic.composition_elements(counts, levels - 1)
            + ks[-1] * ks[-2] * fan + 2 * query_rows * ks[-2] * sizes[-2])
     return two < one
 
