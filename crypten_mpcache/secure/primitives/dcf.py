@@ -1,0 +1,176 @@
+"""Distributed comparison functions (DCF): a dealer's keys for [x < alpha], one per element.
+
+Why: a comparison whose online part is ONE opening. The dealer (who knows a random mask r)
+gives each party a key for f(x) = beta if x < alpha else 0 over n-bit unsigned inputs;
+each party evaluates its key on the opened public value locally and gets an additive
+share (mod 2^64) of f(x). The construction is the DCF of Boyle, Chandran, Gilboa, Gupta,
+Ishai, Kumar and Rathee, "Function Secret Sharing for Mixed-Mode and Fixed-Point Secure
+Computation" (EUROCRYPT 2021), itself after Boyle, Gilboa and Ishai's tree-based FSS
+(CCS 2016): a GGM-style tree of depth n whose two keys share every seed off the path of
+alpha and differ on it; per level a correction word fixes the seeds where the evaluation
+leaves alpha's path and adds beta on the branches below alpha. docs/fss.md has the
+algorithm, the key sizes and the security argument.
+
+PRG: fixed-key AES-128 in Matyas-Meyer-Oseas mode, G(s) = AES_K(s xor j) xor s xor j for
+j = 0..3 (64 bytes from a 16-byte seed), through ``cryptography`` (OpenSSL, AES-NI), one
+call per tree level for all elements. Seeds are 128-bit; every key of a batch of E
+elements is a set of arrays with E in the last axis, so ``gen`` and ``evaluate`` are
+vectorized over elements (a Python loop runs only over the n tree levels).
+
+Status: the primitive and its tests (tests/test_dcf.py). It is not yet wired into the
+secure comparison (issue 14).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+
+import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+SEED_BYTES = 16
+# A public, fixed AES key (fixed-key AES as a random permutation, the standard PRG choice).
+_FIXED_KEY = hashlib.sha256(b"crypten_mpcache dcf prg v1").digest()[:16]
+_BLOCK_TWEAKS = np.zeros((4, SEED_BYTES), dtype=np.uint8)
+_BLOCK_TWEAKS[:, -1] = np.arange(4, dtype=np.uint8)
+
+
+@dataclass(frozen=True)
+class DCFKey:
+    """One party's keys for E elements of ``bits``-bit inputs (arrays, E last).
+
+    seed (E, 16): the root seed; s_cw (n, E, 16), v_cw (n, E), t_cw_left / t_cw_right
+    (n, E): the per-level correction words; final (E,): the last correction word."""
+
+    party: int
+    bits: int
+    seed: np.ndarray
+    s_cw: np.ndarray
+    v_cw: np.ndarray
+    t_cw_left: np.ndarray
+    t_cw_right: np.ndarray
+    final: np.ndarray
+
+    @property
+    def elements(self) -> int:
+        return int(self.seed.shape[0])
+
+    def nbytes(self) -> int:
+        """Bytes to send this key: seed, n x (seed CW + value CW + 2 control bits), final
+        value (the control bits packed 8 to a byte)."""
+        per_level = SEED_BYTES + 8
+        bits = 2 * self.bits * self.elements
+        return self.elements * (SEED_BYTES + self.bits * per_level + 8) + (bits + 7) // 8
+
+
+def prg(seeds: np.ndarray) -> tuple[np.ndarray, ...]:
+    """G(s) for (E, 16) seeds -> (s_left, v_left, t_left, s_right, v_right, t_right)."""
+    blocks = seeds[:, None, :] ^ _BLOCK_TWEAKS[None]          # (E, 4, 16)
+    encryptor = Cipher(algorithms.AES(_FIXED_KEY), modes.ECB()).encryptor()
+    out = np.frombuffer(encryptor.update(blocks.tobytes()), dtype=np.uint8)
+    out = out.reshape(blocks.shape) ^ blocks
+    values = out[:, 2].copy().view(np.uint64)                 # (E, 2)
+    s_left, s_right = out[:, 0].copy(), out[:, 1].copy()
+    t_left, t_right = out[:, 3, 0] & 1, out[:, 3, 1] & 1
+    return s_left, values[:, 0], t_left, s_right, values[:, 1], t_right
+
+
+def _convert(seed: np.ndarray) -> np.ndarray:
+    """A seed's first 8 bytes as a ring element (the output group is Z_2^64)."""
+    return seed[:, :8].copy().view(np.uint64)[:, 0]
+
+
+def _signed(value: np.ndarray, negative: np.ndarray) -> np.ndarray:
+    """value, or -value mod 2^64 where ``negative`` (a 0/1 array)."""
+    return np.where(negative.astype(bool), np.uint64(0) - value, value)
+
+
+def _bit(x: np.ndarray, level: int, bits: int) -> np.ndarray:
+    """Bit ``level`` of x counted from the most significant of ``bits`` (0/1 uint8)."""
+    return ((x >> np.uint64(bits - 1 - level)) & np.uint64(1)).astype(np.uint8)
+
+
+def _xor_where(seed: np.ndarray, flag: np.ndarray, correction: np.ndarray) -> np.ndarray:
+    return seed ^ (correction * flag[:, None].astype(np.uint8))
+
+
+def _branch(right: np.ndarray, left_value: np.ndarray, right_value: np.ndarray) -> np.ndarray:
+    """Per element: ``right_value`` where ``right`` else ``left_value`` (seeds or values)."""
+    mask = right[:, None] if left_value.ndim == 2 else right
+    return np.where(mask, right_value, left_value)
+
+
+def random_seeds(count: int) -> np.ndarray:
+    """``count`` fresh 128-bit seeds from the operating system's CSPRNG."""
+    return np.frombuffer(os.urandom(count * SEED_BYTES), dtype=np.uint8).reshape(
+        count, SEED_BYTES).copy()
+
+
+def gen(alpha: np.ndarray, beta: np.ndarray, bits: int) -> tuple[DCFKey, DCFKey]:
+    """Keys of f(x) = beta if x < alpha (unsigned ``bits``-bit) else 0, per element.
+
+    alpha, beta: (E,) uint64 (alpha < 2^bits). The dealer runs this; each key alone is
+    pseudorandom (it reveals neither alpha nor beta)."""
+    if not 1 <= bits <= 64:
+        raise ValueError(f"bits must be in [1, 64], got {bits}")
+    alpha = np.asarray(alpha, dtype=np.uint64)
+    beta = np.asarray(beta, dtype=np.uint64)
+    count = alpha.shape[0]
+    roots = [random_seeds(count), random_seeds(count)]
+    s = [roots[0].copy(), roots[1].copy()]
+    t = [np.zeros(count, np.uint8), np.ones(count, np.uint8)]
+    v_alpha = np.zeros(count, np.uint64)
+    s_cw = np.empty((bits, count, SEED_BYTES), np.uint8)
+    v_cw = np.empty((bits, count), np.uint64)
+    t_cw = np.empty((2, bits, count), np.uint8)
+    for level in range(bits):
+        expanded = [prg(s[0]), prg(s[1])]                     # per party: sL vL tL sR vR tR
+        a = _bit(alpha, level, bits)                          # alpha_i: 1 -> keep right
+        keep_right = a.astype(bool)
+        s_lose = [_branch(keep_right, e[3], e[0]) for e in expanded]
+        v_lose = [_branch(keep_right, e[4], e[1]) for e in expanded]
+        s_keep = [_branch(keep_right, e[0], e[3]) for e in expanded]
+        v_keep = [_branch(keep_right, e[1], e[4]) for e in expanded]
+        s_cw[level] = s_lose[0] ^ s_lose[1]
+        correction = v_lose[1] - v_lose[0] - v_alpha
+        correction = correction + np.where(keep_right, beta, np.uint64(0))  # lose = left
+        v_cw[level] = _signed(correction, t[1])
+        v_alpha = v_alpha - v_keep[1] + v_keep[0] + _signed(v_cw[level], t[1])
+        t_cw[0, level] = expanded[0][2] ^ expanded[1][2] ^ a ^ 1
+        t_cw[1, level] = expanded[0][5] ^ expanded[1][5] ^ a
+        t_keep_cw = np.where(keep_right, t_cw[1, level], t_cw[0, level])
+        for b in (0, 1):
+            t_keep = np.where(keep_right, expanded[b][5], expanded[b][2])
+            s[b] = _xor_where(s_keep[b], t[b], s_cw[level])
+            t[b] = t_keep ^ (t[b] & t_keep_cw)
+    final = _signed(_convert(s[1]) - _convert(s[0]) - v_alpha, t[1])
+    return tuple(DCFKey(b, bits, roots[b], s_cw, v_cw, t_cw[0], t_cw[1], final)
+                 for b in (0, 1))
+
+
+def evaluate(key: DCFKey, x: np.ndarray) -> np.ndarray:
+    """This party's additive share (mod 2^64) of f(x), per element: x (E,) uint64."""
+    x = np.asarray(x, dtype=np.uint64)
+    if x.shape != (key.elements,):
+        raise ValueError(f"x must have shape ({key.elements},), got {tuple(x.shape)}")
+    s, t = key.seed.copy(), np.full(key.elements, key.party, np.uint8)
+    total = np.zeros(key.elements, np.uint64)
+    for level in range(key.bits):
+        s_left, v_left, t_left, s_right, v_right, t_right = prg(s)
+        s_left = _xor_where(s_left, t, key.s_cw[level])
+        s_right = _xor_where(s_right, t, key.s_cw[level])
+        t_left = t_left ^ (t & key.t_cw_left[level])
+        t_right = t_right ^ (t & key.t_cw_right[level])
+        right = _bit(x, level, key.bits).astype(bool)
+        value = np.where(right, v_right, v_left) + np.where(t.astype(bool), key.v_cw[level],
+                                                             np.uint64(0))
+        total = total + _signed(value, np.full(key.elements, key.party, np.uint8))
+        s = np.where(right[:, None], s_right, s_left)
+        t = np.where(right, t_right, t_left)
+    last = _convert(s) + np.where(t.astype(bool), key.final, np.uint64(0))
+    return total + _signed(last, np.full(key.elements, key.party, np.uint8))
+
+
+__all__ = ["DCFKey", "evaluate", "gen", "prg", "random_seeds"]
