@@ -244,6 +244,30 @@ def plaintext_method_reference(folder: Path, prompt_ids: list[int], generated: l
     return plain_ids, teacher
 
 
+def party_task(config: PrivateGenerationConfig, prompt_ids: list[int]) -> PartyTask:
+    """What every party of this generation receives (``generate`` and ``party`` alike;
+    a party other than the client gets zeros of the prompt's public length)."""
+    return PartyTask(str(config.model_folder()), tuple(int(t) for t in prompt_ids),
+                     config.max_new_tokens, config.premask, config.cache, config.check,
+                     config.progress, config.method_config())
+
+
+def generation_result(outputs: list[dict[str, Any]], prompt_tokens: int,
+                      config: PrivateGenerationConfig, tokenizer: Any,
+                      seconds: float) -> GenerationResult:
+    """The client's result from every party's output in rank order (the client's own
+    with its tokens; the others' costs and reveal counts)."""
+    generated = [int(t) for t in outputs[CLIENT]["tokens"]]
+    return GenerationResult(
+        generated_ids=generated,
+        text=tokenizer.decode(generated, skip_special_tokens=True) if tokenizer else None,
+        prompt_tokens=prompt_tokens, parties=config.parties, dealer=config.dealer,
+        cache=config.cache, premask=config.premask, comparison=config.comparison,
+        cost=cost_summary([o["cost"] for o in outputs]),
+        reveals={f"party{o['rank']}": o["reveals"]["counts"] for o in outputs},
+        seconds=seconds)
+
+
 def generate_ids(prompt_ids: list[int], config: PrivateGenerationConfig | None = None,
                  tokenizer: Any = None) -> GenerationResult:
     """Private greedy generation from token ids (the client's secret)."""
@@ -253,21 +277,12 @@ def generate_ids(prompt_ids: list[int], config: PrivateGenerationConfig | None =
     prompt_ids = [int(t) for t in prompt_ids]
     check_prompt_length(prompt_ids, model_config, config.max_new_tokens)
     method = config.method_config()
-    task = PartyTask(str(folder), tuple(prompt_ids), config.max_new_tokens, config.premask,
-                     config.cache, config.check, config.progress, method)
     start = time.perf_counter()
-    outputs = launch(generation_party, task, config=config.launch_config())
-    seconds = time.perf_counter() - start
-    client = outputs[CLIENT]
-    generated = [int(t) for t in client["tokens"]]
-    result = GenerationResult(
-        generated_ids=generated,
-        text=tokenizer.decode(generated, skip_special_tokens=True) if tokenizer else None,
-        prompt_tokens=len(prompt_ids), parties=config.parties, dealer=config.dealer,
-        cache=config.cache, premask=config.premask, comparison=config.comparison,
-        cost=cost_summary([o["cost"] for o in outputs]),
-        reveals={f"party{o['rank']}": o["reveals"]["counts"] for o in outputs},
-        seconds=seconds)
+    outputs = launch(generation_party, party_task(config, prompt_ids),
+                     config=config.launch_config())
+    result = generation_result(outputs, len(prompt_ids), config, tokenizer,
+                               time.perf_counter() - start)
+    client, generated = outputs[CLIENT], result.generated_ids
     if config.check:
         if method is not None:
             plain_ids, plain_logits = plaintext_method_reference(

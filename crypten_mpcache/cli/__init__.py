@@ -1,6 +1,7 @@
 """The ``crypten-mpcache`` command line (also ``python -m crypten_mpcache``).
 
-Commands, one module each: ``generate`` (private generation), ``eval`` (plaintext
+Commands, one module each: ``generate`` (private generation), ``party`` (one role of a
+private generation, one process per role, on one host or several), ``eval`` (plaintext
 accuracy of eviction methods on the embedded model), ``bench`` (MPC cost of a decode
 step, full vs MPCache). Each module has ``NAME``, ``HELP``, ``add_arguments(parser)`` and
 ``run(args)``; it only parses, validates and calls the code that does the work. Bad input
@@ -16,12 +17,12 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from crypten_mpcache.assets import AssetError
-from crypten_mpcache.cli import bench, generate
+from crypten_mpcache.cli import bench, generate, party
 from crypten_mpcache.cli import eval as eval_command
 from crypten_mpcache.cli.common import PROG, USAGE_ERROR, CLIError, Parser, UsageError, error_line
 from crypten_mpcache.runtime.launcher import PartyError
 
-COMMANDS: tuple[ModuleType, ...] = (generate, eval_command, bench)
+COMMANDS: tuple[ModuleType, ...] = (generate, party, eval_command, bench)
 
 # What a user can cause: one error line and exit status 2 (anything else is a bug).
 USER_ERRORS = (CLIError, ValueError, FileNotFoundError, AssetError, PartyError)
