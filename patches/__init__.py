@@ -11,6 +11,9 @@ serves. Which patch is installed where:
 * ``crypten_dealer``: CrypTen's ``TTPServer`` learns the requests of our dealer-assisted
   protocols, and ``TTPClient`` tallies dealer traffic. Scoped: the launcher installs them
   in each party and in the dealer process.
+* ``crypten_distributed``: CrypTen's ``DistributedCommunicator`` forms its process group on
+  the store the roles of ``crypten-mpcache party`` met on, with the per-step timeout.
+  Scoped: ``startup(store, step_timeout_s)`` for a ``with`` block, in a role's process.
 * ``transformers_llama``: one Llama-family model instance -> encrypted modules. Scoped:
   ``patched(model)`` for a ``with`` block.
 """

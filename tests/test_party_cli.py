@@ -2,8 +2,9 @@
 
 Each role is a subprocess of the CLI on a free port. What is checked: the roles give the
 tokens (and the communication transcript) of ``generate``; a public parameter that
-differs ends every role with one line naming it; a role killed mid-decode ends the others
-within 30 s with one line naming it and no answer; a stranger's garbage on the rendezvous
+differs ends every role with one line naming it; a role killed before or during decode
+(the dealer while it deals) or frozen ends the others within 30 s with one line naming it
+and no answer; a stranger's garbage on the rendezvous
 port, a client started twice, a wrong party count, an unreachable rendezvous and a
 non-loopback rendezvous without ``--link-is-protected`` are clear errors, never hangs.
 """
@@ -19,9 +20,11 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from torch.distributed import TCPStore
 
 from crypten_mpcache.cli import main
 from crypten_mpcache.testing import assert_same_transcript, save_tiny_llama, tiny_llama_checkpoint
@@ -137,6 +140,23 @@ def test_roles_give_the_tokens_and_transcript_of_generate(tmp_path):
     assert all(not r.stderr.strip() for r in roles.values() if r is not refused)
 
 
+@pytest.mark.slow
+def test_three_parties_with_a_helper_give_the_tokens_of_generate(tmp_path, tiny40):
+    """The helper gets the owner's config.json over the rendezvous and holds nothing."""
+    from crypten_mpcache.private import PrivateGenerationConfig, generate_ids
+
+    ids = [int(t) for t in IDS.split(",")]
+    want = generate_ids(ids, PrivateGenerationConfig(max_new_tokens=3, model_path=tiny40,
+                                                     parties=3, progress=False))
+    roles = _session(tmp_path, tiny40, ["--prompt-ids", IDS, "--max-new-tokens", "3",
+                                        "--quiet", "--json", "party.json"], parties=3)
+    assert _finish(roles) == {"owner": 0, "dealer": 0, "helper": 0, "client": 0}
+    got = json.loads((tmp_path / "party.json").read_text())
+    assert got["generated_ids"] == want.generated_ids
+    assert_same_transcript(got["cost"], want.cost)
+    assert set(got["reveals"]) == {"party0", "party1", "party2"}
+
+
 def _send_garbage(rendezvous: str) -> None:
     host, port = rendezvous.removeprefix("tcp://").split(":")
     deadline = time.monotonic() + 60
@@ -175,9 +195,36 @@ def _assert_ended_naming(roles: dict[str, Role], survivors: list[str], lost: str
         assert "generated" not in roles["client"].stdout
 
 
-@pytest.mark.parametrize("victim", ["owner", "client", "dealer"])
-def test_a_role_killed_during_decode_ends_the_others_naming_it(tmp_path, tiny40, victim):
-    roles = _session(tmp_path, tiny40, ["--prompt-ids", IDS, "--max-new-tokens", "6"])
+def _agreed(rendezvous: str, ranks: int) -> bool:
+    """Every role has posted its public parameters (the test reads the store)."""
+    host, port = rendezvous.removeprefix("tcp://").split(":")
+    try:
+        store = TCPStore(host, int(port), is_master=False, timeout=timedelta(seconds=2))
+        return bool(store.check([f"mpcache/params/{r}" for r in range(ranks)]))
+    except RuntimeError:
+        return False
+
+
+def test_the_owner_killed_before_decode_ends_the_others_naming_it(tmp_path, tiny40):
+    """Killed a second after the agreement, with a long prompt: during set-up or prefill
+    (the client never reaches its first decode step)."""
+    long_prompt = ",".join(str(i % 40) for i in range(48))
+    roles = _session(tmp_path, tiny40, ["--prompt-ids", long_prompt, "--max-new-tokens", "4"])
+    rendezvous = roles["owner"].process.args[roles["owner"].process.args.index("--rendezvous")
+                                             + 1]
+    _wait_for(lambda: _agreed(rendezvous, 3), what="the agreement")
+    time.sleep(1.0)
+    roles["owner"].process.send_signal(signal.SIGKILL)
+    roles["owner"].wait()
+    _assert_ended_naming(roles, ["client", "dealer"], "owner")
+    assert "0/3" not in roles["client"].stderr  # no decode step had started
+
+
+@pytest.mark.parametrize("victim,parties", [("client", 2), ("dealer", 3)])
+def test_a_role_killed_during_decode_ends_the_others_naming_it(tmp_path, tiny40, victim,
+                                                                parties):
+    roles = _session(tmp_path, tiny40, ["--prompt-ids", IDS, "--max-new-tokens", "6"],
+                     parties=parties)
     _wait_for(lambda: "| 1/5" in roles["client"].stderr, what="the first decode step")
     roles[victim].process.send_signal(signal.SIGKILL)
     roles[victim].wait()
@@ -248,3 +295,33 @@ def test_bad_role_options_are_one_line_errors(argv, expected, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("crypten-mpcache party: error: ") \
         and expected in err[0], err
+
+
+def test_a_frozen_role_is_found_through_the_step_timeout(tmp_path, tiny40):
+    """The dealer stops answering (SIGSTOP: no packets, no heartbeats) and the liveness
+    limit is long: the owner's next dealer request times out after --step-timeout, and
+    every other role ends naming the dealer."""
+    common = ("--timeout", "60", "--step-timeout", "4", "--liveness", "300")
+    roles = _session(tmp_path, tiny40, ["--prompt-ids", IDS, "--max-new-tokens", "6"],
+                     common=common)
+    _wait_for(lambda: "| 1/5" in roles["client"].stderr, what="the first decode step")
+    roles["dealer"].process.send_signal(signal.SIGSTOP)
+    try:
+        _assert_ended_naming({n: r for n, r in roles.items() if n != "dealer"},
+                             ["owner", "client"], "dealer")
+    finally:
+        roles["dealer"].process.kill()
+        roles["dealer"].wait()
+
+
+def test_a_port_in_use_is_a_one_line_error(tiny40, capsys):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        code = main(["party", "--role", "owner", "--model", tiny40,
+                     "--rendezvous", f"tcp://127.0.0.1:{port}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == [f"crypten-mpcache party: error: cannot host the rendezvous "
+                                 f"on tcp://127.0.0.1:{port}: the port is in use (another "
+                                 "owner, or another program)"]

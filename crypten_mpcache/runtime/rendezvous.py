@@ -22,6 +22,7 @@ port can read and write the keys. Off loopback, run the roles over a VPN or tunn
 from __future__ import annotations
 
 import datetime
+import errno
 import ipaddress
 import json
 import secrets
@@ -93,29 +94,37 @@ def check_link(address: Address, link_is_protected: bool) -> None:
             "pass --link-is-protected (see docs/deployment.md)")
 
 
-def _check_local(address: Address) -> None:
-    """The owner hosts the store: HOST must be an address of this machine."""
-    for family, _, _, _, sockaddr in socket.getaddrinfo(address.host, None,
-                                                          proto=socket.IPPROTO_TCP):
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            try:
-                probe.bind((sockaddr[0], 0))
-                return
-            except OSError:
-                continue
+def _listen(address: Address) -> int:
+    """A socket listening on HOST:PORT only (torch's own would listen on every interface);
+    its descriptor, handed over to the store."""
+    errors = []
+    for family, kind, proto, _, sockaddr in socket.getaddrinfo(
+            address.host, address.port, type=socket.SOCK_STREAM):
+        listener = socket.socket(family, kind, proto)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(sockaddr)
+            listener.listen(128)
+            return listener.detach()
+        except OSError as error:
+            listener.close()
+            errors.append(error)
+    if any(e.errno == errno.EADDRINUSE for e in errors):
+        raise RendezvousError(f"cannot host the rendezvous on {address.url}: the port is in "
+                              "use (another owner, or another program)", code=2)
     raise RendezvousError(f"the model owner hosts the rendezvous, but {address.host} is "
-                          "not an address of this machine", code=2)
+                          f"not an address of this machine ({errors[0].strerror})", code=2)
 
 
 def open_store(address: Address, owner: bool, timeout_s: float) -> TCPStore:
-    """The owner hosts the store at ``address``; the others connect to it (retrying for
-    ``timeout_s``)."""
+    """The owner hosts the store at ``address`` (listening there only); the others
+    connect to it (retrying for ``timeout_s``)."""
     timeout = datetime.timedelta(seconds=timeout_s)
     if owner:
-        _check_local(address)
+        fd = _listen(address)
         try:
             return TCPStore(address.host, address.port, is_master=True,
-                            wait_for_workers=False, timeout=timeout)
+                            wait_for_workers=False, timeout=timeout, master_listen_fd=fd)
         except RuntimeError as error:
             raise RendezvousError(f"cannot host the rendezvous on {address.url}: "
                                   f"{_short(error)}", code=2) from None
@@ -129,8 +138,7 @@ def open_store(address: Address, owner: bool, timeout_s: float) -> TCPStore:
 
 def _short(error: BaseException) -> str:
     text = str(error).strip().splitlines()
-    line = text[0] if text else type(error).__name__
-    return line.split(", message: ")[-1] if "EADDRINUSE" in line else line
+    return text[0] if text else type(error).__name__
 
 
 class Meeting:

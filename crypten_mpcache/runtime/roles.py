@@ -24,6 +24,8 @@ the same in every role, and a non-zero exit status (2: a mismatch the user can f
 from __future__ import annotations
 
 import json
+import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -33,9 +35,11 @@ from crypten_mpcache.runtime.agreement import AgreementError, agree
 from crypten_mpcache.runtime.launcher import DEALERS, LaunchConfig, party_name, run_as_party
 from crypten_mpcache.runtime.liveness import LOST, Liveness
 from crypten_mpcache.runtime.rendezvous import (
+    Address,
     Meeting,
     RendezvousError,
     check_link,
+    is_loopback,
     open_store,
     parse_address,
 )
@@ -150,6 +154,7 @@ class RoleSession:
         """``func(*args)`` as this party under CrypTen (the dealer: serve); any failure
         ends the process with the session's verdict."""
         assert self.liveness is not None and self.meeting is not None, "open() first"
+        _keep_gloo_on_loopback(self.address)
         try:
             with startup(self.meeting.store, self.options.step_timeout_s):
                 result = run_as_party(func or _nothing, *args, rank=self.rank,
@@ -205,3 +210,14 @@ class RoleSession:
 
 def _nothing() -> None:
     return None
+
+
+def _keep_gloo_on_loopback(address: Address) -> None:
+    """With a loopback rendezvous, gloo's links listen on the loopback interface too
+    (else gloo binds the address of this host's name). GLOO_SOCKET_IFNAME, when set,
+    wins: on separate hosts, set it to the VPN's interface (docs/deployment.md)."""
+    if "GLOO_SOCKET_IFNAME" in os.environ or not is_loopback(address.host):
+        return
+    names = [name for _, name in socket.if_nameindex() if name.startswith("lo")]
+    if names:
+        os.environ["GLOO_SOCKET_IFNAME"] = names[0]
