@@ -267,14 +267,37 @@ def test_an_unreachable_or_incomplete_rendezvous_says_where_and_exits(tmp_path):
     nobody = f"tcp://127.0.0.1:{_free_port()}"
     lonely = f"tcp://127.0.0.1:{_free_port()}"
     client = _start(tmp_path, "client", nobody, "--timeout", "2", "--prompt-ids", "1")
-    owner = _start(tmp_path, "owner", lonely, "--timeout", "3", "--parties", "3")
+    owner = _start(tmp_path, "owner", lonely, "--timeout", "8", "--parties", "3")
+    _listens_on_loopback_only(int(lonely.rsplit(":", 1)[1]))
     assert client.wait(60) == 1 and owner.wait(60) == 1
     assert client.error_lines() == [
         f"crypten-mpcache party: error: could not reach the rendezvous {nobody} within 2s: "
         "is the model owner's role running there, and the port open from here?"]
     assert owner.error_lines() == [
-        f"crypten-mpcache party: error: timed out after 3s at {lonely} waiting for party 1 "
+        f"crypten-mpcache party: error: timed out after 8s at {lonely} waiting for party 1 "
         "(client) and party 2 (helper) and dealer (TTP) to join the rendezvous"]
+
+
+def _listens_on_loopback_only(port: int) -> None:
+    """The owner's rendezvous is reachable on 127.0.0.1, not on this host's other address
+    (torch's own TCPStore would listen on every interface)."""
+    _wait_for(lambda: _connects("127.0.0.1", port), timeout=60, what="the owner's port")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # no packet is sent: picks the outbound address
+            other = probe.getsockname()[0]
+        except OSError:
+            return
+    if not other.startswith("127."):
+        assert not _connects(other, port), other
+
+
+def _connects(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
 
 
 @pytest.mark.parametrize("argv,expected", [
