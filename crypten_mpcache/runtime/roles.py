@@ -174,7 +174,7 @@ class RoleSession:
         except RendezvousError as error:
             self.fail(str(error), error.code)
         except RuntimeError as error:  # the store is gone: the watch names its host
-            self.liveness.verdict(error, f"waiting for {what}")
+            self.liveness.verdict(error, "while waiting for the others")
 
     def _dealt(self) -> None:
         """CrypTen's dealer loop also returns when its link to party 0 breaks: it dealt
