@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -45,3 +46,19 @@ class Patch:
         if self._undo is not None:
             self._undo()
             self._undo = None
+
+
+def replace_method(owner: type, name: str,
+                   make: Callable[[Callable[..., Any]], Callable[..., Any]]
+                   ) -> Callable[[], None]:
+    """Set ``owner.name`` to ``make(original)``; the returned undo puts the original back
+    only while ours is still in place (a later hook on top is left alone)."""
+    original = owner.__dict__[name]
+    replacement = make(original)
+    setattr(owner, name, replacement)
+
+    def undo() -> None:
+        if owner.__dict__.get(name) is replacement:
+            setattr(owner, name, original)
+
+    return undo

@@ -10,31 +10,26 @@ both the full-cache baseline and MPCache pay for the same comparison.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from crypten.mpc.mpc import MPCTensor
 from crypten.mpc.ptype import ptype as Ptype
 
-from crypten_mpcache.patches import Patch
+from crypten_mpcache.patches import Patch, replace_method
 from crypten_mpcache.secure.primitives.comparison import less_than_zero
 
 COMPARISONS = ("crypten", "masked")
 
 
 def _route_ltz() -> Callable[[], None]:
-    original = MPCTensor.__dict__["_ltz"]
+    def make(original: Callable[..., Any]) -> Callable[..., Any]:
+        def _ltz(self):  # type: ignore[no-untyped-def]
+            if self.ptype != Ptype.arithmetic:
+                return original(self)
+            return less_than_zero(self)
+        return _ltz
 
-    def _ltz(self):  # type: ignore[no-untyped-def]
-        if self.ptype != Ptype.arithmetic:
-            return original(self)
-        return less_than_zero(self)
-
-    MPCTensor._ltz = _ltz
-
-    def undo() -> None:
-        if MPCTensor.__dict__.get("_ltz") is _ltz:
-            MPCTensor._ltz = original
-
-    return undo
+    return replace_method(MPCTensor, "_ltz", make)
 
 
 PATCH = Patch("masked_comparison", "MPCTensor._ltz -> the dealer-assisted masked comparison",

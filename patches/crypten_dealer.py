@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from crypten.mpc.provider.ttp_provider import TTPClient, TTPServer
 
-from crypten_mpcache.patches import Patch
+from crypten_mpcache.patches import Patch, replace_method
 from crypten_mpcache.runtime.cost import dealer_request
 from crypten_mpcache.secure.primitives import comparison_dealer, onehot
 from crypten_mpcache.secure.primitives.premask_dealer import MaskStore, Recipe, party0_product_share
@@ -91,19 +91,15 @@ PATCH = Patch("ttp_premask_dealer",
 
 def _tally_ttp_requests() -> Callable[[], None]:
     client_class = TTPClient._TTPClient__TTPClient   # the singleton's (name-mangled) class
-    original = client_class.ttp_request
 
-    def ttp_request(self: Any, func_name: str, device: Any, *args: Any, **kwargs: Any) -> Any:
-        with dealer_request():
-            return original(self, func_name, device, *args, **kwargs)
+    def make(original: Callable[..., Any]) -> Callable[..., Any]:
+        def ttp_request(self: Any, func_name: str, device: Any, *args: Any,
+                        **kwargs: Any) -> Any:
+            with dealer_request():
+                return original(self, func_name, device, *args, **kwargs)
+        return ttp_request
 
-    client_class.ttp_request = ttp_request
-
-    def undo() -> None:
-        if client_class.__dict__.get("ttp_request") is ttp_request:
-            client_class.ttp_request = original
-
-    return undo
+    return replace_method(client_class, "ttp_request", make)
 
 
 TRAFFIC_PATCH = Patch("ttp_traffic_tally",

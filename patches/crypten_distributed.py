@@ -22,7 +22,7 @@ from typing import Any
 import crypten.communicator.distributed_communicator as crypten_distributed
 import torch.distributed as torch_distributed
 
-from crypten_mpcache.patches import Patch
+from crypten_mpcache.patches import Patch, replace_method
 
 
 class _Settings:
@@ -51,26 +51,19 @@ class _TimedDistributed:
 
 
 def _wrap_constructor() -> Callable[[], None]:
-    cls = crypten_distributed.DistributedCommunicator
-    original = cls.__dict__["__init__"]
+    def make(original: Callable[..., Any]) -> Callable[..., Any]:
+        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+            if SETTINGS.store is None:
+                original(self, *args, **kwargs)
+                return
+            crypten_distributed.dist = _TimedDistributed()
+            try:
+                original(self, *args, **kwargs)
+            finally:
+                crypten_distributed.dist = torch_distributed
+        return __init__
 
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        if SETTINGS.store is None:
-            original(self, *args, **kwargs)
-            return
-        crypten_distributed.dist = _TimedDistributed()
-        try:
-            original(self, *args, **kwargs)
-        finally:
-            crypten_distributed.dist = torch_distributed
-
-    cls.__init__ = __init__
-
-    def undo() -> None:
-        if cls.__dict__.get("__init__") is __init__:
-            cls.__init__ = original
-
-    return undo
+    return replace_method(crypten_distributed.DistributedCommunicator, "__init__", make)
 
 
 PATCH = Patch("distributed_startup",

@@ -61,21 +61,22 @@ class Split:
                 "free_attention": self.full / self.shared}
 
 
-def _online(op: dict[str, Any], key: str) -> float:
+def online(op: dict[str, Any], key: str) -> float:
+    """An operator's ``key`` ("bytes" or "rounds") without the dealer's part."""
     return float(op.get(key, 0.0)) - float(op.get(f"dealer_{key}", 0.0))
 
 
 def _shared(ops: dict[str, dict[str, Any]], key: str) -> float:
-    return sum(_online(op, key) for kind, op in ops.items() if kind not in NOT_SHARED)
+    return sum(online(op, key) for kind, op in ops.items() if kind not in NOT_SHARED)
 
 
 def split(full: dict[str, Any], cache: dict[str, Any], key: str) -> Split:
     """The online ``key`` ("bytes" or "rounds") of a full and an MPCache row, split."""
     f_ops, c_ops = full["operators"], cache["operators"]
     shared = _shared(f_ops, key)
-    selection = sum(_online(c_ops[k], key) for k in SELECTION if k in c_ops)
-    pick = _online(c_ops["pick"], key) if "pick" in c_ops else 0.0
-    return Split(shared, _online(f_ops["softmax"], key), _online(c_ops["softmax"], key),
+    selection = sum(online(c_ops[k], key) for k in SELECTION if k in c_ops)
+    pick = online(c_ops["pick"], key) if "pick" in c_ops else 0.0
+    return Split(shared, online(f_ops["softmax"], key), online(c_ops["softmax"], key),
                  selection + _shared(c_ops, key) - shared,  # e.g. MPCache's extra premasking
                  pick)
 

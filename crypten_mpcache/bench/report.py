@@ -113,10 +113,6 @@ def operator_table(rows: list[dict[str, Any]]) -> list[str]:
     return _table(header, body)
 
 
-def _online_bytes(op: dict[str, Any]) -> float:
-    return float(op["bytes"]) - float(op.get("dealer_bytes", 0.0))
-
-
 def selection_table(rows: list[dict[str, Any]]) -> list[str]:
     """Per selecting row: its selection's online MiB (similarity, top-k, gather, pick)
     and share of the step, and what each top-k of the last step ran (G -> k protocol)."""
@@ -127,8 +123,8 @@ def selection_table(rows: list[dict[str, Any]]) -> list[str]:
         if not r.get("topk_last_step"):
             continue
         ops = r["operators"]
-        selection = sum(_online_bytes(ops[k]) for k in bounds.SELECTION if k in ops)
-        pick = _online_bytes(ops["pick"]) if "pick" in ops else 0.0
+        selection = sum(bounds.online(ops[k], "bytes") for k in bounds.SELECTION if k in ops)
+        pick = bounds.online(ops["pick"], "bytes") if "pick" in ops else 0.0
         body.append([str(r["context"]), r["cache"], _fmt(selection / MIB), _fmt(pick / MIB),
                      f"{100 * selection / max(1, r['online_bytes']):.0f}%",
                      "; ".join(r["topk_last_step"])])

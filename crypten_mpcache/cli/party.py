@@ -25,10 +25,10 @@ from crypten_mpcache.cli.common import (
     positive_int,
 )
 from crypten_mpcache.runtime.launcher import COMPARISONS, DEALERS
+from crypten_mpcache.runtime.roles import ROLES
 
 NAME = "party"
 HELP = "run one role (owner, client, helper, dealer) of a private generation"
-ROLES = ("owner", "client", "helper", "dealer")
 
 
 def _seconds(text: str) -> float:

@@ -19,6 +19,7 @@ the number of score vectors per call (the cost model of ``secure.functions.topk_
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -60,6 +61,9 @@ class CryptenBackendConfig:
     @property
     def profile(self) -> NetworkProfile:
         return PROFILES[self.network]
+
+
+TOPK_LOG_CALLS = 1024
 
 
 @dataclass(frozen=True)
@@ -108,7 +112,8 @@ class CryptenBackend:
 
     def __init__(self, config: CryptenBackendConfig | None = None) -> None:
         self.config = config or CryptenBackendConfig()
-        self.topk_log: list[TopKChoice] = []  # public: what each top-k call ran (bench)
+        # public: the latest top-k calls (bench shows a step's); bounded for long runs
+        self.topk_log: deque[TopKChoice] = deque(maxlen=TOPK_LOG_CALLS)
 
     # -- linear -------------------------------------------------------------------------
     def matmul(self, a: Value, b: Value) -> Value:

@@ -113,6 +113,7 @@ class ClusterSelection:
 
     def scatter(self, probs: Any) -> Any:
         c = self.counts
+        b, h, r, _ = probs.shape
         end = c.sink + self.kept * c.sizes[-1]
         parts = [probs[..., : c.sink]]
         if self.operands is not None:
@@ -123,9 +124,7 @@ class ClusterSelection:
                 mid = _scatter(picked, self.operands.fine, c.sizes[-1])  # (b, h, r, kc sc)
                 parts.append(_scatter(mid, self.operands.coarse, c.sizes[-2]))
         else:
-            b, h, r, _ = probs.shape
             parts.append(torch.zeros(b, h, r, c.recent_start - c.sink, dtype=torch.float64))
-        b, h, r, _ = probs.shape
         parts.append(torch.zeros(b, h, r, c.recent_drop, dtype=torch.float64))
         parts.append(probs[..., end:])
         return _cat_columns(parts)
