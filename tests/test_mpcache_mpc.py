@@ -367,7 +367,7 @@ def _same_records(secure: list[dict], plain: list[dict], layers: int, exact: boo
     (6, 2, replace(BUDGETED, selection_scope="layer", hierarchy=False), PROMPT, False),
     (0, 2, MPCacheConfig.default(budget=DEFAULT_BUDGET), DEFAULT_PROMPT, False),
     (14, 2, MPCacheConfig.paper().at_budget(0.45), 224, False),
-    (3, 2, DEEP, 224, False),
+    (4, 2, DEEP, 224, False),
 ], ids=["mha-ratio", "gqa-budget", "gqa-layer-scope-one-level", "default", "paper",
         "deepened"])
 def test_secure_selections_and_tokens_equal_plaintext(tmp_path, seed, kv_heads, config,
