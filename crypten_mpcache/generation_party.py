@@ -12,6 +12,7 @@ party 1 (``secure.primitives.reveal``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,7 @@ from crypten_mpcache.methods import FULL, MethodConfig, resolve_method
 from crypten_mpcache.models.llama import SecureModelOptions, secure_argmax, secure_forward
 from crypten_mpcache.patches.transformers_llama import patch
 from crypten_mpcache.runtime.cost import CostMeter, operator_scope
+from crypten_mpcache.runtime.offline import deal_ahead
 from crypten_mpcache.secure.cache.kv_cache import SecureKVCache
 from crypten_mpcache.secure.cache.method_policy import create_policy, default_policies
 from crypten_mpcache.secure.primitives.reveal import (
@@ -114,19 +116,24 @@ def generation_party(task: PartyTask) -> dict[str, Any]:
         tokens.append(reveal_generated_token(onehot, to=CLIENT))
         return onehot
 
+    def phase(name: str, run: Callable[[], Any]) -> Any:
+        with meter.phase(name):
+            return deal_ahead(name, run)
+
+    def prefill() -> Any:
+        with operator_scope("embedding"):
+            prompt = crypten.cryptensor(
+                _client_onehot(task, rank, model.config.vocab_size), src=CLIENT)
+        return emit(secure_forward(model, prompt, cache, 0))
+
     with ledger:
-        with meter.phase("setup"):
-            handle = patch(model, options)
+        handle = phase("setup", lambda: patch(model, options))
         cache = SecureKVCache(model.config.num_hidden_layers, premask=task.premask)
-        with meter.phase("prefill"):
-            with operator_scope("embedding"):
-                prompt = crypten.cryptensor(
-                    _client_onehot(task, rank, model.config.vocab_size), src=CLIENT)
-            token = emit(secure_forward(model, prompt, cache, 0))
+        token = phase("prefill", prefill)
         for step in _decode_steps(task, rank):
-            with meter.phase(f"decode/{step}"):
-                position = len(task.prompt_ids) + step - 1
-                token = emit(secure_forward(model, token, cache, position))
+            position = len(task.prompt_ids) + step - 1
+            token = phase(f"decode/{step}",
+                          lambda t=token, p=position: emit(secure_forward(model, t, cache, p)))
         handle.restore()
     return {
         "rank": rank,

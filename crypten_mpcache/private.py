@@ -61,6 +61,7 @@ from crypten_mpcache.models import check_architecture
 from crypten_mpcache.plaintext import generate_fed
 from crypten_mpcache.runtime.cost import combine
 from crypten_mpcache.runtime.launcher import COMPARISONS, DEALERS, LaunchConfig, launch
+from crypten_mpcache.runtime.offline import DEALINGS
 
 DEFAULT_PROMPT = ("In two short sentences, explain why the sky looks blue on a clear day "
                   "and why sunsets often look red or orange.")
@@ -82,6 +83,7 @@ class PrivateGenerationConfig:
     parties: int = 2
     dealer: str = "ttp"
     comparison: str = "masked"
+    dealing: str = "ahead"  # the TTP's material: a phase at a time, before it (or on-demand)
     cache: str = FULL  # full, or a method name of eval and bench (``secure_methods``)
     check: bool = False  # also run the plaintext model and compare (reveals logits)
     premask: bool = True
@@ -114,6 +116,8 @@ class PrivateGenerationConfig:
             raise ValueError(f"unknown model folder {self.model_path!r}: no config.json there "
                              "(give a local transformers checkpoint folder, or None for the "
                              "embedded SmolLM2)")
+        if self.dealing not in DEALINGS:
+            raise ValueError(f"dealing must be one of {DEALINGS}, got {self.dealing!r}")
         if not self.timeout_s > 0:
             raise ValueError("timeout_s must be positive")
         check_amount("budget", self.budget, allow_none=True)
@@ -146,7 +150,8 @@ class PrivateGenerationConfig:
 
     def launch_config(self) -> LaunchConfig:
         return LaunchConfig(parties=self.parties, dealer=self.dealer,  # type: ignore[arg-type]
-                            comparison=self.comparison, timeout_s=self.timeout_s)
+                            comparison=self.comparison, dealing=self.dealing,
+                            timeout_s=self.timeout_s)
 
 
 @dataclass
@@ -162,6 +167,7 @@ class GenerationResult:
     premask: bool
     comparison: str
     cost: dict[str, Any]
+    dealing: str = "ahead"
     reveals: dict[str, dict[str, int]] = field(default_factory=dict)
     seconds: float = 0.0
     plaintext_ids: list[int] | None = None
@@ -264,6 +270,7 @@ def generation_result(outputs: list[dict[str, Any]], prompt_tokens: int,
         prompt_tokens=prompt_tokens, parties=config.parties, dealer=config.dealer,
         cache=config.cache, premask=config.premask, comparison=config.comparison,
         cost=cost_summary([o["cost"] for o in outputs]),
+        dealing=config.dealing if config.dealer == "ttp" else "none",
         reveals={f"party{o['rank']}": o["reveals"]["counts"] for o in outputs},
         seconds=seconds)
 
@@ -298,8 +305,8 @@ def generate_ids(prompt_ids: list[int], config: PrivateGenerationConfig | None =
 
 def private_generate(prompt: str | None = None, *, max_new_tokens: int = 16,
                      model_path: str | None = None, parties: int = 2, dealer: str = "ttp",
-                     comparison: str = "masked", cache: str = "full", check: bool = False,
-                     premask: bool = True,
+                     comparison: str = "masked", dealing: str = "ahead",
+                     cache: str = "full", check: bool = False, premask: bool = True,
                      progress: bool = True, chat_template: bool = True,
                      budget: Amount | None = None,
                      mpcache: MPCacheConfig | None = None) -> GenerationResult:
@@ -307,8 +314,8 @@ def private_generate(prompt: str | None = None, *, max_new_tokens: int = 16,
     and ``budget`` mean what they mean in ``eval`` and ``bench``)."""
     config = PrivateGenerationConfig(
         max_new_tokens=max_new_tokens, model_path=model_path, parties=parties, dealer=dealer,
-        comparison=comparison, cache=cache, check=check, premask=premask, progress=progress,
-        chat_template=chat_template, budget=budget, mpcache=mpcache)
+        comparison=comparison, dealing=dealing, cache=cache, check=check, premask=premask,
+        progress=progress, chat_template=chat_template, budget=budget, mpcache=mpcache)
     prompt = DEFAULT_PROMPT if prompt is None else prompt
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError("the prompt is empty")

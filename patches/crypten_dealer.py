@@ -9,9 +9,12 @@ protocol that lives beside the protocol:
 * ``comparison_material``: the masked comparison (``crypten_mpcache.secure.primitives.comparison``);
 * ``onehot_material``: the dealt unit vectors (``crypten_mpcache.secure.primitives.onehot``).
 
-``TRAFFIC_PATCH`` wraps ``TTPClient.ttp_request`` in ``runtime.cost.dealer_request`` so
-costs split into online and dealer (offline) parts. The launcher installs both in every
-party and in the dealer process, for the lifetime of the process.
+``TRAFFIC_PATCH`` routes ``TTPClient.ttp_request`` through ``runtime.offline.serve_request``:
+recorded in a phase's dry run, served from the material dealt ahead, or fetched now and
+tallied by ``runtime.cost.dealer_request`` (so costs split into online and dealer parts).
+``response_size`` gives the size of each request's answer from its public arguments (what
+the other parties draw as their share). The launcher installs both patches in every party
+and in the dealer process, for the lifetime of the process.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import torch
 from crypten.mpc.provider.ttp_provider import TTPClient, TTPServer
 
 from crypten_mpcache.patches import Patch, replace_method
-from crypten_mpcache.runtime.cost import dealer_request
+from crypten_mpcache.runtime.offline import serve_request
 from crypten_mpcache.secure.primitives import comparison_dealer, onehot
 from crypten_mpcache.secure.primitives.premask_dealer import MaskStore, Recipe, party0_product_share
 
@@ -47,8 +50,9 @@ def _premask_register(server: Any, masks: tuple[tuple[int, tuple[int, ...]], ...
 
 
 def _premask_triple(server: Any, recipe: Recipe, size_x: tuple[int, ...],
-                    op: str) -> torch.Tensor:
-    """Party 0's share of C = A (op) M; the parties drew A and the other C shares."""
+                    op: str, size_out: tuple[int, ...]) -> torch.Tensor:
+    """Party 0's share of C = A (op) M (of shape ``size_out``); the parties drew A and the
+    other C shares."""
     a = server._get_additive_PRSS(torch.Size(size_x))
     return party0_product_share(
         _server_store(server), op, a, recipe,
@@ -67,6 +71,33 @@ REQUESTS = {"premask_register": _premask_register,
             "premask_triple": _premask_triple,
             "comparison_material": _comparison_material,
             "onehot_material": _onehot_material}
+
+
+def _meta(size: Any) -> torch.Tensor:
+    return torch.empty(tuple(size), device="meta")
+
+
+# The size of each request's answer, from its public arguments: CrypTen's five, then ours.
+RESPONSE_SIZES: dict[str, Callable[..., Any]] = {
+    "additive": lambda size0, size1, op, *args, **kwargs:
+        getattr(torch, op)(_meta(size0), _meta(size1), *args, **kwargs).shape,
+    "square": lambda size: size,
+    "wraps": lambda size: size,
+    "B2A": lambda size: size,
+    "binary": lambda size0, size1: torch.broadcast_shapes(tuple(size0), tuple(size1)),
+    "premask_register": lambda masks: (0,),
+    "premask_triple": lambda recipe, size_x, op, size_out: size_out,
+    "comparison_material": lambda n: (comparison_dealer.Layout(int(n)).dependent_size,),
+    "onehot_material": lambda n, width: (int(n), int(width)),
+}
+
+
+def response_size(name: str, args: tuple, kwargs: dict) -> tuple[int, ...]:
+    """The shape of the dealer's answer to request ``name``."""
+    if name not in RESPONSE_SIZES:
+        raise KeyError(f"no size rule for the TTP request {name!r}: add one to "
+                       "crypten_mpcache.patches.crypten_dealer.RESPONSE_SIZES")
+    return tuple(int(d) for d in RESPONSE_SIZES[name](*args, **kwargs))
 
 
 def _add_ttp_requests() -> Callable[[], None]:
@@ -95,14 +126,16 @@ def _tally_ttp_requests() -> Callable[[], None]:
     def make(original: Callable[..., Any]) -> Callable[..., Any]:
         def ttp_request(self: Any, func_name: str, device: Any, *args: Any,
                         **kwargs: Any) -> Any:
-            with dealer_request():
-                return original(self, func_name, device, *args, **kwargs)
+            return serve_request(
+                func_name, device, args, kwargs, response_size,
+                lambda: original(self, func_name, device, *args, **kwargs))
         return ttp_request
 
     return replace_method(client_class, "ttp_request", make)
 
 
-TRAFFIC_PATCH = Patch("ttp_traffic_tally",
-                      "TTPClient.ttp_request tallies its traffic as dealer_bytes / "
+TRAFFIC_PATCH = Patch("ttp_request_route",
+                      "TTPClient.ttp_request is recorded in a dry run, served from the "
+                      "material dealt ahead, or fetched and tallied as dealer_bytes / "
                       "dealer_rounds / dealer_seconds on the communicator",
                       _tally_ttp_requests)

@@ -21,7 +21,7 @@ PATCHES = f"{PACKAGE}.patches"
 PATCH_NEEDS = {
     f"{PATCHES}.crypten_compat": {f"{PACKAGE}.runtime.launcher"},  # run_multiprocess
     f"{PATCHES}.crypten_comparison": {f"{PACKAGE}.secure.primitives.comparison"},
-    f"{PATCHES}.crypten_dealer": {f"{PACKAGE}.runtime.cost",
+    f"{PATCHES}.crypten_dealer": {f"{PACKAGE}.runtime.offline",
                                   f"{PACKAGE}.secure.primitives.comparison_dealer",
                                   f"{PACKAGE}.secure.primitives.onehot",
                                   f"{PACKAGE}.secure.primitives.premask_dealer"},

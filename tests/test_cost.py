@@ -68,7 +68,8 @@ def test_combine_sums_bytes_and_takes_the_max_of_rounds_and_seconds():
 
 def test_combine_keeps_the_slowest_party_online():
     """Party 0: 10 rounds of which 8 with the dealer (2 online); party 1: 5 online. The
-    merged online rounds are the slowest party's 5, not 10 - 8."""
+    merged online rounds are the slowest party's 5, not 10 - 8. Seconds: party 0 spent 0.5
+    of its 1.0 on the dealer, and party 1 waited for it meanwhile: 0.5 online."""
     def report(rounds: int, dealer_rounds: int, nbytes: int, dealer_bytes: int) -> dict:
         cost = {"bytes": nbytes, "rounds": rounds, "seconds": 1.0,
                 "dealer_bytes": dealer_bytes, "dealer_rounds": dealer_rounds,
@@ -79,7 +80,7 @@ def test_combine_keeps_the_slowest_party_online():
     merged = combine([report(10, 8, 100, 60), report(5, 0, 40, 0)])
     phase = merged["phases"][0]
     assert (phase["rounds"], phase["dealer_rounds"]) == (10, 5)
-    assert online(phase) == {"bytes": 80, "rounds": 5, "seconds": 1.0}
+    assert online(phase) == {"bytes": 80, "rounds": 5, "seconds": 0.5}
 
 
 def _silu_cost() -> dict:
@@ -125,13 +126,16 @@ def test_generate_report_shows_the_dealer_part_and_the_online_rest():
     mib = 1024 * 1024
     step = {"step": 1, "bytes": 3 * mib, "rounds": 30, "seconds": 1.0,
             "dealer_bytes": mib, "dealer_rounds": 20, "dealer_seconds": 0.25}
-    text = format_cost({"prefill": {"bytes": 0, "rounds": 0, "seconds": 0.0},
-                        "decode": [step], "operators": {}})
-    dealer = next(line for line in text.splitlines() if "of which dealer" in line)
-    online = next(line for line in text.splitlines() if "online (mean/step)" in line)
-    assert dealer.split()[-3:] == ["1.000", "20", "0.25"]
-    assert online.split()[-3:] == ["2.000", "10", "0.75"]
-    without = format_cost({"prefill": step, "decode": [{**step, "dealer_bytes": 0,
-                                                         "dealer_rounds": 0}],
+    prefill = {"bytes": 0, "rounds": 0, "seconds": 0.0}
+    text = format_cost({"prefill": prefill, "decode": [step], "operators": {}})
+    lines = text.splitlines()
+    mean = lines.index(next(line for line in lines if "decode (mean/step)" in line))
+    assert lines[mean + 1].split()[:2] == ["offline", "(dealer)"]
+    assert lines[mean + 1].split()[-3:] == ["1.000", "20", "0.25"]
+    assert lines[mean + 2].split() == ["online", "2.000", "10", "0.75"]
+    without = format_cost({"prefill": prefill, "decode": [{**step, "dealer_bytes": 0,
+                                                            "dealer_rounds": 0}],
                            "operators": {}})
-    assert "of which dealer" not in without
+    assert "offline (dealer)" not in without
+    dealt_prefill = format_cost({"prefill": step, "decode": [], "operators": {}})
+    assert dealt_prefill.splitlines()[3].split()[-3:] == ["1.000", "20", "0.25"]

@@ -10,6 +10,7 @@ eviction), ``decode/<step>``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,7 @@ from crypten_mpcache.models.llama import (
     encrypt_operands,
 )
 from crypten_mpcache.runtime.cost import CostMeter
+from crypten_mpcache.runtime.offline import deal_ahead
 from crypten_mpcache.secure.cache.kv_cache import CachePolicy, SecureKVCache
 from crypten_mpcache.secure.functions.activation import ActivationConfig
 
@@ -192,15 +194,19 @@ def run_row(task: RowTask) -> dict[str, Any]:
     options = SecureModelOptions(src=OWNER, premask=True, policy=policy,
                                  activation=ActivationConfig(method=task.activation))
     meter = CostMeter()
-    with meter.phase("setup"):
-        layers = build_layers(task, options, rank)
-        cache = fill_cache(task, rank)
+
+    def phase(name: str, run: Callable[[], Any]) -> Any:
+        with meter.phase(name):
+            return deal_ahead(name, run)
+
+    layers, cache = phase("setup", lambda: (build_layers(task, options, rank),
+                                            fill_cache(task, rank)))
     generator = torch.Generator().manual_seed(task.seed + 2)
     window = policy.prefill_window(task.context)
     for index in range(task.layers):
         probs = window_probs(task, window, generator, rank) if window else None
-        with meter.phase(f"static/{index}"):
-            policy.after_prefill(cache.layer(index), probs)
+        phase(f"static/{index}",
+              lambda i=index, p=probs: policy.after_prefill(cache.layer(i), p))
         del probs
     hidden_size = task.model_shape().hidden
     topk_log = getattr(getattr(policy.inner, "backend", None), "topk_log", [])
@@ -210,11 +216,14 @@ def run_row(task: RowTask) -> dict[str, Any]:
             _owner_tensor((1, 1, hidden_size), "randn", generator, rank) * 50, src=OWNER)
         position = task.context + step
         cos_sin = _rope(task, position)
-        with meter.phase(f"decode/{step}"):
+
+        def decode(hidden: Any = hidden, position: int = position, cos_sin: Any = cos_sin) -> None:
             for layer in layers:
                 hidden = layer(hidden, attention_mask=None,
                                position_ids=torch.tensor([[position]]), cache=cache,
                                use_cache=True, position_embeddings=cos_sin)
+
+        phase(f"decode/{step}", decode)
     return {"rank": rank, "cost": meter.report(), "attended": policy.attended,
             "topk": [choice.label() for choice in topk_log],
             "window": window, "cache_lengths": [cache.get_seq_length(i)

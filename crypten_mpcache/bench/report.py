@@ -5,8 +5,10 @@ optimization that does not depend on eviction (premasking, activations, softmax 
 comparison protocols) runs in both, so the ratio measures eviction and nothing else.
 Latency: measured compute + rounds x RTT + per-party bytes / bandwidth
 (``runtime.network``: LAN 3 Gbps / 0.8 ms RTT, WAN 200 Mbps / 40 ms RTT).
-With the TTP dealer, the "online" table leaves out the dealer's traffic (its material
-depends only on public shapes and is dealt ahead: ``runtime.cost``).
+With the TTP dealer, the "online" table leaves out the dealer's traffic: its material
+depends only on public shapes, and by default each phase's is dealt ahead of the phase
+(``runtime.offline``); the "offline" columns are that dealing (with ``--dealing
+on-demand``: the on-demand fetches).
 """
 
 from __future__ import annotations
@@ -52,11 +54,12 @@ def has_dealer_traffic(rows: list[dict[str, Any]]) -> bool:
 def online_table(rows: list[dict[str, Any]]) -> list[str]:
     """Per decode step without the dealer's traffic, and the dealer's part apart."""
     header = ["context", "cache", "online MiB/step", "online rounds", "online LAN s",
-              "online WAN s", "dealer MiB/step", "dealer rounds"]
+              "online WAN s", "offline MiB/step", "offline rounds", "offline s"]
     body = [[str(r["context"]), r["cache"], _fmt(r["online_bytes"] / MIB),
              _fmt(r["online_rounds"], 1), _fmt(r["online_lan_seconds"]),
              _fmt(r["online_wan_seconds"]), _fmt(r["dealer_bytes"] / MIB),
-             _fmt(r["dealer_rounds"], 1)] for r in rows]
+             _fmt(r["dealer_rounds"], 1), _fmt(r.get("dealer_seconds", float("nan")))]
+            for r in rows]
     return _table(header, body)
 
 
@@ -136,7 +139,8 @@ def format_report(result: dict[str, Any]) -> str:
     config, rows = result["config"], result["rows"]
     lines = [
         f"shape {config['shape']}, {config['layers']} layer(s), budget {config['budget']}, "
-        f"dealer {config['dealer']}, comparison {config.get('comparison', 'crypten')}, "
+        f"dealer {config['dealer']} (dealing {config.get('dealing', 'on-demand')}), "
+        f"comparison {config.get('comparison', 'crypten')}, "
         f"SiLU {config.get('activation', 'exp_poly')}, "
         f"{config['parties']} parties, {config['steps']} decode "
         f"step(s) per row; bytes summed over parties, per decode step of the "
@@ -150,8 +154,7 @@ def format_report(result: dict[str, Any]) -> str:
         lines += ["", "Ratios full / cache (same context, same run):", ""]
         lines += ratio_table(rows)
     if has_dealer_traffic(rows) and all("online_bytes" in r for r in rows):
-        lines += ["", "Online (the dealer's material dealt ahead of the step; its traffic "
-                  "apart):", ""]
+        lines += ["", "Online, and the dealer's traffic apart (offline):", ""]
         lines += online_table(rows)
         if ratios(rows):
             lines += ["", "Online ratios full / cache:", ""]

@@ -36,6 +36,7 @@ class BenchConfig:
     budget: float = 0.05
     dealer: str = "ttp"
     comparison: str = "masked"
+    dealing: str = "ahead"
     activation: str = "lookup"
     steps: int = 2
     share_weights: bool = True
@@ -68,7 +69,8 @@ class BenchConfig:
     def launch_config(self) -> LaunchConfig:
         """How the parties of every row run (``LaunchConfig`` validates these fields)."""
         return LaunchConfig(parties=self.parties, dealer=self.dealer,  # type: ignore[arg-type]
-                            comparison=self.comparison, timeout_s=self.timeout_s)
+                            comparison=self.comparison, dealing=self.dealing,
+                            timeout_s=self.timeout_s)
 
     def tasks(self) -> list[RowTask]:
         return [RowTask(self.shape, self.layers, context, cache, self.budget, self.steps,
@@ -146,7 +148,8 @@ def summarize(task: RowTask, config: BenchConfig, outputs: list[dict[str, Any]],
     return {
         "shape": task.shape, "layers": task.layers, "context": task.context,
         "cache": task.cache, "budget": task.budget, "dealer": config.dealer,
-        "comparison": config.comparison, "activation": config.activation,
+        "comparison": config.comparison, "dealing": config.dealing,
+        "activation": config.activation,
         "parties": config.parties, "steps": task.steps,
         "bytes": int(decode["bytes"]), "bytes_per_party": int(party_bytes),
         "rounds": decode["rounds"], "seconds": decode["seconds"],
@@ -160,6 +163,7 @@ def summarize(task: RowTask, config: BenchConfig, outputs: list[dict[str, Any]],
         "online_wan_seconds": WAN.latency(step_online["seconds"], step_online["rounds"],
                                           party_online_bytes),
         "dealer_bytes": int(decode["dealer_bytes"]), "dealer_rounds": decode["dealer_rounds"],
+        "dealer_seconds": decode["dealer_seconds"],
         "per_layer": per_layer,
         "model_estimate": {"layers": shape.depth, **model,
                            "lan_seconds": LAN.latency(model["seconds"], model["rounds"],

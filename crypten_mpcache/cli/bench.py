@@ -13,6 +13,7 @@ from crypten_mpcache.bench.shapes import SHAPES
 from crypten_mpcache.cli.common import check_writable, comma_list, positive_int, ratio
 from crypten_mpcache.config import MPCACHE, mpcache_variants
 from crypten_mpcache.runtime.launcher import COMPARISONS, DEALERS
+from crypten_mpcache.runtime.offline import DEALINGS
 from crypten_mpcache.secure.functions.activation import SILU_METHODS
 
 NAME = "bench"
@@ -20,6 +21,7 @@ HELP = "MPC cost of a decode step: full cache vs MPCache"
 
 # The options that become BenchConfig fields (None: the field's default).
 CONFIG_FIELDS = ("shape", "layers", "contexts", "caches", "budget", "dealer", "comparison",
+                 "dealing",
                  "activation", "steps", "seed", "max_memory_gb")
 
 
@@ -43,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              "clusters included (default 0.05)")
     add("--dealer", default=None, choices=DEALERS,
         help="ttp: separate trusted dealer; tfp: party 0 deals (cost measurement only)")
+    add("--dealing", default=None, choices=DEALINGS,
+        help="ttp only: ahead (default: each phase's material is dealt before the phase) "
+             "or on-demand (each piece fetched when needed)")
     add("--comparison", default=None, choices=COMPARISONS,
         help="secure comparison of every row (full and MPCache alike): masked (the "
              "dealer deals the mask's bits; default) or crypten (CrypTen's adder)")

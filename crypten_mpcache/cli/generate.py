@@ -9,6 +9,7 @@ from crypten_mpcache.cli.common import budget, check_writable, positive_int
 from crypten_mpcache.config import mpcache_variants
 from crypten_mpcache.methods import BASELINE_NAMES
 from crypten_mpcache.runtime.launcher import COMPARISONS, DEALERS
+from crypten_mpcache.runtime.offline import DEALINGS
 from crypten_mpcache.runtime.report import format_cost
 
 NAME = "generate"
@@ -32,6 +33,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--comparison", default="masked", choices=COMPARISONS,
                    help="secure comparison protocol: masked (the dealer deals the mask's "
                    "bits; default, ~7x fewer bytes) or crypten (CrypTen's own)")
+    p.add_argument("--dealing", default="ahead", choices=DEALINGS,
+                   help="ttp only: ahead (default: each phase's material is dealt before "
+                   "the phase, so no online round waits on the dealer) or on-demand "
+                   "(each piece fetched when needed: three dealer messages per request)")
     p.add_argument("--cache", default="full", metavar="CACHE",
                    help="KV cache: full, an MPCache variant with the names and "
                    f"configurations of eval and bench ({', '.join(mpcache_variants())}; "
@@ -64,11 +69,12 @@ def run(args: argparse.Namespace) -> int:
     result = private_generate(
         args.prompt, max_new_tokens=args.max_new_tokens, model_path=args.model,
         parties=args.parties, dealer=args.dealer, comparison=args.comparison,
-        cache=args.cache, check=args.check,
+        dealing=args.dealing, cache=args.cache, check=args.check,
         premask=not args.no_premask, progress=not args.quiet,
         chat_template=not args.no_chat_template, budget=args.budget)
     print(f"prompt tokens: {result.prompt_tokens}   parties: {result.parties}   "
-          f"dealer: {result.dealer}   comparison: {result.comparison}   "
+          f"dealer: {result.dealer} (dealing: {result.dealing})   "
+          f"comparison: {result.comparison}   "
           f"cache: {args.cache}")
     print(f"generated: {result.text!r}")
     if args.check:

@@ -25,6 +25,7 @@ from crypten_mpcache.cli.common import (
     positive_int,
 )
 from crypten_mpcache.runtime.launcher import COMPARISONS, DEALERS
+from crypten_mpcache.runtime.offline import DEALINGS
 from crypten_mpcache.runtime.roles import ROLES
 
 NAME = "party"
@@ -54,7 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      "weights and hosts the rendezvous; the client (party 1) holds the "
                      "prompt and alone learns the tokens; a helper (party 2 of 3) and the "
                      "dealer hold nothing. Every role gets the same --rendezvous, "
-                     "--parties, --dealer and --comparison.")
+                     "--parties, --dealer, --comparison and --dealing.")
     p.add_argument("--role", required=True, choices=ROLES)
     p.add_argument("--rendezvous", required=True, metavar="tcp://HOST:PORT",
                    help="the owner's address and port (the owner listens there)")
@@ -62,6 +63,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dealer", default="ttp", choices=DEALERS,
                    help="ttp: a dealer role (secure); tfp: party 0 deals (tests only)")
     p.add_argument("--comparison", default="masked", choices=COMPARISONS)
+    p.add_argument("--dealing", default="ahead", choices=DEALINGS,
+                   help="ttp only: ahead (each phase's material is dealt before the phase; "
+                   "default) or on-demand (each piece fetched when needed)")
     p.add_argument("--model", default=None, metavar="PATH",
                    help="owner: the checkpoint folder (the only role that reads weights); "
                    "client: a folder with the same config.json and the tokenizer (weights "
@@ -147,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
     check_writable(args.json, args.native_log)
     options = RoleOptions(
         role=args.role, rendezvous=args.rendezvous, parties=args.parties, dealer=args.dealer,
-        comparison=args.comparison, timeout_s=args.timeout, step_timeout_s=args.step_timeout,
+        comparison=args.comparison, dealing=args.dealing, timeout_s=args.timeout,
+        step_timeout_s=args.step_timeout,
         liveness_s=args.liveness, link_is_protected=args.link_is_protected,
         threads=args.threads)
     request = PartyRequest(

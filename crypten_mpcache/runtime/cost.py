@@ -185,8 +185,10 @@ def operator_scope(kind: str) -> Iterator[None]:
 
 def _merge(values: list[dict[str, float]]) -> dict[str, float]:
     """Bytes summed; rounds and seconds the max over parties. The dealer's share of rounds
-    and seconds is set so that total - dealer is the max over parties of the ONLINE
-    rounds (seconds): the slowest party's online part, not the sum of two maxima."""
+    is set so that total - dealer is the max over parties of the ONLINE rounds: the
+    slowest party's online part, not the sum of two maxima. The dealer's seconds are the
+    longest any party spent on the dealer (party 0's fetches or dry runs): the others wait
+    for it meanwhile, so their own counters cannot tell that wait from online work."""
     def dealer(v: dict[str, float], key: str) -> float:
         return v.get("dealer_" + key, 0)
 
@@ -197,8 +199,7 @@ def _merge(values: list[dict[str, float]]) -> dict[str, float]:
             "dealer_bytes": int(sum(dealer(v, "bytes") for v in values)),
             "dealer_rounds": int(rounds - max(v["rounds"] - dealer(v, "rounds")
                                               for v in values)),
-            "dealer_seconds": float(seconds - max(v["seconds"] - dealer(v, "seconds")
-                                                  for v in values))}
+            "dealer_seconds": float(min(seconds, max(dealer(v, "seconds") for v in values)))}
 
 
 def online(cost: dict[str, float]) -> dict[str, float]:

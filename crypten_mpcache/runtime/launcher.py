@@ -34,6 +34,8 @@ from crypten.config import cfg
 
 from crypten_mpcache.patches import crypten_comparison, crypten_dealer
 from crypten_mpcache.patches.crypten_comparison import COMPARISONS
+from crypten_mpcache.runtime import dealer as dealer_process
+from crypten_mpcache.runtime import offline
 
 Dealer = Literal["ttp", "tfp"]
 DEALERS: tuple[str, ...] = ("ttp", "tfp")
@@ -50,12 +52,15 @@ class LaunchConfig:
 
     ``dealer``: ``ttp`` runs a separate trusted-dealer process (secure for semi-honest
     parties); ``tfp`` lets party 0 deal the correlated randomness, which hands party 0
-    every mask: test and cost measurement only.
+    every mask: test and cost measurement only. ``dealing``: with the TTP, ``ahead``
+    deals each phase's material before the phase (``runtime.offline``); ``on-demand``
+    fetches each piece when it is needed (CrypTen's way).
     """
 
     parties: int = 2
     dealer: Dealer = "ttp"
     comparison: str = "masked"
+    dealing: str = "ahead"
     timeout_s: float = 1800.0
     threads_per_party: int = 1
     count_communication: bool = True
@@ -68,6 +73,7 @@ class LaunchConfig:
         if self.comparison not in COMPARISONS:
             raise ValueError(f"comparison must be one of {COMPARISONS}, got "
                              f"{self.comparison!r}")
+        offline.OfflineConfig(dealing=self.dealing)  # validates it
         if not self.timeout_s > 0:
             raise ValueError(f"timeout_s must be positive, got {self.timeout_s}")
         if self.threads_per_party < 1:
@@ -154,7 +160,7 @@ def _dealer_hooks() -> Iterator[None]:
 def _serve_as_dealer() -> None:
     """The trusted dealer: serves until party 0 says terminate."""
     with _dealer_hooks():
-        crypten.mpc.provider.TTPServer()
+        dealer_process.serve()
 
 
 @contextmanager
@@ -164,6 +170,8 @@ def _party_session(config: LaunchConfig) -> Iterator[None]:
     with _dealer_hooks():
         crypten.init()
         crypten_comparison.use(config.comparison)
+        offline.use(offline.OfflineConfig(dealing=config.dealing,
+                                          trace_timeout_s=config.timeout_s))
         try:
             yield
         finally:

@@ -17,6 +17,15 @@ def _header(title: str) -> list[str]:
             "-" * 54]
 
 
+def _split(cost: dict[str, float]) -> list[str]:
+    """The offline (dealer) and online rows of a phase that has dealer traffic."""
+    if not (cost.get("dealer_bytes") or cost.get("dealer_rounds")):
+        return []
+    dealer = {k: cost.get("dealer_" + k, 0) for k in ("bytes", "rounds", "seconds")}
+    return [_row("  offline (dealer)", dealer),
+            _row("  online", {k: cost[k] - dealer[k] for k in dealer})]
+
+
 def format_cost(cost: dict[str, Any], *, max_steps: int = 8) -> str:
     """Prefill, decode steps (the first ``max_steps`` and a mean), and operators.
 
@@ -29,20 +38,17 @@ def format_cost(cost: dict[str, Any], *, max_steps: int = 8) -> str:
     if cost.get("setup"):
         lines.append(_row("setup (one-time)", cost["setup"]))
     lines.append(_row("prefill", cost["prefill"]))
+    lines.extend(_split(cost["prefill"]))
     steps = cost.get("decode", [])
     for step in steps[:max_steps]:
         lines.append(_row(f"decode step {step['step']}", step))
     if len(steps) > max_steps:
         lines.append(f"... {len(steps) - max_steps} more decode steps")
     if steps:
-        mean = {k: sum(s[k] for s in steps) / len(steps) for k in ("bytes", "rounds", "seconds")}
+        keys = [k for k in steps[0] if k != "step"]
+        mean = {k: sum(s.get(k, 0) for s in steps) / len(steps) for k in keys}
         lines.append(_row("decode (mean/step)", mean))
-        if any(s.get("dealer_bytes") or s.get("dealer_rounds") for s in steps):
-            dealer = {k: sum(s.get("dealer_" + k, 0) for s in steps) / len(steps)
-                      for k in ("bytes", "rounds", "seconds")}
-            lines.append(_row("  of which dealer", dealer))
-            lines.append(_row("  online (mean/step)",
-                              {k: mean[k] - dealer[k] for k in mean}))
+        lines.extend(_split(mean))
     lines.append("")
     lines.extend(_header("operator (all phases)"))
     operators = cost.get("operators", {})

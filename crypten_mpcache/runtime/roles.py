@@ -69,6 +69,7 @@ class RoleOptions:
     parties: int = 2
     dealer: str = "ttp"
     comparison: str = "masked"
+    dealing: str = "ahead"          # the TTP's material, as in LaunchConfig
     timeout_s: float = 120.0        # to reach the rendezvous and for every role to join
     step_timeout_s: float = 600.0   # the longest wait for any one communication
     liveness_s: float = 10.0        # silence after which a peer is declared lost
@@ -96,7 +97,8 @@ class RoleOptions:
         if self.dealer not in DEALERS:
             raise ValueError(f"dealer must be one of {DEALERS}, got {self.dealer!r}")
         return LaunchConfig(parties=self.parties, dealer=self.dealer,  # type: ignore[arg-type]
-                            comparison=self.comparison, timeout_s=self.step_timeout_s,
+                            comparison=self.comparison, dealing=self.dealing,
+                            timeout_s=self.step_timeout_s,
                             threads_per_party=self.threads)
 
 

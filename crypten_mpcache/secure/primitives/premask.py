@@ -123,7 +123,8 @@ class _TrustedThirdParty:
         generator = client.get_generator()
         a = generate_random_ring_element(x_shape, generator=generator)
         if party_rank() == 0:
-            c = client.ttp_request("premask_triple", None, recipe, tuple(x_shape), op)
+            c = client.ttp_request("premask_triple", None, recipe, tuple(x_shape), op,
+                                       tuple(out_shape))
         else:
             c = generate_random_ring_element(out_shape, generator=generator)
         return a, c
