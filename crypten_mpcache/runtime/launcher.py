@@ -191,6 +191,7 @@ def _set_party_environment(rank: int, world_size: int, rendezvous: str,
 def _child(target: Callable[..., Any], rank: int, world_size: int, rendezvous: str,
            config: LaunchConfig, results: Any, args: tuple, kwargs: dict) -> None:
     _set_party_environment(rank, world_size, rendezvous, config)
+    failed_at: float | None = None
     try:
         configure_crypten(config.dealer, config.count_communication)
         if rank == world_size:
@@ -198,11 +199,16 @@ def _child(target: Callable[..., Any], rank: int, world_size: int, rendezvous: s
             results.put((rank, "ok", None))
             return
         with _party_session(config):
-            value = target(*args, **kwargs)
+            try:
+                value = target(*args, **kwargs)
+            except BaseException:
+                failed_at = time.time()  # before the session's end closes the peers' links
+                raise
         results.put((rank, "ok", to_picklable(value)))
     except BaseException as error:  # report any failure to the parent, then exit non-zero
         detail = "".join(traceback.format_exception_only(type(error), error)).strip()
-        results.put((rank, "error", (time.time(), detail, traceback.format_exc())))
+        results.put((rank, "error", (failed_at or time.time(), detail,
+                                     traceback.format_exc())))
         results.close()
         results.join_thread()  # flush the report before the hard exit
         os._exit(1)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import pickle
 import select
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -174,6 +175,7 @@ def _dry_run(run: Callable[[], Any], write_end: int) -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 1)
         os.dup2(devnull, 2)
+        sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (the child exits)
         torch.set_num_threads(1)  # a forked OpenMP pool can hang: stay single-threaded
         requests: list[DealtRequest] = []
         DistributedCommunicator.instance = TraceCommunicator(
