@@ -227,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("netns_links: interrupted; namespaces and processes removed", file=sys.stderr)
             return 130
+        except RuntimeError as error:
+            print(f"netns_links: {error}", file=sys.stderr)
+            return 1
         all_match = compare(args, results)
     if args.quick:
         results["model_path"] = "tiny random Llama (testing.save_tiny_llama seed 1)"

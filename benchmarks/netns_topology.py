@@ -118,6 +118,13 @@ def existing_namespaces() -> list[str]:
             if line.split() and line.split()[0].startswith(PREFIX)]
 
 
+def running_in_namespaces() -> dict[str, list[str]]:
+    """The pids that run in the harness's namespaces now, per namespace."""
+    pids = {ns: subprocess.run(["ip", "netns", "pids", ns], capture_output=True,
+                               text=True).stdout.split() for ns in existing_namespaces()}
+    return {ns: found for ns, found in pids.items() if found}
+
+
 def cleanup() -> list[str]:
     """Kill what runs in the harness's namespaces (only this harness starts processes
     there) and delete them; return the namespaces deleted."""
@@ -156,6 +163,12 @@ class Topology:
         self.shaped: NetworkProfile | None = None
 
     def __enter__(self) -> Topology:
+        busy = running_in_namespaces()
+        if busy:
+            raise RuntimeError(
+                f"another harness run is in progress ({', '.join(busy)} run pids "
+                f"{', '.join(p for pids in busy.values() for p in pids)}); if it crashed, "
+                "remove it with --cleanup")
         left = cleanup()
         if left:
             print(f"removed namespaces left by an earlier run: {', '.join(left)}", flush=True)
