@@ -27,7 +27,7 @@ from crypten.mpc.provider.ttp_provider import TTPClient, TTPServer
 
 from crypten_mpcache.patches import Patch, replace_method
 from crypten_mpcache.runtime.offline import serve_request
-from crypten_mpcache.secure.primitives import comparison_dealer, onehot
+from crypten_mpcache.secure.primitives import comparison_dealer, dcf_comparison, onehot
 from crypten_mpcache.secure.primitives.premask_dealer import MaskStore, Recipe, party0_product_share
 
 
@@ -67,10 +67,19 @@ def _onehot_material(server: Any, n: int, width: int) -> torch.Tensor:
     return onehot.ttp_party0_share(server._get_generators(device=None), int(n), int(width))
 
 
+def _dcf_material(server: Any, n: int) -> torch.Tensor:
+    return dcf_comparison.ttp_party0_share(server._get_generators(device=None), int(n))
+
+
+# Party 1 receives the leading words of party 0's answer: the keys' correction words.
+_dcf_material.relay_words = lambda n: dcf_comparison.Layout(int(n)).cw_words  # type: ignore[attr-defined]
+
+
 REQUESTS = {"premask_register": _premask_register,
             "premask_triple": _premask_triple,
             "comparison_material": _comparison_material,
-            "onehot_material": _onehot_material}
+            "onehot_material": _onehot_material,
+            "dcf_material": _dcf_material}
 
 
 def _meta(size: Any) -> torch.Tensor:
@@ -89,6 +98,7 @@ RESPONSE_SIZES: dict[str, Callable[..., Any]] = {
     "premask_triple": lambda recipe, size_x, op, size_out: size_out,
     "comparison_material": lambda n: (comparison_dealer.Layout(int(n)).dependent_size,),
     "onehot_material": lambda n, width: (int(n), int(width)),
+    "dcf_material": lambda n: (dcf_comparison.Layout(int(n)).party0_words,),
 }
 
 

@@ -20,9 +20,13 @@ PATCHES = f"{PACKAGE}.patches"
 # What each patch may import of ours: the code it hooks in, and nothing else.
 PATCH_NEEDS = {
     f"{PATCHES}.crypten_compat": {f"{PACKAGE}.runtime.launcher"},  # run_multiprocess
-    f"{PATCHES}.crypten_comparison": {f"{PACKAGE}.secure.primitives.comparison"},
+    f"{PATCHES}.crypten_comparison": {f"{PACKAGE}.secure.primitives",
+                                      f"{PACKAGE}.secure.primitives.comparison",
+                                      f"{PACKAGE}.secure.primitives.dcf_comparison"},
     f"{PATCHES}.crypten_dealer": {f"{PACKAGE}.runtime.offline",
+                                  f"{PACKAGE}.secure.primitives",
                                   f"{PACKAGE}.secure.primitives.comparison_dealer",
+                                  f"{PACKAGE}.secure.primitives.dcf_comparison",
                                   f"{PACKAGE}.secure.primitives.onehot",
                                   f"{PACKAGE}.secure.primitives.premask_dealer"},
     f"{PATCHES}.transformers_llama": {f"{PACKAGE}.models", f"{PACKAGE}.models.llama"},

@@ -22,6 +22,7 @@ from typing import Any
 import crypten
 import crypten.communicator as comm
 import torch
+import torch.distributed as dist
 from crypten.mpc.provider.ttp_provider import TTPServer
 
 DEAL_PHASE = "deal_phase"
@@ -35,11 +36,13 @@ class DealtSizeError(ValueError):
     ValueError: the serve loop stops only quietly on RuntimeErrors, a closed link)."""
 
 
-def deal_phase(server: Any, requests: Sequence[WireRequest]) -> torch.Tensor:
-    """Party 0's material for ``requests``, in order, flattened into one int64 tensor."""
+def deal_phase(server: Any, requests: Sequence[WireRequest]
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Party 0's material for ``requests``, in order, flattened into one int64 tensor, and
+    party 1's relayed parts (see ``relayed``) likewise."""
     total = sum(_numel(size) for *_, size in requests)
     flat = torch.empty(total, dtype=torch.long)
-    offset = 0
+    offset, relays = 0, []
     for index, (name, device, args, kwargs, size) in enumerate(requests):
         server.device = device
         result = getattr(server, name)(*args, **kwargs)
@@ -49,7 +52,32 @@ def deal_phase(server: Any, requests: Sequence[WireRequest]) -> torch.Tensor:
         n = _numel(size)
         flat[offset:offset + n] = result.reshape(-1)
         offset += n
-    return flat
+        relays.append(relayed(server, name, args, result))
+    return flat, torch.cat(relays) if relays else torch.empty(0, dtype=torch.long)
+
+
+def relayed(server: Any, name: str, args: tuple, result: torch.Tensor) -> torch.Tensor:
+    """What party 1 receives of a request's material: the leading ``relay_words(*args)``
+    words of party 0's answer, for a request method that declares ``relay_words`` (the
+    correction words of DCF keys are the same in both parties' keys); else nothing."""
+    words = getattr(getattr(type(server), name), "relay_words", None)
+    if words is None:
+        return torch.empty(0, dtype=torch.long)
+    return result.reshape(-1)[: words(*args)]
+
+
+def relay_group() -> Any:
+    """The process group of party 1 and the dealer (every process creates it, in order)."""
+    channel = comm.get()
+    return dist.new_group([1, channel.get_ttp_rank()])
+
+
+def send_relay(channel: Any, group: Any, words: torch.Tensor) -> None:
+    """Party 1's relayed material: its size, then the words (nothing when empty)."""
+    if words.numel():
+        ttp = channel.get_ttp_rank()
+        channel.broadcast(torch.tensor([words.numel()], dtype=torch.long), ttp, group)
+        channel.broadcast(words.contiguous(), ttp, group)
 
 
 def _numel(size: Sequence[int]) -> int:
@@ -68,19 +96,23 @@ def serve() -> None:
     server.device = "cpu"
     server._setup_generators()
     ttp_rank = channel.get_ttp_rank()
+    to_party1 = relay_group()
     try:
         while True:
             message = channel.recv_obj(0, server.ttp_group)
             if message == "terminate":
                 return
             if message["function"] == DEAL_PHASE:
-                flat = deal_phase(server, message["args"][0])
+                flat, relay = deal_phase(server, message["args"][0])
                 channel.broadcast(flat, ttp_rank, server.comm_group)
+                send_relay(channel, to_party1, relay)
                 continue
             server.device = message["device"]
             result = getattr(server, message["function"])(*message["args"],
                                                           **message["kwargs"])
             channel.send_obj(result.size(), 0, server.ttp_group)
             channel.broadcast(result, ttp_rank, server.comm_group)
+            send_relay(channel, to_party1,
+                       relayed(server, message["function"], message["args"], result))
     except RuntimeError as error:  # a party's link closed: CrypTen's server stops likewise
         logging.info("dealer stops: %s", error)

@@ -171,7 +171,8 @@ def _party_session(config: LaunchConfig) -> Iterator[None]:
         crypten.init()
         crypten_comparison.use(config.comparison)
         offline.use(offline.OfflineConfig(dealing=config.dealing,
-                                          trace_timeout_s=config.timeout_s))
+                                          trace_timeout_s=config.timeout_s),
+                    ttp=config.dealer == "ttp")
         try:
             yield
         finally:

@@ -29,7 +29,7 @@ import crypten
 import crypten.communicator as comm
 import torch
 
-from crypten_mpcache.runtime import trace
+from crypten_mpcache.runtime import dealer, trace
 from crypten_mpcache.runtime.cost import dealer_request
 from crypten_mpcache.runtime.dealer import DEAL_PHASE
 from crypten_mpcache.runtime.trace import DealtRequest
@@ -134,11 +134,35 @@ def _chunks(requests: Sequence[DealtRequest], chunk_bytes: int) -> list[list[Dea
 class _Session:
     config: OfflineConfig
     store: MaterialStore | None = None
+    relay_group: Any = None
+    relayed: torch.Tensor | None = None   # party 1: relayed words not used yet
 
 
-def use(config: OfflineConfig) -> None:
-    """This party's dealing for the rest of its CrypTen session (after ``crypten.init``)."""
-    setattr(comm.get(), _SESSION_ATTRIBUTE, _Session(config))
+def use(config: OfflineConfig, ttp: bool) -> None:
+    """This party's dealing for the rest of its CrypTen session (after ``crypten.init``;
+    with ``ttp``, every party joins the relay group of party 1 and the dealer)."""
+    group = dealer.relay_group() if ttp else None
+    setattr(comm.get(), _SESSION_ATTRIBUTE, _Session(config, relay_group=group))
+
+
+def relay(words: int) -> torch.Tensor:
+    """Party 1's part of the current request's material, sent to it by the dealer (the
+    correction words of DCF keys): taken from what arrived, else received now (its size,
+    then the words; charged to the dealer counters)."""
+    session = _session()
+    if session is None or session.relay_group is None:
+        raise RuntimeError("relayed dealer material needs a party of a TTP session")
+    if session.relayed is None or session.relayed.numel() == 0:
+        channel, ttp = comm.get(), comm.get().get_ttp_rank()
+        with dealer_request():
+            size = channel.broadcast(torch.zeros(1, dtype=torch.long), ttp, session.relay_group)
+            session.relayed = channel.broadcast(torch.empty(int(size[0]), dtype=torch.long),
+                                                ttp, session.relay_group)
+    if session.relayed.numel() < words:
+        raise DealtMaterialError(f"party 1 needs {words} relayed words, the dealer sent "
+                                 f"{session.relayed.numel()}")
+    part, session.relayed = session.relayed[:words], session.relayed[words:]
+    return part
 
 
 def _session() -> _Session | None:

@@ -17,8 +17,7 @@ call per tree level for all elements. Seeds are 128-bit; every key of a batch of
 elements is a set of arrays with E in the last axis, so ``gen`` and ``evaluate`` are
 vectorized over elements (a Python loop runs only over the n tree levels).
 
-Status: the primitive and its tests (tests/test_dcf.py). It is not yet wired into the
-secure comparison (issue 14).
+``secure.primitives.dcf_comparison`` builds the one-round comparison [x < 0] on it.
 """
 
 from __future__ import annotations
@@ -108,17 +107,21 @@ def random_seeds(count: int) -> np.ndarray:
         count, SEED_BYTES).copy()
 
 
-def gen(alpha: np.ndarray, beta: np.ndarray, bits: int) -> tuple[DCFKey, DCFKey]:
+def gen(alpha: np.ndarray, beta: np.ndarray, bits: int,
+        roots: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[DCFKey, DCFKey]:
     """Keys of f(x) = beta if x < alpha (unsigned ``bits``-bit) else 0, per element.
 
-    alpha, beta: (E,) uint64 (alpha < 2^bits). The dealer runs this; each key alone is
-    pseudorandom (it reveals neither alpha nor beta)."""
+    alpha, beta: (E,) uint64 (alpha < 2^bits). ``roots``: the two parties' (E, 16) root
+    seeds (default: fresh from the OS; a TTP passes the seeds each party draws from the
+    generator it shares with it). The dealer runs this; each key alone is pseudorandom
+    (it reveals neither alpha nor beta)."""
     if not 1 <= bits <= 64:
         raise ValueError(f"bits must be in [1, 64], got {bits}")
     alpha = np.asarray(alpha, dtype=np.uint64)
     beta = np.asarray(beta, dtype=np.uint64)
     count = alpha.shape[0]
-    roots = [random_seeds(count), random_seeds(count)]
+    roots = [random_seeds(count), random_seeds(count)] if roots is None else \
+        [np.ascontiguousarray(r, dtype=np.uint8).reshape(count, SEED_BYTES) for r in roots]
     s = [roots[0].copy(), roots[1].copy()]
     t = [np.zeros(count, np.uint8), np.ones(count, np.uint8)]
     v_alpha = np.zeros(count, np.uint64)
