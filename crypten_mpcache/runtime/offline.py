@@ -30,7 +30,7 @@ import crypten.communicator as comm
 import torch
 
 from crypten_mpcache.runtime import dealer, trace
-from crypten_mpcache.runtime.cost import dealer_request
+from crypten_mpcache.runtime.cost import dealer_request, operator_scope
 from crypten_mpcache.runtime.dealer import DEAL_PHASE
 from crypten_mpcache.runtime.trace import DealtRequest
 
@@ -96,7 +96,7 @@ class MaterialStore:
                 raise DealtMaterialError(
                     f"phase {self.phase!r}: request #{self._taken} {asked.describe()} was not "
                     f"dealt (the phase was dealt {self.total} requests)")
-            with dealer_request():
+            with operator_scope("dealer"), dealer_request():
                 self.fetch_next()
         index, dealt, material = self._ready[0]
         if not (dealt.same_request(asked) and dealt.size == asked.size):
@@ -154,7 +154,7 @@ def relay(words: int) -> torch.Tensor:
         raise RuntimeError("relayed dealer material needs a party of a TTP session")
     if session.relayed is None or session.relayed.numel() == 0:
         channel, ttp = comm.get(), comm.get().get_ttp_rank()
-        with dealer_request():
+        with operator_scope("dealer"), dealer_request():
             size = channel.broadcast(torch.zeros(1, dtype=torch.long), ttp, session.relay_group)
             session.relayed = channel.broadcast(torch.empty(int(size[0]), dtype=torch.long),
                                                 ttp, session.relay_group)
@@ -195,7 +195,7 @@ def deal_ahead(phase: str, run: Callable[[], T]) -> T:
             or crypten.mpc.get_default_provider().NAME != "TTP" \
             or comm.get().get_rank() != 0:
         return run()
-    with dealer_request():
+    with operator_scope("dealer"), dealer_request():
         requests = trace.requests_of(run, session.config.trace_timeout_s)
         store = MaterialStore(phase, requests, session.config.chunk_bytes, _fetch)
         if store.chunks:
