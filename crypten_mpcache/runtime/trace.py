@@ -158,12 +158,14 @@ def requests_of(run: Callable[[], Any], timeout_s: float) -> list[DealtRequest]:
         os.close(read_end)
         _dry_run(run, write_end)
     os.close(write_end)
+    ended = "ended"
     try:
         payload = _read_all(read_end, timeout_s, pid)
     finally:
         os.close(read_end)
-        _reap(pid)
-    status, value = pickle.loads(payload) if payload else ("error", "the dry run died")
+        ended = _reap(pid)
+    status, value = pickle.loads(payload) if payload else \
+        ("error", f"its process {ended} without a word (killed for memory?)")
     if status != "ok":
         raise TraceError(f"the dry run of the phase failed: {value}")
     return value
@@ -215,8 +217,12 @@ def _kill(pid: int) -> None:
         pass
 
 
-def _reap(pid: int) -> None:
+def _reap(pid: int) -> str:
+    """Wait for the child; how it ended, in words."""
     try:
-        os.waitpid(pid, 0)
+        _, status = os.waitpid(pid, 0)
     except ChildProcessError:
-        pass
+        return "ended"
+    if os.WIFSIGNALED(status):
+        return f"was killed by signal {os.WTERMSIG(status)}"
+    return f"exited with status {os.WEXITSTATUS(status)}"
