@@ -64,6 +64,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "results/netns/links.json, or results/netns/quick.json with --quick)")
     p.add_argument("--quick", action="store_true", help="smoke run: a tiny random Llama, LAN "
                    "only, full cache, 2 new tokens, short probes")
+    p.add_argument("--report", default=None, metavar="JSON",
+                   help="no run: compare and print the runs saved in JSON (rewritten)")
     p.add_argument("--cleanup", action="store_true",
                    help="remove namespaces and processes a crashed run left, then exit")
     args = p.parse_args(argv)
@@ -204,6 +206,8 @@ def compare(args: argparse.Namespace, results: dict[str, Any]) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.report:
+        return report(args, json.loads(Path(args.report).read_text()), Path(args.report))
     try:
         check_host()
     except OSError as error:
@@ -230,17 +234,22 @@ def main(argv: list[str] | None = None) -> int:
         except RuntimeError as error:
             print(f"netns_links: {error}", file=sys.stderr)
             return 1
-        all_match = compare(args, results)
-    if args.quick:
-        results["model_path"] = "tiny random Llama (testing.save_tiny_llama seed 1)"
-    _save(args.out, results)
+        if args.quick:
+            results["model_path"] = "tiny random Llama (testing.save_tiny_llama seed 1)"
+        return report(args, results, args.out)
+
+
+def report(args: argparse.Namespace, results: dict[str, Any], out: Path) -> int:
+    """Compare, save and print; 0 when every run gave the plaintext tokens."""
+    all_match = compare(args, results)
+    _save(out, results)
     print("\n" + "\n".join(link_table(results["links"])))
     print("\nPer decode step (mean over steps), measured vs model:\n")
     print("\n".join(model_table(results["model"])))
     for cache, tokens in results["tokens"].items():
         print(f"\n{cache}: plaintext {tokens['plaintext']}; "
               + "; ".join(f"{n} {'==' if m else '!='}" for n, m in tokens["match"].items()))
-    print(f"\nwrote {args.out}")
+    print(f"\nwrote {out}")
     return 0 if all_match else 1
 
 

@@ -110,7 +110,8 @@ def compare_steps(measured_steps: list[dict[str, Any]], reference_steps: list[di
                   target: NetworkProfile, link: LinkMeasure, parties: int
                   ) -> list[dict[str, Any]]:
     """One row per decode step: measured wall seconds beside the model's prediction at the
-    target profile and at the measured link, compute taken from the unshaped reference."""
+    target profile and at the measured link, compute taken from the unshaped reference;
+    and what a counted round really cost, in measured round trips (the model says 1)."""
     if len(measured_steps) != len(reference_steps):
         raise ValueError(f"{len(measured_steps)} measured decode steps but "
                          f"{len(reference_steps)} in the unshaped reference")
@@ -125,7 +126,10 @@ def compare_steps(measured_steps: list[dict[str, Any]], reference_steps: list[di
         at_target = predict_step(target, compute, step, parties)
         at_link = predict_step(link.as_profile(target.name), compute, step, parties)
         measured = float(step["seconds"])
+        link_rtt = link.as_profile(target.name)
+        network_s = measured - compute - party_bytes * 8.0 / link_rtt.bandwidth_bps
         rows.append({"step": int(step["step"]), "rounds": rounds,
+                     "rtts_per_round": network_s / (rounds * link_rtt.rtt_s),
                      "bytes_per_party": party_bytes, "compute_s": compute, "measured_s": measured,
                      "model_target_s": at_target,
                      "error_target": relative_error(at_target, measured),
@@ -153,14 +157,15 @@ def link_table(links: dict[str, dict[str, Any]]) -> list[str]:
 def model_table(rows: list[dict[str, Any]]) -> list[str]:
     """Markdown: per (profile, cache) the mean decode step, measured vs model, and errors."""
     lines = ["| profile | cache | steps | rounds | MiB/party | compute s | measured s | "
-             "model (target link) s | error | model (measured link) s | error |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "model (target link) s | error | model (measured link) s | error | "
+             "RTTs per round |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| {r['profile']} | {r['cache']} | {r['steps']} | {r['rounds']:.0f} | "
             f"{r['bytes_per_party'] / 2**20:.1f} | {r['compute_s']:.2f} | {r['measured_s']:.2f} | "
             f"{r['model_target_s']:.2f} | {_pct(r['error_target'])} | {r['model_link_s']:.2f} | "
-            f"{_pct(r['error_link'])} |")
+            f"{_pct(r['error_link'])} | {r['rtts_per_round']:.2f} |")
     return lines
 
 
@@ -169,7 +174,7 @@ def mean_row(profile: str, cache: str, steps: list[dict[str, Any]]) -> dict[str,
     if not steps:
         raise ValueError(f"{profile} {cache}: no decode step to compare")
     keys = ("rounds", "bytes_per_party", "compute_s", "measured_s", "model_target_s",
-            "model_link_s")
+            "model_link_s", "rtts_per_round")
     mean = {k: sum(s[k] for s in steps) / len(steps) for k in keys}
     return {"profile": profile, "cache": cache, "steps": len(steps), **mean,
             "error_target": relative_error(mean["model_target_s"], mean["measured_s"]),

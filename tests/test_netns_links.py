@@ -89,6 +89,7 @@ def test_the_model_prices_a_step_from_the_reference_compute():
     assert row["error_target"] == pytest.approx(-0.3)
     assert row["model_link_s"] == pytest.approx(2.0 + 5.0 + 2.0)
     assert row["bytes_per_party"] == 25_000_000
+    assert row["rtts_per_round"] == pytest.approx((10.0 - 2.0 - 2.0) / (100 * 0.05))
     with pytest.raises(ValueError, match="not the same run"):
         model.compare_steps([_step(1, 101, 50_000_000, 10.0)], reference, WAN, link, 2)
 
@@ -102,6 +103,7 @@ def test_tables_show_the_mean_step_and_the_link():
     assert row["measured_s"] == 4.0 and row["steps"] == 2
     line = model.model_table([row])[-1]
     assert "| WAN | full | 2 | 10 | 1.0 | 1.00 | 4.00 |" in line
+    assert line.endswith(f"| {row['rtts_per_round']:.2f} |")
     links = model.link_table({"WAN": {"target": {"rtt_s": 0.04, "bandwidth_bps": 200e6},
                                       "icmp_rtt_s": 0.0405, "tcp_rtt_s": 0.041,
                                       "bulk_bps": 190e6}})
