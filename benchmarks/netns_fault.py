@@ -12,14 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from netns_session import SessionSpec, _tail
+from netns_session import SessionSpec, _tail, stop_all
 from netns_topology import ROLE_LINK, ROLES, Topology, check_host, namespace, role_address
 
 
@@ -70,10 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                         ended[role] = time.monotonic() - dropped
                 time.sleep(0.1)
         finally:
-            for proc in procs.values():
-                if proc.poll() is None:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            stop_all(procs.values())
         report = {role: {"exit": procs[role].returncode,
                          "seconds_after_drop": ended.get(role),
                          "last_line": _tail(logs[role])} for role in ROLES}

@@ -13,6 +13,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,25 +64,40 @@ def _probe(topo: Topology, role: str, args: list[str]) -> dict[str, Any]:
     return json.loads(done.stdout)
 
 
-def measure_link(topo: Topology, quick: bool) -> tuple[LinkMeasure, dict[str, Any]]:
-    """Client -> owner: ICMP and TCP round trips (median), and TCP bulk rate; also the
-    client -> dealer round trip (another pair, the same delayer)."""
-    owner = role_address("owner")
+@contextmanager
+def _probe_server(topo: Topology) -> Iterator[None]:
+    """The probe's echo/sink server in the owner's namespace, for the ``with`` block."""
     server = subprocess.Popen(topo.command("owner", [sys.executable, PROBE, "serve", "--port",
                                                      str(PROBE_PORT)]),
                               stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout is not None
-        server.stdout.readline()
+        server.stdout.readline()  # it is listening
+        yield
+    finally:
+        server.kill()
+        server.wait()
+
+
+def stop_all(processes: Iterable[subprocess.Popen]) -> None:
+    """Kill every still-running role's process group (its children too) and reap it."""
+    for process in processes:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def measure_link(topo: Topology, quick: bool) -> tuple[LinkMeasure, dict[str, Any]]:
+    """Client -> owner: ICMP and TCP round trips (median), and TCP bulk rate; also the
+    client -> dealer round trip (another pair, the same delayer)."""
+    owner = role_address("owner")
+    with _probe_server(topo):
         count = "10" if quick else "40"
         icmp = _probe(topo, "client", ["icmp", owner, "--count", count])
         tcp = _probe(topo, "client", ["rtt", owner, "--port", str(PROBE_PORT), "--count", count])
         bulk = _probe(topo, "client", ["bulk", owner, "--port", str(PROBE_PORT), "--seconds",
                                        "1" if quick else "4"])
         dealer = _probe(topo, "client", ["icmp", role_address("dealer"), "--count", count])
-    finally:
-        server.kill()
-        server.wait()
     measure = LinkMeasure(icmp_rtt_s=icmp["median_s"], tcp_rtt_s=tcp["median_s"],
                           bulk_bps=bulk["bulk_bps"])
     detail = {"icmp": icmp, "tcp": tcp, "bulk_bps": bulk["bulk_bps"], "icmp_client_dealer": dealer}
@@ -89,17 +106,9 @@ def measure_link(topo: Topology, quick: bool) -> tuple[LinkMeasure, dict[str, An
 
 def tcp_rtt(topo: Topology) -> float:
     """The median TCP round trip client -> owner (for the delay calibration)."""
-    owner = role_address("owner")
-    server = subprocess.Popen(topo.command("owner", [sys.executable, PROBE, "serve", "--port",
-                                                     str(PROBE_PORT)]),
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert server.stdout is not None
-        server.stdout.readline()
-        tcp = _probe(topo, "client", ["rtt", owner, "--port", str(PROBE_PORT), "--count", "40"])
-    finally:
-        server.kill()
-        server.wait()
+    with _probe_server(topo):
+        tcp = _probe(topo, "client", ["rtt", role_address("owner"), "--port", str(PROBE_PORT),
+                                      "--count", "40"])
     return float(tcp["median_s"])
 
 
@@ -144,10 +153,7 @@ def run_session(topo: Topology, spec: SessionSpec, label: str, workdir: Path, po
                 next_report = now + PROGRESS_EVERY_S
             time.sleep(0.5)
     finally:
-        for process in processes.values():
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_all(processes.values())
     wall = time.monotonic() - start
     client = json.loads(json_path.read_text()) if json_path.is_file() else None
     return {"label": label, "cache": spec.cache, "wall_s": wall,
