@@ -16,6 +16,7 @@ a time: party 0 splits a large phase into chunks (``OfflineConfig.chunk_bytes``)
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,7 +41,7 @@ def deal_phase(server: Any, requests: Sequence[WireRequest]
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Party 0's material for ``requests``, in order, flattened into one int64 tensor, and
     party 1's relayed parts (see ``relayed``) likewise."""
-    total = sum(_numel(size) for *_, size in requests)
+    total = sum(math.prod(size) for *_, size in requests)
     flat = torch.empty(total, dtype=torch.long)
     offset, relays = 0, []
     for index, (name, device, args, kwargs, size) in enumerate(requests):
@@ -49,7 +50,7 @@ def deal_phase(server: Any, requests: Sequence[WireRequest]
         if tuple(result.shape) != tuple(size):
             raise DealtSizeError(f"request #{index} {name}: dealt {tuple(result.shape)}, "
                                  f"party 0 expects {tuple(size)}")
-        n = _numel(size)
+        n = math.prod(size)
         flat[offset:offset + n] = result.reshape(-1)
         offset += n
         relays.append(relayed(server, name, args, result))
@@ -78,13 +79,6 @@ def send_relay(channel: Any, group: Any, words: torch.Tensor) -> None:
         ttp = channel.get_ttp_rank()
         channel.broadcast(torch.tensor([words.numel()], dtype=torch.long), ttp, group)
         channel.broadcast(words.contiguous(), ttp, group)
-
-
-def _numel(size: Sequence[int]) -> int:
-    n = 1
-    for dim in size:
-        n *= int(dim)
-    return n
 
 
 def serve() -> None:

@@ -14,6 +14,7 @@ parent (its communicator is replaced before the phase runs).
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import select
@@ -44,10 +45,7 @@ class DealtRequest:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for dim in self.size:
-            n *= dim
-        return n
+        return math.prod(self.size)
 
     def describe(self) -> str:
         args = ", ".join(repr(a) for a in self.args)

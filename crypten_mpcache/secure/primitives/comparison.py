@@ -82,8 +82,14 @@ def less_than_zero_shares(share: torch.Tensor, material: Material | None = None
     return bit.reshape(share.shape)
 
 
-def less_than_zero(x: Any) -> Any:
-    """[x < 0] as an MPCTensor with encoder scale 1, like CrypTen's ``_ltz``."""
-    result = MPCTensor.from_shares(less_than_zero_shares(x._tensor.share), precision=0)
+def bit_tensor(shares: torch.Tensor) -> Any:
+    """This party's shares of a 0/1 value as an MPCTensor with encoder scale 1, the form
+    CrypTen's ``_ltz`` returns (every comparison protocol here ends in it)."""
+    result = MPCTensor.from_shares(shares, precision=0)
     result.encoder._scale = 1
     return result
+
+
+def less_than_zero(x: Any) -> Any:
+    """[x < 0] as an MPCTensor with encoder scale 1, like CrypTen's ``_ltz``."""
+    return bit_tensor(less_than_zero_shares(x._tensor.share))

@@ -26,14 +26,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import crypten.communicator as comm
 import numpy as np
 import torch
-from crypten.mpc import MPCTensor
 from crypten.mpc.primitives import ArithmeticSharedTensor
 
 from crypten_mpcache.runtime.cost import dealer_request
 from crypten_mpcache.runtime.offline import relay
 from crypten_mpcache.secure.primitives import dcf
+from crypten_mpcache.secure.primitives.comparison import bit_tensor
 from crypten_mpcache.secure.primitives.party import (
     by_dealer,
     deal_via_ttp,
@@ -166,8 +167,6 @@ def _deal_tfp(layout: Layout) -> Material:
     b_share = ArithmeticSharedTensor(b, size=(n,), precision=0, src=0).share
     key = None
     if rank in (0, 1):
-        import crypten.communicator as comm
-
         with dealer_request():
             if rank == 0:
                 comm.get().send(key_words, 1)
@@ -197,6 +196,4 @@ def less_than_zero_shares(share: torch.Tensor) -> torch.Tensor:
 
 def less_than_zero(x: Any) -> Any:
     """[x < 0] as an MPCTensor with encoder scale 1, like CrypTen's ``_ltz``."""
-    result = MPCTensor.from_shares(less_than_zero_shares(x._tensor.share), precision=0)
-    result.encoder._scale = 1
-    return result
+    return bit_tensor(less_than_zero_shares(x._tensor.share))
