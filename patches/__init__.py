@@ -14,6 +14,8 @@ serves. Which patch is installed where:
 * ``crypten_distributed``: CrypTen's ``DistributedCommunicator`` forms its process group on
   the store the roles of ``crypten-mpcache party`` met on, with the per-step timeout.
   Scoped: ``startup(store, step_timeout_s)`` for a ``with`` block, in a role's process.
+  Its ``OPENING_PATCH`` opens two parties' shares by one exchange of messages
+  (``crypten_mpcache.runtime.opening``); the launcher installs it in each party.
 * ``transformers_llama``: one Llama-family model instance -> encrypted modules. Scoped:
   ``patched(model)`` for a ``with`` block.
 """

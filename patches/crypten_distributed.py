@@ -10,6 +10,12 @@ the process group on that same store, with the per-step timeout the user gave.
 communicator's constructor runs (only then), CrypTen's ``init_process_group`` gets
 ``store=`` and ``timeout=`` instead of ``init_method=``, and each ``new_group`` gets
 ``timeout=``. Outside the block, and outside the constructor, CrypTen is unchanged.
+
+``OPENING_PATCH``: with two parties, ``DistributedCommunicator.all_reduce`` (every opening
+of shares) becomes one exchange of messages (``runtime.opening``): one network round
+trip per round where gloo's ring takes two. Counted bytes and rounds are unchanged
+(CrypTen's own logging wrapper still counts the call). Installed by the launcher in each
+party for the lifetime of the party.
 """
 
 from __future__ import annotations
@@ -21,8 +27,10 @@ from typing import Any
 
 import crypten.communicator.distributed_communicator as crypten_distributed
 import torch.distributed as torch_distributed
+from crypten.communicator.communicator import _logging
 
 from crypten_mpcache.patches import Patch, replace_method
+from crypten_mpcache.runtime import opening
 
 
 class _Settings:
@@ -85,3 +93,27 @@ def startup(store: Any, step_timeout_s: float) -> Iterator[None]:
         PATCH.uninstall()
         SETTINGS.store = None
         SETTINGS.timeout = None
+
+
+def _exchange_all_reduce() -> Callable[[], None]:
+    def make(original: Callable[..., Any]) -> Callable[..., Any]:
+        ring = original.__wrapped__  # CrypTen's body, without its logging wrapper
+
+        def all_reduce(self: Any, input: Any, op: Any = torch_distributed.ReduceOp.SUM,
+                       batched: bool = False) -> Any:
+            if not opening.exchanges(self.get_world_size(), op):
+                return ring(self, input, op=op, batched=batched)
+            tensors = [x.data for x in input] if batched else [input.data]
+            opened = opening.exchange_open(tensors, op, peer=1 - self.get_rank(),
+                                           group=self.main_group)
+            return opened if batched else opened[0]
+
+        return _logging(all_reduce)  # counted exactly as CrypTen counts its all_reduce
+
+    return replace_method(crypten_distributed.DistributedCommunicator, "all_reduce", make)
+
+
+OPENING_PATCH = Patch("opening_exchange",
+                      "DistributedCommunicator.all_reduce opens two parties' shares by one "
+                      "exchange of messages (one round trip) instead of gloo's ring",
+                      _exchange_all_reduce)

@@ -38,6 +38,7 @@ PLAIN = TorchBackend()
 TFP = LaunchConfig(parties=2, dealer="tfp", timeout_s=600)
 VOCAB, PROMPT, STEPS = 40, 48, 5
 MARGIN = 1e-2  # smallest plaintext top-k margin (CrypTen exp: a few % error on probs)
+LOGIT_TIE = 0.2  # above the secure run's logit error on these models (fixed point, 3 layers)
 RATIO = MPCacheConfig(static_keep=0.6, window_ratio=0.2, sink_tokens=4, recent_tokens=4,
                       cluster_sizes=(8, 4), keep_ratios=(0.5, 0.5), alone_head=0, alone_tail=1)
 BUDGET = 20  # tokens per decode step (GQA case)
@@ -116,22 +117,39 @@ def expected_selections(inputs: AttentionInputs, config: MPCacheConfig, prompt_l
 
 
 def plaintext_run(folder: str, ids: list[int], feed: list[int], config: MPCacheConfig
-                  ) -> tuple[list[int], list[dict], float]:
-    """Greedy ids, debug records and the smallest top-k margin of the plaintext MPCache
-    run, fed with ``feed`` (the private tokens) so both runs see the same inputs. Its
-    selections are checked against the first-principles reference
-    (``expected_selections``): a comparison of MPC with plaintext alone cannot see a
-    selection that is wrong in both."""
+                  ) -> tuple[torch.Tensor, list[dict], float]:
+    """The plaintext MPCache run fed with ``feed`` (the private tokens) so both runs see
+    the same inputs: its (steps, vocab) logits, its debug records, and the smallest top-k
+    margin of the plaintext GREEDY run (a property of the case, whatever the private run
+    chose at a near-tie). Its selections are checked against the first-principles
+    reference (``expected_selections``): a comparison of MPC with plaintext alone cannot
+    see a selection that is wrong in both."""
     from transformers import LlamaForCausalLM
 
     from crypten_mpcache.plaintext import generate_fed
 
     model = LlamaForCausalLM.from_pretrained(folder).eval()
-    with topk_margins() as margins, AttentionInputs(model) as inputs:
-        greedy, _, records = generate_fed(model, config, ids, len(feed), feed=feed,
+    with topk_margins() as margins:
+        generate_fed(model, config, ids, len(feed))
+    with AttentionInputs(model) as inputs:
+        _, logits, records = generate_fed(model, config, ids, len(feed), feed=feed,
                                           record=True)
     assert expected_selections(inputs, config, len(ids), records) > 0
-    return greedy, records, min(margins)
+    return logits, records, min(margins)
+
+
+def assert_greedy_up_to_ties(tokens: list[int], logits: torch.Tensor) -> None:
+    """Each private token is the argmax of the plaintext logits for the same inputs; at a
+    near-tie (the best two plaintext logits closer than LOGIT_TIE, the secure run's logit
+    error) it may be either: which one wins there is decided by rounding, not by the
+    algorithm (seen at 224 tokens, where tiny models' logit gaps fall to ~0.02)."""
+    assert len(tokens) == len(logits)
+    for step, (token, row) in enumerate(zip(tokens, logits, strict=True)):
+        best, second = row.topk(2).values.tolist()
+        if best - second >= LOGIT_TIE:
+            assert token == int(row.argmax()), (step, token, int(row.argmax()))
+        else:
+            assert float(row[token]) >= best - LOGIT_TIE, (step, token, best, float(row[token]))
 
 
 def secure_run(folder: str, ids: list[int], config: MPCacheConfig) -> dict:
@@ -376,9 +394,9 @@ def test_secure_selections_and_tokens_equal_plaintext(tmp_path, seed, kv_heads, 
     ids = prompt(100 + seed, length)
     client = secure_run(folder, ids, config)
     tokens = client["tokens"]
-    greedy, records, margin = plaintext_run(folder, ids, tokens, config)
+    logits, records, margin = plaintext_run(folder, ids, tokens, config)
     assert margin > MARGIN  # the case is decided by the algorithm, not by rounding
-    assert tokens == greedy
+    assert_greedy_up_to_ties(tokens, logits)
     _same_records(client["selections"], records, layers=3, exact=exact)
     decode = [r for r in client["selections"] if r["phase"] == "decode"]
     selecting = [r for r in decode if r["selector"] == r["layer"]]

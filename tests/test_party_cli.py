@@ -206,13 +206,15 @@ def _agreed(rendezvous: str, ranks: int) -> bool:
 
 
 def test_the_owner_killed_before_decode_ends_the_others_naming_it(tmp_path, tiny40):
-    """Killed a second after the agreement, with a long prompt: during set-up or prefill
-    (the client never reaches its first decode step)."""
+    """Frozen the moment the agreement is seen (so it cannot get past set-up or prefill on
+    a fast machine: a fixed sleep raced the prefill there), killed a second later while
+    the others wait on it: the client never reaches its first decode step."""
     long_prompt = ",".join(str(i % 40) for i in range(48))
     roles = _session(tmp_path, tiny40, ["--prompt-ids", long_prompt, "--max-new-tokens", "4"])
     rendezvous = roles["owner"].process.args[roles["owner"].process.args.index("--rendezvous")
                                              + 1]
     _wait_for(lambda: _agreed(rendezvous, 3), what="the agreement")
+    roles["owner"].process.send_signal(signal.SIGSTOP)
     time.sleep(1.0)
     roles["owner"].process.send_signal(signal.SIGKILL)
     roles["owner"].wait()

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from crypten.config import cfg
 
-from crypten_mpcache.patches import crypten_comparison, crypten_dealer
+from crypten_mpcache.patches import crypten_comparison, crypten_dealer, crypten_distributed
 from crypten_mpcache.patches.crypten_comparison import COMPARISONS
 from crypten_mpcache.runtime import dealer as dealer_process
 from crypten_mpcache.runtime import offline
@@ -169,6 +169,7 @@ def _party_session(config: LaunchConfig) -> Iterator[None]:
     undone on exit."""
     with _dealer_hooks():
         crypten.init()
+        crypten_distributed.OPENING_PATCH.install()
         crypten_comparison.use(config.comparison)
         offline.use(offline.OfflineConfig(dealing=config.dealing,
                                           trace_timeout_s=config.timeout_s),
@@ -177,6 +178,7 @@ def _party_session(config: LaunchConfig) -> Iterator[None]:
             yield
         finally:
             crypten_comparison.use("crypten")
+            crypten_distributed.OPENING_PATCH.uninstall()
             crypten.uninit()
 
 
