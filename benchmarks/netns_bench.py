@@ -60,14 +60,15 @@ FIRST_PORT = 29700
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     defaults = BenchConfig()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--profiles", default="LAN,WAN",
+    p.add_argument("--profiles", default=None,
                    help="comma list: LAN, WAN or RATE/RTT such as 1gbit/10ms (default LAN,WAN)")
     p.add_argument("--caches", default="full,mpcache", help="comma list (default full,mpcache)")
-    p.add_argument("--shape", default=defaults.shape)
+    p.add_argument("--shape", default=None, help=f"default {defaults.shape}")
     p.add_argument("--layers", type=int, default=1)
-    p.add_argument("--context", type=int, default=2048)
+    p.add_argument("--context", type=int, default=None, help="tokens in the cache (default "
+                   "2048)")
     p.add_argument("--budget", type=float, default=defaults.budget)
-    p.add_argument("--steps", type=int, default=2, help="decode steps per row (default 2)")
+    p.add_argument("--steps", type=int, default=None, help="decode steps per row (default 2)")
     p.add_argument("--comparison", default=defaults.comparison)
     p.add_argument("--dealing", default=defaults.dealing)
     p.add_argument("--mtu", type=int, default=9000, help="veth and TUN MTU (default 9000)")
@@ -77,15 +78,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="seconds before one row's roles are stopped (default 3600)")
     p.add_argument("--out", default=None, help="results JSON (default results/netns/"
                    "bench.json, or results/netns/bench-quick.json with --quick)")
-    p.add_argument("--quick", action="store_true", help="smoke run: the tiny shape, 128 "
-                   "tokens, 1 decode step, LAN only, short probes")
+    p.add_argument("--quick", action="store_true", help="smoke run: short probes; by "
+                   "default the tiny shape, 128 tokens, 1 decode step, LAN only")
     p.add_argument("--report", default=None, metavar="JSON",
                    help="no run: compare and print the runs saved in JSON (rewritten)")
     p.add_argument("--cleanup", action="store_true",
                    help="remove namespaces and processes a crashed run left, then exit")
     args = p.parse_args(argv)
-    if args.quick:
-        args.profiles, args.shape, args.context, args.steps = "LAN", "tiny", 128, 1
+    quick = {"profiles": "LAN", "shape": "tiny", "context": 128, "steps": 1}
+    full = {"profiles": "LAN,WAN", "shape": defaults.shape, "context": 2048, "steps": 2}
+    for key, value in (quick if args.quick else full).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     try:
         args.profile_list = [parse_profile(name) for name in args.profiles.split(",")]
         args.config = BenchConfig(shape=args.shape, layers=args.layers,
