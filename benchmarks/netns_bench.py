@@ -317,8 +317,11 @@ def run_row(topo: Topology, args: argparse.Namespace, task: RowTask,
                   f"{measure.icmp_rtt_s * 1e3:.3f} ms, TCP round trip "
                   f"{measure.tcp_rtt_s * 1e3:.3f} ms, TCP bulk {measure.bulk_bps / 1e6:.0f} "
                   f"Mbps; {task.steps} decode step(s) ...", flush=True)
+            load_before = os.getloadavg()[0]
             run["decode_wall_s"] = row.release_and_wait()
             run["wall_s"] = row.elapsed()
+            # the host's 1-minute load around the decode steps (other work adds noise)
+            run["load"] = {"at_release": load_before, "after": os.getloadavg()[0]}
             if profile is not None:
                 link["delayer"] = topo.unshape()
             outputs = row.outputs()
