@@ -40,10 +40,14 @@ class DealtSizeError(ValueError):
 def deal_phase(server: Any, requests: Sequence[WireRequest]
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Party 0's material for ``requests``, in order, flattened into one int64 tensor, and
-    party 1's relayed parts (see ``relayed``) likewise."""
+    party 1's relayed parts (see ``relayed``) likewise. Both are allocated up front (their
+    sizes are known from the requests), so the dealer holds them and one request's
+    answer at a time."""
     total = sum(math.prod(size) for *_, size in requests)
     flat = torch.empty(total, dtype=torch.long)
-    offset, relays = 0, []
+    relay = torch.empty(sum(relay_words(server, name, args) for name, _, args, *_ in requests),
+                        dtype=torch.long)
+    offset = relay_offset = 0
     for index, (name, device, args, kwargs, size) in enumerate(requests):
         server.device = device
         result = getattr(server, name)(*args, **kwargs)
@@ -53,18 +57,24 @@ def deal_phase(server: Any, requests: Sequence[WireRequest]
         n = math.prod(size)
         flat[offset:offset + n] = result.reshape(-1)
         offset += n
-        relays.append(relayed(server, name, args, result))
-    return flat, torch.cat(relays) if relays else torch.empty(0, dtype=torch.long)
+        part = relayed(server, name, args, result)
+        relay[relay_offset:relay_offset + part.numel()] = part
+        relay_offset += part.numel()
+        del result, part
+    return flat, relay
+
+
+def relay_words(server: Any, name: str, args: tuple) -> int:
+    """How many leading words of party 0's answer to request ``name`` party 1 receives:
+    ``relay_words(*args)`` for a request method that declares it (the correction words of
+    DCF keys are the same in both parties' keys), else none."""
+    words = getattr(getattr(type(server), name, None), "relay_words", None)
+    return 0 if words is None else int(words(*args))
 
 
 def relayed(server: Any, name: str, args: tuple, result: torch.Tensor) -> torch.Tensor:
-    """What party 1 receives of a request's material: the leading ``relay_words(*args)``
-    words of party 0's answer, for a request method that declares ``relay_words`` (the
-    correction words of DCF keys are the same in both parties' keys); else nothing."""
-    words = getattr(getattr(type(server), name), "relay_words", None)
-    if words is None:
-        return torch.empty(0, dtype=torch.long)
-    return result.reshape(-1)[: words(*args)]
+    """What party 1 receives of a request's material: its ``relay_words`` leading words."""
+    return result.reshape(-1)[: relay_words(server, name, args)]
 
 
 def relay_group() -> Any:
@@ -100,6 +110,7 @@ def serve() -> None:
                 flat, relay = deal_phase(server, message["args"][0])
                 channel.broadcast(flat, ttp_rank, server.comm_group)
                 send_relay(channel, to_party1, relay)
+                del flat, relay  # one chunk at a time: not beside the next one
                 continue
             server.device = message["device"]
             result = getattr(server, message["function"])(*message["args"],

@@ -36,6 +36,7 @@ from crypten_mpcache.patches import crypten_comparison, crypten_dealer, crypten_
 from crypten_mpcache.patches.crypten_comparison import COMPARISONS
 from crypten_mpcache.runtime import dealer as dealer_process
 from crypten_mpcache.runtime import offline
+from crypten_mpcache.secure.primitives import dcf_comparison
 
 Dealer = Literal["ttp", "tfp"]
 DEALERS: tuple[str, ...] = ("ttp", "tfp")
@@ -54,7 +55,9 @@ class LaunchConfig:
     parties); ``tfp`` lets party 0 deal the correlated randomness, which hands party 0
     every mask: test and cost measurement only. ``dealing``: with the TTP, ``ahead``
     deals each phase's material before the phase (``runtime.offline``); ``on-demand``
-    fetches each piece when it is needed (CrypTen's way).
+    fetches each piece when it is needed (CrypTen's way). ``dcf_batch``: the most
+    elements of one dealt request of DCF keys with ``comparison="dcf"``
+    (``runtime.offline.OfflineConfig``).
     """
 
     parties: int = 2
@@ -64,6 +67,7 @@ class LaunchConfig:
     timeout_s: float = 1800.0
     threads_per_party: int = 1
     count_communication: bool = True
+    dcf_batch: int = offline.OfflineConfig.dcf_batch
 
     def __post_init__(self) -> None:
         if self.parties not in (2, 3):
@@ -73,7 +77,8 @@ class LaunchConfig:
         if self.comparison not in COMPARISONS:
             raise ValueError(f"comparison must be one of {COMPARISONS}, got "
                              f"{self.comparison!r}")
-        offline.OfflineConfig(dealing=self.dealing)  # validates it
+        dcf_comparison.checked_batch(  # validates both
+            offline.OfflineConfig(dealing=self.dealing, dcf_batch=self.dcf_batch))
         if not self.timeout_s > 0:
             raise ValueError(f"timeout_s must be positive, got {self.timeout_s}")
         if self.threads_per_party < 1:
@@ -172,7 +177,8 @@ def _party_session(config: LaunchConfig) -> Iterator[None]:
         crypten_distributed.OPENING_PATCH.install()
         crypten_comparison.use(config.comparison)
         offline.use(offline.OfflineConfig(dealing=config.dealing,
-                                          trace_timeout_s=config.timeout_s),
+                                          trace_timeout_s=config.timeout_s,
+                                          dcf_batch=config.dcf_batch),
                     ttp=config.dealer == "ttp")
         try:
             yield

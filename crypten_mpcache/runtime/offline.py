@@ -43,11 +43,21 @@ SizeOf = Callable[[str, tuple, dict], Sequence[int]]
 @dataclass(frozen=True)
 class OfflineConfig:
     """How the TTP's material reaches party 0: ``ahead`` (a phase at a time, before the
-    phase runs) or ``on-demand`` (CrypTen's way: each request when it is needed)."""
+    phase runs) or ``on-demand`` (CrypTen's way: each request when it is needed).
+
+    ``chunk_bytes``: the most material party 0 and the dealer hold at once when a phase is
+    dealt ahead. ``dcf_batch``: the most elements of one dealt request of DCF keys
+    (``secure.primitives.dcf_comparison``, ~3 KiB of keys per element in all, with the
+    TTP or TFP): a comparison of n elements opens its masked input once and is dealt and
+    evaluated in ceil(n / dcf_batch) requests, so its keys never need more memory than
+    one batch's (the default, 16,384 elements, is 24 MiB of party 0's material), however
+    large n is. One batch's material must fit in a chunk
+    (``dcf_comparison.checked_batch``, run by ``LaunchConfig`` and by every comparison)."""
 
     dealing: str = "ahead"
     chunk_bytes: int = 256 << 20
     trace_timeout_s: float = 1800.0
+    dcf_batch: int = 1 << 14
 
     def __post_init__(self) -> None:
         if self.dealing not in DEALINGS:
@@ -56,6 +66,9 @@ class OfflineConfig:
             raise ValueError(f"chunk_bytes must be at least 1 MiB, got {self.chunk_bytes}")
         if not self.trace_timeout_s > 0:
             raise ValueError(f"trace_timeout_s must be positive, got {self.trace_timeout_s}")
+        if isinstance(self.dcf_batch, bool) or not isinstance(self.dcf_batch, int) \
+                or self.dcf_batch < 1:
+            raise ValueError(f"dcf_batch must be a positive int, got {self.dcf_batch!r}")
 
 
 class DealtMaterialError(RuntimeError):
@@ -145,6 +158,12 @@ def use(config: OfflineConfig, ttp: bool) -> None:
     setattr(comm.get(), _SESSION_ATTRIBUTE, _Session(config, relay_group=group))
 
 
+def current_config() -> OfflineConfig:
+    """This party's offline configuration (the defaults outside a launched session)."""
+    session = _session()
+    return session.config if session is not None else OfflineConfig()
+
+
 def relay(words: int) -> torch.Tensor:
     """Party 1's part of the current request's material, sent to it by the dealer (the
     correction words of DCF keys): taken from what arrived, else received now (its size,
@@ -153,6 +172,7 @@ def relay(words: int) -> torch.Tensor:
     if session is None or session.relay_group is None:
         raise RuntimeError("relayed dealer material needs a party of a TTP session")
     if session.relayed is None or session.relayed.numel() == 0:
+        session.relayed = None  # an empty view still holds the spent chunk's words
         channel, ttp = comm.get(), comm.get().get_ttp_rank()
         with operator_scope("dealer"), dealer_request():
             size = channel.broadcast(torch.zeros(1, dtype=torch.long), ttp, session.relay_group)

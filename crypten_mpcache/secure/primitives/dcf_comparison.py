@@ -12,13 +12,21 @@ beta = 1 - 2b, plus additive shares of b, so the parties hold shares of
 and msb(x) = a xor z is z where a = 0 and 1 - z where a = 1: local, since a is public.
 Exact over the whole ring (no range assumption), like CrypTen's comparison.
 
-Material per element: every party draws r_i, a root seed and an offset share o_i from the
-generator it shares with the TTP (``draw_free``); the dealer replays the draws, runs
-``dcf.gen`` with the parties' roots and deals party 0 the correction words (shared by
-both keys) and its offset share; party 1 receives the same correction words from the
-dealer (``runtime.offline.relay``). A third party holds only r_2 and o_2. Per element and
-party online: one opened word; dealt: 63 x 24.25 + 8 bytes of correction words to each
-of parties 0 and 1. docs/fss.md has the security argument.
+Bounded batches: a comparison of n elements opens c = x + r for all n at once (ONE round),
+then takes its keys and evaluates them ``OfflineConfig.dcf_batch`` elements at a time, so
+neither the dealer, nor party 0's dry run or material store, nor the evaluation ever holds
+more than one batch's keys (~1.5 KiB per element and key), however large n is.
+
+Material: every party draws its share r_i of the mask for all n elements from the
+generator it shares with the TTP (before the opening); then, per batch, a root seed and an
+offset share o_i (``draw_free``), and party 0 asks for ``dcf_material(n, start, count)``.
+The dealer replays the draws: at the first batch (start 0) it draws every party's r_i and
+keeps r = sum r_i (8 bytes per element, the size of the comparison's input) until the
+last batch; per batch it runs ``dcf.gen`` with the parties' roots and deals party 0 the
+correction words (shared by both keys) and its offset share; party 1 receives the same
+correction words from the dealer (``runtime.offline.relay``). A third party holds only
+r_2 and o_2. Per element and party online: one opened word; dealt: 63 x 24.25 + 8 bytes
+of correction words to each of parties 0 and 1. docs/fss.md has the security argument.
 """
 
 from __future__ import annotations
@@ -30,9 +38,11 @@ import crypten.communicator as comm
 import numpy as np
 import torch
 from crypten.mpc.primitives import ArithmeticSharedTensor
+from crypten.mpc.provider.ttp_provider import TTPClient
 
+from crypten_mpcache.runtime import trace
 from crypten_mpcache.runtime.cost import dealer_request
-from crypten_mpcache.runtime.offline import relay
+from crypten_mpcache.runtime.offline import OfflineConfig, current_config, relay
 from crypten_mpcache.secure.primitives import dcf
 from crypten_mpcache.secure.primitives.comparison import bit_tensor
 from crypten_mpcache.secure.primitives.party import (
@@ -49,15 +59,15 @@ LOW = (1 << BITS) - 1
 
 @dataclass(frozen=True)
 class Layout:
-    """Word counts of one comparison of n elements: every party's free draw (r, root seed,
-    offset share: 4n words) and the correction words (cw: s 2n, v n per level, the 2 n
+    """Word counts of one dealt batch of n elements: every party's free draw (root seed,
+    offset share: 3n words) and the correction words (cw: s 2n, v n per level, the 2 n
     control bits per level packed, the final n)."""
 
     n: int
 
     @property
     def free_words(self) -> int:
-        return 4 * self.n
+        return 3 * self.n
 
     @property
     def t_words(self) -> int:
@@ -72,15 +82,32 @@ class Layout:
         return self.cw_words + self.n
 
 
+def checked_batch(config: OfflineConfig) -> int:
+    """``config.dcf_batch``, once one batch's material (party 0's, the larger) is known to
+    fit in one dealt chunk, so no dealt request exceeds ``chunk_bytes``."""
+    nbytes = 8 * Layout(config.dcf_batch).party0_words
+    if nbytes > config.chunk_bytes:
+        raise ValueError(f"dcf_batch {config.dcf_batch} needs {nbytes} bytes of material per "
+                         f"request, more than chunk_bytes {config.chunk_bytes}: lower "
+                         "dcf_batch or raise chunk_bytes")
+    return config.dcf_batch
+
+
+def batches(n: int, batch: int) -> list[tuple[int, int]]:
+    """(start, count) of the dealt batches of a comparison of n elements."""
+    return [(start, min(batch, n - start)) for start in range(0, n, batch)]
+
+
+def draw_mask(n: int, generator: torch.Generator | None) -> torch.Tensor:
+    return uniform_words((n,), generator)
+
+
 def draw_free(layout: Layout, generator: torch.Generator | None) -> torch.Tensor:
     return uniform_words((layout.free_words,), generator)
 
 
-def _split_free(layout: Layout, free: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    n = layout.n
-    return free[:n], free[n:3 * n], free[3 * n:]          # r_i, root seed (n, 2), o_i
-
-
+def _split_free(layout: Layout, free: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return free[:2 * layout.n], free[2 * layout.n:]          # root seed (n, 2), o_i
 def pack_cw(key: dcf.DCFKey) -> torch.Tensor:
     """A key's correction words (identical in both keys) as int64 words."""
     t = np.packbits(np.concatenate([key.t_cw_left.reshape(-1), key.t_cw_right.reshape(-1)]))
@@ -116,81 +143,124 @@ def keys_for(r: torch.Tensor, roots: tuple[torch.Tensor, torch.Tensor]
     return key0, torch.from_numpy(b.view(np.int64))
 
 
-def ttp_party0_share(generators: list[torch.Generator], n: int) -> torch.Tensor:
-    """The TTP's side: replay every party's draws; party 0's correction words and offset."""
-    layout = Layout(n)
+@dataclass
+class PendingMask:
+    """The dealer's r of the comparison it is dealing (the parties drew their shares of it
+    before they opened c), kept from its first batch to its last."""
+
+    r: torch.Tensor
+    dealt: int = 0
+
+
+def ttp_party0_share(state: dict, generators: list[torch.Generator], n: int, start: int,
+                     count: int) -> torch.Tensor:
+    """The TTP's side of batch [start, start + count) of a comparison of n elements:
+    replay every party's draws; party 0's correction words and offset. ``state`` is the
+    dealer's (it keeps the pending mask between batches)."""
+    if start == 0:
+        state["dcf_mask"] = PendingMask(sum(draw_mask(n, g) for g in generators))
+    pending = state.get("dcf_mask")
+    if pending is None or pending.r.numel() != n or pending.dealt != start \
+            or not 0 < count <= n - start:
+        raise ValueError(f"dcf_material({n}, {start}, {count}) does not continue the "
+                         "comparison the dealer is dealing")
+    layout = Layout(count)
     draws = [_split_free(layout, draw_free(layout, g)) for g in generators]
-    r = sum(d[0] for d in draws)
-    key0, b = keys_for(r, (draws[0][1], draws[1][1]))
-    offset0 = b - sum((d[2] for d in draws[1:]), torch.zeros_like(b))
+    key0, b = keys_for(pending.r[start:start + count], (draws[0][0], draws[1][0]))
+    offset0 = b - sum((d[1] for d in draws[1:]), torch.zeros_like(b))
+    pending.dealt += count
+    if pending.dealt == n:
+        del state["dcf_mask"]
     return torch.cat([pack_cw(key0), offset0])
 
 
 @dataclass
 class Material:
-    r: torch.Tensor                  # (n,) this party's share of r
-    offset: torch.Tensor             # (n,) this party's share of b
+    offset: torch.Tensor             # (count,) this party's share of b for one batch
     key: dcf.DCFKey | None           # parties 0 and 1
 
 
-def deal(n: int) -> Material:
-    layout = Layout(n)
-    return by_dealer("the DCF comparison", ttp=lambda: _deal_ttp(layout),
-                     tfp=lambda: _deal_tfp(layout))
+class Dealing:
+    """This party's side of the dealt material of one comparison of n elements: first its
+    share of the mask r for all n (``mask_share``, before the opening), then the keys batch
+    by batch (``keys``), in order."""
 
+    def __init__(self, n: int) -> None:
+        self.n, self.rank = n, party_rank()
+        self._plain_r: torch.Tensor | None = None       # TFP: party 0 knows r
 
-def _deal_ttp(layout: Layout) -> Material:
-    rank = party_rank()
-    free, dealt = deal_via_ttp("dcf_material", (layout.n,), lambda g: draw_free(layout, g),
-                               lambda g: torch.empty(0, dtype=torch.long))
-    r, seed, offset = _split_free(layout, free)
-    if rank == 0:
-        return Material(r, dealt[layout.cw_words:], unpack_key(layout, 0, seed,
-                                                                 dealt[:layout.cw_words]))
-    if rank == 1:
-        return Material(r, offset, unpack_key(layout, 1, seed, relay(layout.cw_words)))
-    return Material(r, offset, None)
+    def mask_share(self) -> torch.Tensor:
+        return by_dealer("the DCF comparison", ttp=self._mask_ttp, tfp=self._mask_tfp)
 
+    def _mask_ttp(self) -> torch.Tensor:
+        return draw_mask(self.n, TTPClient.get().get_generator())
 
-def _deal_tfp(layout: Layout) -> Material:
-    """Party 0 deals (it learns every mask): tests and cost measurement only. The shares
-    of r and b go by CrypTen's zero sharing; party 1's key (root seed and correction
-    words) is sent to it, charged to the dealer counters."""
-    n, rank = layout.n, party_rank()
-    r = b = key_words = seeds = None
-    if rank == 0:
-        r = uniform_words((n,), None)
-        seeds = (uniform_words((2 * n,), None), uniform_words((2 * n,), None))
-        key0, b = keys_for(r, seeds)
-        key_words = torch.cat([seeds[1], pack_cw(key0)])
-    r_share = ArithmeticSharedTensor(r, size=(n,), precision=0, src=0).share
-    b_share = ArithmeticSharedTensor(b, size=(n,), precision=0, src=0).share
-    key = None
-    if rank in (0, 1):
-        with dealer_request():
-            if rank == 0:
-                comm.get().send(key_words, 1)
-            else:
-                key_words = comm.get().recv(torch.empty(2 * n + layout.cw_words,
-                                                        dtype=torch.long), 0)
-        seed = seeds[0] if rank == 0 else key_words[: 2 * n]
-        key = unpack_key(layout, rank, seed, key_words[2 * n:])
-    return Material(r_share, b_share, key)
+    def _mask_tfp(self) -> torch.Tensor:
+        if self.rank == 0:
+            self._plain_r = draw_mask(self.n, None)
+        return ArithmeticSharedTensor(self._plain_r, size=(self.n,), precision=0, src=0).share
+
+    def keys(self, start: int, count: int) -> Material:
+        layout = Layout(count)
+        return by_dealer("the DCF comparison", ttp=lambda: self._keys_ttp(layout, start),
+                         tfp=lambda: self._keys_tfp(layout, start))
+
+    def _keys_ttp(self, layout: Layout, start: int) -> Material:
+        free, dealt = deal_via_ttp("dcf_material", (self.n, start, layout.n),
+                                   lambda g: draw_free(layout, g),
+                                   lambda g: torch.empty(0, dtype=torch.long))
+        seed, offset = _split_free(layout, free)
+        if self.rank == 0:
+            return Material(dealt[layout.cw_words:],
+                            unpack_key(layout, 0, seed, dealt[:layout.cw_words]))
+        if self.rank == 1:
+            return Material(offset, unpack_key(layout, 1, seed, relay(layout.cw_words)))
+        return Material(offset, None)
+
+    def _keys_tfp(self, layout: Layout, start: int) -> Material:
+        """Party 0 deals (it learns every mask): tests and cost measurement only. The
+        shares of b go by CrypTen's zero sharing; party 1's key (root seed and correction
+        words) is sent to it, charged to the dealer counters."""
+        n, rank = layout.n, self.rank
+        b = key_words = seeds = None
+        if rank == 0:
+            seeds = (uniform_words((2 * n,), None), uniform_words((2 * n,), None))
+            key0, b = keys_for(self._plain_r[start:start + n], seeds)
+            key_words = torch.cat([seeds[1], pack_cw(key0)])
+        b_share = ArithmeticSharedTensor(b, size=(n,), precision=0, src=0).share
+        key = None
+        if rank in (0, 1):
+            with dealer_request():
+                if rank == 0:
+                    comm.get().send(key_words, 1)
+                else:
+                    key_words = comm.get().recv(torch.empty(2 * n + layout.cw_words,
+                                                            dtype=torch.long), 0)
+            seed = seeds[0] if rank == 0 else key_words[: 2 * n]
+            key = unpack_key(layout, rank, seed, key_words[2 * n:])
+        return Material(b_share, key)
 
 
 def less_than_zero_shares(share: torch.Tensor) -> torch.Tensor:
-    """This party's arithmetic share (scale 1) of [x < 0] for its share of x (any shape)."""
+    """This party's arithmetic share (scale 1) of [x < 0] for its share of x (any shape):
+    one opening for all elements, then keys dealt and evaluated a batch at a time."""
     flat = share.reshape(-1)
     n = flat.numel()
-    material = deal(n)
-    c = open_sum(flat + material.r.to(flat.device))                    # the one round
-    a = c < 0
-    z = material.offset.clone()
-    if material.key is not None:
-        low = (c.cpu().numpy().view(np.uint64) & np.uint64(LOW))
-        z += torch.from_numpy(dcf.evaluate(material.key, low).view(np.int64))
+    dealing = Dealing(n)
+    c = open_sum(flat + dealing.mask_share().to(flat.device)).cpu()   # the one round
+    low = c.numpy().view(np.uint64) & np.uint64(LOW)
+    dry_run = trace.active_recorder() is not None    # its opened values mean nothing
+    z = torch.empty(n, dtype=torch.long)
+    for start, count in batches(n, checked_batch(current_config())):
+        material = dealing.keys(start, count)
+        part = material.offset.clone()
+        if material.key is not None and not dry_run:
+            part += torch.from_numpy(
+                dcf.evaluate(material.key, low[start:start + count]).view(np.int64))
+        z[start:start + count] = part
+        del material, part   # its key may view a dealt chunk: not beside the next one
     first = 1 if party_rank() == 0 else 0
-    bit = torch.where(a.cpu(), first - z, z).to(flat.device)
+    bit = torch.where(c < 0, first - z, z).to(flat.device)
     return bit.reshape(share.shape)
 
 
