@@ -176,9 +176,56 @@ def compare(results: dict[str, Any]) -> list[dict[str, Any]]:
             target = NetworkProfile(name, bandwidth_bps=link["target"]["bandwidth_bps"],
                                     rtt_s=link["target"]["rtt_s"])
             measure = LinkMeasure(link["icmp_rtt_s"], link["tcp_rtt_s"], link["bulk_bps"])
-            rows.append(compare_row(name, cache, target, measure, run["steps"],
-                                    reference["steps"]))
+            row = compare_row(name, cache, target, measure, run["steps"], reference["steps"])
+            if "party_costs" in run and "party_costs" in reference:
+                row["operators"] = operator_network(run["party_costs"][0],
+                                                    reference["party_costs"][0],
+                                                    len(run["steps"]), measure)
+            rows.append(row)
     return rows
+
+
+def party_operators(cost: dict[str, Any], steps: int) -> dict[str, dict[str, float]]:
+    """One party's cost per operator kind per decode step (its own report, not merged:
+    a merged operator's seconds are the max over parties, and one party's seconds of an
+    operator include waiting for the other, e.g. party 1's first norm waits while party 0
+    fetches the dealer's material)."""
+    out: dict[str, dict[str, float]] = {}
+    for phase, kinds in cost["phase_operators"].items():
+        if phase.startswith("decode/"):
+            for kind, c in kinds.items():
+                slot = out.setdefault(kind, {"rounds": 0.0, "bytes": 0.0, "seconds": 0.0})
+                for key in slot:
+                    slot[key] += c[key] / steps
+    return dict(sorted(out.items()))
+
+
+def operator_network(shaped: dict[str, Any], reference: dict[str, Any], steps: int,
+                     link: LinkMeasure) -> list[dict[str, Any]]:
+    """Party 0's operators per decode step (``shaped`` and ``reference``: its cost reports
+    in the two runs): the seconds the shaped link added over the unshaped run, beside its
+    rounds x the measured RTT and its own bytes at the measured rate: where the network
+    time goes, and which operators' rounds cost more or less than a round trip."""
+    ours, base = party_operators(shaped, steps), party_operators(reference, steps)
+    return [{"operator": kind, "rounds": cost["rounds"], "bytes": cost["bytes"],
+             "reference_s": base[kind]["seconds"], "shaped_s": cost["seconds"],
+             "added_s": cost["seconds"] - base[kind]["seconds"],
+             "rounds_rtt_s": cost["rounds"] * link.tcp_rtt_s,
+             "bytes_rate_s": cost["bytes"] * 8.0 / link.bulk_bps}
+            for kind, cost in ours.items() if kind in base]
+
+
+def operator_table(name: str, rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown: ``operator_network``'s rows of one (profile, cache)."""
+    lines = [f"{name}: party 0 per operator, per decode step", "",
+             "| operator | rounds | MiB | unshaped s | shaped s | added s | rounds x RTT s | "
+             "bytes / rate s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['operator']} | {r['rounds']:.0f} | {r['bytes'] / 2**20:.2f} | "
+                     f"{r['reference_s']:.2f} | {r['shaped_s']:.2f} | {r['added_s']:+.2f} | "
+                     f"{r['rounds_rtt_s']:.2f} | {r['bytes_rate_s']:.2f} |")
+    return lines
 
 
 # -- the run --
@@ -328,6 +375,7 @@ def run_row(topo: Topology, args: argparse.Namespace, task: RowTask,
             run["row"] = summarize(task, args.config, outputs, run["wall_s"])
             run["steps"] = decode_steps(outputs, task.steps)
             run["barrier"] = [o.get("barrier") for o in outputs]
+            run["party_costs"] = [o["cost"] for o in outputs]
     except RoleFailed as error:
         run["failed"] = str(error)
     finally:
@@ -399,6 +447,10 @@ def report(results: dict[str, Any], out: Path) -> int:
     print("\n".join(link_table(links)))
     print("\nPer decode step (mean over steps), measured vs model:\n")
     print("\n".join(model_table(results["model"])))
+    for row in results["model"]:
+        if row.get("operators") and (row["profile"] == "WAN" or len(results["model"]) == 1):
+            print("\n" + "\n".join(operator_table(f"{row['profile']} {row['cache']}",
+                                                  row["operators"])))
     failed = [r for runs in results["runs"].values() for r in runs.values() if r["failed"]]
     for run in failed:
         print(f"\n{run['label']} failed: {run['failed']}")

@@ -78,6 +78,24 @@ def test_compare_skips_runs_without_a_reference_or_that_failed():
     assert (row["profile"], row["cache"], row["measured_s"]) == ("WAN", "full", 1.5)
 
 
+def test_party_operators_show_what_the_link_added_per_step():
+    def cost(softmax_s: float) -> dict:
+        ops = {"softmax": {"rounds": 10, "bytes": 4e6, "seconds": softmax_s},
+               "linear": {"rounds": 1, "bytes": 0, "seconds": 1.0}}
+        return {"phase_operators": {"setup": {"linear": {"rounds": 5, "bytes": 9e9,
+                                                          "seconds": 50.0}},
+                                    "decode/0": ops, "decode/1": ops}}
+    link = LinkMeasure(icmp_rtt_s=0.04, tcp_rtt_s=0.04, bulk_bps=200e6)
+    rows = {r["operator"]: r for r in bench.operator_network(cost(0.7), cost(0.2), 2, link)}
+    assert set(rows) == {"softmax", "linear"}  # setup is not a decode step
+    softmax = rows["softmax"]
+    assert softmax["rounds"] == 10 and softmax["added_s"] == pytest.approx(0.5)
+    assert softmax["rounds_rtt_s"] == pytest.approx(0.4)
+    assert softmax["bytes_rate_s"] == pytest.approx(0.16)
+    assert "| softmax | 10 | 3.81 | 0.20 | 0.70 | +0.50 | 0.40 | 0.16 |" in \
+        bench.operator_table("WAN full", list(rows.values()))
+
+
 def test_each_rank_runs_the_role_script_with_the_row():
     args = bench.parse_args(["--quick"])
     (task, *_) = args.config.tasks()
@@ -155,4 +173,5 @@ def test_the_quick_harness_runs_a_bench_row_over_a_shaped_link(tmp_path):
     (row,) = result["model"]
     assert row["profile"] == "LAN" and row["same_transcript"]
     assert row["measured_s"] > 0 and row["model_target_s"] > row["compute_s"] > 0
+    assert {op["operator"] for op in row["operators"]} >= {"linear", "softmax"}
     assert topology.existing_namespaces() == []
