@@ -22,6 +22,7 @@ import pytest
 import torch
 
 import crypten_mpcache  # noqa: F401
+from crypten_mpcache.bench.runner import BenchConfig, run_bench
 from crypten_mpcache.private import PrivateGenerationConfig, generate_ids
 from crypten_mpcache.runtime.launcher import LaunchConfig, launch
 from crypten_mpcache.runtime.offline import OfflineConfig, deal_ahead
@@ -249,6 +250,17 @@ def test_the_default_bound_splits_a_comparison_beyond_it():
     config = LaunchConfig(dealer="ttp", comparison="dcf", timeout_s=600)
     _check_batched(launch(_ltz_batches_party, values, config=config), values,
                    OfflineConfig().dcf_batch, "ttp", "ahead")
+
+
+def test_an_mpcache_decode_step_runs_its_secure_top_k_on_dcf_comparisons():
+    """The top-k protocol chooser has the dcf comparison's unit costs; at 512 tokens and a
+    20% budget MPCache's decode step runs a secure top-k (tests/test_bench.py)."""
+    config = BenchConfig(shape="tiny", layers=1, contexts=(512,), caches=("mpcache",),
+                         dealer="ttp", comparison="dcf", steps=1, budget=0.2)
+    row = run_bench(config).as_dict()["rows"][0]
+    assert row["comparison"] == "dcf" and row["topk_last_step"]
+    assert row["attended_max"] <= int(0.2 * 513) + 1
+    assert row["online_rounds"] < 100
 
 
 def test_private_generation_with_dcf_comparisons_matches_plaintext(tmp_path):

@@ -33,8 +33,10 @@ def measured_units() -> dict[tuple[str, str], UnitCosts]:
     """Per-party unit costs with 2 parties, keyed by (dealer, comparison protocol).
 
     CrypTen's comparison: fitted by benchmarks/topk_cost.py (docs/numerics.md). The masked
-    comparison (``crypten_mpcache.secure.primitives.comparison``): measured on 11,008 elements,
-    party 0 (which also receives the TTP's material).
+    comparison (``crypten_mpcache.secure.primitives.comparison``) and the DCF comparison
+    (``primitives.dcf_comparison``: 1 online round, then the keys: 3 dealer rounds with the
+    TTP on demand, 1 send with TFP): measured on 11,008 elements, party 0 (which also
+    receives the TTP's material), dealing on demand.
     """
     tfp_mul = {"mul_bytes": 32.0, "mul_rounds": 1.0}
     ttp_mul = {"mul_bytes": 111.6, "mul_rounds": 4.0, "lookup_word_bytes": 8.0,
@@ -44,5 +46,7 @@ def measured_units() -> dict[tuple[str, str], UnitCosts]:
         ("ttp", "crypten"): UnitCosts(cmp_bytes=544.1, cmp_rounds=32.0, **ttp_mul),
         ("tfp", "masked"): UnitCosts(cmp_bytes=63.5, cmp_rounds=8.0, **tfp_mul),
         ("ttp", "masked"): UnitCosts(cmp_bytes=95.3, cmp_rounds=11.0, **ttp_mul),
+        ("tfp", "dcf"): UnitCosts(cmp_bytes=1567.8, cmp_rounds=2.0, **tfp_mul),
+        ("ttp", "dcf"): UnitCosts(cmp_bytes=1559.8, cmp_rounds=4.0, **ttp_mul),
     }
 
