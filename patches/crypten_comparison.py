@@ -4,8 +4,11 @@ Every CrypTen comparison (``lt``, ``ge``, ``relu``, ``sign``, ...) ends in
 ``MPCTensor._ltz``. ``use("masked")`` replaces it with the dealer-assisted masked
 comparison of ``crypten_mpcache.secure.primitives.comparison`` (8 rounds), ``use("dcf")``
 with the one-round comparison from dealt DCF keys of
-``crypten_mpcache.secure.primitives.dcf_comparison``; ``use("crypten")`` restores
-CrypTen's own. The launcher selects ``LaunchConfig.comparison`` in each party, so that
+``crypten_mpcache.secure.primitives.dcf_comparison``, ``use("hybrid", dcf_max_elements=T)``
+with the DCF comparison for calls of at most T elements and the masked one above (every
+call saves the same rounds with DCF, but its keys cost ~3 KiB per element: small calls
+are where rounds are cheap to buy; the call's size is public); ``use("crypten")``
+restores CrypTen's own. The launcher selects ``LaunchConfig.comparison`` in each party, so that
 both the full-cache baseline and MPCache pay for the same comparison.
 """
 
@@ -21,7 +24,22 @@ from crypten_mpcache.patches import Patch, replace_method
 from crypten_mpcache.secure.primitives import comparison as masked_comparison
 from crypten_mpcache.secure.primitives import dcf_comparison
 
-COMPARISONS = ("crypten", "masked", "dcf")
+COMPARISONS = ("crypten", "masked", "dcf", "hybrid")
+
+
+class _HybridSettings:
+    dcf_max_elements: int = 128
+
+
+HYBRID = _HybridSettings()
+
+
+def hybrid_less_than_zero(x: Any) -> Any:
+    """[x < 0] by DCF keys for a call of at most ``HYBRID.dcf_max_elements`` elements,
+    else by the masked comparison (the choice depends only on the public shape)."""
+    if x.numel() <= HYBRID.dcf_max_elements:
+        return dcf_comparison.less_than_zero(x)
+    return masked_comparison.less_than_zero(x)
 
 
 def _route_ltz(less_than_zero: Callable[[Any], Any]) -> Callable[[], Callable[[], None]]:
@@ -42,7 +60,9 @@ PATCH = Patch("masked_comparison", "MPCTensor._ltz -> the dealer-assisted masked
               _route_ltz(masked_comparison.less_than_zero))
 DCF_PATCH = Patch("dcf_comparison", "MPCTensor._ltz -> the one-round comparison from dealt "
                   "DCF keys", _route_ltz(dcf_comparison.less_than_zero))
-_PATCHES = {"masked": PATCH, "dcf": DCF_PATCH}
+HYBRID_PATCH = Patch("hybrid_comparison", "MPCTensor._ltz -> DCF keys for small calls, the "
+                     "masked comparison for large ones", _route_ltz(hybrid_less_than_zero))
+_PATCHES = {"masked": PATCH, "dcf": DCF_PATCH, "hybrid": HYBRID_PATCH}
 
 
 def current() -> str:
@@ -50,10 +70,21 @@ def current() -> str:
     return next((name for name, patch in _PATCHES.items() if patch.installed), "crypten")
 
 
-def use(comparison: str) -> None:
-    """Select the comparison protocol of this process: "crypten", "masked" or "dcf"."""
+def priced_as() -> str:
+    """The protocol whose unit costs price this process's comparisons in cost models: the
+    hybrid's large calls (where the elements are) are masked."""
+    protocol = current()
+    return "masked" if protocol == "hybrid" else protocol
+
+
+def use(comparison: str, dcf_max_elements: int = HYBRID.dcf_max_elements) -> None:
+    """Select the comparison protocol of this process: "crypten", "masked", "dcf" or
+    "hybrid" (DCF for calls of at most ``dcf_max_elements`` elements)."""
     if comparison not in COMPARISONS:
         raise ValueError(f"comparison must be one of {COMPARISONS}, got {comparison!r}")
+    if dcf_max_elements < 1:
+        raise ValueError(f"dcf_max_elements must be >= 1, got {dcf_max_elements}")
+    HYBRID.dcf_max_elements = dcf_max_elements
     for name, patch in _PATCHES.items():
         if name != comparison:
             patch.uninstall()

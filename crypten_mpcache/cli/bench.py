@@ -50,8 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              "or on-demand (each piece fetched when needed)")
     add("--comparison", default=None, choices=COMPARISONS,
         help="secure comparison of every row (full and MPCache alike): masked (the "
-             "dealer deals the mask's bits; default), dcf (one round from dealt DCF keys) "
-             "or crypten (CrypTen's adder)")
+             "dealer deals the mask's bits; default), dcf (one round from dealt DCF keys), "
+             "hybrid (dcf for calls of at most 128 elements, masked above) or crypten "
+             "(CrypTen's adder)")
     add("--activation", default=None, choices=SILU_METHODS,
         help="secure SiLU of every row (full and MPCache alike): lookup (a table read by "
              "a dealt one-hot; default), exp_poly, piecewise or sigmoid")

@@ -33,7 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--comparison", default="masked", choices=COMPARISONS,
                    help="secure comparison protocol: masked (the dealer deals the mask's "
                    "bits; default, ~7x fewer bytes than crypten, 8 rounds), dcf (one round: "
-                   "dealt DCF keys, ~3 KiB of keys per comparison) or crypten (CrypTen's own)")
+                   "dealt DCF keys, ~3 KiB of keys per comparison), hybrid (dcf for calls of at "
+                   "most 128 elements, masked above) or crypten (CrypTen's own)")
     p.add_argument("--dealing", default="ahead", choices=DEALINGS,
                    help="ttp only: ahead (default: each phase's material is dealt before "
                    "the phase, so no online round waits on the dealer) or on-demand "

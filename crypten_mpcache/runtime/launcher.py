@@ -57,7 +57,9 @@ class LaunchConfig:
     deals each phase's material before the phase (``runtime.offline``); ``on-demand``
     fetches each piece when it is needed (CrypTen's way). ``dcf_batch``: the most
     elements of one dealt request of DCF keys with ``comparison="dcf"``
-    (``runtime.offline.OfflineConfig``).
+    (``runtime.offline.OfflineConfig``). ``dcf_max_elements``: with
+    ``comparison="hybrid"``, calls of at most this many elements compare by DCF keys,
+    larger ones by the masked comparison (``patches.crypten_comparison``).
     """
 
     parties: int = 2
@@ -68,6 +70,7 @@ class LaunchConfig:
     threads_per_party: int = 1
     count_communication: bool = True
     dcf_batch: int = offline.OfflineConfig.dcf_batch
+    dcf_max_elements: int = crypten_comparison.HYBRID.dcf_max_elements
 
     def __post_init__(self) -> None:
         if self.parties not in (2, 3):
@@ -79,6 +82,8 @@ class LaunchConfig:
                              f"{self.comparison!r}")
         dcf_comparison.checked_batch(  # validates both
             offline.OfflineConfig(dealing=self.dealing, dcf_batch=self.dcf_batch))
+        if self.dcf_max_elements < 1:
+            raise ValueError(f"dcf_max_elements must be >= 1, got {self.dcf_max_elements}")
         if not self.timeout_s > 0:
             raise ValueError(f"timeout_s must be positive, got {self.timeout_s}")
         if self.threads_per_party < 1:
@@ -175,7 +180,7 @@ def _party_session(config: LaunchConfig) -> Iterator[None]:
     with _dealer_hooks():
         crypten.init()
         crypten_distributed.OPENING_PATCH.install()
-        crypten_comparison.use(config.comparison)
+        crypten_comparison.use(config.comparison, config.dcf_max_elements)
         offline.use(offline.OfflineConfig(dealing=config.dealing,
                                           trace_timeout_s=config.timeout_s,
                                           dcf_batch=config.dcf_batch),

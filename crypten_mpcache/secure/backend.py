@@ -211,7 +211,7 @@ class CryptenBackend:
     def protocol(self, g: int, k: int, batch: int, ordered: bool = True) -> str:
         """The top-k protocol of least predicted latency for ``batch`` vectors of G."""
         model = topk_cost.TopKConfig(protocols=self.config.protocols, dealer=current_dealer(),
-                                comparison=crypten_comparison.current())
+                                comparison=crypten_comparison.priced_as())
         return topk_cost.choose_protocol(g, k, self.config.profile, model, batch=batch,
                                     ordered=ordered)
 

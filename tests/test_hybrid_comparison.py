@@ -1,0 +1,67 @@
+"""``--comparison hybrid``: DCF keys for small comparison calls, the masked comparison above.
+
+Checked: a call of at most ``dcf_max_elements`` elements costs the rounds of the DCF
+comparison, a larger one exactly those of the masked comparison; both equal plaintext
+(TTP dealt ahead and TFP); the threshold is validated; a private generation with the
+hybrid gives plaintext greedy's tokens.
+"""
+
+from __future__ import annotations
+
+import crypten
+import crypten.communicator as comm
+import pytest
+import torch
+
+import crypten_mpcache  # noqa: F401
+from crypten_mpcache.private import PrivateGenerationConfig, generate_ids
+from crypten_mpcache.runtime.launcher import LaunchConfig, launch
+from crypten_mpcache.testing import save_tiny_llama
+
+SMALL = torch.tensor([-3.0, -1e-4, 0.0, 1e-4, 2.5, -700.0, 700.0, 1.0])  # 8 elements
+LARGE = torch.linspace(-50.0, 50.0, 41)  # 41 elements, 0 among them
+
+
+def _signs(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """[x < 0] under MPC and the online rounds it took (dealer traffic apart)."""
+    shared = crypten.cryptensor(x, src=0)
+    before = comm.get().get_communication_stats()["rounds"]
+    bits = shared._ltz()
+    rounds = comm.get().get_communication_stats()["rounds"] - before
+    return bits.get_plain_text(), rounds
+
+
+def _both() -> dict:
+    small, small_rounds = _signs(SMALL)
+    large, large_rounds = _signs(LARGE)
+    return {"small": small, "large": large, "small_rounds": small_rounds,
+            "large_rounds": large_rounds}
+
+
+@pytest.mark.parametrize("dealer,dealing", [("tfp", "ahead"), ("ttp", "ahead")])
+def test_small_calls_compare_by_dcf_large_ones_masked(dealer, dealing):
+    def run(comparison: str) -> dict:
+        config = LaunchConfig(parties=2, dealer=dealer, dealing=dealing,
+                              comparison=comparison, dcf_max_elements=8, timeout_s=120)
+        return launch(_both, config=config)[0]
+
+    hybrid, masked, dcf = run("hybrid"), run("masked"), run("dcf")
+    for result in (hybrid, masked, dcf):
+        assert torch.equal(result["small"], (SMALL < 0).float())
+        assert torch.equal(result["large"], (LARGE < 0).float())
+    assert hybrid["small_rounds"] == dcf["small_rounds"] < masked["small_rounds"]
+    assert hybrid["large_rounds"] == masked["large_rounds"] > dcf["large_rounds"]
+
+
+def test_the_threshold_is_validated():
+    with pytest.raises(ValueError, match="dcf_max_elements"):
+        LaunchConfig(comparison="hybrid", dcf_max_elements=0)
+
+
+def test_private_generation_with_the_hybrid_matches_plaintext(tmp_path):
+    folder = save_tiny_llama(tmp_path / "m", seed=1, lm_head_gain=4.0, max_positions=64)
+    prompt = [3, 14, 15, 9, 26, 5, 35]
+    result = generate_ids(prompt, PrivateGenerationConfig(
+        max_new_tokens=3, model_path=folder, dealer="ttp", comparison="hybrid",
+        check=True))
+    assert result.match, (result.generated_ids, result.plaintext_ids)
