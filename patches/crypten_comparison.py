@@ -77,13 +77,18 @@ def priced_as() -> str:
     return "masked" if protocol == "hybrid" else protocol
 
 
-def use(comparison: str, dcf_max_elements: int = HYBRID.dcf_max_elements) -> None:
-    """Select the comparison protocol of this process: "crypten", "masked", "dcf" or
-    "hybrid" (DCF for calls of at most ``dcf_max_elements`` elements)."""
+def validate(comparison: str, dcf_max_elements: int) -> None:
+    """ValueError naming the field unless both are valid."""
     if comparison not in COMPARISONS:
         raise ValueError(f"comparison must be one of {COMPARISONS}, got {comparison!r}")
     if dcf_max_elements < 1:
         raise ValueError(f"dcf_max_elements must be >= 1, got {dcf_max_elements}")
+
+
+def use(comparison: str, dcf_max_elements: int = HYBRID.dcf_max_elements) -> None:
+    """Select the comparison protocol of this process: "crypten", "masked", "dcf" or
+    "hybrid" (DCF for calls of at most ``dcf_max_elements`` elements)."""
+    validate(comparison, dcf_max_elements)
     HYBRID.dcf_max_elements = dcf_max_elements
     for name, patch in _PATCHES.items():
         if name != comparison:

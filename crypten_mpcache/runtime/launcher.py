@@ -33,7 +33,7 @@ import torch
 from crypten.config import cfg
 
 from crypten_mpcache.patches import crypten_comparison, crypten_dealer, crypten_distributed
-from crypten_mpcache.patches.crypten_comparison import COMPARISONS
+from crypten_mpcache.patches.crypten_comparison import COMPARISONS as COMPARISONS  # for the CLIs
 from crypten_mpcache.runtime import dealer as dealer_process
 from crypten_mpcache.runtime import offline
 from crypten_mpcache.secure.primitives import dcf_comparison
@@ -77,13 +77,9 @@ class LaunchConfig:
             raise ValueError(f"parties must be 2 or 3, got {self.parties}")
         if self.dealer not in DEALERS:
             raise ValueError(f"dealer must be one of {DEALERS}, got {self.dealer!r}")
-        if self.comparison not in COMPARISONS:
-            raise ValueError(f"comparison must be one of {COMPARISONS}, got "
-                             f"{self.comparison!r}")
+        crypten_comparison.validate(self.comparison, self.dcf_max_elements)
         dcf_comparison.checked_batch(  # validates both
             offline.OfflineConfig(dealing=self.dealing, dcf_batch=self.dcf_batch))
-        if self.dcf_max_elements < 1:
-            raise ValueError(f"dcf_max_elements must be >= 1, got {self.dcf_max_elements}")
         if not self.timeout_s > 0:
             raise ValueError(f"timeout_s must be positive, got {self.timeout_s}")
         if self.threads_per_party < 1:
