@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -462,6 +463,16 @@ def report(results: dict[str, Any], out: Path) -> int:
     return 1 if failed else 0
 
 
+def _interrupt_on_signals() -> None:
+    """SIGTERM, and SIGINT even when started in the background (where the shell ignores
+    it), end the run as Ctrl-C does: the roles stopped, the namespaces removed."""
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.report:
@@ -485,6 +496,7 @@ def main(argv: list[str] | None = None) -> int:
                                "mtu": args.mtu, "config": config,
                                "ranks": {role: rank for rank, role in RANK_ROLE.items()},
                                "runs": {}}
+    _interrupt_on_signals()
     with tempfile.TemporaryDirectory(prefix="netns-bench-") as tmp:
         try:
             run_all(args, Path(tmp), results)
