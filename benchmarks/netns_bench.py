@@ -122,12 +122,33 @@ def decode_steps(outputs: list[dict[str, Any]], steps: int) -> list[dict[str, An
         if name not in merged:
             raise ValueError(f"no phase {name} in the parties' reports")
         own = [next(p for p in r["phases"] if p["phase"] == name) for r in reports]
+        cpu = [c["cpu_s"] for o in outputs for c in o.get("cpu", []) if c["phase"] == name]
         rows.append({"step": step, "rounds": float(merged[name]["rounds"]),
                      "bytes_per_party": float(max(p["bytes"] for p in own)),
                      "seconds": float(merged[name]["seconds"]),
                      "dealer_rounds": float(merged[name]["dealer_rounds"]),
-                     "dealer_seconds": float(merged[name]["dealer_seconds"])})
+                     "dealer_seconds": float(merged[name]["dealer_seconds"]),
+                     "cpu_s": max(cpu) if cpu else None})
     return rows
+
+
+def run_table(results: dict[str, Any]) -> list[str]:
+    """Markdown: every run's decode steps, wall seconds beside the busier party's CPU
+    seconds (the roles' own record; what a step costs a core), and the host's load."""
+    lines = ["| profile | cache | wall s per step | CPU s per step (busier party) | "
+             "load at release / after |", "|---|---|---|---|---|"]
+    for cache, runs in results["runs"].items():
+        for name, run in runs.items():
+            if not run.get("steps"):
+                continue
+            walls = ", ".join(f"{s['seconds']:.2f}" for s in run["steps"])
+            cpus = ", ".join(f"{s['cpu_s']:.2f}" if s.get("cpu_s") is not None else "-"
+                             for s in run["steps"])
+            load = run.get("load") or {}
+            lines.append(f"| {name} | {cache} | {walls} | {cpus} | "
+                         f"{load.get('at_release', float('nan')):.1f} / "
+                         f"{load.get('after', float('nan')):.1f} |")
+    return lines
 
 
 def compare_row(profile: str, cache: str, target: NetworkProfile, link: LinkMeasure,
@@ -446,6 +467,8 @@ def report(results: dict[str, Any], out: Path) -> int:
           f"budget {config['budget']}, dealer {config['dealer']}, dealing {config['dealing']}, "
           f"comparison {config['comparison']}, {config['steps']} decode step(s)\n")
     print("\n".join(link_table(links)))
+    print("\nThe runs' decode steps:\n")
+    print("\n".join(run_table(results)))
     print("\nPer decode step (mean over steps), measured vs model:\n")
     print("\n".join(model_table(results["model"])))
     for row in results["model"]:

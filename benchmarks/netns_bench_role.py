@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -53,14 +54,25 @@ def wait_at_barrier(barrier: Path, rank: int, timeout_s: float) -> dict[str, flo
     return {"arrived": arrived, "released": released, "waited_s": released - arrived}
 
 
-def hold_before_decode(barrier: Path, rank: int, timeout_s: float) -> dict[str, float]:
-    """Wrap ``CostMeter.phase`` in this process: print each phase's name, and before the
-    first ``decode/...`` phase is entered wait at the barrier. Returns the dict that the
-    barrier's times are written into."""
+def cpu_seconds() -> float:
+    """This process's CPU time, its waited-for children's included (the dealing's dry run
+    runs in a fork)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def hold_before_decode(barrier: Path, rank: int, timeout_s: float
+                       ) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Wrap ``CostMeter.phase`` in this process: print each phase's name, record its CPU
+    and wall seconds, and before the first ``decode/...`` phase is entered wait at the
+    barrier. Returns the dict that the barrier's times are written into and the list of
+    per-phase CPU records (wall seconds above CPU seconds: waiting for the peer, the link
+    or, on a loaded host, for a core)."""
     from crypten_mpcache.runtime.cost import CostMeter
 
     original = CostMeter.phase
     held: dict[str, float] = {}
+    cpu: list[dict[str, Any]] = []
 
     @contextmanager
     def phase(self: Any, name: str) -> Iterator[None]:
@@ -69,10 +81,15 @@ def hold_before_decode(barrier: Path, rank: int, timeout_s: float) -> dict[str, 
             held.update(wait_at_barrier(barrier, rank, timeout_s))
         print(f"phase {name}", flush=True)
         with original(self, name):
-            yield
+            cpu0, wall0 = cpu_seconds(), time.perf_counter()
+            try:
+                yield
+            finally:
+                cpu.append({"phase": name, "cpu_s": cpu_seconds() - cpu0,
+                            "wall_s": time.perf_counter() - wall0})
 
     CostMeter.phase = phase  # type: ignore[method-assign]
-    return held
+    return held, cpu
 
 
 def _plain(value: Any) -> Any:
@@ -97,12 +114,12 @@ def main(argv: list[str] | None = None) -> int:
 
     task = RowTask(**json.loads(args.task))
     config = LaunchConfig(**json.loads(args.launch))
-    held = hold_before_decode(args.barrier, args.rank, args.barrier_timeout)
+    held, cpu = hold_before_decode(args.barrier, args.rank, args.barrier_timeout)
     print(f"rank {args.rank}: joining {args.rendezvous}", flush=True)
     result = run_as_party(run_row, task, rank=args.rank, rendezvous=args.rendezvous,
                           config=config)
     if result is not None and args.out is not None:
-        result["barrier"] = held
+        result["barrier"], result["cpu"] = held, cpu
         args.out.write_text(json.dumps(result, default=_plain) + "\n")
     print(f"rank {args.rank}: done", flush=True)
     return 0
