@@ -108,6 +108,8 @@ def draw_free(layout: Layout, generator: torch.Generator | None) -> torch.Tensor
 
 def _split_free(layout: Layout, free: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return free[:2 * layout.n], free[2 * layout.n:]          # root seed (n, 2), o_i
+
+
 def pack_cw(key: dcf.DCFKey) -> torch.Tensor:
     """A key's correction words (identical in both keys) as int64 words."""
     t = np.packbits(np.concatenate([key.t_cw_left.reshape(-1), key.t_cw_right.reshape(-1)]))
