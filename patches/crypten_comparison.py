@@ -14,6 +14,7 @@ both the full-cache baseline and MPCache pay for the same comparison.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -22,7 +23,7 @@ from crypten.mpc.ptype import ptype as Ptype
 
 from crypten_mpcache.patches import Patch, replace_method
 from crypten_mpcache.secure.primitives import comparison as masked_comparison
-from crypten_mpcache.secure.primitives import dcf_comparison
+from crypten_mpcache.secure.primitives import dcf_comparison, select
 
 COMPARISONS = ("crypten", "masked", "dcf", "hybrid")
 
@@ -90,6 +91,9 @@ def use(comparison: str, dcf_max_elements: int = HYBRID.dcf_max_elements) -> Non
     "hybrid" (DCF for calls of at most ``dcf_max_elements`` elements)."""
     validate(comparison, dcf_max_elements)
     HYBRID.dcf_max_elements = dcf_max_elements
+    # compare-and-select fuses into the DCF opening wherever the DCF comparison serves
+    select.FUSED.max_elements = {"dcf": sys.maxsize, "hybrid": dcf_max_elements}.get(
+        comparison, 0)
     for name, patch in _PATCHES.items():
         if name != comparison:
             patch.uninstall()

@@ -22,7 +22,8 @@ PATCH_NEEDS = {
     f"{PATCHES}.crypten_compat": {f"{PACKAGE}.runtime.launcher"},  # run_multiprocess
     f"{PATCHES}.crypten_comparison": {f"{PACKAGE}.secure.primitives",
                                       f"{PACKAGE}.secure.primitives.comparison",
-                                      f"{PACKAGE}.secure.primitives.dcf_comparison"},
+                                      f"{PACKAGE}.secure.primitives.dcf_comparison",
+                                      f"{PACKAGE}.secure.primitives.select"},
     f"{PATCHES}.crypten_dealer": {f"{PACKAGE}.runtime.offline",
                                   f"{PACKAGE}.secure.primitives",
                                   f"{PACKAGE}.secure.primitives.comparison_dealer",

@@ -130,13 +130,15 @@ def test_batches_cover_the_elements_once_in_order_and_bounded():
 
 def test_the_batch_bound_is_validated_against_the_dealt_chunk():
     assert OfflineConfig().dcf_batch == 1 << 14
-    assert 8 * Layout(OfflineConfig().dcf_batch).party0_words <= 32 << 20   # tens of MiB
+    assert 8 * Layout(OfflineConfig().dcf_batch, 2).party0_words <= 40 << 20   # tens of MiB
     for bad in (0, -1, 2.5, True):
         with pytest.raises(ValueError, match="dcf_batch must be a positive int"):
             OfflineConfig(dcf_batch=bad)
     with pytest.raises(ValueError, match="more than chunk_bytes"):
         checked_batch(OfflineConfig(chunk_bytes=1 << 20, dcf_batch=1 << 14))
-    assert checked_batch(OfflineConfig(chunk_bytes=1 << 20, dcf_batch=512)) == 512  # 760 kB
+    assert checked_batch(OfflineConfig(chunk_bytes=1 << 20, dcf_batch=256)) == 256  # 0.5 MB
+    with pytest.raises(ValueError, match="more than chunk_bytes"):     # the widest payload
+        checked_batch(OfflineConfig(chunk_bytes=1 << 20, dcf_batch=512))  # 1.06 MB
     with pytest.raises(ValueError, match="more than chunk_bytes"):
         LaunchConfig(comparison="dcf", dcf_batch=1 << 20)               # 1.5 GiB > 256 MiB
     with pytest.raises(ValueError, match="dcf_batch must be a positive int"):
@@ -181,9 +183,9 @@ def test_the_dealer_refuses_a_batch_that_does_not_continue_its_comparison():
     for g in generators:
         draw_mask(10, g)
     ttp_party0_share(state, generators, 10, 0, 4)
-    with pytest.raises(ValueError, match=r"dcf_material\(10, 5, 4\) does not continue"):
+    with pytest.raises(ValueError, match=r"dcf_material\(10, 5, 4, 1\) does not continue"):
         ttp_party0_share(state, generators, 10, 5, 4)                    # skips one
-    with pytest.raises(ValueError, match=r"dcf_material\(10, 4, 7\) does not continue"):
+    with pytest.raises(ValueError, match=r"dcf_material\(10, 4, 7, 1\) does not continue"):
         ttp_party0_share(state, generators, 10, 4, 7)                    # past the end
     with pytest.raises(ValueError, match="does not continue"):
         ttp_party0_share({}, generators, 10, 4, 4)                       # none pending
@@ -227,7 +229,7 @@ def _check_batched(outputs, values, batch: int, dealer: str, dealing: str) -> No
         return
     requests = outputs[0][2]
     assert [(name, args) for name, args, _ in requests] == \
-        [("dcf_material", (n, start, count)) for start, count in expected]
+        [("dcf_material", (n, start, count, 1)) for start, count in expected]
     bound = Layout(batch).party0_words
     assert all(size[0] <= bound for *_, size in requests)
     relayed_rounds = outputs[1][1]["dealer_rounds"]   # party 1: size, words per message

@@ -34,6 +34,7 @@ from crypten_mpcache.secure.functions import topk, topk_cost
 from crypten_mpcache.secure.functions.softmax import masked_softmax
 from crypten_mpcache.secure.functions.tournament import tournament_max
 from crypten_mpcache.secure.primitives.reveal import debug_reveal_selection
+from crypten_mpcache.secure.primitives.select import pair_max, relu
 
 Value = Any  # MPCTensor, public torch.Tensor, or a fixed operand (gather only)
 
@@ -150,8 +151,7 @@ class CryptenBackend:
     def maximum(self, a: Value, b: Value) -> Value:
         if is_public(a) and is_public(b):
             return torch.maximum(a, b)
-        a, b = secret(a), secret(b)
-        return b + a.ge(b) * (a - b)  # scale-1 bit times fixed point: exact
+        return pair_max(secret(a), secret(b))[1]
 
     def minimum(self, a: Value, b: Value) -> Value:
         if is_public(a) and is_public(b):
@@ -175,7 +175,7 @@ class CryptenBackend:
         pairs = n // 2
         first, second = x[..., 0: 2 * pairs: 2], x[..., 1: 2 * pairs: 2]
         gap = first - second
-        upper = second + gap.ge(0) * gap   # scale-1 bit times fixed point: exact
+        upper = second + relu(gap)
         lower = first + second - upper
         if n % 2:                           # the odd element joins both halves
             upper = crypten.cat([upper, x[..., -1:]], dim=-1)

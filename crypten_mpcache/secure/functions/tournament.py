@@ -12,6 +12,7 @@ import crypten
 
 from crypten_mpcache.runtime.cost import operator_scope
 from crypten_mpcache.secure.primitives.fixed_point import to_fixed
+from crypten_mpcache.secure.primitives.select import pair_max
 
 
 def tournament(x: Any) -> tuple[Any, list[tuple[Any, int]]]:
@@ -19,7 +20,8 @@ def tournament(x: Any) -> tuple[Any, list[tuple[Any, int]]]:
 
     Adjacent pairing keeps every node's index range contiguous with the left node holding
     the lower indices, so "right wins only if strictly greater" gives ties to the lowest
-    index. ceil(log2 n) rounds of comparisons, n - 1 comparisons in all.
+    index. ceil(log2 n) levels of comparisons, n - 1 comparisons in all; a level is one
+    round where the comparison fuses the select (``primitives.select``), else two.
     """
     levels: list[tuple[Any, int]] = []  # ([right > left] scale-1 bits, pairs) per level
     values = x
@@ -28,8 +30,7 @@ def tournament(x: Any) -> tuple[Any, list[tuple[Any, int]]]:
         pairs = n // 2
         left = values[..., 0:2 * pairs:2]
         right = values[..., 1:2 * pairs:2]
-        right_wins = right.gt(left)
-        winners = left + right_wins * (right - left)         # bit times fixed: exact
+        right_wins, winners = pair_max(left, right)
         values = crypten.cat([winners, values[..., 2 * pairs:]], dim=-1) if n % 2 else winners
         levels.append((right_wins, pairs))
     return values, levels

@@ -30,18 +30,18 @@ import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 SEED_BYTES = 16
+WIDTHS = (1, 2)          # payload words per element: the final seed converts to at most 2
 # A public, fixed AES key (fixed-key AES as a random permutation, the standard PRG choice).
 _FIXED_KEY = hashlib.sha256(b"crypten_mpcache dcf prg v1").digest()[:16]
-_BLOCK_TWEAKS = np.zeros((4, SEED_BYTES), dtype=np.uint8)
-_BLOCK_TWEAKS[:, -1] = np.arange(4, dtype=np.uint8)
 
 
 @dataclass(frozen=True)
 class DCFKey:
-    """One party's keys for E elements of ``bits``-bit inputs (arrays, E last).
+    """One party's keys for E elements of ``bits``-bit inputs and a payload of ``width``
+    ring words (arrays, E first after the level axis).
 
-    seed (E, 16): the root seed; s_cw (n, E, 16), v_cw (n, E), t_cw_left / t_cw_right
-    (n, E): the per-level correction words; final (E,): the last correction word."""
+    seed (E, 16): the root seed; s_cw (n, E, 16), v_cw (n, E, width), t_cw_left /
+    t_cw_right (n, E): the per-level correction words; final (E, width): the last one."""
 
     party: int
     bits: int
@@ -56,34 +56,49 @@ class DCFKey:
     def elements(self) -> int:
         return int(self.seed.shape[0])
 
+    @property
+    def width(self) -> int:
+        return int(self.final.shape[1])
+
     def nbytes(self) -> int:
-        """Bytes to send this key: seed, n x (seed CW + value CW + 2 control bits), final
-        value (the control bits packed 8 to a byte)."""
-        per_level = SEED_BYTES + 8
+        """Bytes to send this key: seed, n x (seed CW + value CWs + 2 control bits), final
+        values (the control bits packed 8 to a byte)."""
+        per_level = SEED_BYTES + 8 * self.width
         bits = 2 * self.bits * self.elements
-        return self.elements * (SEED_BYTES + self.bits * per_level + 8) + (bits + 7) // 8
+        return self.elements * (SEED_BYTES + self.bits * per_level + 8 * self.width) \
+            + (bits + 7) // 8
 
 
-def prg(seeds: np.ndarray) -> tuple[np.ndarray, ...]:
-    """G(s) for (E, 16) seeds -> (s_left, v_left, t_left, s_right, v_right, t_right)."""
-    blocks = seeds[:, None, :] ^ _BLOCK_TWEAKS[None]          # (E, 4, 16)
+def _tweaks(width: int) -> np.ndarray:
+    """Block j of G(s) encrypts s xor j: 2 seed blocks, ``width`` value blocks (a left and
+    a right word each), 1 block of control bits (last, so width 1 keeps its layout)."""
+    tweaks = np.zeros((3 + width, SEED_BYTES), dtype=np.uint8)
+    tweaks[:, -1] = np.arange(3 + width, dtype=np.uint8)
+    return tweaks
+
+
+def prg(seeds: np.ndarray, width: int = 1) -> tuple[np.ndarray, ...]:
+    """G(s) for (E, 16) seeds -> (s_left, v_left, t_left, s_right, v_right, t_right), the
+    values (E, width) ring words."""
+    blocks = seeds[:, None, :] ^ _tweaks(width)[None]         # (E, 3 + width, 16)
     encryptor = Cipher(algorithms.AES(_FIXED_KEY), modes.ECB()).encryptor()
     out = np.frombuffer(encryptor.update(blocks.tobytes()), dtype=np.uint8)
     out = out.reshape(blocks.shape) ^ blocks
-    values = out[:, 2].copy().view(np.uint64)                 # (E, 2)
+    values = out[:, 2:2 + width].copy().view(np.uint64)       # (E, width, 2)
     s_left, s_right = out[:, 0].copy(), out[:, 1].copy()
-    t_left, t_right = out[:, 3, 0] & 1, out[:, 3, 1] & 1
-    return s_left, values[:, 0], t_left, s_right, values[:, 1], t_right
+    control = out[:, 2 + width]
+    t_left, t_right = control[:, 0] & 1, control[:, 1] & 1
+    return s_left, values[:, :, 0], t_left, s_right, values[:, :, 1], t_right
 
 
-def _convert(seed: np.ndarray) -> np.ndarray:
-    """A seed's first 8 bytes as a ring element (the output group is Z_2^64)."""
-    return seed[:, :8].copy().view(np.uint64)[:, 0]
+def _convert(seed: np.ndarray, width: int) -> np.ndarray:
+    """A seed's first 8 x width bytes as ring elements (E, width) (the group Z_2^64)."""
+    return seed[:, :8 * width].copy().view(np.uint64)
 
 
 def _signed(value: np.ndarray, negative: np.ndarray) -> np.ndarray:
-    """value, or -value mod 2^64 where ``negative`` (a 0/1 array)."""
-    return np.where(negative.astype(bool), np.uint64(0) - value, value)
+    """value (E, width), or -value mod 2^64 in the rows where ``negative`` (E,) is 1."""
+    return np.where(negative.astype(bool)[:, None], np.uint64(0) - value, value)
 
 
 def _bit(x: np.ndarray, level: int, bits: int) -> np.ndarray:
@@ -96,8 +111,8 @@ def _xor_where(seed: np.ndarray, flag: np.ndarray, correction: np.ndarray) -> np
 
 
 def _branch(right: np.ndarray, left_value: np.ndarray, right_value: np.ndarray) -> np.ndarray:
-    """Per element: ``right_value`` where ``right`` else ``left_value`` (seeds or values)."""
-    mask = right[:, None] if left_value.ndim == 2 else right
+    """Per element (the first axis): ``right_value`` where ``right`` else ``left_value``."""
+    mask = right.reshape(-1, *([1] * (left_value.ndim - 1)))
     return np.where(mask, right_value, left_value)
 
 
@@ -107,29 +122,42 @@ def random_seeds(count: int) -> np.ndarray:
         count, SEED_BYTES).copy()
 
 
+def _payload(beta: np.ndarray, count: int) -> np.ndarray:
+    """beta as (E, width) uint64, refusing other widths."""
+    beta = np.asarray(beta, dtype=np.uint64)
+    beta = beta[:, None] if beta.ndim == 1 else beta
+    if beta.ndim != 2 or beta.shape[0] != count or beta.shape[1] not in WIDTHS:
+        raise ValueError(f"beta must have shape ({count},) or ({count}, w), w in {WIDTHS}; "
+                         f"got {tuple(beta.shape)}")
+    return beta
+
+
 def gen(alpha: np.ndarray, beta: np.ndarray, bits: int,
         roots: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[DCFKey, DCFKey]:
     """Keys of f(x) = beta if x < alpha (unsigned ``bits``-bit) else 0, per element.
 
-    alpha, beta: (E,) uint64 (alpha < 2^bits). ``roots``: the two parties' (E, 16) root
+    alpha: (E,) uint64 (alpha < 2^bits); beta: (E,) or (E, w) uint64, w words of payload
+    selected together by one comparison (w = 2 lets ``dcf_comparison`` output a bit and
+    the bit times a ring element from one key). ``roots``: the two parties' (E, 16) root
     seeds (default: fresh from the OS; a TTP passes the seeds each party draws from the
     generator it shares with it). The dealer runs this; each key alone is pseudorandom
     (it reveals neither alpha nor beta)."""
     if not 1 <= bits <= 64:
         raise ValueError(f"bits must be in [1, 64], got {bits}")
     alpha = np.asarray(alpha, dtype=np.uint64)
-    beta = np.asarray(beta, dtype=np.uint64)
     count = alpha.shape[0]
+    beta = _payload(beta, count)
+    width = beta.shape[1]
     roots = [random_seeds(count), random_seeds(count)] if roots is None else \
         [np.ascontiguousarray(r, dtype=np.uint8).reshape(count, SEED_BYTES) for r in roots]
     s = [roots[0].copy(), roots[1].copy()]
     t = [np.zeros(count, np.uint8), np.ones(count, np.uint8)]
-    v_alpha = np.zeros(count, np.uint64)
+    v_alpha = np.zeros((count, width), np.uint64)
     s_cw = np.empty((bits, count, SEED_BYTES), np.uint8)
-    v_cw = np.empty((bits, count), np.uint64)
+    v_cw = np.empty((bits, count, width), np.uint64)
     t_cw = np.empty((2, bits, count), np.uint8)
     for level in range(bits):
-        expanded = [prg(s[0]), prg(s[1])]                     # per party: sL vL tL sR vR tR
+        expanded = [prg(s[0], width), prg(s[1], width)]       # per party: sL vL tL sR vR tR
         a = _bit(alpha, level, bits)                          # alpha_i: 1 -> keep right
         keep_right = a.astype(bool)
         s_lose = [_branch(keep_right, e[3], e[0]) for e in expanded]
@@ -138,7 +166,7 @@ def gen(alpha: np.ndarray, beta: np.ndarray, bits: int,
         v_keep = [_branch(keep_right, e[1], e[4]) for e in expanded]
         s_cw[level] = s_lose[0] ^ s_lose[1]
         correction = v_lose[1] - v_lose[0] - v_alpha
-        correction = correction + np.where(keep_right, beta, np.uint64(0))  # lose = left
+        correction = correction + np.where(keep_right[:, None], beta, np.uint64(0))
         v_cw[level] = _signed(correction, t[1])
         v_alpha = v_alpha - v_keep[1] + v_keep[0] + _signed(v_cw[level], t[1])
         t_cw[0, level] = expanded[0][2] ^ expanded[1][2] ^ a ^ 1
@@ -148,32 +176,35 @@ def gen(alpha: np.ndarray, beta: np.ndarray, bits: int,
             t_keep = np.where(keep_right, expanded[b][5], expanded[b][2])
             s[b] = _xor_where(s_keep[b], t[b], s_cw[level])
             t[b] = t_keep ^ (t[b] & t_keep_cw)
-    final = _signed(_convert(s[1]) - _convert(s[0]) - v_alpha, t[1])
+    final = _signed(_convert(s[1], width) - _convert(s[0], width) - v_alpha, t[1])
     return tuple(DCFKey(b, bits, roots[b], s_cw, v_cw, t_cw[0], t_cw[1], final)
                  for b in (0, 1))
 
 
 def evaluate(key: DCFKey, x: np.ndarray) -> np.ndarray:
-    """This party's additive share (mod 2^64) of f(x), per element: x (E,) uint64."""
+    """This party's additive share (mod 2^64) of f(x), per element: x (E,) uint64; the
+    result (E,) for a payload of one word, else (E, width)."""
     x = np.asarray(x, dtype=np.uint64)
     if x.shape != (key.elements,):
         raise ValueError(f"x must have shape ({key.elements},), got {tuple(x.shape)}")
+    width, negative = key.width, np.full(key.elements, key.party, np.uint8)
     s, t = key.seed.copy(), np.full(key.elements, key.party, np.uint8)
-    total = np.zeros(key.elements, np.uint64)
+    total = np.zeros((key.elements, width), np.uint64)
     for level in range(key.bits):
-        s_left, v_left, t_left, s_right, v_right, t_right = prg(s)
+        s_left, v_left, t_left, s_right, v_right, t_right = prg(s, width)
         s_left = _xor_where(s_left, t, key.s_cw[level])
         s_right = _xor_where(s_right, t, key.s_cw[level])
         t_left = t_left ^ (t & key.t_cw_left[level])
         t_right = t_right ^ (t & key.t_cw_right[level])
         right = _bit(x, level, key.bits).astype(bool)
-        value = np.where(right, v_right, v_left) + np.where(t.astype(bool), key.v_cw[level],
-                                                             np.uint64(0))
-        total = total + _signed(value, np.full(key.elements, key.party, np.uint8))
+        value = np.where(right[:, None], v_right, v_left) \
+            + np.where(t.astype(bool)[:, None], key.v_cw[level], np.uint64(0))
+        total = total + _signed(value, negative)
         s = np.where(right[:, None], s_right, s_left)
         t = np.where(right, t_right, t_left)
-    last = _convert(s) + np.where(t.astype(bool), key.final, np.uint64(0))
-    return total + _signed(last, np.full(key.elements, key.party, np.uint8))
+    last = _convert(s, width) + np.where(t.astype(bool)[:, None], key.final, np.uint64(0))
+    total = total + _signed(last, negative)
+    return total[:, 0] if width == 1 else total
 
 
 __all__ = ["DCFKey", "evaluate", "gen", "prg", "random_seeds"]

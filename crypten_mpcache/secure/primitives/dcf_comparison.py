@@ -59,15 +59,17 @@ LOW = (1 << BITS) - 1
 
 @dataclass(frozen=True)
 class Layout:
-    """Word counts of one dealt batch of n elements: every party's free draw (root seed,
-    offset share: 3n words) and the correction words (cw: s 2n, v n per level, the 2 n
-    control bits per level packed, the final n)."""
+    """Word counts of one dealt batch of n elements with a payload of ``width`` words
+    (1: the bit; 2: the bit and the bit times the mask, ``negative_part``): every party's
+    free draw (root seed 2n, offset shares width n) and the correction words (cw: s 2n and
+    v width n per level, the 2 n control bits per level packed, the final width n)."""
 
     n: int
+    width: int = 1
 
     @property
     def free_words(self) -> int:
-        return 3 * self.n
+        return (2 + self.width) * self.n
 
     @property
     def t_words(self) -> int:
@@ -75,17 +77,17 @@ class Layout:
 
     @property
     def cw_words(self) -> int:
-        return 3 * BITS * self.n + self.t_words + self.n
+        return (2 + self.width) * (BITS * self.n) + self.t_words + self.width * self.n
 
     @property
     def party0_words(self) -> int:
-        return self.cw_words + self.n
+        return self.cw_words + self.width * self.n
 
 
 def checked_batch(config: OfflineConfig) -> int:
     """``config.dcf_batch``, once one batch's material (party 0's, the larger) is known to
     fit in one dealt chunk, so no dealt request exceeds ``chunk_bytes``."""
-    nbytes = 8 * Layout(config.dcf_batch).party0_words
+    nbytes = 8 * Layout(config.dcf_batch, max(dcf.WIDTHS)).party0_words
     if nbytes > config.chunk_bytes:
         raise ValueError(f"dcf_batch {config.dcf_batch} needs {nbytes} bytes of material per "
                          f"request, more than chunk_bytes {config.chunk_bytes}: lower "
@@ -107,7 +109,7 @@ def draw_free(layout: Layout, generator: torch.Generator | None) -> torch.Tensor
 
 
 def _split_free(layout: Layout, free: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return free[:2 * layout.n], free[2 * layout.n:]          # root seed (n, 2), o_i
+    return free[:2 * layout.n], free[2 * layout.n:]          # root seed (n, 2), o_i (w n)
 
 
 def pack_cw(key: dcf.DCFKey) -> torch.Tensor:
@@ -115,34 +117,40 @@ def pack_cw(key: dcf.DCFKey) -> torch.Tensor:
     t = np.packbits(np.concatenate([key.t_cw_left.reshape(-1), key.t_cw_right.reshape(-1)]))
     t = np.pad(t, (0, (-len(t)) % 8))
     parts = [key.s_cw.reshape(-1).view(np.int64), key.v_cw.reshape(-1).view(np.int64),
-             t.view(np.int64), key.final.view(np.int64)]
+             t.view(np.int64), key.final.reshape(-1).view(np.int64)]
     return torch.from_numpy(np.concatenate(parts))
 
 
 def unpack_key(layout: Layout, party: int, seed: torch.Tensor, cw: torch.Tensor) -> dcf.DCFKey:
-    n, words = layout.n, cw.numpy()
-    s_end, v_end = 2 * BITS * n, 3 * BITS * n
+    n, width, words = layout.n, layout.width, cw.numpy()
+    s_end = 2 * BITS * n
+    v_end = s_end + width * BITS * n
     t_end = v_end + layout.t_words
     bits = np.unpackbits(words[v_end:t_end].view(np.uint8))[: 2 * BITS * n]
     return dcf.DCFKey(
         party=party, bits=BITS,
         seed=seed.contiguous().numpy().view(np.uint8).reshape(n, dcf.SEED_BYTES),
         s_cw=words[:s_end].view(np.uint8).reshape(BITS, n, dcf.SEED_BYTES),
-        v_cw=words[s_end:v_end].view(np.uint64).reshape(BITS, n),
+        v_cw=words[s_end:v_end].view(np.uint64).reshape(BITS, n, width),
         t_cw_left=bits[: BITS * n].reshape(BITS, n), t_cw_right=bits[BITS * n:].reshape(BITS, n),
-        final=words[t_end:t_end + n].view(np.uint64))
+        final=words[t_end:t_end + width * n].view(np.uint64).reshape(n, width))
 
 
-def keys_for(r: torch.Tensor, roots: tuple[torch.Tensor, torch.Tensor]
+def keys_for(r: torch.Tensor, roots: tuple[torch.Tensor, torch.Tensor], width: int = 1
              ) -> tuple[dcf.DCFKey, torch.Tensor]:
     """The dealer's work for r (n,): party 0's key (its correction words serve both) and
-    b = msb(r), whose shares the parties hold as offsets."""
+    the offsets whose shares the parties hold: b = msb(r) (width 1), and b r (width 2, the
+    key's payload then (beta, beta r), so the parties get shares of w and of w r)."""
     r_np = r.numpy().view(np.uint64)
     b = (r_np >> np.uint64(BITS)).astype(np.uint64)
     beta = np.uint64(1) - np.uint64(2) * b                          # 1 - 2b mod 2^64
+    offsets = [b]
+    if width == 2:
+        beta = np.stack([beta, beta * r_np], axis=1)
+        offsets.append(b * r_np)
     seeds = tuple(s.contiguous().numpy().view(np.uint8) for s in roots)
     key0, _ = dcf.gen(r_np & np.uint64(LOW), beta, BITS, roots=seeds)
-    return key0, torch.from_numpy(b.view(np.int64))
+    return key0, torch.from_numpy(np.concatenate(offsets).view(np.int64))
 
 
 @dataclass
@@ -155,7 +163,7 @@ class PendingMask:
 
 
 def ttp_party0_share(state: dict, generators: list[torch.Generator], n: int, start: int,
-                     count: int) -> torch.Tensor:
+                     count: int, width: int = 1) -> torch.Tensor:
     """The TTP's side of batch [start, start + count) of a comparison of n elements:
     replay every party's draws; party 0's correction words and offset. ``state`` is the
     dealer's (it keeps the pending mask between batches)."""
@@ -164,11 +172,13 @@ def ttp_party0_share(state: dict, generators: list[torch.Generator], n: int, sta
     pending = state.get("dcf_mask")
     if pending is None or pending.r.numel() != n or pending.dealt != start \
             or not 0 < count <= n - start:
-        raise ValueError(f"dcf_material({n}, {start}, {count}) does not continue the "
-                         "comparison the dealer is dealing")
-    layout = Layout(count)
+        raise ValueError(f"dcf_material({n}, {start}, {count}, {width}) does not continue "
+                         "the comparison the dealer is dealing")
+    if width not in dcf.WIDTHS:
+        raise ValueError(f"dcf_material: width must be in {dcf.WIDTHS}, got {width}")
+    layout = Layout(count, width)
     draws = [_split_free(layout, draw_free(layout, g)) for g in generators]
-    key0, b = keys_for(pending.r[start:start + count], (draws[0][0], draws[1][0]))
+    key0, b = keys_for(pending.r[start:start + count], (draws[0][0], draws[1][0]), width)
     offset0 = b - sum((d[1] for d in draws[1:]), torch.zeros_like(b))
     pending.dealt += count
     if pending.dealt == n:
@@ -183,12 +193,12 @@ class Material:
 
 
 class Dealing:
-    """This party's side of the dealt material of one comparison of n elements: first its
-    share of the mask r for all n (``mask_share``, before the opening), then the keys batch
-    by batch (``keys``), in order."""
+    """This party's side of the dealt material of one comparison of n elements with a
+    payload of ``width`` words: first its share of the mask r for all n (``mask_share``,
+    before the opening), then the keys batch by batch (``keys``), in order."""
 
-    def __init__(self, n: int) -> None:
-        self.n, self.rank = n, party_rank()
+    def __init__(self, n: int, width: int = 1) -> None:
+        self.n, self.width, self.rank = n, width, party_rank()
         self._plain_r: torch.Tensor | None = None       # TFP: party 0 knows r
 
     def mask_share(self) -> torch.Tensor:
@@ -203,12 +213,12 @@ class Dealing:
         return ArithmeticSharedTensor(self._plain_r, size=(self.n,), precision=0, src=0).share
 
     def keys(self, start: int, count: int) -> Material:
-        layout = Layout(count)
+        layout = Layout(count, self.width)
         return by_dealer("the DCF comparison", ttp=lambda: self._keys_ttp(layout, start),
                          tfp=lambda: self._keys_tfp(layout, start))
 
     def _keys_ttp(self, layout: Layout, start: int) -> Material:
-        free, dealt = deal_via_ttp("dcf_material", (self.n, start, layout.n),
+        free, dealt = deal_via_ttp("dcf_material", (self.n, start, layout.n, layout.width),
                                    lambda g: draw_free(layout, g),
                                    lambda g: torch.empty(0, dtype=torch.long))
         seed, offset = _split_free(layout, free)
@@ -221,15 +231,16 @@ class Dealing:
 
     def _keys_tfp(self, layout: Layout, start: int) -> Material:
         """Party 0 deals (it learns every mask): tests and cost measurement only. The
-        shares of b go by CrypTen's zero sharing; party 1's key (root seed and correction
-        words) is sent to it, charged to the dealer counters."""
+        offsets' shares go by CrypTen's zero sharing; party 1's key (root seed and
+        correction words) is sent to it, charged to the dealer counters."""
         n, rank = layout.n, self.rank
-        b = key_words = seeds = None
+        offsets = key_words = seeds = None
         if rank == 0:
             seeds = (uniform_words((2 * n,), None), uniform_words((2 * n,), None))
-            key0, b = keys_for(self._plain_r[start:start + n], seeds)
+            key0, offsets = keys_for(self._plain_r[start:start + n], seeds, layout.width)
             key_words = torch.cat([seeds[1], pack_cw(key0)])
-        b_share = ArithmeticSharedTensor(b, size=(n,), precision=0, src=0).share
+        shares = ArithmeticSharedTensor(offsets, size=(layout.width * n,), precision=0,
+                                        src=0).share
         key = None
         if rank in (0, 1):
             with dealer_request():
@@ -240,32 +251,67 @@ class Dealing:
                                                             dtype=torch.long), 0)
             seed = seeds[0] if rank == 0 else key_words[: 2 * n]
             key = unpack_key(layout, rank, seed, key_words[2 * n:])
-        return Material(b_share, key)
+        return Material(shares, key)
+
+
+def _masked_shares(share: torch.Tensor, width: int
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(c, w, r_i) for this party's flat share of x: c = x + r opened (the one round), w
+    (width, n) its shares of w = b xor [c' < r'] (and of w r), r_i its share of the mask.
+    The keys are dealt and evaluated a batch at a time."""
+    n = share.numel()
+    dealing = Dealing(n, width)
+    mask = dealing.mask_share()
+    c = open_sum(share + mask.to(share.device)).cpu()                 # the one round
+    low = c.numpy().view(np.uint64) & np.uint64(LOW)
+    dry_run = trace.active_recorder() is not None    # its opened values mean nothing
+    w = torch.empty(width, n, dtype=torch.long)
+    for start, count in batches(n, checked_batch(current_config())):
+        material = dealing.keys(start, count)
+        part = material.offset.reshape(width, count).clone()
+        if material.key is not None and not dry_run:
+            value = dcf.evaluate(material.key, low[start:start + count]).view(np.int64)
+            part += torch.from_numpy(value.reshape(count, width).T.copy())
+        w[:, start:start + count] = part
+        del material, part   # its key may view a dealt chunk: not beside the next one
+    return c, w, mask
+
+
+def _sign_from(c: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Shares of [x < 0] = msb(c) xor w: w where msb(c) = 0, 1 - w where it is 1."""
+    first = 1 if party_rank() == 0 else 0
+    return torch.where(c < 0, first - w, w)
 
 
 def less_than_zero_shares(share: torch.Tensor) -> torch.Tensor:
     """This party's arithmetic share (scale 1) of [x < 0] for its share of x (any shape):
-    one opening for all elements, then keys dealt and evaluated a batch at a time."""
+    one opening for all elements."""
+    c, w, _ = _masked_shares(share.reshape(-1), 1)
+    return _sign_from(c, w[0]).to(share.device).reshape(share.shape)
+
+
+def negative_part_shares(share: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shares of (z, z x) with z = [x < 0], from the SAME one opening: z x = z c - z r,
+    where z c is local (c public) and z r comes from the key's second payload word (w r)
+    and the mask share: z r = w r, or r - w r where msb(c) = 1. min(x, 0) = z x is the
+    compare-and-select of a tournament level in one round (``select_smaller``)."""
     flat = share.reshape(-1)
-    n = flat.numel()
-    dealing = Dealing(n)
-    c = open_sum(flat + dealing.mask_share().to(flat.device)).cpu()   # the one round
-    low = c.numpy().view(np.uint64) & np.uint64(LOW)
-    dry_run = trace.active_recorder() is not None    # its opened values mean nothing
-    z = torch.empty(n, dtype=torch.long)
-    for start, count in batches(n, checked_batch(current_config())):
-        material = dealing.keys(start, count)
-        part = material.offset.clone()
-        if material.key is not None and not dry_run:
-            part += torch.from_numpy(
-                dcf.evaluate(material.key, low[start:start + count]).view(np.int64))
-        z[start:start + count] = part
-        del material, part   # its key may view a dealt chunk: not beside the next one
-    first = 1 if party_rank() == 0 else 0
-    bit = torch.where(c < 0, first - z, z).to(flat.device)
-    return bit.reshape(share.shape)
+    c, w, mask = _masked_shares(flat, 2)
+    z = _sign_from(c, w[0])
+    z_r = torch.where(c < 0, mask.cpu() - w[1], w[1])
+    product = z * c - z_r
+    return (z.to(share.device).reshape(share.shape),
+            product.to(share.device).reshape(share.shape))
 
 
 def less_than_zero(x: Any) -> Any:
     """[x < 0] as an MPCTensor with encoder scale 1, like CrypTen's ``_ltz``."""
     return bit_tensor(less_than_zero_shares(x._tensor.share))
+
+
+def negative_part(x: Any) -> tuple[Any, Any]:
+    """([x < 0] with encoder scale 1, min(x, 0) with x's encoder): one round."""
+    z, product = negative_part_shares(x._tensor.share)
+    out = x.clone()
+    out._tensor.share = product
+    return bit_tensor(z), out
