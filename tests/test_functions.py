@@ -176,6 +176,34 @@ def test_masked_softmax_causal_and_long_rows() -> None:
     assert (r["p_long"].sum(-1) - 1).abs().max() < 2e-2
 
 
+def _reciprocal_job() -> dict:
+    import crypten
+
+    from crypten_mpcache.runtime.cost import CostMeter
+
+    d = torch.cat([torch.tensor([1.0, 1.0 + 2 ** -10, 3.999, 4.0, 17.0, 2049.0, 65535.0]),
+                   4.0 ** (torch.rand(200, generator=torch.Generator().manual_seed(1)) * 8)])
+    reduction = approx.RangeReduction(1.0, 4, 9)
+    out: dict = {"d": d}
+    for name, steps in (("lookup", 64), ("newton", None)):
+        meter = CostMeter()
+        with meter.phase(name):
+            y = approx.reciprocal(crypten.cryptensor(d), reduction, 3, steps)
+        out[name] = (y.get_plain_text(), meter.report()["phases"][0]["rounds"])
+    return out
+
+
+def test_the_reciprocal_by_table_read_is_as_accurate_as_newton_in_fewer_rounds() -> None:
+    r = launch(_reciprocal_job, config=TFP)[0]
+    exact = 1 / r["d"]
+    errors = {name: (r[name][0] - exact).abs() for name in ("lookup", "newton")}
+    # a few ulps of the output encoding, and relative (2/64)^3 above them
+    assert (errors["lookup"] <= 3e-5 * exact + 4 * 2 ** -16).all()
+    assert (errors["newton"] <= 2e-4 * exact + 4 * 2 ** -16).all()   # 3 iterations: ~1e-4
+    assert errors["lookup"].max() <= errors["newton"].max()
+    assert r["newton"][1] - r["lookup"][1] == 3           # 6 Newton rounds -> a 3-round read
+
+
 def _argmax_job() -> dict:
     import crypten
 
@@ -214,6 +242,10 @@ def test_configs_validate() -> None:
     assert activation.ActivationConfig().lookup_width == 128
     with pytest.raises(ValueError):
         softmax.SoftmaxConfig(buckets=12)
+    with pytest.raises(ValueError, match="reciprocal must be"):
+        softmax.SoftmaxConfig(reciprocal="exact")
+    with pytest.raises(ValueError, match="power of two"):
+        softmax.SoftmaxConfig(lookup_steps=48)
     with pytest.raises(ValueError):
         approx.RangeReduction(low=1.0, ratio=3, buckets=4)
 

@@ -2,7 +2,8 @@
 
 Why: reading a segment's Taylor coefficients costs one opened word per element and
 local table products, fewer rounds than a polynomial, an exp or Newton iterations. The
-SiLU (``functions.silu``, method "lookup") and the RMSNorm's 1/sqrt use it.
+SiLU (``functions.silu``, method "lookup"), the RMSNorm's 1/sqrt and the softmax's 1/x
+use it.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from crypten_mpcache.secure.primitives.onehot import onehot
 
 
 def _taylor_coefficients(kind: str, t: torch.Tensor) -> list[torch.Tensor]:
-    """f(t), f'(t), f''(t) / 2 of silu or of 1/sqrt."""
+    """f(t), f'(t), f''(t) / 2 of silu, 1/sqrt or 1/t."""
     if kind == "silu":
         s = torch.sigmoid(t)
         return [t * s, s * (1 + t * (1 - s)), s * (1 - s) * (2 + t * (1 - 2 * s)) / 2]
     if kind == "inv_sqrt":
         return [t.rsqrt(), -0.5 * t.pow(-1.5), 0.375 * t.pow(-2.5)]
+    if kind == "reciprocal":
+        return [t.reciprocal(), -t.pow(-2), t.pow(-3)]
     raise ValueError(f"no Taylor table for {kind!r}")
 
 

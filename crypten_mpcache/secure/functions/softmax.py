@@ -1,4 +1,5 @@
-"""The masked softmax: a tournament row max, an order-2 exp and a range-reduced reciprocal.
+"""The masked softmax: a tournament row max, an order-2 exp and a range-reduced reciprocal
+(a table read on the reduced range).
 
 Charged to ``operator_scope("softmax")``; the result carries the standard fixed-point
 encoder.
@@ -27,7 +28,12 @@ class SoftmaxConfig:
     exp_iterations, exp_order: see ``exp_nonpositive``; exp(d) is valid for d > -2**iters.
     ratio, buckets: range reduction of the denominator, which lies in [1, allowed count]:
         rows of up to ratio**buckets allowed entries are exact to Newton precision.
-    newton_iters: Newton iterations of 1/d on [1, ratio).
+    reciprocal: how 1/d is taken on [1, ratio): "lookup" (default: a quadratic Taylor
+        table of ``lookup_steps`` segments per unit read through a dealt one-hot, 3
+        rounds, relative error <= (2 / lookup_steps)**3; the dealer sends ratio *
+        lookup_steps words per row) or "newton" (``newton_iters`` iterations, 2 rounds
+        each, from a linear fit).
+    newton_iters: Newton iterations of 1/d on [1, ratio) ("newton" only).
     """
 
     fill: float = -(2.0 ** 12)
@@ -35,6 +41,8 @@ class SoftmaxConfig:
     exp_order: int = 2
     ratio: int = 4
     buckets: int = 9
+    reciprocal: str = "lookup"
+    lookup_steps: int = 64
     newton_iters: int = 3
 
     def __post_init__(self) -> None:
@@ -49,6 +57,10 @@ class SoftmaxConfig:
             raise ValueError("ratio**(buckets-1) must be <= 2**16 (fixed-point factor)")
         if self.newton_iters < 1:
             raise ValueError("newton_iters must be >= 1")
+        if self.reciprocal not in ("lookup", "newton"):
+            raise ValueError(f"reciprocal must be 'lookup' or 'newton', got {self.reciprocal!r}")
+        if not 1 <= self.lookup_steps <= 256 or self.lookup_steps & (self.lookup_steps - 1):
+            raise ValueError("lookup_steps must be a power of two in [1, 256]")
 
 
 def masked_softmax(scores: Any, mask01: torch.Tensor, dim: int = -1,
@@ -73,7 +85,8 @@ def masked_softmax(scores: Any, mask01: torch.Tensor, dim: int = -1,
         exps = mul_public_int(exps, mask)
         denom = exps.sum(-1, keepdim=True)
         reduction = RangeReduction(1.0, config.ratio, config.buckets)
-        out = exps * reciprocal(denom, reduction, config.newton_iters)
+        steps = config.lookup_steps if config.reciprocal == "lookup" else None
+        out = exps * reciprocal(denom, reduction, config.newton_iters, steps)
         out = mul_public_int(out, mask)
         if dim not in (-1, scores.dim() - 1):
             out = out.transpose(dim, -1)
