@@ -1,5 +1,6 @@
-"""The masked softmax: a tournament row max, an order-2 exp and a range-reduced reciprocal
-(a table read on the reduced range).
+"""The masked softmax: a tournament row max, an order-2 exp and a range-reduced reciprocal.
+
+The reciprocal is a table read on the reduced range (or Newton's iterations).
 
 Charged to ``operator_scope("softmax")``; the result carries the standard fixed-point
 encoder.
