@@ -171,12 +171,24 @@ def _send_garbage(rendezvous: str) -> None:
             time.sleep(0.2)
 
 
-def _wait_for(predicate, timeout: float = 90, what: str = "") -> None:
+def _wait_for(predicate, timeout: float = 90, what: str = "",
+              roles: dict[str, Role] | None = None) -> None:
+    """Poll ``predicate``; fail with the roles' last words when one exits or time is up."""
     deadline = time.monotonic() + timeout
     while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+        ended = [n for n, r in (roles or {}).items() if r.process.poll() is not None]
+        if ended or time.monotonic() > deadline:
+            tails = {n: r.stderr[-600:] for n, r in (roles or {}).items()}
+            raise AssertionError(f"{'ended: ' + ', '.join(ended) if ended else 'timed out'} "
+                                 f"waiting for {what}: {tails}")
         time.sleep(0.2)
+
+
+def _wait_for_decoding(roles: dict[str, Role]) -> None:
+    """Until the client's bar shows a finished decode step of 5 with more to come (the bar
+    may skip a count when steps are fast: any of 1-4 will do)."""
+    _wait_for(lambda: re.search(r"\| [1-4]/5", roles["client"].stderr) is not None,
+              what="the first decode step", roles=roles)
 
 
 def _assert_ended_naming(roles: dict[str, Role], survivors: list[str], lost: str,
@@ -246,7 +258,7 @@ def test_a_role_killed_during_decode_ends_the_others_naming_it(tmp_path, tiny40,
                                                                 parties):
     roles = _session(tmp_path, tiny40, ["--prompt-ids", IDS, "--max-new-tokens", "6"],
                      parties=parties)
-    _wait_for(lambda: "| 1/5" in roles["client"].stderr, what="the first decode step")
+    _wait_for_decoding(roles)
     roles[victim].process.send_signal(signal.SIGKILL)
     roles[victim].wait()
     _assert_ended_naming(roles, [n for n in roles if n != victim], victim)
@@ -348,7 +360,7 @@ def test_a_frozen_role_is_found_through_the_step_timeout(tmp_path, tiny40):
     common = ("--timeout", "60", "--step-timeout", "4", "--liveness", "300")
     roles = _session(tmp_path, tiny40, ["--prompt-ids", IDS, "--max-new-tokens", "6"],
                      common=common)
-    _wait_for(lambda: "| 1/5" in roles["client"].stderr, what="the first decode step")
+    _wait_for_decoding(roles)
     roles["dealer"].process.send_signal(signal.SIGSTOP)
     try:
         _assert_ended_naming({n: r for n, r in roles.items() if n != "dealer"},
