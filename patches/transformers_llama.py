@@ -1,13 +1,14 @@
 """Explicit, reversible patch of a transformers Llama-family model instance for CrypTen.
 
 The family: LlamaForCausalLM and Qwen2ForCausalLM (same decoder; Qwen2's q/k/v biases are
-encrypted and premasked with their weights by ``SecureLinear.from_linear``).
+encrypted and premasked with their weights by ``SecureLinear.fused``).
 
 Why a patch of one instance (not of the class): nothing else in the process changes, and
 ``restore()`` puts back the very module objects that were replaced. What is replaced:
-``embed_tokens``, every layer's ``self_attn`` (with q/k/v/o), ``mlp``, both RMSNorms, the
-final norm and ``lm_head`` (tied to the embedding table when the config says so). Run
-the patched model with ``crypten_mpcache.models.llama.secure_forward``.
+``embed_tokens``, every layer's ``self_attn`` (q/k/v fused into one product, and o),
+``mlp`` (gate/up fused), both RMSNorms, the final norm and ``lm_head`` (tied to the
+embedding table when the config says so). Run the patched model with
+``crypten_mpcache.models.llama.secure_forward``.
 
 Must run inside every party (after ``crypten.init``) in the same order: each weight is
 encrypted from party ``options.src``; the other parties' weights are ignored (they build
@@ -35,8 +36,6 @@ from crypten_mpcache.models.llama import (
     SecureRMSNorm,
     encrypt_operand,
 )
-
-_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
 @dataclass
@@ -75,8 +74,10 @@ def _norm(norm: nn.Module, name: str, options: SecureModelOptions) -> SecureRMSN
 
 def _attention(attn: nn.Module, config: object, index: int,
                options: SecureModelOptions) -> SecureLlamaAttention:
-    projections = {p: SecureLinear.from_linear(getattr(attn, p), f"layer{index}/{p}", options)
-                   for p in _PROJECTIONS}
+    qkv = [attn.q_proj, attn.k_proj, attn.v_proj]
+    projections = {"qkv_proj": SecureLinear.fused(qkv, f"layer{index}/qkv_proj", options),
+                   "o_proj": SecureLinear.from_linear(attn.o_proj, f"layer{index}/o_proj",
+                                                      options)}
     return SecureLlamaAttention(config, index, projections, options)
 
 
@@ -84,9 +85,10 @@ def _mlp(mlp: nn.Module, index: int, options: SecureModelOptions) -> SecureMLP:
     act = getattr(mlp.config, "hidden_act", "silu") if hasattr(mlp, "config") else "silu"
     if act != "silu":
         raise ValueError(f"only SiLU MLPs are supported, got hidden_act={act!r}")
-    parts = [SecureLinear.from_linear(getattr(mlp, p), f"layer{index}/{p}", options)
-             for p in ("gate_proj", "up_proj", "down_proj")]
-    return SecureMLP(*parts, options.activation)
+    gate_up = SecureLinear.fused([mlp.gate_proj, mlp.up_proj], f"layer{index}/gate_up_proj",
+                                 options)
+    down = SecureLinear.from_linear(mlp.down_proj, f"layer{index}/down_proj", options)
+    return SecureMLP(gate_up, down, options.activation)
 
 
 def patch(model: nn.Module, options: SecureModelOptions | None = None) -> PatchHandle:

@@ -112,6 +112,13 @@ def test_full_cache_grows_with_context(tiny_run: dict) -> None:
     assert full[64]["static_bytes"] == 0  # the full cache evicts nothing
 
 
+def test_fused_projections_open_the_input_once_each(tiny_run: dict) -> None:
+    """q/k/v are one product and gate/up another: a layer's decode step opens a masked
+    input four times (qkv, o, gate_up, down), not seven."""
+    for row in tiny_run["rows"]:
+        assert row["operators"]["linear"]["rounds"] == 4 * row["layers"] * row["steps"]
+
+
 def _transcript(result: dict) -> list[tuple]:
     return [(r["context"], r["cache"], r["bytes"], r["rounds"], r["static_bytes"],
              r["static_rounds"], tuple((k, v["bytes"], v["rounds"])

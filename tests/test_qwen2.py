@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from crypten_mpcache.fidelity import compare_selections, secure_records
 from crypten_mpcache.generation_party import PartyTask, generation_party
@@ -105,10 +105,10 @@ def bias_party(task: PartyTask) -> dict:
     kinds: list[str] = []
     original = llama.SecureLinear.__init__
 
-    def recording(self, weight_t, bias=None, kind="linear"):
+    def recording(self, weight_t, bias=None, kind="linear", splits=None):
         if bias is not None:
-            kinds.append(type(bias).__name__)
-        original(self, weight_t, bias, kind)
+            kinds.append((type(bias).__name__, splits))
+        original(self, weight_t, bias, kind, splits)
 
     llama.SecureLinear.__init__ = recording
     try:
@@ -128,8 +128,11 @@ def test_biases_are_encrypted_and_premasked_and_the_client_holds_none(folder):
     owner, client = launch(bias_party, task, config=LaunchConfig(parties=2, dealer="tfp"))
     assert owner["checksums"] == pytest.approx(real)
     assert client["checksums"] == dict.fromkeys(real)  # meta device: no values at all
-    for party in (owner, client):  # q, k, v of 3 layers, premasked with their weights
-        assert party["bias_operands"] == ["FixedOperand"] * 9
+    config = AutoConfig.from_pretrained(folder)
+    head_dim = config.hidden_size // config.num_attention_heads
+    widths = (config.num_attention_heads * head_dim,) + (config.num_key_value_heads * head_dim,) * 2
+    for party in (owner, client):  # q|k|v of 3 layers, premasked with their weights
+        assert party["bias_operands"] == [("FixedOperand", widths)] * 3
 
 
 def test_bench_qwen2_shapes():

@@ -90,13 +90,17 @@ def _owner_tensor(shape: tuple[int, ...], fill: str, generator: torch.Generator,
     return 0.02 * torch.randn(shape, generator=generator)
 
 
-def _linear(shape_in: int, shape_out: int, name: str, ctx: _BuildContext,
+def _linear(shape_in: int, parts: tuple[int, ...], name: str, ctx: _BuildContext,
             bias: bool = False) -> Any:
+    """Random projections of one input fused along the output (as the patch fuses them)."""
+    shape_out = sum(parts)
+    splits = parts if len(parts) > 1 else None
     weight_t = _owner_tensor((shape_in, shape_out), "randn", ctx.generator, ctx.rank)
     if not bias:
-        return SecureLinear(encrypt_operand(weight_t, name, ctx.options))
+        return SecureLinear(encrypt_operand(weight_t, name, ctx.options), splits=splits)
     b = _owner_tensor((shape_out,), "randn", ctx.generator, ctx.rank)
-    return SecureLinear(*encrypt_operands([weight_t, b], [name, f"{name}.bias"], ctx.options))
+    return SecureLinear(*encrypt_operands([weight_t, b], [name, f"{name}.bias"], ctx.options),
+                        splits=splits)
 
 
 def _norm(name: str, ctx: _BuildContext) -> Any:
@@ -118,13 +122,11 @@ def _weights(prefix: str, ctx: _BuildContext) -> dict[str, Any]:
     """One layer's encrypted, premasked modules (projections, MLP, norms)."""
     s = ctx.shape
     q_out, kv_out = s.heads * s.head_dim, s.kv_heads * s.head_dim
-    dims = {"q_proj": (s.hidden, q_out), "k_proj": (s.hidden, kv_out),
-            "v_proj": (s.hidden, kv_out), "o_proj": (q_out, s.hidden)}
-    projections = {p: _linear(*dims[p], f"{prefix}/{p}", ctx, s.qkv_bias and p != "o_proj")
-                   for p in dims}
-    mlp = SecureMLP(_linear(s.hidden, s.mlp, f"{prefix}/gate_proj", ctx),
-                    _linear(s.hidden, s.mlp, f"{prefix}/up_proj", ctx),
-                    _linear(s.mlp, s.hidden, f"{prefix}/down_proj", ctx),
+    qkv = (q_out, kv_out, kv_out)
+    projections = {"qkv_proj": _linear(s.hidden, qkv, f"{prefix}/qkv_proj", ctx, s.qkv_bias),
+                   "o_proj": _linear(q_out, (s.hidden,), f"{prefix}/o_proj", ctx)}
+    mlp = SecureMLP(_linear(s.hidden, (s.mlp, s.mlp), f"{prefix}/gate_up_proj", ctx),
+                    _linear(s.mlp, (s.hidden,), f"{prefix}/down_proj", ctx),
                     ctx.options.activation)
     return {"projections": projections, "mlp": mlp,
             "input_layernorm": _norm(f"{prefix}/input_layernorm", ctx),

@@ -85,31 +85,60 @@ def encrypt_operands(weights: list[torch.Tensor], names: list[str],
 
 class SecureLinear(nn.Module):
     """y = x @ W^T (+ b): W^T and the optional bias b (Qwen2's q/k/v) are fixed operands,
-    encrypted by the owner and premasked together; adding b is local (no traffic)."""
+    encrypted by the owner and premasked together; adding b is local (no traffic).
 
-    def __init__(self, weight_t: Any, bias: Any = None, kind: str = "linear") -> None:
+    With ``splits`` the module is several projections of the same input fused along the
+    output dim (q/k/v, gate/up, as LLM servers fuse them): one product, so one dealer
+    triple and ONE opening of the masked input instead of one per projection; ``forward``
+    returns the parts. Only the owner's concatenation of public-shaped weights is new.
+    """
+
+    def __init__(self, weight_t: Any, bias: Any = None, kind: str = "linear",
+                 splits: tuple[int, ...] | None = None) -> None:
         super().__init__()
         self.weight_t = weight_t
         self.bias = bias
         self.kind = kind
         self.in_features, self.out_features = (int(s) for s in weight_t.shape)
+        if splits is not None and (sum(splits) != self.out_features or min(splits) < 1):
+            raise ValueError(f"splits {splits} do not partition {self.out_features} outputs")
+        self.splits = splits
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, name: str,
                     options: SecureModelOptions) -> SecureLinear:
-        if linear.bias is None:
-            return cls(encrypt_operand(linear.weight.t(), name, options))
-        return cls(*encrypt_operands([linear.weight.t(), linear.bias],
-                                     [name, f"{name}.bias"], options))
+        return cls.fused([linear], name, options)
+
+    @classmethod
+    def fused(cls, linears: list[nn.Linear], name: str,
+              options: SecureModelOptions) -> SecureLinear:
+        """One encrypted module for ``linears`` (same input; all with a bias or none);
+        more than one returns a tuple of their outputs from ``forward``."""
+        biased = {linear.bias is not None for linear in linears}
+        if len(biased) != 1 or any(linear.in_features != linears[0].in_features
+                                   for linear in linears):
+            raise ValueError("fused projections need one input width and biases on all or "
+                             "none of them")
+        weight_t = torch.cat([linear.weight.t() for linear in linears], dim=1)
+        splits = tuple(linear.out_features for linear in linears) if len(linears) > 1 else None
+        if not biased.pop():
+            return cls(encrypt_operand(weight_t, name, options), splits=splits)
+        bias = torch.cat([linear.bias for linear in linears])
+        return cls(*encrypt_operands([weight_t, bias], [name, f"{name}.bias"], options),
+                   splits=splits)
 
     def forward(self, x: Any) -> Any:
         with operator_scope(self.kind):
             y = self.weight_t.rmatmul(x)
-            return y if self.bias is None else y + self.bias.value()
+            y = y if self.bias is None else y + self.bias.value()
+        if self.splits is None:
+            return y
+        return tuple(y.split(list(self.splits), dim=-1))
 
     def extra_repr(self) -> str:
         bias = ", bias" if self.bias is not None else ""
-        return f"in={self.in_features}, out={self.out_features}{bias}, encrypted"
+        fused = f", fused={list(self.splits)}" if self.splits else ""
+        return f"in={self.in_features}, out={self.out_features}{bias}{fused}, encrypted"
 
 
 class SecureEmbedding(nn.Module):
@@ -144,16 +173,18 @@ class SecureRMSNorm(nn.Module):
 
 
 class SecureMLP(nn.Module):
-    """down(silu(gate(x)) * up(x))."""
+    """down(silu(gate(x)) * up(x)), with gate and up fused (one opening of x)."""
 
-    def __init__(self, gate: SecureLinear, up: SecureLinear, down: SecureLinear,
+    def __init__(self, gate_up: SecureLinear, down: SecureLinear,
                  config: ActivationConfig) -> None:
         super().__init__()
-        self.gate_proj, self.up_proj, self.down_proj = gate, up, down
+        if gate_up.splits is None or len(gate_up.splits) != 2:
+            raise ValueError("SecureMLP needs gate and up fused into one SecureLinear")
+        self.gate_up_proj, self.down_proj = gate_up, down
         self.config = config
 
     def forward(self, x: Any) -> Any:
-        gate, up = self.gate_proj(x), self.up_proj(x)
+        gate, up = self.gate_up_proj(x)
         with operator_scope("activation"):
             hidden = silu(gate, config=self.config) * up
         return self.down_proj(hidden)
@@ -184,6 +215,8 @@ class SecureLlamaAttention(nn.Module):
 
     def __init__(self, config: Any, layer_idx: int, projections: dict[str, SecureLinear],
                  options: SecureModelOptions) -> None:
+        """``projections``: "qkv_proj" (q, k, v fused: one opening of the input) and
+        "o_proj"."""
         super().__init__()
         self.config = config
         self.layer_idx = layer_idx
@@ -194,8 +227,11 @@ class SecureLlamaAttention(nn.Module):
         self.num_key_value_groups = self.num_heads // self.num_kv_heads
         self.scaling = self.head_dim ** -0.5
         self.options = options
-        self.q_proj, self.k_proj = projections["q_proj"], projections["k_proj"]
-        self.v_proj, self.o_proj = projections["v_proj"], projections["o_proj"]
+        self.qkv_proj, self.o_proj = projections["qkv_proj"], projections["o_proj"]
+        kv_width = self.num_kv_heads * self.head_dim
+        if self.qkv_proj.splits != (self.num_heads * self.head_dim, kv_width, kv_width):
+            raise ValueError(f"qkv_proj splits {self.qkv_proj.splits} do not match the "
+                             "config's heads")
 
     def _heads(self, x: Any, heads: int) -> Any:
         batch, length = x.shape[0], x.shape[1]
@@ -216,9 +252,9 @@ class SecureLlamaAttention(nn.Module):
         if cache is None:
             raise ValueError("secure attention needs a SecureKVCache")
         batch, queries = hidden_states.shape[0], hidden_states.shape[1]
-        q = self._heads(self.q_proj(hidden_states), self.num_heads)
-        k = self._heads(self.k_proj(hidden_states), self.num_kv_heads)
-        v = self._heads(self.v_proj(hidden_states), self.num_kv_heads)
+        q, k, v = self.qkv_proj(hidden_states)
+        q = self._heads(q, self.num_heads)
+        k, v = self._heads(k, self.num_kv_heads), self._heads(v, self.num_kv_heads)
         cos, sin = position_embeddings
         with operator_scope("attention_scores"):  # public products only (RoPE, scaling)
             q = apply_rope(q, cos, sin) * self.scaling
