@@ -69,17 +69,21 @@ def restore_party() -> dict:
                     isinstance(model.lm_head, SecureLinear)]
         # a tied head reuses the encrypted table (same mask, no second encryption)
         tied = model.lm_head.weight_t.shape == model.model.embed_tokens.table.shape[::-1]
+        # the layers' gammas live in q/k/v and gate/up; the tied head's norm keeps its own
+        folded = (layer.input_layernorm.weight is None
+                  and layer.post_attention_layernorm.weight is None
+                  and model.model.norm.weight is not None)
         no_params = len(list(model.parameters()))
     after = {name: module for name, module in model.named_modules()}
     same = before.keys() == after.keys() and all(before[k] is after[k] for k in before)
-    return {"replaced": all(replaced), "tied": tied, "restored": same,
+    return {"replaced": all(replaced), "tied": tied, "folded": folded, "restored": same,
             "handle_inactive": not handle.active, "params_while_patched": no_params}
 
 
 def test_patch_replaces_and_restore_gives_back_the_originals():
     results = launch(restore_party, config=LaunchConfig(parties=2, dealer="tfp"))
     for result in results:
-        assert result["replaced"] and result["tied"]
+        assert result["replaced"] and result["tied"] and result["folded"]
         assert result["restored"] and result["handle_inactive"]
         assert result["params_while_patched"] == 0  # no plaintext weight left in the model
 

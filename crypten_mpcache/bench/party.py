@@ -103,10 +103,9 @@ def _linear(shape_in: int, parts: tuple[int, ...], name: str, ctx: _BuildContext
                         splits=splits)
 
 
-def _norm(name: str, ctx: _BuildContext) -> Any:
-    gamma = _owner_tensor((ctx.shape.hidden,), "ones", ctx.generator, ctx.rank)
-    return SecureRMSNorm(encrypt_operand(gamma, name, ctx.options), ctx.shape.rms_eps,
-                         ctx.options.norm)
+def _norm(ctx: _BuildContext) -> Any:
+    """A decoder layer's norm: its gamma is folded into the next linear, as in the patch."""
+    return SecureRMSNorm(None, ctx.shape.rms_eps, ctx.options.norm)
 
 
 @dataclass
@@ -129,8 +128,7 @@ def _weights(prefix: str, ctx: _BuildContext) -> dict[str, Any]:
                     _linear(s.mlp, (s.hidden,), f"{prefix}/down_proj", ctx),
                     ctx.options.activation)
     return {"projections": projections, "mlp": mlp,
-            "input_layernorm": _norm(f"{prefix}/input_layernorm", ctx),
-            "post_attention_layernorm": _norm(f"{prefix}/post_attention_layernorm", ctx)}
+            "input_layernorm": _norm(ctx), "post_attention_layernorm": _norm(ctx)}
 
 
 def build_layers(task: RowTask, options: Any, rank: int) -> list[torch.nn.Module]:

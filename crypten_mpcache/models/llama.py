@@ -110,20 +110,26 @@ class SecureLinear(nn.Module):
         return cls.fused([linear], name, options)
 
     @classmethod
-    def fused(cls, linears: list[nn.Linear], name: str,
-              options: SecureModelOptions) -> SecureLinear:
+    def fused(cls, linears: list[nn.Linear], name: str, options: SecureModelOptions,
+              input_gain: torch.Tensor | None = None) -> SecureLinear:
         """One encrypted module for ``linears`` (same input; all with a bias or none);
-        more than one returns a tuple of their outputs from ``forward``."""
+        more than one returns a tuple of their outputs from ``forward``.
+
+        ``input_gain``: the gamma of the RMSNorm whose output is the input, folded into
+        the weights by the owner ((y * g) @ W^T = y @ (g[:, None] * W^T)), so the norm
+        needs no encrypted product of its own (one round less per norm)."""
         biased = {linear.bias is not None for linear in linears}
         if len(biased) != 1 or any(linear.in_features != linears[0].in_features
                                    for linear in linears):
             raise ValueError("fused projections need one input width and biases on all or "
                              "none of them")
-        weight_t = torch.cat([linear.weight.t() for linear in linears], dim=1)
+        weight_t = torch.cat([linear.weight.detach().t() for linear in linears], dim=1)
+        if input_gain is not None:
+            weight_t = input_gain.detach().reshape(-1, 1).to(weight_t.dtype) * weight_t
         splits = tuple(linear.out_features for linear in linears) if len(linears) > 1 else None
         if not biased.pop():
             return cls(encrypt_operand(weight_t, name, options), splits=splits)
-        bias = torch.cat([linear.bias for linear in linears])
+        bias = torch.cat([linear.bias.detach() for linear in linears])
         return cls(*encrypt_operands([weight_t, bias], [name, f"{name}.bias"], options),
                    splits=splits)
 
@@ -158,7 +164,9 @@ class SecureEmbedding(nn.Module):
 
 
 class SecureRMSNorm(nn.Module):
-    """RMSNorm with an encrypted gamma (``functions.norm.rms_norm`` keeps inv_sqrt in range)."""
+    """RMSNorm with an encrypted gamma, or with none when the gamma is folded into the
+    next linear (``SecureLinear.fused``); ``functions.norm.rms_norm`` keeps inv_sqrt in
+    range."""
 
     def __init__(self, weight: Any, eps: float, config: NormConfig) -> None:
         super().__init__()
