@@ -172,17 +172,18 @@ def newton_reciprocal(v: Any, low: float, high: float, iters: int) -> Any:
     return y
 
 
-def lookup_reciprocal(v: Any, ratio: int, steps: int) -> Any:
-    """1/v for v in [1, ratio) from a quadratic Taylor table of ``steps`` segments per unit
-    (covering [0.5, ratio + 0.5)), read through a dealt one-hot: 3 rounds, where Newton
-    takes 2 per iteration. Relative error <= (2 / steps)**3 (the index may be off by one
-    segment; the cubic term of 1/v at v >= 1): 3.1e-5 at 64 steps."""
-    table = taylor_table("reciprocal", 0.5, steps, ratio * steps, 2)
+def lookup_reciprocal(v: Any, ratio: int, steps: int, order: int = 2) -> Any:
+    """1/v for v in [1, ratio) from a Taylor table of ``steps`` segments per unit (covering
+    [0.5, ratio + 0.5)), read through a dealt one-hot: 1 + ``order`` rounds, where Newton
+    takes 2 per iteration. The index may be off by one segment, so the polynomial reaches
+    up to 2 / steps past a segment's start: relative error <= (2 / steps)**(order + 1)
+    (3.1e-5 at order 2 and 64 steps, 1.5e-5 at order 1 and 512 steps)."""
+    table = taylor_table("reciprocal", 0.5, steps, ratio * steps, order)
     return segment_polynomial(v - 0.5, steps, table)
 
 
 def reciprocal(d: Any, reduction: RangeReduction, iters: int,
-               lookup_steps: int | None = None) -> Any:
+               lookup_steps: int | None = None, lookup_order: int = 2) -> Any:
     """1/d for d in [low, high]: range reduction, then on [1, ratio) a table read
     (``lookup_steps`` segments per unit) or Newton (``iters`` iterations from a linear fit).
 
@@ -192,7 +193,7 @@ def reciprocal(d: Any, reduction: RangeReduction, iters: int,
     onehot = reduction.onehot(d)
     d_n = reduction.normalize(d, onehot)
     if lookup_steps:
-        y_n = lookup_reciprocal(d_n, reduction.ratio, lookup_steps)
+        y_n = lookup_reciprocal(d_n, reduction.ratio, lookup_steps, lookup_order)
     else:
         y_n = newton_reciprocal(d_n, 1.0, float(reduction.ratio), iters)
     if onehot is None:

@@ -44,12 +44,15 @@ class NormConfig:
         * 4**s instead, 4**s times less likely to wrap; the fine value is kept only for
         rows below medium_switch, whose elements are all small. 0 turns it off.
     inv_sqrt: how 1/sqrt is taken on [1, ratio): "lookup" (default: a dealt one-hot reads
-        the segment's quadratic Taylor coefficients from a public table, 3 rounds; its
-        dealer sends ratio * lookup_steps words per row, one row per token) or "newton"
-        (a linear start and ``newton_iters`` Newton steps, 3 rounds each).
-    lookup_steps: table segments per unit (a power of two); the table covers
-        [0.5, ratio + 0.5). Error ~ (15/8) (2 / steps)^3 / 6 relative when the index is
-        off by one (9.5e-5 at 32).
+        the segment's Taylor coefficients of order ``lookup_order`` from a public table,
+        1 + order rounds; its dealer sends ratio * lookup_steps words per row, one row
+        per token) or "newton" (a linear start and ``newton_iters`` Newton steps, 3
+        rounds each).
+    lookup_steps, lookup_order: table segments per unit (a power of two; the table covers
+        [0.5, ratio + 0.5)) and the Taylor order (1 or 2). The index may be off by one,
+        so the polynomial reaches 2 / steps past a segment's start: relative error
+        <= 0.375 (2 / steps)^2 at order 1 (2.3e-5 at the default 256), ~(15/8)
+        (2 / steps)^3 / 6 at order 2 (9.5e-5 at 32).
     newton_iters: Newton iterations of 1/sqrt on [1, ratio) ("newton" only).
     """
 
@@ -61,15 +64,18 @@ class NormConfig:
     medium_shift: int = 3
     medium_switch: float = 1.0
     inv_sqrt: str = "lookup"
-    lookup_steps: int = 32
+    lookup_steps: int = 256
+    lookup_order: int = 1
     newton_iters: int = 3
 
     def __post_init__(self) -> None:
         RangeReduction(self.low, self.ratio, self.buckets)  # validates
         if self.inv_sqrt not in ("lookup", "newton"):
             raise ValueError(f"inv_sqrt must be 'lookup' or 'newton', got {self.inv_sqrt!r}")
-        if not 1 <= self.lookup_steps <= 256 or self.lookup_steps & (self.lookup_steps - 1):
-            raise ValueError("lookup_steps must be a power of two in [1, 256]")
+        if not 1 <= self.lookup_steps <= 1024 or self.lookup_steps & (self.lookup_steps - 1):
+            raise ValueError("lookup_steps must be a power of two in [1, 1024]")
+        if self.lookup_order not in (1, 2):
+            raise ValueError(f"lookup_order must be 1 or 2, got {self.lookup_order}")
         m = math.log(self.low, 4)
         if abs(m - round(m)) > 1e-9:
             raise ValueError(f"low must be a power of 4, got {self.low}")
@@ -143,7 +149,7 @@ def _inv_sqrt_normalized(v_n: Any, config: NormConfig) -> Any:
     if config.inv_sqrt == "newton":
         return newton_inv_sqrt(v_n, 1.0, float(config.ratio), config.newton_iters)
     steps = config.lookup_steps
-    table = taylor_table("inv_sqrt", 0.5, steps, config.ratio * steps, 2)
+    table = taylor_table("inv_sqrt", 0.5, steps, config.ratio * steps, config.lookup_order)
     return segment_polynomial(v_n - 0.5, steps, table)
 
 

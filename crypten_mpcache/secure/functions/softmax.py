@@ -29,11 +29,12 @@ class SoftmaxConfig:
     exp_iterations, exp_order: see ``exp_nonpositive``; exp(d) is valid for d > -2**iters.
     ratio, buckets: range reduction of the denominator, which lies in [1, allowed count]:
         rows of up to ratio**buckets allowed entries are exact to Newton precision.
-    reciprocal: how 1/d is taken on [1, ratio): "lookup" (default: a quadratic Taylor
-        table of ``lookup_steps`` segments per unit read through a dealt one-hot, 3
-        rounds, relative error <= (2 / lookup_steps)**3; the dealer sends ratio *
-        lookup_steps words per row) or "newton" (``newton_iters`` iterations, 2 rounds
-        each, from a linear fit).
+    reciprocal: how 1/d is taken on [1, ratio): "lookup" (default: a Taylor table of
+        order ``lookup_order`` and ``lookup_steps`` segments per unit read through a dealt
+        one-hot, 1 + order rounds, relative error <= (2 / lookup_steps)**(order + 1):
+        1.5e-5 at the default order 1 and 512 steps; the dealer sends ratio *
+        lookup_steps words per row, 16 KiB, one row per head and query) or "newton"
+        (``newton_iters`` iterations, 2 rounds each, from a linear fit).
     newton_iters: Newton iterations of 1/d on [1, ratio) ("newton" only).
     """
 
@@ -43,7 +44,8 @@ class SoftmaxConfig:
     ratio: int = 4
     buckets: int = 9
     reciprocal: str = "lookup"
-    lookup_steps: int = 64
+    lookup_steps: int = 512
+    lookup_order: int = 1
     newton_iters: int = 3
 
     def __post_init__(self) -> None:
@@ -60,8 +62,10 @@ class SoftmaxConfig:
             raise ValueError("newton_iters must be >= 1")
         if self.reciprocal not in ("lookup", "newton"):
             raise ValueError(f"reciprocal must be 'lookup' or 'newton', got {self.reciprocal!r}")
-        if not 1 <= self.lookup_steps <= 256 or self.lookup_steps & (self.lookup_steps - 1):
-            raise ValueError("lookup_steps must be a power of two in [1, 256]")
+        if not 1 <= self.lookup_steps <= 1024 or self.lookup_steps & (self.lookup_steps - 1):
+            raise ValueError("lookup_steps must be a power of two in [1, 1024]")
+        if self.lookup_order not in (1, 2):
+            raise ValueError(f"lookup_order must be 1 or 2, got {self.lookup_order}")
 
 
 def masked_softmax(scores: Any, mask01: torch.Tensor, dim: int = -1,
@@ -87,7 +91,8 @@ def masked_softmax(scores: Any, mask01: torch.Tensor, dim: int = -1,
         denom = exps.sum(-1, keepdim=True)
         reduction = RangeReduction(1.0, config.ratio, config.buckets)
         steps = config.lookup_steps if config.reciprocal == "lookup" else None
-        out = exps * reciprocal(denom, reduction, config.newton_iters, steps)
+        out = exps * reciprocal(denom, reduction, config.newton_iters, steps,
+                                config.lookup_order)
         out = mul_public_int(out, mask)
         if dim not in (-1, scores.dim() - 1):
             out = out.transpose(dim, -1)
