@@ -33,10 +33,13 @@ def _norm_job() -> dict:
     import crypten
 
     torch.manual_seed(0)
-    # rows whose mean(x^2) spans the measured range, plus one massive activation
-    scales = torch.tensor([0.075, 0.3, 1.0, 3.0, 30.0, 300.0, 1000.0])
+    # rows whose mean(x^2) spans the measured range, plus one massive activation, plus a
+    # spike whose fine square (60,000^2 * 2^32 > 2^63) wraps the ring in every party
+    # count: only a working pick of the coarse estimate keeps that row right
+    scales = torch.tensor([0.075, 0.3, 1.0, 3.0, 30.0, 300.0, 1000.0, 1.0])
     x = torch.randn(len(scales), 576) * scales[:, None]
-    x[-1, 7] = 25_000.0
+    x[-2, 7] = 25_000.0
+    x[-1, 3] = 60_000.0
     weight = torch.rand(576) + 0.5
     ref = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * weight
     out = {"ref": ref}
@@ -87,9 +90,33 @@ def test_rms_norm_over_measured_range() -> None:
         assert ((got - expected).norm(dim=-1) / expected.norm(dim=-1)).max() < 1e-2, name
     # squares 1, switches and buckets of all estimates in ONE comparison round,
     # normalize 1, 1/sqrt from the order-1 table 2 (one-hot, one product), the pick of
-    # (S, y_n) 2, x * S * y_n 2
-    assert result["costs"][0][1] == 1 + result["comparison_rounds"] + 1 + 2 + 2 + 2
+    # (S, y_n) 1 (monotone switch bits), x * S * y_n 2
+    assert result["costs"][0][1] == 1 + result["comparison_rounds"] + 1 + 2 + 1 + 2
     assert result["newton_costs"][1] == result["costs"][0][1] - 2 + 3 * 3
+
+
+def _take_over_job() -> dict:
+    import crypten
+
+    from crypten_mpcache.runtime.cost import CostMeter
+
+    garbage = 2.0 ** 40                                    # what a wrapped estimate holds
+    values = crypten.cryptensor(torch.tensor([[1.0, garbage, 3.0, garbage],
+                                              [garbage, 2.0, garbage, garbage],
+                                              [garbage, garbage, 5.0, 7.0]]))
+    bits = [crypten.cryptensor(torch.tensor([0.0, 1.0, 1.0, 1.0]), precision=0),
+            crypten.cryptensor(torch.tensor([0.0, 0.0, 1.0, 1.0]), precision=0)]
+    meter = CostMeter()
+    with meter.phase("pick"):
+        picked = norm._take_over(values, bits)
+    return {"picked": picked.get_plain_text(), "rounds": meter.report()["phases"][0]["rounds"]}
+
+
+def test_the_estimate_pick_takes_the_last_set_switch_in_one_round() -> None:
+    """Monotone switch bits pick values[0], [1] or [2] exactly, whatever the others hold."""
+    result = launch(_take_over_job, config=TFP)[0]
+    assert result["picked"].tolist() == [1.0, 2.0, 5.0, 7.0]
+    assert result["rounds"] == 1
 
 
 def _silu_job() -> dict:

@@ -43,6 +43,10 @@ class NormConfig:
         docs/numerics.md). Such rows (mean(x^2) >= medium_switch) take mean((x/2**s)^2)
         * 4**s instead, 4**s times less likely to wrap; the fine value is kept only for
         rows below medium_switch, whose elements are all small. 0 turns it off.
+        Both switches compare the COARSE value (it never wraps; its absolute error,
+        ~0.25 (1 + max|x| / 64), only blurs where the medium switch falls, and a row whose
+        elements could wrap a fine square has mean(x^2) far above it), so the switch bits
+        are monotone and the pick is one product round.
     inv_sqrt: how 1/sqrt is taken on [1, ratio): "lookup" (default: a dealt one-hot reads
         the segment's Taylor coefficients of order ``lookup_order`` from a public table,
         1 + order rounds; its dealer sends ratio * lookup_steps words per row, one row
@@ -117,7 +121,8 @@ def _shifts(config: NormConfig) -> list[int]:
 
 
 def _switches(config: NormConfig) -> list[float]:
-    """Estimate i >= 1 takes over when its value is >= switch i - 1 (coarsest wins)."""
+    """Estimate i >= 1 takes over when the coarse value is >= switch i - 1 (ascending, so
+    the bits are monotone: the coarsest set one wins)."""
     if config.coarse_shift == 0:
         return []
     return [*([config.medium_switch] if config.medium_shift else []), config.coarse_switch]
@@ -136,12 +141,17 @@ def mean_square_estimates(x: Any, config: NormConfig = NormConfig()) -> Any:
 
 
 def _take_over(values: Any, bits: list[Any]) -> Any:
-    """values[0], replaced by values[i] wherever bits[i - 1] is set (later ones win);
-    exact in the ring, so a wrapped value that is not taken cancels."""
-    out = values[0]
-    for i, bit in enumerate(bits, start=1):
-        out = out + bit * (values[i] - out)
-    return out
+    """values[i] for the last set bit i (values[0] when none is), for MONOTONE bits (bit i
+    set implies bit i - 1 set): values[0] + sum_i bit_i (values[i] - values[i - 1]), one
+    batched product round. Exact in the ring, so a wrapped value that is not taken
+    cancels."""
+    if not bits:
+        return values[0]
+    steps = crypten.stack([values[i] - values[i - 1] for i in range(1, len(bits) + 1)])
+    selectors = crypten.stack(bits)
+    while selectors.dim() < steps.dim():                # bits broadcast like values[i]
+        selectors = selectors.unsqueeze(1)
+    return values[0] + (selectors * steps).sum(0)
 
 
 def _inv_sqrt_normalized(v_n: Any, config: NormConfig) -> Any:
@@ -173,7 +183,8 @@ def inv_rms_parts(x: Any, eps: float, config: NormConfig = NormConfig()) -> tupl
     y_n = _inv_sqrt_normalized(red.normalize(v, onehot), config)
     m = round(-math.log2(red.low)) // 2
     r = round(math.log2(red.ratio)) // 2
-    picks = [bits[i, ..., len(edges) + i - 1] for i in range(1, len(switches) + 1)]
+    coarse = len(switches)                              # the last estimate
+    picks = [bits[coarse, ..., len(edges) + i] for i in range(len(switches))]
     if onehot is None:
         return torch.tensor(2.0 ** m), _take_over(y_n, picks)
     scale = red.pow2_factor(onehot, [m - r * j for j in range(red.buckets)])
