@@ -110,7 +110,7 @@ def generation_party(task: PartyTask) -> dict[str, Any]:
     logits_seen: list[torch.Tensor] = []
 
     def emit(logits: Any) -> Any:
-        onehot = secure_argmax(logits)
+        onehot = secure_argmax(logits, options)
         if task.check:
             logits_seen.append(debug_reveal_logits(logits, to=CLIENT))
         tokens.append(reveal_generated_token(onehot, to=CLIENT))

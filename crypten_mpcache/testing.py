@@ -141,7 +141,8 @@ def secure_greedy(model: torch.nn.Module, ids: list[int], steps: int,
     tokens with the secure argmax fed back, restore. TESTS ONLY: the logits of each step
     are revealed (``exact_plain``) so they can be compared with plaintext; also returns
     the cache length of every layer."""
-    handle = patch(model, SecureModelOptions(premask=premask))
+    options = SecureModelOptions(premask=premask)
+    handle = patch(model, options)
     cache = SecureKVCache(model.config.num_hidden_layers, premask=premask)
     onehot = torch.nn.functional.one_hot(torch.tensor([ids]), model.config.vocab_size)
     x = crypten.cryptensor(onehot.float(), src=1)
@@ -150,7 +151,7 @@ def secure_greedy(model: torch.nn.Module, ids: list[int], steps: int,
         out = secure_forward(model, x, cache, position)
         position += int(x.shape[1])
         logits.append(exact_plain(out).reshape(-1))
-        x = secure_argmax(out)
+        x = secure_argmax(out, options)
     lengths = [cache.get_seq_length(i) for i in range(model.config.num_hidden_layers)]
     handle.restore()
     return {"logits": torch.stack(logits), "cache_lengths": torch.tensor(lengths)}

@@ -67,18 +67,21 @@ def _onehot_material(server: Any, n: int, width: int) -> torch.Tensor:
     return onehot.ttp_party0_share(server._get_generators(device=None), int(n), int(width))
 
 
-def _dcf_material(server: Any, n: int, start: int, count: int, width: int) -> torch.Tensor:
+def _dcf_material(server: Any, n: int, start: int, count: int, width: int,
+                  bits: int = dcf_comparison.BITS) -> torch.Tensor:
     """Batch [start, start + count) of a DCF comparison of n elements with a payload of
-    ``width`` words (the server keeps the comparison's mask from its first batch to its
-    last)."""
+    ``width`` words over ``bits`` levels (the server keeps the comparison's mask from its
+    first batch to its last)."""
     state = server.__dict__.setdefault("_dcf_state", {})
     return dcf_comparison.ttp_party0_share(state, server._get_generators(device=None),
-                                           int(n), int(start), int(count), int(width))
+                                           int(n), int(start), int(count), int(width),
+                                           int(bits))
 
 
 # Party 1 receives the leading words of party 0's answer: the keys' correction words.
 _dcf_material.relay_words = (  # type: ignore[attr-defined]
-    lambda n, start, count, width: dcf_comparison.Layout(int(count), int(width)).cw_words)
+    lambda n, start, count, width, bits=dcf_comparison.BITS:
+    dcf_comparison.Layout(int(count), int(width), int(bits)).cw_words)
 
 
 REQUESTS = {"premask_register": _premask_register,
@@ -104,8 +107,8 @@ RESPONSE_SIZES: dict[str, Callable[..., Any]] = {
     "premask_triple": lambda recipe, size_x, op, size_out: size_out,
     "comparison_material": lambda n: (comparison_dealer.Layout(int(n)).dependent_size,),
     "onehot_material": lambda n, width: (int(n), int(width)),
-    "dcf_material": lambda n, start, count, width:
-        (dcf_comparison.Layout(int(count), int(width)).party0_words,),
+    "dcf_material": lambda n, start, count, width, bits=dcf_comparison.BITS:
+        (dcf_comparison.Layout(int(count), int(width), int(bits)).party0_words,),
 }
 
 

@@ -28,6 +28,7 @@ from crypten_mpcache.runtime.launcher import LaunchConfig, launch
 from crypten_mpcache.runtime.offline import OfflineConfig, deal_ahead
 from crypten_mpcache.secure.primitives import dcf
 from crypten_mpcache.secure.primitives.dcf_comparison import (
+    BITS,
     LOW,
     Layout,
     batches,
@@ -183,9 +184,9 @@ def test_the_dealer_refuses_a_batch_that_does_not_continue_its_comparison():
     for g in generators:
         draw_mask(10, g)
     ttp_party0_share(state, generators, 10, 0, 4)
-    with pytest.raises(ValueError, match=r"dcf_material\(10, 5, 4, 1\) does not continue"):
+    with pytest.raises(ValueError, match=r"dcf_material\(10, 5, 4, 1, 63\) does not continue"):
         ttp_party0_share(state, generators, 10, 5, 4)                    # skips one
-    with pytest.raises(ValueError, match=r"dcf_material\(10, 4, 7, 1\) does not continue"):
+    with pytest.raises(ValueError, match=r"dcf_material\(10, 4, 7, 1, 63\) does not continue"):
         ttp_party0_share(state, generators, 10, 4, 7)                    # past the end
     with pytest.raises(ValueError, match="does not continue"):
         ttp_party0_share({}, generators, 10, 4, 4)                       # none pending
@@ -229,7 +230,7 @@ def _check_batched(outputs, values, batch: int, dealer: str, dealing: str) -> No
         return
     requests = outputs[0][2]
     assert [(name, args) for name, args, _ in requests] == \
-        [("dcf_material", (n, start, count, 1)) for start, count in expected]
+        [("dcf_material", (n, start, count, 1, BITS)) for start, count in expected]
     bound = Layout(batch).party0_words
     assert all(size[0] <= bound for *_, size in requests)
     relayed_rounds = outputs[1][1]["dealer_rounds"]   # party 1: size, words per message

@@ -20,12 +20,14 @@ from crypten_mpcache.runtime.launcher import LaunchConfig, launch
 from crypten_mpcache.runtime.offline import deal_ahead
 from crypten_mpcache.secure.primitives import dcf
 from crypten_mpcache.secure.primitives.dcf_comparison import (
+    BITS,
     LOW,
     Layout,
     batches,
     draw_free,
     draw_mask,
     keys_for,
+    low_bits,
     pack_cw,
     ttp_party0_share,
     unpack_key,
@@ -39,6 +41,14 @@ def _values(count: int = 200, seed: int = 3) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     rand = torch.randint(-2 ** 63, 2 ** 63 - 1, (count,), generator=g, dtype=torch.long)
     return torch.cat([torch.tensor(EDGES, dtype=torch.long), rand])
+
+
+def _bounded_values(bits: int, count: int = 100, seed: int = 4) -> torch.Tensor:
+    """The edges of [-2^bits, 2^bits) (raw units) and random values inside it."""
+    edges = [-2 ** bits, -2 ** bits + 1, -1, 0, 1, 2 ** bits - 1, 2 ** bits - 2]
+    rand = torch.randint(-2 ** bits, 2 ** bits, (count,),
+                         generator=torch.Generator().manual_seed(seed), dtype=torch.long)
+    return torch.cat([torch.tensor(edges, dtype=torch.long), rand])
 
 
 def _words(n: int, seed: int) -> torch.Tensor:
@@ -64,23 +74,24 @@ def test_a_two_word_payload_is_selected_whole_by_one_comparison():
 
 
 def _reconstruct(x: torch.Tensor, r: torch.Tensor, key0: dcf.DCFKey, offsets: torch.Tensor,
-                 seeds: tuple[torch.Tensor, torch.Tensor], r_split: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+                 seeds: tuple[torch.Tensor, torch.Tensor], r_split: torch.Tensor,
+                 bits: int = BITS) -> tuple[torch.Tensor, torch.Tensor]:
     """Two parties in plaintext: (z, z x) from the opened c, keys, offsets, mask shares."""
     n = x.numel()
-    layout = Layout(n, 2)
+    layout = Layout(n, 2, bits)
     keys = [unpack_key(layout, p, seeds[p], pack_cw(key0)) for p in (0, 1)]
     offset_shares = [offsets - _words(2 * n, 30), _words(2 * n, 30)]
     mask_shares = [r - r_split, r_split]
     c = x + r
-    low = c.numpy().view(np.uint64) & np.uint64(LOW)
+    low = c.numpy().view(np.uint64) & np.uint64(low_bits(bits))
+    top = ((c >> bits) & 1).bool()
     z_total = torch.zeros(n, dtype=torch.long)
     product_total = torch.zeros(n, dtype=torch.long)
     for p in (0, 1):
         w = offset_shares[p].reshape(2, n) + torch.from_numpy(
             dcf.evaluate(keys[p], low).view(np.int64).T.copy())
-        z = torch.where(c < 0, (1 if p == 0 else 0) - w[0], w[0])
-        z_r = torch.where(c < 0, mask_shares[p] - w[1], w[1])
+        z = torch.where(top, (1 if p == 0 else 0) - w[0], w[0])
+        z_r = torch.where(top, mask_shares[p] - w[1], w[1])
         z_total += z
         product_total += z * c - z_r
     return z_total, product_total
@@ -95,6 +106,27 @@ def test_the_algebra_gives_the_sign_and_the_negative_part_on_the_ring_edges(mask
     z, product = _reconstruct(x, r, key0, offsets, seeds, _words(n, 40))
     assert z.tolist() == (x < 0).long().tolist()
     assert product.tolist() == torch.where(x < 0, x, torch.zeros_like(x)).tolist()
+
+
+@pytest.mark.parametrize("bits", [1, 8, 30, 47])
+def test_narrow_keys_give_the_sign_and_the_negative_part_inside_their_bound(bits):
+    """x in [-2^bits, 2^bits) (raw): keys over ``bits`` levels are exact on the bound's
+    edges, with a FULL-ring mask (so z x is exact in the ring), in bits/63 of the bytes."""
+    x = _bounded_values(bits)
+    n = x.numel()
+    r, seeds = _words(n, 3), (_words(2 * n, 13), _words(2 * n, 23))
+    key0, offsets = keys_for(r, seeds, 2, bits)
+    assert key0.bits == bits
+    z, product = _reconstruct(x, r, key0, offsets, seeds, _words(n, 43), bits)
+    assert z.tolist() == (x < 0).long().tolist()
+    assert product.tolist() == torch.where(x < 0, x, torch.zeros_like(x)).tolist()
+    narrow, full = Layout(1000, 2, bits).cw_words, Layout(1000, 2).cw_words
+    assert narrow / full < (bits + 1) / BITS
+    beyond = torch.tensor([2 ** bits, -2 ** bits - 1])   # outside: the sign is lost
+    key0, offsets = keys_for(r[:2], (seeds[0][:4], seeds[1][:4]), 2, bits)
+    z, _ = _reconstruct(beyond, r[:2], key0, offsets, (seeds[0][:4], seeds[1][:4]),
+                        _words(2, 43), bits)
+    assert z.tolist() == [1, 0]
 
 
 @pytest.mark.parametrize("parties", [2, 3])
@@ -128,7 +160,8 @@ def test_the_dealer_deals_width_two_batches_from_the_parties_draws(parties):
     assert state == {}
 
 
-def _negative_part_party(values: torch.Tensor) -> tuple[list[int], list[int], dict]:
+def _negative_part_party(values: torch.Tensor, bits: int = BITS
+                         ) -> tuple[list[int], list[int], dict]:
     import crypten.communicator as comm
     from crypten.mpc import MPCTensor
     from crypten.mpc.primitives import ArithmeticSharedTensor
@@ -141,7 +174,7 @@ def _negative_part_party(values: torch.Tensor) -> tuple[list[int], list[int], di
     def phase() -> tuple[torch.Tensor, torch.Tensor]:
         share = ArithmeticSharedTensor(values if comm.get().get_rank() == 0 else None,
                                        size=values.shape, precision=0, src=0)
-        bit, low = negative_part(MPCTensor.from_shares(share.share, precision=0))
+        bit, low = negative_part(MPCTensor.from_shares(share.share, precision=0), bits)
         return bit._tensor.reveal(), low._tensor.reveal()       # the exact ring elements
 
     with meter.phase("p"):
@@ -149,13 +182,14 @@ def _negative_part_party(values: torch.Tensor) -> tuple[list[int], list[int], di
     return bit.long().tolist(), low.long().tolist(), meter.report()["phases"][0]
 
 
-@pytest.mark.parametrize("dealer,dealing,parties", [
-    ("ttp", "on-demand", 2), ("ttp", "ahead", 3), ("tfp", "ahead", 2)])
-def test_negative_part_equals_plaintext_with_one_opening(dealer, dealing, parties):
-    values = _values(100)
+@pytest.mark.parametrize("dealer,dealing,parties,bits", [
+    ("ttp", "on-demand", 2, BITS), ("ttp", "ahead", 3, BITS), ("tfp", "ahead", 2, BITS),
+    ("ttp", "ahead", 3, 30), ("tfp", "ahead", 2, 30)])
+def test_negative_part_equals_plaintext_with_one_opening(dealer, dealing, parties, bits):
+    values = _values(100) if bits == BITS else _bounded_values(bits)
     config = LaunchConfig(dealer=dealer, dealing=dealing, parties=parties, comparison="dcf",
                           timeout_s=300, dcf_batch=64)
-    outputs = launch(_negative_part_party, values, config=config)
+    outputs = launch(_negative_part_party, values, bits, config=config)
     bits, lows, cost = outputs[1]
     assert bits == (values < 0).long().tolist()
     expected = torch.where(values < 0, values, 0 * values).tolist()

@@ -46,10 +46,15 @@ class SecureModelOptions:
     norm: NormConfig = field(default_factory=NormConfig)
     softmax: SoftmaxConfig = field(default_factory=SoftmaxConfig)
     activation: ActivationConfig = field(default_factory=ActivationConfig)
+    # |logit| < 2**logit_bound_log2: the argmax's DCF keys compare that many bits (SmolLM2's
+    # logits stay below 64 in magnitude; 2**13 leaves a wide margin)
+    logit_bound_log2: int = 13
 
     def __post_init__(self) -> None:
         if self.src < 0:
             raise ValueError(f"src must be a party rank >= 0, got {self.src}")
+        if not 1 <= self.logit_bound_log2 <= 46:
+            raise ValueError("logit_bound_log2 must be in [1, 46]")
 
 
 # --- encrypted weights -----------------------------------------------------------------
@@ -295,10 +300,11 @@ class SecureLlamaAttention(nn.Module):
 # --- the forward pass ------------------------------------------------------------------
 
 
-def secure_argmax(logits: Any) -> Any:
+def secure_argmax(logits: Any, options: SecureModelOptions | None = None) -> Any:
     """The next token as an encrypted fixed-point one-hot (B, 1, vocab); it stays secret."""
+    bound = (options or SecureModelOptions()).logit_bound_log2
     with operator_scope("argmax"):
-        return argmax_onehot(logits, dim=-1)
+        return argmax_onehot(logits, dim=-1, bound_log2=bound)
 
 
 def secure_forward(model: nn.Module, onehot: Any, cache: SecureKVCache,

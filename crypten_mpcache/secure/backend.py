@@ -52,8 +52,13 @@ class CryptenBackendConfig:
 
     network: str = "LAN"
     protocols: tuple[str, ...] = topk.PROTOCOLS
+    # |key coordinate|, |cluster bound| and |cluster score| < 2**value_bound_log2: the
+    # boxes', maxima's and rank top-k's DCF keys compare that many bits (+ 17), not 63
+    value_bound_log2: int = 13
 
     def __post_init__(self) -> None:
+        if not 1 <= self.value_bound_log2 <= 45:
+            raise ValueError("value_bound_log2 must be in [1, 45]")
         if self.network not in PROFILES:
             raise ValueError(f"unknown network {self.network!r}; known: {tuple(PROFILES)}")
         if not self.protocols or set(self.protocols) - set(topk.PROTOCOLS):
@@ -151,7 +156,7 @@ class CryptenBackend:
     def maximum(self, a: Value, b: Value) -> Value:
         if is_public(a) and is_public(b):
             return torch.maximum(a, b)
-        return pair_max(secret(a), secret(b))[1]
+        return pair_max(secret(a), secret(b), self.config.value_bound_log2 + 1)[1]
 
     def minimum(self, a: Value, b: Value) -> Value:
         if is_public(a) and is_public(b):
@@ -175,7 +180,7 @@ class CryptenBackend:
         pairs = n // 2
         first, second = x[..., 0: 2 * pairs: 2], x[..., 1: 2 * pairs: 2]
         gap = first - second
-        upper = second + relu(gap)
+        upper = second + relu(gap, self.config.value_bound_log2 + 1)
         lower = first + second - upper
         if n % 2:                           # the odd element joins both halves
             upper = crypten.cat([upper, x[..., -1:]], dim=-1)
@@ -189,14 +194,15 @@ class CryptenBackend:
             return upper.amax(dim=dim), lower.amin(dim=dim)
         upper, lower = _dim_last(secret(upper), dim), _dim_last(secret(lower), dim)
         size = int(upper.shape[0])
-        both = tournament_max(crypten.cat([upper, -lower], dim=0))[..., 0]
+        both = tournament_max(crypten.cat([upper, -lower], dim=0),
+                              self.config.value_bound_log2)[..., 0]
         return both[:size], -both[size:]
 
     def max(self, x: Value, dim: int) -> Value:
         """Log-depth tournament over ``dim`` (moved last; other dims keep their order)."""
         if is_public(x):
             return x.amax(dim=dim)
-        return tournament_max(_dim_last(x, dim))[..., 0]
+        return tournament_max(_dim_last(x, dim), self.config.value_bound_log2)[..., 0]
 
     def min(self, x: Value, dim: int) -> Value:
         if is_public(x):
@@ -224,7 +230,8 @@ class CryptenBackend:
         batch = max(1, int(torch.Size(scores.shape[:-1]).numel()))
         protocol = self.protocol(g, k, batch, ordered)
         self.topk_log.append(TopKChoice(g, k, batch, protocol))
-        return topk.topk_onehot(secret(scores), k, protocol, ordered)
+        return topk.topk_onehot(secret(scores), k, protocol, ordered,
+                                self.config.value_bound_log2)
 
     def gather(self, onehot: Value, x: Value) -> Value:
         """``onehot @ x``; a fixed operand ``x`` is not opened again (only the one-hot)."""

@@ -26,6 +26,9 @@ class SoftmaxConfig:
 
     fill: public value that masked scores take before the row max (must be below every
         real score; it never reaches exp's output because masked exps are zeroed).
+    score_bound_log2: |score| < 2**score_bound_log2 for every score and the fill; the row
+        max's DCF keys then compare score_bound_log2 + 17 bits, not 63 (SmolLM2's scores
+        stay below 2**6; exp is valid for differences above -2**exp_iterations anyway).
     exp_iterations, exp_order: see ``exp_nonpositive``; exp(d) is valid for d > -2**iters.
     ratio, buckets: range reduction of the denominator, which lies in [1, allowed count]:
         rows of up to ratio**buckets allowed entries are exact to Newton precision.
@@ -39,6 +42,7 @@ class SoftmaxConfig:
     """
 
     fill: float = -(2.0 ** 12)
+    score_bound_log2: int = 13
     exp_iterations: int = 8
     exp_order: int = 2
     ratio: int = 4
@@ -51,6 +55,8 @@ class SoftmaxConfig:
     def __post_init__(self) -> None:
         if not self.fill < 0:
             raise ValueError("fill must be negative")
+        if not 1 <= self.score_bound_log2 <= 46 or self.fill <= -(2.0 ** self.score_bound_log2):
+            raise ValueError("score_bound_log2 must be in [1, 46] with the fill inside it")
         if not 1 <= self.exp_iterations <= 12:
             raise ValueError("exp_iterations must be in [1, 12]")
         if self.exp_order not in (1, 2, 3):
@@ -82,7 +88,7 @@ def masked_softmax(scores: Any, mask01: torch.Tensor, dim: int = -1,
             mask = mask.expand(scores.size()).transpose(dim, -1)
             scores = scores.transpose(dim, -1)
         filled = mul_public_int(scores, mask) + (1 - mask).to(torch.float64) * config.fill
-        row_max = tournament_max(filled)
+        row_max = tournament_max(filled, config.score_bound_log2)
         # masked differences become 0 before exp (fill - max would be far outside exp's
         # range: its 2**8 squarings of garbage wrap, harmless but wasted); then exact 0s
         diffs = mul_public_int(filled - row_max, mask)

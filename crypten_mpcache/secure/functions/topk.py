@@ -36,6 +36,7 @@ and picks a protocol.
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import crypten
@@ -45,6 +46,7 @@ from crypten_mpcache.runtime.cost import operator_scope
 from crypten_mpcache.secure.functions.tournament import expand_winner, tournament
 from crypten_mpcache.secure.primitives.fixed_point import fixed_scale, mul_public_int, to_fixed
 from crypten_mpcache.secure.primitives.onehot import onehot, width_for
+from crypten_mpcache.secure.primitives.select import less_than_zero
 
 PROTOCOLS = ("iterative", "rank", "network")
 
@@ -100,16 +102,16 @@ def _pair_indices(g: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.triu_indices(g, g, offset=1)
 
 
-def _rank_mask(scores: Any, k: int) -> Any:
+def _rank_mask(scores: Any, k: int, bound_log2: int | None = None) -> Any:
     """[rank < k] with rank from all pairs i < j compared once, in one round."""
-    return (_rank(scores) - k)._ltz()
+    return (_rank(scores, bound_log2) - k)._ltz()
 
 
-def _rank_onehot(scores: Any, k: int) -> Any:
+def _rank_onehot(scores: Any, k: int, bound_log2: int | None = None) -> Any:
     """(..., k, G) rows [rank_i == r], r = 0..k-1: the best k in RANK order. The rank is a
     permutation of 0..G-1 under the tie rule (so each row has one 1), a scale-1 integer
     below W = width_for(G): its one-hot is one opening against a dealt unit vector."""
-    rank = _rank(scores)
+    rank = _rank(scores, bound_log2)
     return onehot(rank, width_for(scores.size(-1)), count=k).transpose(-1, -2)
 
 
@@ -118,13 +120,15 @@ def _iterative_onehot(scores: Any, k: int) -> Any:
     return crypten.stack(_iterative_winners(scores, k), dim=-2)
 
 
-def _rank(scores: Any) -> Any:
-    """Rank of each item (0 = best; ties: lower index first) as scale-1 integers."""
+def _rank(scores: Any, bound_log2: int | None = None) -> Any:
+    """Rank of each item (0 = best; ties: lower index first) as scale-1 integers.
+    ``bound_log2``: every |score| < 2^bound_log2 (narrower DCF keys for the pairs)."""
     g = scores.size(-1)
     first, second = _pair_indices(g)
     left = scores.index_select(-1, first)
     right = scores.index_select(-1, second)
-    first_wins = left.ge(right)                                      # ties: lower index
+    difference_log2 = None if bound_log2 is None else bound_log2 + 1
+    first_wins = 1 - less_than_zero(left - right, difference_log2)   # ties: lower index
     # rank_j += [i beats j]; rank_i += 1 - [i beats j]  =>  rank = P @ (M_j - M_i) + (G-1-i)
     incidence = torch.zeros(first.numel(), g, dtype=torch.long)
     incidence[torch.arange(first.numel()), second] += 1
@@ -233,30 +237,40 @@ def _network_mask(scores: Any, k: int) -> Any:
 _MASKS = {"iterative": _iterative_mask, "rank": _rank_mask, "network": _network_mask}
 
 
-def topk_mask(scores: Any, k: int, protocol: str = "rank") -> Any:
-    """Secret (..., G) 0/1 bits (fixed-point encoded) of the k best items (tie rule above)."""
+def _bounded(table: dict, bound_log2: int | None) -> dict:
+    """The protocols with ``rank`` comparing at the scores' bound (the others compare
+    pushed-down or distinct-ified scores, beyond it, at full width)."""
+    return dict(table, rank=partial(table["rank"], bound_log2=bound_log2))
+
+
+def topk_mask(scores: Any, k: int, protocol: str = "rank",
+              bound_log2: int | None = None) -> Any:
+    """Secret (..., G) 0/1 bits (fixed-point encoded) of the k best items (tie rule above);
+    ``bound_log2``: every |score| < 2^bound_log2."""
     _check(scores, k)
     if protocol not in _MASKS:
         raise ValueError(f"unknown protocol {protocol!r}; known: {PROTOCOLS}")
     with operator_scope("topk"):
-        return to_fixed(_MASKS[protocol](scores, k))
+        return to_fixed(_bounded(_MASKS, bound_log2)[protocol](scores, k))
 
 
 _UNORDERED = {"iterative": _iterative_onehot, "rank": _rank_onehot}
 
 
-def topk_onehot(scores: Any, k: int, protocol: str = "rank", ordered: bool = True) -> Any:
+def topk_onehot(scores: Any, k: int, protocol: str = "rank", ordered: bool = True,
+                bound_log2: int | None = None) -> Any:
     """Secret (..., k, G) one-hot rows selecting the top k in ascending index order.
 
     ``ordered=False``: rows in rank order (best first) for ``rank`` and ``iterative``,
     which skips a comparison round (rank) or the whole ordering step (iterative); for a
     consumer to which row order means nothing (a gather then a softmax over the rows).
-    ``network`` has no rank order and always returns index order.
+    ``network`` has no rank order and always returns index order. ``bound_log2``: every
+    |score| < 2^bound_log2.
     """
     _check(scores, k)
     if protocol not in _MASKS:
         raise ValueError(f"unknown protocol {protocol!r}; known: {PROTOCOLS}")
     with operator_scope("topk"):
         if not ordered and protocol in _UNORDERED:
-            return to_fixed(_UNORDERED[protocol](scores, k))
-        return to_fixed(ordered_onehot(_MASKS[protocol](scores, k), k))
+            return to_fixed(_bounded(_UNORDERED, bound_log2)[protocol](scores, k))
+        return to_fixed(ordered_onehot(_bounded(_MASKS, bound_log2)[protocol](scores, k), k))

@@ -15,8 +15,9 @@ from crypten_mpcache.secure.primitives.fixed_point import to_fixed
 from crypten_mpcache.secure.primitives.select import pair_max
 
 
-def tournament(x: Any) -> tuple[Any, list[tuple[Any, int]]]:
+def tournament(x: Any, bound_log2: int | None = None) -> tuple[Any, list[tuple[Any, int]]]:
     """Max over the last dim by a tournament of ADJACENT pairs, keeping each level's bits.
+    ``bound_log2``: every |x| < 2^bound_log2 (so pair differences < 2^(bound_log2 + 1)).
 
     Adjacent pairing keeps every node's index range contiguous with the left node holding
     the lower indices, so "right wins only if strictly greater" gives ties to the lowest
@@ -25,20 +26,21 @@ def tournament(x: Any) -> tuple[Any, list[tuple[Any, int]]]:
     """
     levels: list[tuple[Any, int]] = []  # ([right > left] scale-1 bits, pairs) per level
     values = x
+    difference_log2 = None if bound_log2 is None else bound_log2 + 1
     while values.size(-1) > 1:
         n = values.size(-1)
         pairs = n // 2
         left = values[..., 0:2 * pairs:2]
         right = values[..., 1:2 * pairs:2]
-        right_wins, winners = pair_max(left, right)
+        right_wins, winners = pair_max(left, right, difference_log2)
         values = crypten.cat([winners, values[..., 2 * pairs:]], dim=-1) if n % 2 else winners
         levels.append((right_wins, pairs))
     return values, levels
 
 
-def tournament_max(x: Any) -> Any:
+def tournament_max(x: Any, bound_log2: int | None = None) -> Any:
     """Max over the last dim (keepdim), n - 1 comparisons in ceil(log2 n) rounds."""
-    return tournament(x)[0]
+    return tournament(x, bound_log2)[0]
 
 
 def expand_winner(levels: list[tuple[Any, int]], like: Any) -> Any:
@@ -59,18 +61,19 @@ def expand_winner(levels: list[tuple[Any, int]], like: Any) -> Any:
     return weights
 
 
-def tournament_argmax(x: Any) -> tuple[Any, Any]:
+def tournament_argmax(x: Any, bound_log2: int | None = None) -> tuple[Any, Any]:
     """(max keepdim, scale-1 one-hot) over the last dim; ties go to the LOWEST index."""
-    values, levels = tournament(x)
+    values, levels = tournament(x, bound_log2)
     return values, expand_winner(levels, x)
 
 
-def argmax_onehot(x: Any, dim: int = -1) -> Any:
-    """Secret one-hot of the maximum along ``dim`` (exactly one 1; lowest index on ties)."""
+def argmax_onehot(x: Any, dim: int = -1, bound_log2: int | None = None) -> Any:
+    """Secret one-hot of the maximum along ``dim`` (exactly one 1; lowest index on ties);
+    ``bound_log2``: every |x| < 2^bound_log2."""
     with operator_scope("argmax"):
         moved = dim not in (-1, x.dim() - 1)
         if moved:
             x = x.transpose(dim, -1)
-        _, onehot = tournament_argmax(x)
+        _, onehot = tournament_argmax(x, bound_log2)
         onehot = to_fixed(onehot)
         return onehot.transpose(dim, -1) if moved else onehot

@@ -53,19 +53,29 @@ from crypten_mpcache.secure.primitives.party import (
     uniform_words,
 )
 
-BITS = 63
+BITS = 63                # the full width: x anywhere in the ring
 LOW = (1 << BITS) - 1
+
+
+def low_bits(bits: int) -> int:
+    """The mask of the ``bits`` low bits that the keys compare (c' and r')."""
+    if not 1 <= bits <= BITS:
+        raise ValueError(f"a DCF comparison compares 1 to {BITS} low bits, got {bits}")
+    return (1 << bits) - 1
 
 
 @dataclass(frozen=True)
 class Layout:
     """Word counts of one dealt batch of n elements with a payload of ``width`` words
-    (1: the bit; 2: the bit and the bit times the mask, ``negative_part``): every party's
-    free draw (root seed 2n, offset shares width n) and the correction words (cw: s 2n and
-    v width n per level, the 2 n control bits per level packed, the final width n)."""
+    (1: the bit; 2: the bit and the bit times the mask, ``negative_part``) and ``bits``
+    tree levels (63 for any x; b for x known to lie in [-2^b, 2^b), in raw units): every
+    party's free draw (root seed 2n, offset shares width n) and the correction words (cw:
+    s 2n and v width n per level, the 2 n control bits per level packed, the final width
+    n)."""
 
     n: int
     width: int = 1
+    bits: int = BITS
 
     @property
     def free_words(self) -> int:
@@ -73,11 +83,11 @@ class Layout:
 
     @property
     def t_words(self) -> int:
-        return (2 * BITS * self.n + 63) // 64
+        return (2 * self.bits * self.n + 63) // 64
 
     @property
     def cw_words(self) -> int:
-        return (2 + self.width) * (BITS * self.n) + self.t_words + self.width * self.n
+        return (2 + self.width) * (self.bits * self.n) + self.t_words + self.width * self.n
 
     @property
     def party0_words(self) -> int:
@@ -122,34 +132,36 @@ def pack_cw(key: dcf.DCFKey) -> torch.Tensor:
 
 
 def unpack_key(layout: Layout, party: int, seed: torch.Tensor, cw: torch.Tensor) -> dcf.DCFKey:
-    n, width, words = layout.n, layout.width, cw.numpy()
-    s_end = 2 * BITS * n
-    v_end = s_end + width * BITS * n
+    n, width, levels, words = layout.n, layout.width, layout.bits, cw.numpy()
+    s_end = 2 * levels * n
+    v_end = s_end + width * levels * n
     t_end = v_end + layout.t_words
-    bits = np.unpackbits(words[v_end:t_end].view(np.uint8))[: 2 * BITS * n]
+    t = np.unpackbits(words[v_end:t_end].view(np.uint8))[: 2 * levels * n]
     return dcf.DCFKey(
-        party=party, bits=BITS,
+        party=party, bits=levels,
         seed=seed.contiguous().numpy().view(np.uint8).reshape(n, dcf.SEED_BYTES),
-        s_cw=words[:s_end].view(np.uint8).reshape(BITS, n, dcf.SEED_BYTES),
-        v_cw=words[s_end:v_end].view(np.uint64).reshape(BITS, n, width),
-        t_cw_left=bits[: BITS * n].reshape(BITS, n), t_cw_right=bits[BITS * n:].reshape(BITS, n),
+        s_cw=words[:s_end].view(np.uint8).reshape(levels, n, dcf.SEED_BYTES),
+        v_cw=words[s_end:v_end].view(np.uint64).reshape(levels, n, width),
+        t_cw_left=t[: levels * n].reshape(levels, n),
+        t_cw_right=t[levels * n:].reshape(levels, n),
         final=words[t_end:t_end + width * n].view(np.uint64).reshape(n, width))
 
 
-def keys_for(r: torch.Tensor, roots: tuple[torch.Tensor, torch.Tensor], width: int = 1
-             ) -> tuple[dcf.DCFKey, torch.Tensor]:
+def keys_for(r: torch.Tensor, roots: tuple[torch.Tensor, torch.Tensor], width: int = 1,
+             bits: int = BITS) -> tuple[dcf.DCFKey, torch.Tensor]:
     """The dealer's work for r (n,): party 0's key (its correction words serve both) and
-    the offsets whose shares the parties hold: b = msb(r) (width 1), and b r (width 2, the
-    key's payload then (beta, beta r), so the parties get shares of w and of w r)."""
+    the offsets whose shares the parties hold: b = bit ``bits`` of r (width 1), and b r
+    (width 2, the key's payload then (beta, beta r), so the parties get shares of w and of
+    w r; r is the whole ring element, so w r is exact however few bits are compared)."""
     r_np = r.numpy().view(np.uint64)
-    b = (r_np >> np.uint64(BITS)).astype(np.uint64)
+    b = ((r_np >> np.uint64(bits)) & np.uint64(1)).astype(np.uint64)
     beta = np.uint64(1) - np.uint64(2) * b                          # 1 - 2b mod 2^64
     offsets = [b]
     if width == 2:
         beta = np.stack([beta, beta * r_np], axis=1)
         offsets.append(b * r_np)
     seeds = tuple(s.contiguous().numpy().view(np.uint8) for s in roots)
-    key0, _ = dcf.gen(r_np & np.uint64(LOW), beta, BITS, roots=seeds)
+    key0, _ = dcf.gen(r_np & np.uint64(low_bits(bits)), beta, bits, roots=seeds)
     return key0, torch.from_numpy(np.concatenate(offsets).view(np.int64))
 
 
@@ -163,7 +175,7 @@ class PendingMask:
 
 
 def ttp_party0_share(state: dict, generators: list[torch.Generator], n: int, start: int,
-                     count: int, width: int = 1) -> torch.Tensor:
+                     count: int, width: int = 1, bits: int = BITS) -> torch.Tensor:
     """The TTP's side of batch [start, start + count) of a comparison of n elements:
     replay every party's draws; party 0's correction words and offset. ``state`` is the
     dealer's (it keeps the pending mask between batches)."""
@@ -172,13 +184,15 @@ def ttp_party0_share(state: dict, generators: list[torch.Generator], n: int, sta
     pending = state.get("dcf_mask")
     if pending is None or pending.r.numel() != n or pending.dealt != start \
             or not 0 < count <= n - start:
-        raise ValueError(f"dcf_material({n}, {start}, {count}, {width}) does not continue "
+        raise ValueError(f"dcf_material({n}, {start}, {count}, {width}, {bits}) does not continue "
                          "the comparison the dealer is dealing")
     if width not in dcf.WIDTHS:
         raise ValueError(f"dcf_material: width must be in {dcf.WIDTHS}, got {width}")
-    layout = Layout(count, width)
+    low_bits(bits)                                                  # validates
+    layout = Layout(count, width, bits)
     draws = [_split_free(layout, draw_free(layout, g)) for g in generators]
-    key0, b = keys_for(pending.r[start:start + count], (draws[0][0], draws[1][0]), width)
+    key0, b = keys_for(pending.r[start:start + count], (draws[0][0], draws[1][0]), width,
+                       bits)
     offset0 = b - sum((d[1] for d in draws[1:]), torch.zeros_like(b))
     pending.dealt += count
     if pending.dealt == n:
@@ -194,11 +208,11 @@ class Material:
 
 class Dealing:
     """This party's side of the dealt material of one comparison of n elements with a
-    payload of ``width`` words: first its share of the mask r for all n (``mask_share``,
-    before the opening), then the keys batch by batch (``keys``), in order."""
+    payload of ``width`` words over ``bits`` levels: first its share of the mask r for all
+    n (``mask_share``, before the opening), then the keys batch by batch (``keys``)."""
 
-    def __init__(self, n: int, width: int = 1) -> None:
-        self.n, self.width, self.rank = n, width, party_rank()
+    def __init__(self, n: int, width: int = 1, bits: int = BITS) -> None:
+        self.n, self.width, self.bits, self.rank = n, width, bits, party_rank()
         self._plain_r: torch.Tensor | None = None       # TFP: party 0 knows r
 
     def mask_share(self) -> torch.Tensor:
@@ -213,12 +227,13 @@ class Dealing:
         return ArithmeticSharedTensor(self._plain_r, size=(self.n,), precision=0, src=0).share
 
     def keys(self, start: int, count: int) -> Material:
-        layout = Layout(count, self.width)
+        layout = Layout(count, self.width, self.bits)
         return by_dealer("the DCF comparison", ttp=lambda: self._keys_ttp(layout, start),
                          tfp=lambda: self._keys_tfp(layout, start))
 
     def _keys_ttp(self, layout: Layout, start: int) -> Material:
-        free, dealt = deal_via_ttp("dcf_material", (self.n, start, layout.n, layout.width),
+        free, dealt = deal_via_ttp("dcf_material",
+                                   (self.n, start, layout.n, layout.width, layout.bits),
                                    lambda g: draw_free(layout, g),
                                    lambda g: torch.empty(0, dtype=torch.long))
         seed, offset = _split_free(layout, free)
@@ -237,7 +252,8 @@ class Dealing:
         offsets = key_words = seeds = None
         if rank == 0:
             seeds = (uniform_words((2 * n,), None), uniform_words((2 * n,), None))
-            key0, offsets = keys_for(self._plain_r[start:start + n], seeds, layout.width)
+            key0, offsets = keys_for(self._plain_r[start:start + n], seeds, layout.width,
+                                     layout.bits)
             key_words = torch.cat([seeds[1], pack_cw(key0)])
         shares = ArithmeticSharedTensor(offsets, size=(layout.width * n,), precision=0,
                                         src=0).share
@@ -254,16 +270,16 @@ class Dealing:
         return Material(shares, key)
 
 
-def _masked_shares(share: torch.Tensor, width: int
+def _masked_shares(share: torch.Tensor, width: int, bits: int
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(c, w, r_i) for this party's flat share of x: c = x + r opened (the one round), w
     (width, n) its shares of w = b xor [c' < r'] (and of w r), r_i its share of the mask.
     The keys are dealt and evaluated a batch at a time."""
     n = share.numel()
-    dealing = Dealing(n, width)
+    dealing = Dealing(n, width, bits)
     mask = dealing.mask_share()
     c = open_sum(share + mask.to(share.device)).cpu()                 # the one round
-    low = c.numpy().view(np.uint64) & np.uint64(LOW)
+    low = c.numpy().view(np.uint64) & np.uint64(low_bits(bits))
     dry_run = trace.active_recorder() is not None    # its opened values mean nothing
     w = torch.empty(width, n, dtype=torch.long)
     for start, count in batches(n, checked_batch(current_config())):
@@ -277,41 +293,49 @@ def _masked_shares(share: torch.Tensor, width: int
     return c, w, mask
 
 
-def _sign_from(c: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Shares of [x < 0] = msb(c) xor w: w where msb(c) = 0, 1 - w where it is 1."""
+def _top(c: torch.Tensor, bits: int) -> torch.Tensor:
+    """a = bit ``bits`` of c (the sign bit of x + r reduced to bits + 1 bits)."""
+    return ((c >> bits) & 1).bool()
+
+
+def _sign_from(c: torch.Tensor, w: torch.Tensor, bits: int) -> torch.Tensor:
+    """Shares of [x < 0] = a xor w: w where a = 0, 1 - w where it is 1."""
     first = 1 if party_rank() == 0 else 0
-    return torch.where(c < 0, first - w, w)
+    return torch.where(_top(c, bits), first - w, w)
 
 
-def less_than_zero_shares(share: torch.Tensor) -> torch.Tensor:
+def less_than_zero_shares(share: torch.Tensor, bits: int = BITS) -> torch.Tensor:
     """This party's arithmetic share (scale 1) of [x < 0] for its share of x (any shape):
-    one opening for all elements."""
-    c, w, _ = _masked_shares(share.reshape(-1), 1)
-    return _sign_from(c, w[0]).to(share.device).reshape(share.shape)
+    one opening for all elements. ``bits`` < 63: x must lie in [-2^bits, 2^bits) (raw
+    units), where the sign of x is bit ``bits`` of x mod 2^(bits + 1); the keys shrink
+    in proportion."""
+    c, w, _ = _masked_shares(share.reshape(-1), 1, bits)
+    return _sign_from(c, w[0], bits).to(share.device).reshape(share.shape)
 
 
-def negative_part_shares(share: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def negative_part_shares(share: torch.Tensor, bits: int = BITS
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """Shares of (z, z x) with z = [x < 0], from the SAME one opening: z x = z c - z r,
     where z c is local (c public) and z r comes from the key's second payload word (w r)
     and the mask share: z r = w r, or r - w r where msb(c) = 1. min(x, 0) = z x is the
     compare-and-select of a tournament level in one round (``select_smaller``)."""
     flat = share.reshape(-1)
-    c, w, mask = _masked_shares(flat, 2)
-    z = _sign_from(c, w[0])
-    z_r = torch.where(c < 0, mask.cpu() - w[1], w[1])
+    c, w, mask = _masked_shares(flat, 2, bits)
+    z = _sign_from(c, w[0], bits)
+    z_r = torch.where(_top(c, bits), mask.cpu() - w[1], w[1])
     product = z * c - z_r
     return (z.to(share.device).reshape(share.shape),
             product.to(share.device).reshape(share.shape))
 
 
-def less_than_zero(x: Any) -> Any:
+def less_than_zero(x: Any, bits: int = BITS) -> Any:
     """[x < 0] as an MPCTensor with encoder scale 1, like CrypTen's ``_ltz``."""
-    return bit_tensor(less_than_zero_shares(x._tensor.share))
+    return bit_tensor(less_than_zero_shares(x._tensor.share, bits))
 
 
-def negative_part(x: Any) -> tuple[Any, Any]:
+def negative_part(x: Any, bits: int = BITS) -> tuple[Any, Any]:
     """([x < 0] with encoder scale 1, min(x, 0) with x's encoder): one round."""
-    z, product = negative_part_shares(x._tensor.share)
+    z, product = negative_part_shares(x._tensor.share, bits)
     out = x.clone()
     out._tensor.share = product
     return bit_tensor(z), out

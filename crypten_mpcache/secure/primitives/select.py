@@ -11,6 +11,12 @@ Which calls fuse is a public function of the call's size, set with the compariso
 protocol (``patches.crypten_comparison.use``): all calls under ``dcf``, calls of at most
 ``dcf_max_elements`` under ``hybrid`` (the others take the masked comparison and the
 multiplication), none under ``masked`` and ``crypten``.
+
+Bit widths: a caller that knows |x| < 2^B (real units) passes ``bound_log2=B``; the DCF
+keys then compare B + 16 bits instead of 63 (``dcf_comparison``: the sign of x is bit
+B + 16 of x mod 2^(B + 17) when the raw x lies in [-2^(B+16), 2^(B+16))), and their bytes
+shrink in proportion. Outside the bound the sign would be wrong, so each bound is a
+documented range of its caller (docs/fss.md lists them).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from crypten_mpcache.secure.primitives import dcf_comparison
+from crypten_mpcache.secure.primitives.fixed_point import fixed_scale
 
 
 @dataclass
@@ -37,21 +44,39 @@ def fuses(numel: int) -> bool:
     return numel <= FUSED.max_elements
 
 
-def pair_max(left: Any, right: Any) -> tuple[Any, Any]:
+def dcf_bits(bound_log2: int | None) -> int:
+    """DCF tree levels for |x| < 2^bound_log2 at the fixed-point scale (63: no bound)."""
+    if bound_log2 is None:
+        return dcf_comparison.BITS
+    if bound_log2 < 1:
+        raise ValueError(f"bound_log2 must be >= 1, got {bound_log2}")
+    return min(dcf_comparison.BITS, bound_log2 + fixed_scale().bit_length() - 1)
+
+
+def pair_max(left: Any, right: Any, bound_log2: int | None = None) -> tuple[Any, Any]:
     """([right > left] as scale-1 bits, max(left, right)); ties go to LEFT (its bit is 0).
+    ``bound_log2``: |left - right| < 2^bound_log2 (narrower keys, see above).
 
     Fused: z = [left - right < 0] and min(left - right, 0) from one opening, max =
     left - min(left - right, 0). Otherwise the comparison, then one exact product."""
     difference = left - right
     if fuses(difference.numel()):
-        right_wins, negative = dcf_comparison.negative_part(difference)
+        right_wins, negative = dcf_comparison.negative_part(difference, dcf_bits(bound_log2))
         return right_wins, left - negative
     right_wins = right.gt(left)
     return right_wins, left + right_wins * (right - left)       # bit times fixed: exact
 
 
-def relu(x: Any) -> Any:
+def less_than_zero(x: Any, bound_log2: int | None = None) -> Any:
+    """[x < 0] as scale-1 bits: the DCF comparison at the bound's width where calls fuse,
+    else the configured protocol's own (``x._ltz()``)."""
+    if fuses(x.numel()):
+        return dcf_comparison.less_than_zero(x, dcf_bits(bound_log2))
+    return x._ltz()
+
+
+def relu(x: Any, bound_log2: int | None = None) -> Any:
     """max(x, 0) = x - min(x, 0) (fused) or x [x >= 0] (comparison and product)."""
     if fuses(x.numel()):
-        return x - dcf_comparison.negative_part(x)[1]
+        return x - dcf_comparison.negative_part(x, dcf_bits(bound_log2))[1]
     return x.ge(0) * x
