@@ -65,3 +65,23 @@ def test_private_generation_with_the_hybrid_matches_plaintext(tmp_path):
         max_new_tokens=3, model_path=folder, dealer="ttp", comparison="hybrid",
         check=True))
     assert result.match, (result.generated_ids, result.plaintext_ids)
+
+
+@pytest.mark.parametrize("cache,budget", [("full", None), ("mpcache", 64)])
+def test_private_generation_under_dcf_with_narrow_keys_matches_plaintext(tmp_path, cache,
+                                                                          budget):
+    """Every comparison by DCF keys, narrowed where the range is documented (row max,
+    argmax, SiLU gates, MPCache's boxes and top-k): the same tokens as plaintext greedy
+    of the same method (the default MPCache at 160 tokens and 64 a step keeps 3 clusters
+    of 8 out of its best coarse clusters' children: a secure top-k every step)."""
+    folder = save_tiny_llama(tmp_path / "m", seed=2, lm_head_gain=4.0, qk_gain=10.0,
+                             max_positions=192)
+    prompt = torch.randint(0, 40, (160,), generator=torch.Generator().manual_seed(7)).tolist()
+    result = generate_ids(prompt, PrivateGenerationConfig(
+        max_new_tokens=3, model_path=folder, dealer="ttp", comparison="dcf", cache=cache,
+        budget=budget, check=True))
+    assert result.match, (result.generated_ids, result.plaintext_ids)
+    for step in (1, 2):                  # each decode step runs a secure top-k (MPCache)
+        decode = result.cost["phase_operators"][f"decode/{step}"]
+        assert decode.get("topk", {}).get("bytes", 0) > 0 if cache == "mpcache" else \
+            "topk" not in decode

@@ -19,6 +19,7 @@ import torch
 from crypten_mpcache.runtime.cost import operator_scope
 from crypten_mpcache.secure.functions.approx import exp_nonpositive
 from crypten_mpcache.secure.functions.lookup import segment_polynomial, taylor_table
+from crypten_mpcache.secure.primitives.select import less_than_zero
 
 SILU_METHODS = ("lookup", "exp_poly", "piecewise", "sigmoid")
 
@@ -43,6 +44,9 @@ class ActivationConfig:
     lookup_bound, lookup_steps, lookup_order: the table covers [-lookup_bound,
       lookup_bound) in segments of width 1 / lookup_steps (their number, a power of two,
       is the width of the dealt one-hot: the dealer's words per element).
+    input_bound_log2: |x| < 2**input_bound_log2 for every input (SmolLM2's gate
+      pre-activations stay below 2**6, ``test_measured_ranges_inside_supported``): the
+      gates' DCF keys compare input_bound_log2 + 17 bits, not 63.
     """
 
     method: str = "lookup"
@@ -53,6 +57,7 @@ class ActivationConfig:
     lookup_bound: float = 16.0
     lookup_steps: int = 4
     lookup_order: int = 2
+    input_bound_log2: int = 13
 
     def __post_init__(self) -> None:
         if self.method not in SILU_METHODS:
@@ -73,6 +78,9 @@ class ActivationConfig:
             raise ValueError("2 * lookup_bound * lookup_steps must be a power of two >= 16")
         if self.lookup_order not in (1, 2):
             raise ValueError("lookup_order must be 1 or 2")
+        if not 1 <= self.input_bound_log2 <= 45 or \
+                max(self.bound, self.lookup_bound) >= 2.0 ** self.input_bound_log2:
+            raise ValueError("input_bound_log2 must be in [1, 45] and hold the bounds")
 
     @property
     def lookup_width(self) -> int:
@@ -110,9 +118,11 @@ def _silu_exp_poly(x: Any, config: ActivationConfig) -> Any:
     return relu - absx * p
 
 
-def _outside(x: Any, edge: float) -> tuple[Any, Any]:
-    """Scale-1 bits [x < -edge] and [x > edge], in one comparison round."""
-    sides = crypten.stack([x + edge, x.neg() + edge])._ltz()
+def _outside(x: Any, edge: float, config: ActivationConfig) -> tuple[Any, Any]:
+    """Scale-1 bits [x < -edge] and [x > edge], in one comparison round (|x +- edge| <
+    2**(input_bound_log2 + 1))."""
+    sides = less_than_zero(crypten.stack([x + edge, x.neg() + edge]),
+                           config.input_bound_log2 + 1)
     return sides[0], sides[1]
 
 
@@ -125,7 +135,7 @@ def _gated(x: Any, inner: Any, low: Any, high: Any) -> Any:
 
 def _silu_piecewise(x: Any, config: ActivationConfig) -> Any:
     b = config.bound
-    low, high = _outside(x, b)
+    low, high = _outside(x, b, config)
     w = (x * (1.0 / b)).square()
     inner = x * 0.5 + _poly(w, _fit_poly("silu_even", config.degree, b))
     return _gated(x, inner, low, high)
@@ -143,7 +153,7 @@ def _silu_lookup(x: Any, config: ActivationConfig) -> Any:
     2-party truncation is off by at most one, CrypTen's 3-party protocol by -2..+3.
     """
     bound, steps = config.lookup_bound, config.lookup_steps
-    low, high = _outside(x, bound - 4.0 / steps)   # gated-out v may wrap mod W
+    low, high = _outside(x, bound - 4.0 / steps, config)   # gated-out v may wrap mod W
     table = taylor_table("silu", -bound, steps, config.lookup_width, config.lookup_order)
     inner = segment_polynomial(x + bound, steps, table)
     return _gated(x, inner, low, high)
