@@ -83,6 +83,7 @@ class PrivateGenerationConfig:
     parties: int = 2
     dealer: str = "ttp"
     comparison: str = "masked"
+    dcf_max_elements: int = LaunchConfig.dcf_max_elements  # hybrid: calls up to it by DCF
     dealing: str = "ahead"  # the TTP's material: a phase at a time, before it (or on-demand)
     cache: str = FULL  # full, or a method name of eval and bench (``secure_methods``)
     check: bool = False  # also run the plaintext model and compare (reveals logits)
@@ -120,6 +121,7 @@ class PrivateGenerationConfig:
             raise ValueError(f"dealing must be one of {DEALINGS}, got {self.dealing!r}")
         if not self.timeout_s > 0:
             raise ValueError("timeout_s must be positive")
+        self.launch_config()  # the comparison's threshold: validated there
         check_amount("budget", self.budget, allow_none=True)
         if self.mpcache is not None and not isinstance(self.mpcache, MPCacheConfig):
             raise ValueError(f"mpcache must be an MPCacheConfig, got {self.mpcache!r}")
@@ -151,7 +153,8 @@ class PrivateGenerationConfig:
     def launch_config(self) -> LaunchConfig:
         return LaunchConfig(parties=self.parties, dealer=self.dealer,  # type: ignore[arg-type]
                             comparison=self.comparison, dealing=self.dealing,
-                            timeout_s=self.timeout_s)
+                            timeout_s=self.timeout_s,
+                            dcf_max_elements=self.dcf_max_elements)
 
 
 @dataclass
@@ -309,13 +312,16 @@ def private_generate(prompt: str | None = None, *, max_new_tokens: int = 16,
                      cache: str = "full", check: bool = False, premask: bool = True,
                      progress: bool = True, chat_template: bool = True,
                      budget: Amount | None = None,
-                     mpcache: MPCacheConfig | None = None) -> GenerationResult:
+                     mpcache: MPCacheConfig | None = None,
+                     dcf_max_elements: int = LaunchConfig.dcf_max_elements
+                     ) -> GenerationResult:
     """Generate ``max_new_tokens`` tokens privately (see the module docstring; ``cache``
     and ``budget`` mean what they mean in ``eval`` and ``bench``)."""
     config = PrivateGenerationConfig(
         max_new_tokens=max_new_tokens, model_path=model_path, parties=parties, dealer=dealer,
         comparison=comparison, dealing=dealing, cache=cache, check=check, premask=premask,
-        progress=progress, chat_template=chat_template, budget=budget, mpcache=mpcache)
+        progress=progress, chat_template=chat_template, budget=budget, mpcache=mpcache,
+        dcf_max_elements=dcf_max_elements)
     prompt = DEFAULT_PROMPT if prompt is None else prompt
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError("the prompt is empty")

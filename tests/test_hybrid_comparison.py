@@ -53,9 +53,19 @@ def test_small_calls_compare_by_dcf_large_ones_masked(dealer, dealing):
     assert hybrid["large_rounds"] == masked["large_rounds"] > dcf["large_rounds"]
 
 
-def test_the_threshold_is_validated():
+def test_the_threshold_is_validated_and_reaches_the_launch():
+    from crypten_mpcache.bench.runner import BenchConfig
+    from crypten_mpcache.cli import main
+
     with pytest.raises(ValueError, match="dcf_max_elements"):
         LaunchConfig(comparison="hybrid", dcf_max_elements=0)
+    with pytest.raises(ValueError, match="dcf_max_elements"):
+        PrivateGenerationConfig(comparison="hybrid", dcf_max_elements=0)
+    config = PrivateGenerationConfig(comparison="hybrid", dcf_max_elements=1024)
+    assert config.launch_config().dcf_max_elements == 1024
+    bench = BenchConfig(shape="tiny", comparison="hybrid", dcf_max_elements=512)
+    assert bench.launch_config().dcf_max_elements == 512
+    assert main(["generate", "--dcf-max-elements", "0"]) == 2
 
 
 def test_private_generation_with_the_hybrid_matches_plaintext(tmp_path):

@@ -36,6 +36,7 @@ class BenchConfig:
     budget: float = 0.05
     dealer: str = "ttp"
     comparison: str = "masked"
+    dcf_max_elements: int = LaunchConfig.dcf_max_elements  # hybrid: calls up to it by DCF
     dealing: str = "ahead"
     activation: str = "lookup"
     steps: int = 2
@@ -70,7 +71,8 @@ class BenchConfig:
         """How the parties of every row run (``LaunchConfig`` validates these fields)."""
         return LaunchConfig(parties=self.parties, dealer=self.dealer,  # type: ignore[arg-type]
                             comparison=self.comparison, dealing=self.dealing,
-                            timeout_s=self.timeout_s)
+                            timeout_s=self.timeout_s,
+                            dcf_max_elements=self.dcf_max_elements)
 
     def tasks(self) -> list[RowTask]:
         return [RowTask(self.shape, self.layers, context, cache, self.budget, self.steps,
@@ -148,7 +150,8 @@ def summarize(task: RowTask, config: BenchConfig, outputs: list[dict[str, Any]],
     return {
         "shape": task.shape, "layers": task.layers, "context": task.context,
         "cache": task.cache, "budget": task.budget, "dealer": config.dealer,
-        "comparison": config.comparison, "dealing": config.dealing,
+        "comparison": config.comparison, "dcf_max_elements": config.dcf_max_elements,
+        "dealing": config.dealing,
         "activation": config.activation,
         "parties": config.parties, "steps": task.steps,
         "bytes": int(decode["bytes"]), "bytes_per_party": int(party_bytes),

@@ -21,7 +21,7 @@ HELP = "MPC cost of a decode step: full cache vs MPCache"
 
 # The options that become BenchConfig fields (None: the field's default).
 CONFIG_FIELDS = ("shape", "layers", "contexts", "caches", "budget", "dealer", "comparison",
-                 "dealing",
+                 "dcf_max_elements", "dealing",
                  "activation", "steps", "seed", "max_memory_gb")
 
 
@@ -51,8 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--comparison", default=None, choices=COMPARISONS,
         help="secure comparison of every row (full and MPCache alike): masked (the "
              "dealer deals the mask's bits; default), dcf (one round from dealt DCF keys), "
-             "hybrid (dcf for calls of at most 128 elements, masked above) or crypten "
+             "hybrid (dcf for calls of at most --dcf-max-elements elements, masked above) "
+             "or crypten "
              "(CrypTen's adder)")
+    add("--dcf-max-elements", type=positive_int, default=None,
+        help="hybrid only: comparison calls of at most this many elements take DCF keys "
+             "(default 128)")
     add("--activation", default=None, choices=SILU_METHODS,
         help="secure SiLU of every row (full and MPCache alike): lookup (a table read by "
              "a dealt one-hot; default), exp_poly, piecewise or sigmoid")

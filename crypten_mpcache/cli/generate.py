@@ -33,8 +33,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--comparison", default="masked", choices=COMPARISONS,
                    help="secure comparison protocol: masked (the dealer deals the mask's "
                    "bits; default, ~7x fewer bytes than crypten, 8 rounds), dcf (one round: "
-                   "dealt DCF keys, ~3 KiB of keys per comparison), hybrid (dcf for calls of at "
-                   "most 128 elements, masked above) or crypten (CrypTen's own)")
+                   "dealt DCF keys, 1.5-3 KiB of keys per compared element), hybrid (dcf for "
+                   "calls of at most --dcf-max-elements elements, masked above) or crypten "
+                   "(CrypTen's own)")
+    p.add_argument("--dcf-max-elements", type=positive_int, default=128,
+                   help="hybrid only: comparison calls of at most this many elements take "
+                   "DCF keys, larger ones the masked comparison (default 128)")
     p.add_argument("--dealing", default="ahead", choices=DEALINGS,
                    help="ttp only: ahead (default: each phase's material is dealt before "
                    "the phase, so no online round waits on the dealer) or on-demand "
@@ -73,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
         parties=args.parties, dealer=args.dealer, comparison=args.comparison,
         dealing=args.dealing, cache=args.cache, check=args.check,
         premask=not args.no_premask, progress=not args.quiet,
-        chat_template=not args.no_chat_template, budget=args.budget)
+        chat_template=not args.no_chat_template, budget=args.budget,
+        dcf_max_elements=args.dcf_max_elements)
     print(f"prompt tokens: {result.prompt_tokens}   parties: {result.parties}   "
           f"dealer: {result.dealer} (dealing: {result.dealing})   "
           f"comparison: {result.comparison}   "
