@@ -233,6 +233,66 @@ def test_the_reciprocal_by_table_read_is_as_accurate_as_newton_in_fewer_rounds()
     assert r["lookup"][1] - r["linear"][1] == 1           # order 1: one product fewer
 
 
+def _online_rounds(meter) -> int:
+    phase = meter.report()["phases"][0]
+    return int(phase["rounds"] - phase["dealer_rounds"])      # TTP: dealer requests apart
+
+
+def _exp_job() -> dict:
+    import crypten
+
+    from crypten_mpcache.runtime.cost import CostMeter
+
+    d = torch.cat([torch.tensor([0.0, -2 ** -16, -1.0, -5.5, -14.9, -15.0, -15.1, -40.0,
+                                 -3000.0]), -torch.rand(300, generator=torch.Generator()
+                                                        .manual_seed(2)) * 16])
+    out: dict = {"d": d}
+    for name in ("lookup", "squaring"):
+        meter = CostMeter()
+        with meter.phase(name):
+            if name == "lookup":
+                y = approx.lookup_exp_nonpositive(crypten.cryptensor(d), 16, 256, 14)
+            else:
+                y = approx.exp_nonpositive(crypten.cryptensor(d), 8, 2)
+        out[name] = (y.get_plain_text(), _online_rounds(meter))
+    rows = crypten.cryptensor(torch.randn(2, 3, 40) * 4)
+    mask = torch.ones(40)
+    for name in ("auto", "squaring"):
+        meter = CostMeter()
+        with meter.phase(name):
+            probs = softmax.masked_softmax(rows, mask, config=softmax.SoftmaxConfig(exp=name))
+        out[f"softmax_{name}"] = (probs.get_plain_text(), _online_rounds(meter))
+    out["rows"] = rows.get_plain_text()
+    return out
+
+
+@pytest.mark.parametrize("parties", [2, 3])
+def test_exp_by_a_clipped_table_is_more_accurate_in_four_rounds(parties) -> None:
+    """Under dcf the clip fuses: 4 rounds against the squarings' 9, a smaller error, and
+    exp of anything below -15 (even far outside the squarings' range) is ~0 (3 parties:
+    the segment index of the clipped floor may be 2 below it, inside the table's margin).
+    The softmax's "auto" takes the table for a small call, with the same probabilities."""
+    r = launch(_exp_job, config=LaunchConfig(parties=parties, dealer="ttp", comparison="dcf",
+                                             timeout_s=300))[0]
+    exact = r["d"].double().exp()
+    table, table_rounds = r["lookup"]
+    squares, square_rounds = r["squaring"]
+    reach = 2 if parties == 2 else 4        # index off by 1 (2 parties) or up to 3
+    excess = (table - exact).abs() - ((reach / 16) ** 3 / 6 * exact + 4 * 2 ** -16)
+    assert (excess <= 0).all(), (excess.max(), r["d"][excess.argmax()])
+    inside = r["d"] > -10                  # the squarings' stated accuracy range
+    if parties == 2:
+        assert (table - exact).abs()[inside].max() < (squares - exact).abs()[inside].max()
+    if parties == 2:
+        assert (table_rounds, square_rounds) == (4, 9)
+    assert table_rounds < square_rounds          # 3 parties: each truncation takes rounds
+    auto, auto_rounds = r["softmax_auto"]
+    plain, plain_rounds = r["softmax_squaring"]
+    reference = torch.softmax(r["rows"].double(), dim=-1)
+    assert (auto - reference).abs().max() < 2e-3 and (plain - reference).abs().max() < 5e-3
+    assert plain_rounds - auto_rounds == (5 if parties == 2 else 13)
+
+
 def _argmax_job() -> dict:
     import crypten
 
@@ -275,6 +335,10 @@ def test_configs_validate() -> None:
         softmax.SoftmaxConfig(reciprocal="exact")
     with pytest.raises(ValueError, match="power of two"):
         softmax.SoftmaxConfig(lookup_steps=48)
+    with pytest.raises(ValueError, match="exp must be"):
+        softmax.SoftmaxConfig(exp="table")
+    with pytest.raises(ValueError, match="exp_lookup_width"):
+        softmax.SoftmaxConfig(exp_lookup_width=128)
     with pytest.raises(ValueError):
         approx.RangeReduction(low=1.0, ratio=3, buckets=4)
 

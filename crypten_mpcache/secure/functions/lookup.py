@@ -19,7 +19,7 @@ from crypten_mpcache.secure.primitives.onehot import onehot
 
 
 def _taylor_coefficients(kind: str, t: torch.Tensor) -> list[torch.Tensor]:
-    """f(t), f'(t), f''(t) / 2 of silu, 1/sqrt or 1/t."""
+    """f(t), f'(t), f''(t) / 2 of silu, 1/sqrt, 1/t or exp."""
     if kind == "silu":
         s = torch.sigmoid(t)
         return [t * s, s * (1 + t * (1 - s)), s * (1 - s) * (2 + t * (1 - 2 * s)) / 2]
@@ -27,6 +27,8 @@ def _taylor_coefficients(kind: str, t: torch.Tensor) -> list[torch.Tensor]:
         return [t.rsqrt(), -0.5 * t.pow(-1.5), 0.375 * t.pow(-2.5)]
     if kind == "reciprocal":
         return [t.reciprocal(), -t.pow(-2), t.pow(-3)]
+    if kind == "exp":
+        return [t.exp(), t.exp(), t.exp() / 2]
     raise ValueError(f"no Taylor table for {kind!r}")
 
 

@@ -15,9 +15,15 @@ from typing import Any
 import torch
 
 from crypten_mpcache.runtime.cost import operator_scope
-from crypten_mpcache.secure.functions.approx import RangeReduction, exp_nonpositive, reciprocal
+from crypten_mpcache.secure.functions.approx import (
+    RangeReduction,
+    exp_nonpositive,
+    lookup_exp_nonpositive,
+    reciprocal,
+)
 from crypten_mpcache.secure.functions.tournament import tournament_max
 from crypten_mpcache.secure.primitives.fixed_point import mul_public_int
+from crypten_mpcache.secure.primitives.select import fuses
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,13 @@ class SoftmaxConfig:
     score_bound_log2: |score| < 2**score_bound_log2 for every score and the fill; the row
         max's DCF keys then compare score_bound_log2 + 17 bits, not 63 (SmolLM2's scores
         stay below 2**6; exp is valid for differences above -2**exp_iterations anyway).
+    exp: how exp(d <= 0) is taken: "squaring" (``exp_nonpositive``, exp_iterations + 1
+        rounds, no dealer material), "lookup" (``lookup_exp_nonpositive``: a fused clip and
+        a table of ``exp_lookup_steps`` segments per unit and ``exp_lookup_width`` words
+        per element, dealt; 4 rounds, relative error <= 3.3e-4 at 16 steps) or "auto"
+        (default): the table where the clip fuses (dcf, or hybrid under its threshold) and
+        the call has at most ``exp_lookup_max_elements`` elements (a public shape: an
+        MPCache step's few attended tokens), squaring otherwise.
     exp_iterations, exp_order: see ``exp_nonpositive``; exp(d) is valid for d > -2**iters.
     ratio, buckets: range reduction of the denominator, which lies in [1, allowed count]:
         rows of up to ratio**buckets allowed entries are exact to Newton precision.
@@ -42,6 +55,10 @@ class SoftmaxConfig:
     """
 
     fill: float = -(2.0 ** 12)
+    exp: str = "auto"
+    exp_lookup_steps: int = 16
+    exp_lookup_width: int = 256
+    exp_lookup_max_elements: int = 4096
     score_bound_log2: int = 13
     exp_iterations: int = 8
     exp_order: int = 2
@@ -57,6 +74,13 @@ class SoftmaxConfig:
             raise ValueError("fill must be negative")
         if not 1 <= self.score_bound_log2 <= 46 or self.fill <= -(2.0 ** self.score_bound_log2):
             raise ValueError("score_bound_log2 must be in [1, 46] with the fill inside it")
+        if self.exp not in ("squaring", "lookup", "auto"):
+            raise ValueError(f"exp must be 'squaring', 'lookup' or 'auto', got {self.exp!r}")
+        if self.exp_lookup_steps < 6 or self.exp_lookup_width < 13 * self.exp_lookup_steps:
+            raise ValueError("exp_lookup_steps must be >= 6 and exp_lookup_width must reach "
+                             "exp(-12) (>= 13 x steps)")
+        if self.exp_lookup_max_elements < 0:
+            raise ValueError("exp_lookup_max_elements must be >= 0")
         if not 1 <= self.exp_iterations <= 12:
             raise ValueError("exp_iterations must be in [1, 12]")
         if self.exp_order not in (1, 2, 3):
@@ -72,6 +96,16 @@ class SoftmaxConfig:
             raise ValueError("lookup_steps must be a power of two in [1, 1024]")
         if self.lookup_order not in (1, 2):
             raise ValueError(f"lookup_order must be 1 or 2, got {self.lookup_order}")
+
+
+def _exp(d: Any, config: SoftmaxConfig) -> Any:
+    """exp(d) for the differences d <= 0 (|d| < 2**(score_bound_log2 + 1))."""
+    table = config.exp == "lookup" or (config.exp == "auto" and fuses(d.numel())
+                                       and d.numel() <= config.exp_lookup_max_elements)
+    if table:
+        return lookup_exp_nonpositive(d, config.exp_lookup_steps, config.exp_lookup_width,
+                                      config.score_bound_log2 + 2)
+    return exp_nonpositive(d, config.exp_iterations, config.exp_order)
 
 
 def masked_softmax(scores: Any, mask01: torch.Tensor, dim: int = -1,
@@ -92,7 +126,7 @@ def masked_softmax(scores: Any, mask01: torch.Tensor, dim: int = -1,
         # masked differences become 0 before exp (fill - max would be far outside exp's
         # range: its 2**8 squarings of garbage wrap, harmless but wasted); then exact 0s
         diffs = mul_public_int(filled - row_max, mask)
-        exps = exp_nonpositive(diffs, config.exp_iterations, config.exp_order)
+        exps = _exp(diffs, config)
         exps = mul_public_int(exps, mask)
         denom = exps.sum(-1, keepdim=True)
         reduction = RangeReduction(1.0, config.ratio, config.buckets)
