@@ -293,6 +293,40 @@ def test_exp_by_a_clipped_table_is_more_accurate_in_four_rounds(parties) -> None
     assert plain_rounds - auto_rounds == (5 if parties == 2 else 13)
 
 
+def _direct_reciprocal_job() -> dict:
+    import crypten
+
+    from crypten_mpcache.runtime.cost import CostMeter
+
+    torch.manual_seed(3)
+    scores = torch.randn(4, 100) * 3
+    scores[0] = 0.0                                    # a flat row: the denominator is 100
+    mask = torch.ones(4, 100)
+    mask[1, 7:] = 0                                    # a short row: 7 entries
+    out: dict = {"reference": torch.softmax(scores.masked_fill(mask == 0, -1e9), dim=-1)}
+    for name, width in (("direct", 8192), ("reduced", 0)):
+        meter = CostMeter()
+        with meter.phase(name):
+            probs = softmax.masked_softmax(crypten.cryptensor(scores), mask,
+                                           config=softmax.SoftmaxConfig(direct_max_width=width))
+        out[name] = (probs.get_plain_text(), meter.report()["phases"][0]["rounds"])
+    b0, r0 = _comm()
+    crypten.cryptensor(torch.randn(4, 1, 8)).ge(0.5)     # the reduction's one comparison
+    out["comparison_rounds"] = _comm()[1] - r0
+    return out
+
+
+def test_short_rows_read_the_reciprocal_directly_in_two_rounds_less() -> None:
+    """100 allowed entries at 64 steps fit a 8,192-word table: 1/d without the range
+    reduction's comparison and power-of-two product, as accurate."""
+    r = launch(_direct_reciprocal_job, config=TFP)[0]
+    for name in ("direct", "reduced"):
+        assert (r[name][0] - r["reference"]).abs().max() < 2e-3, name
+    # the reduction's comparison round(s), its normalize and its power-of-two product,
+    # against the direct table's one more Horner product
+    assert r["reduced"][1] - r["direct"][1] == r["comparison_rounds"] + 2 - 1
+
+
 def _argmax_job() -> dict:
     import crypten
 
