@@ -82,7 +82,7 @@ class PrivateGenerationConfig:
     model_path: str | None = None  # None: the embedded SmolLM2-135M-Instruct
     parties: int = 2
     dealer: str = "ttp"
-    comparison: str = "masked"
+    comparison: str = "hybrid"
     dcf_max_elements: int = LaunchConfig.dcf_max_elements  # hybrid: calls up to it by DCF
     dealing: str = "ahead"  # the TTP's material: a phase at a time, before it (or on-demand)
     cache: str = FULL  # full, or a method name of eval and bench (``secure_methods``)
@@ -308,7 +308,7 @@ def generate_ids(prompt_ids: list[int], config: PrivateGenerationConfig | None =
 
 def private_generate(prompt: str | None = None, *, max_new_tokens: int = 16,
                      model_path: str | None = None, parties: int = 2, dealer: str = "ttp",
-                     comparison: str = "masked", dealing: str = "ahead",
+                     comparison: str = "hybrid", dealing: str = "ahead",
                      cache: str = "full", check: bool = False, premask: bool = True,
                      progress: bool = True, chat_template: bool = True,
                      budget: Amount | None = None,

@@ -29,7 +29,7 @@ COMPARISONS = ("crypten", "masked", "dcf", "hybrid")
 
 
 class _HybridSettings:
-    dcf_max_elements: int = 128
+    dcf_max_elements: int = 256
 
 
 HYBRID = _HybridSettings()

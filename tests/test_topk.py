@@ -10,7 +10,8 @@ from crypten_mpcache.runtime.launcher import LaunchConfig, launch
 from crypten_mpcache.runtime.network import LAN, WAN, NetworkProfile
 from crypten_mpcache.secure.functions import topk, topk_cost
 
-TFP = LaunchConfig(parties=2, dealer="tfp", timeout_s=300)
+# the masked comparison: the cost model (topk_cost) prices its rounds
+TFP = LaunchConfig(parties=2, dealer="tfp", comparison="masked", timeout_s=300)
 CASES = [(8, 2), (13, 5), (16, 4), (20, 10), (32, 8), (7, 7), (5, 1)]
 
 

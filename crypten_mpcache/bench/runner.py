@@ -35,7 +35,7 @@ class BenchConfig:
     caches: tuple[str, ...] = field(default_factory=default_caches)
     budget: float = 0.05
     dealer: str = "ttp"
-    comparison: str = "masked"
+    comparison: str = "hybrid"
     dcf_max_elements: int = LaunchConfig.dcf_max_elements  # hybrid: calls up to it by DCF
     dealing: str = "ahead"
     activation: str = "lookup"

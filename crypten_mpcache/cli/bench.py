@@ -49,14 +49,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="ttp only: ahead (default: each phase's material is dealt before the phase) "
              "or on-demand (each piece fetched when needed)")
     add("--comparison", default=None, choices=COMPARISONS,
-        help="secure comparison of every row (full and MPCache alike): masked (the "
-             "dealer deals the mask's bits; default), dcf (one round from dealt DCF keys), "
-             "hybrid (dcf for calls of at most --dcf-max-elements elements, masked above) "
+        help="secure comparison of every row (full and MPCache alike): hybrid (default: "
+             "dcf for calls of at most --dcf-max-elements elements, masked above), masked "
+             "(the dealer deals the mask's bits), dcf (one round from dealt DCF keys) "
              "or crypten "
              "(CrypTen's adder)")
     add("--dcf-max-elements", type=positive_int, default=None,
         help="hybrid only: comparison calls of at most this many elements take DCF keys "
-             "(default 128)")
+             "(default 256)")
     add("--activation", default=None, choices=SILU_METHODS,
         help="secure SiLU of every row (full and MPCache alike): lookup (a table read by "
              "a dealt one-hot; default), exp_poly, piecewise or sigmoid")

@@ -8,7 +8,7 @@ from pathlib import Path
 from crypten_mpcache.cli.common import budget, check_writable, positive_int
 from crypten_mpcache.config import mpcache_variants
 from crypten_mpcache.methods import BASELINE_NAMES
-from crypten_mpcache.runtime.launcher import COMPARISONS, DEALERS
+from crypten_mpcache.runtime.launcher import COMPARISONS, DEALERS, LaunchConfig
 from crypten_mpcache.runtime.offline import DEALINGS
 from crypten_mpcache.runtime.report import format_cost
 
@@ -30,15 +30,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dealer", default="ttp", choices=DEALERS,
                    help="ttp: separate trusted dealer (secure); tfp: party 0 deals "
                    "(tests and cost measurement only)")
-    p.add_argument("--comparison", default="masked", choices=COMPARISONS,
-                   help="secure comparison protocol: masked (the dealer deals the mask's "
-                   "bits; default, ~7x fewer bytes than crypten, 8 rounds), dcf (one round: "
-                   "dealt DCF keys, 1.5-3 KiB of keys per compared element), hybrid (dcf for "
-                   "calls of at most --dcf-max-elements elements, masked above) or crypten "
+    p.add_argument("--comparison", default="hybrid", choices=COMPARISONS,
+                   help="secure comparison protocol: hybrid (default: dcf for calls of at "
+                   "most --dcf-max-elements elements, masked above), masked (the dealer "
+                   "deals the mask's bits; ~7x fewer bytes than crypten, 8 rounds), dcf "
+                   "(one round: dealt DCF keys, 1.5-3 KiB of keys per compared element) or "
+                   "crypten "
                    "(CrypTen's own)")
-    p.add_argument("--dcf-max-elements", type=positive_int, default=128,
+    p.add_argument("--dcf-max-elements", type=positive_int,
+                   default=LaunchConfig.dcf_max_elements,
                    help="hybrid only: comparison calls of at most this many elements take "
-                   "DCF keys, larger ones the masked comparison (default 128)")
+                   f"DCF keys, larger ones the masked comparison (default "
+                   f"{LaunchConfig.dcf_max_elements})")
     p.add_argument("--dealing", default="ahead", choices=DEALINGS,
                    help="ttp only: ahead (default: each phase's material is dealt before "
                    "the phase, so no online round waits on the dealer) or on-demand "

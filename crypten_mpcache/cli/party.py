@@ -62,7 +62,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--parties", type=int, default=2, help="2 or 3 computing parties")
     p.add_argument("--dealer", default="ttp", choices=DEALERS,
                    help="ttp: a dealer role (secure); tfp: party 0 deals (tests only)")
-    p.add_argument("--comparison", default="masked", choices=COMPARISONS)
+    p.add_argument("--comparison", default="hybrid", choices=COMPARISONS)
     p.add_argument("--dealing", default="ahead", choices=DEALINGS,
                    help="ttp only: ahead (each phase's material is dealt before the phase; "
                    "default) or on-demand (each piece fetched when needed)")

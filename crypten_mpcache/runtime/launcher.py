@@ -64,7 +64,7 @@ class LaunchConfig:
 
     parties: int = 2
     dealer: Dealer = "ttp"
-    comparison: str = "masked"
+    comparison: str = "hybrid"
     dealing: str = "ahead"
     timeout_s: float = 1800.0
     threads_per_party: int = 1

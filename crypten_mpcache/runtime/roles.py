@@ -68,7 +68,7 @@ class RoleOptions:
     rendezvous: str
     parties: int = 2
     dealer: str = "ttp"
-    comparison: str = "masked"
+    comparison: str = "hybrid"
     dealing: str = "ahead"          # the TTP's material, as in LaunchConfig
     timeout_s: float = 120.0        # to reach the rendezvous and for every role to join
     step_timeout_s: float = 600.0   # the longest wait for any one communication
