@@ -5,8 +5,9 @@ per-token figure of a 32-layer model needs the layer's measured online rounds, b
 compute times the depth, plus the argmax over the real vocabulary, measured here under
 MPC with the same comparison protocol (TTP, dealt ahead). Each is turned into seconds
 with the README's LAN and WAN profiles (``runtime.network``): compute + rounds x RTT +
-bytes one party sends / bandwidth. The LM head's product is left out (one premasked
-product: one round, the hidden vector's bytes).
+bytes one party sends / bandwidth, and the link's part alone (rounds x RTT + bytes /
+bandwidth: the measured compute of a shared machine varies between runs). The LM head's
+product is left out (one premasked product: one round, the hidden vector's bytes).
 
     python benchmarks/modeled_latency.py --bench before=results/bench/a.json \
         --bench after=results/bench/b.json --cache mpcache --vocab 32000 \
@@ -80,6 +81,8 @@ def model_token(row: dict[str, Any], argmax: dict[str, float], depth: int
                            + argmax["dealer_bytes"]}
     for name, profile in PROFILES.items():
         out[f"{name.lower()}_seconds"] = profile.latency(compute, rounds, per_party)
+        # the link alone: the measured compute of a shared machine is noise between runs
+        out[f"{name.lower()}_network_seconds"] = profile.latency(0.0, rounds, per_party)
     return out
 
 
@@ -106,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label:>8} ({row['comparison']}): {token['rounds']:,.0f} online rounds "
               f"({token['layer_online_rounds']:.0f} per layer + argmax "
               f"{argmax['rounds']:.0f}), {token['bytes_per_party'] / 2**20:,.0f} MiB per "
-              f"party, LAN {token['lan_seconds']:.1f} s, WAN {token['wan_seconds']:.1f} s, "
+              f"party, LAN {token['lan_seconds']:.1f} s ({token['lan_network_seconds']:.1f} "
+              f"on the link), WAN {token['wan_seconds']:.1f} s "
+              f"({token['wan_network_seconds']:.1f}), "
               f"dealer {token['dealer_bytes'] / 2**20:,.0f} MiB", file=sys.stderr)
     if args.json:
         args.json.write_text(json.dumps({"cache": args.cache, "vocab": args.vocab,
