@@ -302,7 +302,7 @@ class SecureLlamaAttention(nn.Module):
 
 def secure_argmax(logits: Any, options: SecureModelOptions | None = None) -> Any:
     """The next token as an encrypted fixed-point one-hot (B, 1, vocab); it stays secret."""
-    bound = (options or SecureModelOptions()).logit_bound_log2
+    bound = options.logit_bound_log2 if options else SecureModelOptions.logit_bound_log2
     with operator_scope("argmax"):
         return argmax_onehot(logits, dim=-1, bound_log2=bound)
 

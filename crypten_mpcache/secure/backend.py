@@ -34,7 +34,7 @@ from crypten_mpcache.secure.functions import topk, topk_cost
 from crypten_mpcache.secure.functions.softmax import masked_softmax
 from crypten_mpcache.secure.functions.tournament import tournament_max
 from crypten_mpcache.secure.primitives.reveal import debug_reveal_selection
-from crypten_mpcache.secure.primitives.select import pair_max, relu
+from crypten_mpcache.secure.primitives.select import difference_bound, pair_max, relu
 
 Value = Any  # MPCTensor, public torch.Tensor, or a fixed operand (gather only)
 
@@ -156,7 +156,7 @@ class CryptenBackend:
     def maximum(self, a: Value, b: Value) -> Value:
         if is_public(a) and is_public(b):
             return torch.maximum(a, b)
-        return pair_max(secret(a), secret(b), self.config.value_bound_log2 + 1)[1]
+        return pair_max(secret(a), secret(b), difference_bound(self.config.value_bound_log2))[1]
 
     def minimum(self, a: Value, b: Value) -> Value:
         if is_public(a) and is_public(b):
@@ -180,7 +180,7 @@ class CryptenBackend:
         pairs = n // 2
         first, second = x[..., 0: 2 * pairs: 2], x[..., 1: 2 * pairs: 2]
         gap = first - second
-        upper = second + relu(gap, self.config.value_bound_log2 + 1)
+        upper = second + relu(gap, difference_bound(self.config.value_bound_log2))
         lower = first + second - upper
         if n % 2:                           # the odd element joins both halves
             upper = crypten.cat([upper, x[..., -1:]], dim=-1)

@@ -19,7 +19,7 @@ import torch
 from crypten_mpcache.runtime.cost import operator_scope
 from crypten_mpcache.secure.functions.approx import exp_nonpositive
 from crypten_mpcache.secure.functions.lookup import segment_polynomial, taylor_table
-from crypten_mpcache.secure.primitives.select import less_than_zero
+from crypten_mpcache.secure.primitives.select import difference_bound, less_than_zero
 
 SILU_METHODS = ("lookup", "exp_poly", "piecewise", "sigmoid")
 
@@ -122,7 +122,7 @@ def _outside(x: Any, edge: float, config: ActivationConfig) -> tuple[Any, Any]:
     """Scale-1 bits [x < -edge] and [x > edge], in one comparison round (|x +- edge| <
     2**(input_bound_log2 + 1))."""
     sides = less_than_zero(crypten.stack([x + edge, x.neg() + edge]),
-                           config.input_bound_log2 + 1)
+                           difference_bound(config.input_bound_log2))
     return sides[0], sides[1]
 
 

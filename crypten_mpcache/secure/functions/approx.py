@@ -189,14 +189,19 @@ def newton_reciprocal(v: Any, low: float, high: float, iters: int) -> Any:
     return y
 
 
+def table_reciprocal(v: Any, start: float, steps: int, width: int, order: int) -> Any:
+    """1/v from a Taylor table of ``width`` segments of 1 / ``steps`` from ``start``, read
+    through a dealt one-hot: 1 + ``order`` rounds. The index may be off by one segment
+    (2 parties), so the polynomial reaches up to 2 / steps past a segment's start:
+    relative error <= (2 / steps)**(order + 1) for v >= 1."""
+    table = taylor_table("reciprocal", start, steps, width, order)
+    return segment_polynomial(v - start, steps, table)
+
+
 def lookup_reciprocal(v: Any, ratio: int, steps: int, order: int = 2) -> Any:
-    """1/v for v in [1, ratio) from a Taylor table of ``steps`` segments per unit (covering
-    [0.5, ratio + 0.5)), read through a dealt one-hot: 1 + ``order`` rounds, where Newton
-    takes 2 per iteration. The index may be off by one segment, so the polynomial reaches
-    up to 2 / steps past a segment's start: relative error <= (2 / steps)**(order + 1)
-    (3.1e-5 at order 2 and 64 steps, 1.5e-5 at order 1 and 512 steps)."""
-    table = taylor_table("reciprocal", 0.5, steps, ratio * steps, order)
-    return segment_polynomial(v - 0.5, steps, table)
+    """1/v for v in [1, ratio) (the table covers [0.5, ratio + 0.5)), where Newton takes 2
+    rounds per iteration: 3.1e-5 at order 2 and 64 steps, 1.5e-5 at order 1 and 512."""
+    return table_reciprocal(v, 0.5, steps, ratio * steps, order)
 
 
 def reciprocal(d: Any, reduction: RangeReduction, iters: int,

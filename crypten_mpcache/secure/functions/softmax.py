@@ -20,8 +20,8 @@ from crypten_mpcache.secure.functions.approx import (
     exp_nonpositive,
     lookup_exp_nonpositive,
     reciprocal,
+    table_reciprocal,
 )
-from crypten_mpcache.secure.functions.lookup import segment_polynomial, taylor_table
 from crypten_mpcache.secure.functions.tournament import tournament_max
 from crypten_mpcache.secure.primitives.fixed_point import mul_public_int
 from crypten_mpcache.secure.primitives.onehot import width_for
@@ -117,9 +117,7 @@ def _reciprocal(denom: Any, allowed: int, config: SoftmaxConfig) -> Any:
     steps = config.direct_steps
     width = width_for((allowed - 1) * steps + 6)
     if config.reciprocal == "lookup" and width <= config.direct_max_width:
-        start = 1.0 - 2.0 / steps
-        return segment_polynomial(denom - start, steps,
-                                  taylor_table("reciprocal", start, steps, width, 2))
+        return table_reciprocal(denom, 1.0 - 2.0 / steps, steps, width, 2)
     reduction = RangeReduction(1.0, config.ratio, config.buckets)
     lookup = config.lookup_steps if config.reciprocal == "lookup" else None
     return reciprocal(denom, reduction, config.newton_iters, lookup, config.lookup_order)

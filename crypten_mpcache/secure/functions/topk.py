@@ -46,7 +46,7 @@ from crypten_mpcache.runtime.cost import operator_scope
 from crypten_mpcache.secure.functions.tournament import expand_winner, tournament
 from crypten_mpcache.secure.primitives.fixed_point import fixed_scale, mul_public_int, to_fixed
 from crypten_mpcache.secure.primitives.onehot import onehot, width_for
-from crypten_mpcache.secure.primitives.select import less_than_zero
+from crypten_mpcache.secure.primitives.select import difference_bound, less_than_zero
 
 PROTOCOLS = ("iterative", "rank", "network")
 
@@ -127,8 +127,7 @@ def _rank(scores: Any, bound_log2: int | None = None) -> Any:
     first, second = _pair_indices(g)
     left = scores.index_select(-1, first)
     right = scores.index_select(-1, second)
-    difference_log2 = None if bound_log2 is None else bound_log2 + 1
-    first_wins = 1 - less_than_zero(left - right, difference_log2)   # ties: lower index
+    first_wins = 1 - less_than_zero(left - right, difference_bound(bound_log2))  # ties: lower
     # rank_j += [i beats j]; rank_i += 1 - [i beats j]  =>  rank = P @ (M_j - M_i) + (G-1-i)
     incidence = torch.zeros(first.numel(), g, dtype=torch.long)
     incidence[torch.arange(first.numel()), second] += 1

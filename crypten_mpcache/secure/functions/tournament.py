@@ -12,7 +12,7 @@ import crypten
 
 from crypten_mpcache.runtime.cost import operator_scope
 from crypten_mpcache.secure.primitives.fixed_point import to_fixed
-from crypten_mpcache.secure.primitives.select import pair_max
+from crypten_mpcache.secure.primitives.select import difference_bound, pair_max
 
 
 def tournament(x: Any, bound_log2: int | None = None) -> tuple[Any, list[tuple[Any, int]]]:
@@ -26,13 +26,12 @@ def tournament(x: Any, bound_log2: int | None = None) -> tuple[Any, list[tuple[A
     """
     levels: list[tuple[Any, int]] = []  # ([right > left] scale-1 bits, pairs) per level
     values = x
-    difference_log2 = None if bound_log2 is None else bound_log2 + 1
     while values.size(-1) > 1:
         n = values.size(-1)
         pairs = n // 2
         left = values[..., 0:2 * pairs:2]
         right = values[..., 1:2 * pairs:2]
-        right_wins, winners = pair_max(left, right, difference_log2)
+        right_wins, winners = pair_max(left, right, difference_bound(bound_log2))
         values = crypten.cat([winners, values[..., 2 * pairs:]], dim=-1) if n % 2 else winners
         levels.append((right_wins, pairs))
     return values, levels

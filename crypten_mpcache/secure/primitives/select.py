@@ -53,6 +53,11 @@ def dcf_bits(bound_log2: int | None) -> int:
     return min(dcf_comparison.BITS, bound_log2 + fixed_scale().bit_length() - 1)
 
 
+def difference_bound(bound_log2: int | None) -> int | None:
+    """The bound of a - b when |a|, |b| < 2^bound_log2 (None: no bound)."""
+    return None if bound_log2 is None else bound_log2 + 1
+
+
 def pair_max(left: Any, right: Any, bound_log2: int | None = None) -> tuple[Any, Any]:
     """([right > left] as scale-1 bits, max(left, right)); ties go to LEFT (its bit is 0).
     ``bound_log2``: |left - right| < 2^bound_log2 (narrower keys, see above).
