@@ -94,6 +94,8 @@ def use(comparison: str, dcf_max_elements: int = HYBRID.dcf_max_elements) -> Non
     # compare-and-select fuses into the DCF opening wherever the DCF comparison serves
     select.FUSED.max_elements = {"dcf": sys.maxsize, "hybrid": dcf_max_elements}.get(
         comparison, 0)
+    # the calls that do not fuse take the masked comparison at the caller's width
+    select.FUSED.masked_above = comparison in ("masked", "hybrid")
     for name, patch in _PATCHES.items():
         if name != comparison:
             patch.uninstall()

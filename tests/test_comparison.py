@@ -31,14 +31,15 @@ def test_packed_bits_round_trip_over_the_whole_ring() -> None:
     assert torch.equal(bitslice.unpack(rows[:1], values.numel())[0], values & 1)
 
 
-def test_dealt_material_is_consistent() -> None:
+@pytest.mark.parametrize("bits", [63, 30, 1])
+def test_dealt_material_is_consistent(bits: int) -> None:
     """Replay the TTP for 3 parties: the shares reconstruct r from its bits, rho from its
-    bit row, and every triple product c = a & b."""
+    bit row, and every triple product c = a & b (one tree level per merge count)."""
     n = 100
-    layout = comparison_dealer.Layout(n)
+    layout = comparison_dealer.Layout(n, bits)
     gens = [torch.Generator().manual_seed(s) for s in (1, 2, 3)]
     party0 = comparison_dealer.ttp_party0_share(
-        [torch.Generator().manual_seed(s) for s in (1, 2, 3)], n)
+        [torch.Generator().manual_seed(s) for s in (1, 2, 3)], n, bits)
     frees = [comparison_dealer.draw_free(layout, g) for g in gens[:1]]
     deps = [party0]
     for g in gens[1:]:
@@ -56,7 +57,8 @@ def test_dealt_material_is_consistent() -> None:
     assert torch.equal(sum(m.r for m in mats), bitslice.value_of_packed(r_bits, n))
     rho = bitslice.unpack(xor([m.rho_bits for m in mats]), n)[0]
     assert torch.equal(sum(m.rho for m in mats), rho)
-    for level, m in enumerate(comparison_dealer.MERGES):
+    assert len(layout.merges) == {63: 6, 30: 5, 1: 0}[bits]
+    for level, m in enumerate(layout.merges):
         a, b1, b2, c1, c2 = (xor([mat.triples[level][i] for mat in mats]) for i in range(5))
         assert a.shape == (m, layout.words)
         assert torch.equal(c1, a & b1) and torch.equal(c2, a & b2)
@@ -131,3 +133,54 @@ def test_unknown_comparison_is_refused() -> None:
         LaunchConfig(comparison="garbled")
     with pytest.raises(ValueError, match="comparison must be one of"):
         crypten_comparison.use("garbled")
+
+
+def test_positions_outside_the_ring_are_refused() -> None:
+    for bits in (0, 64):
+        with pytest.raises(ValueError, match="compares 1 to 63 bits"):
+            comparison_dealer.Layout(10, bits)
+
+
+def _bounded(bits: int, count: int = 100, seed: int = 4) -> torch.Tensor:
+    """The edges of [-2^bits, 2^bits) (raw units) and random values inside it."""
+    edges = [-2 ** bits, -2 ** bits + 1, -1, 0, 1, 2 ** bits - 1, 2 ** bits - 2]
+    rand = torch.randint(-2 ** bits, 2 ** bits, (count,),
+                         generator=torch.Generator().manual_seed(seed), dtype=torch.long)
+    return torch.cat([torch.tensor(edges, dtype=torch.long), rand])
+
+
+def _narrow_party(values: torch.Tensor, bits: int) -> tuple[list[int], int]:
+    """[x < 0] of raw ring values by the masked comparison over ``bits`` positions, and the
+    comparison's own rounds."""
+    import crypten.communicator as comm
+    from crypten.mpc.primitives import ArithmeticSharedTensor
+
+    from crypten_mpcache.secure.primitives import comparison
+
+    share = ArithmeticSharedTensor(values if comm.get().get_rank() == 0 else None,
+                                   size=values.shape, precision=0, src=0).share
+    before = comm.get().comm_rounds
+    bit = comparison.less_than_zero_shares(share, bits=bits)
+    rounds = comm.get().comm_rounds - before
+    opened = ArithmeticSharedTensor.from_shares(bit, precision=0).reveal()
+    return opened.tolist(), rounds
+
+
+@pytest.mark.parametrize("dealer,parties,bits", [
+    ("ttp", 2, 1), ("ttp", 2, 8), ("ttp", 3, 30), ("tfp", 2, 30), ("ttp", 2, 47),
+    ("ttp", 2, 63)])
+def test_narrow_comparison_is_exact_inside_its_bound(dealer: str, parties: int,
+                                                     bits: int) -> None:
+    """x in [-2^bits, 2^bits): exact on the bound's edges with ceil(log2 bits) tree rounds
+    (5 at 30 bits, 6 at 47 or 63); just outside, the sign is lost (the bound is tight)."""
+    values = _bounded(min(bits, 62))
+    beyond = torch.tensor([2 ** bits, -2 ** bits - 1]) if bits < 63 else torch.tensor([])
+    config = LaunchConfig(dealer=dealer, parties=parties, timeout_s=300)
+    got, rounds = launch(_narrow_party, torch.cat([values, beyond.long()]), bits,
+                         config=config)[0]
+    assert got[: values.numel()] == (values < 0).long().tolist()
+    if bits < 63:
+        assert got[values.numel():] == [1, 0]                       # both signs wrong
+    tree = len(comparison_dealer.merges_for(bits))
+    ttp = 3 if dealer == "ttp" else 0                       # on demand: the fetch, 3 rounds
+    assert rounds == tree + 2 + ttp

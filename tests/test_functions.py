@@ -147,8 +147,9 @@ def test_silu_methods_accurate_on_gate_range() -> None:
     # the table (the default) is the cheapest online: TFP has no dealer traffic
     assert result["lookup"][1] < 0.7 * result["exp_poly"][1]
     assert result["lookup"][2] < result["piecewise"][2] < result["exp_poly"][2]
-    # exact round counts: the two gate products share one round (before: 14 and 13)
-    assert result["piecewise"][2] == 13 and result["lookup"][2] == 12
+    # exact round counts: the two gate products share one round (before: 14 and 13), the
+    # gates' masked comparison compares the input bound's 30 bits, a level fewer (13, 12)
+    assert result["piecewise"][2] == 12 and result["lookup"][2] == 11
 
 
 def _large_gate_job() -> dict:

@@ -36,11 +36,14 @@ from typing import Any
 import torch
 from crypten.mpc import MPCTensor
 
-from crypten_mpcache.secure.primitives.bitslice import WORD, pack_bits_of, unpack_row
-from crypten_mpcache.secure.primitives.comparison_dealer import Material, deal
+from crypten_mpcache.secure.primitives.bitslice import pack_bits_of, unpack_row
+from crypten_mpcache.secure.primitives.comparison_dealer import (
+    POSITIONS,
+    Material,
+    deal,
+    leaves_for,
+)
 from crypten_mpcache.secure.primitives.party import open_sum, open_xor, party_rank
-
-POSITIONS = WORD - 1                    # bits compared below the sign bit
 
 
 def _merge(lt: torch.Tensor, eq: torch.Tensor, triple: tuple[torch.Tensor, ...],
@@ -59,25 +62,32 @@ def _merge(lt: torch.Tensor, eq: torch.Tensor, triple: tuple[torch.Tensor, ...],
     return lt_hi ^ and_lt, and_eq
 
 
-def less_than_zero_shares(share: torch.Tensor, material: Material | None = None
-                          ) -> torch.Tensor:
-    """This party's arithmetic share (scale 1) of [x < 0] for its share of x (any shape)."""
+def less_than_zero_shares(share: torch.Tensor, material: Material | None = None,
+                          bits: int = POSITIONS) -> torch.Tensor:
+    """This party's arithmetic share (scale 1) of [x < 0] for its share of x (any shape).
+
+    ``bits`` < 63: x must lie in [-2^bits, 2^bits) (raw units); then x = (c - r) mod
+    2^(bits + 1) and its sign is c_b xor r_b xor [c mod 2^b < r mod 2^b] for b = bits: the
+    tree compares b positions (ceil(log2 b) AND levels: 5 rounds at b <= 32 against 6),
+    and the dealer deals the triples of b positions, not 63. Outside that range the sign
+    is wrong (the bound is each caller's documented range)."""
     flat = share.reshape(-1)
     n = flat.numel()
-    mat = material if material is not None else deal(n, flat.device)
+    mat = material if material is not None else deal(n, flat.device, bits)
     first = party_rank() == 0
     c = open_sum(flat + mat.r)                                   # round 1
     c_bits = pack_bits_of(c)                                      # (64, W) public
     ones = torch.full_like(c_bits[:1], -1)
-    pad_lt = torch.zeros_like(ones)
-    pad_eq = ones if first else torch.zeros_like(ones)
-    lt = torch.cat([pad_lt, mat.r_bits[:POSITIONS] & ~c_bits[:POSITIONS]])
-    eq = mat.r_bits[:POSITIONS] ^ ((c_bits[:POSITIONS] ^ ones) if first else 0)
+    pads = leaves_for(bits) - bits                                # neutral: lt 0, eq 1
+    pad_lt = torch.zeros_like(ones).expand(pads, -1)
+    pad_eq = (ones if first else torch.zeros_like(ones)).expand(pads, -1)
+    lt = torch.cat([pad_lt, mat.r_bits[:bits] & ~c_bits[:bits]])
+    eq = mat.r_bits[:bits] ^ ((c_bits[:bits] ^ ones) if first else 0)
     eq = torch.cat([pad_eq, eq])
-    for triple in mat.triples:                                    # rounds 2..7
+    for triple in mat.triples:                                    # one round per level
         lt, eq = _merge(lt, eq, triple, first)
-    msb = lt ^ mat.r_bits[POSITIONS:] ^ (c_bits[POSITIONS:] if first else 0)
-    t = unpack_row(open_xor(msb ^ mat.rho_bits)[0], n)          # round 8
+    msb = lt ^ mat.r_bits[bits:bits + 1] ^ (c_bits[bits:bits + 1] if first else 0)
+    t = unpack_row(open_xor(msb ^ mat.rho_bits)[0], n)          # the last round
     bit = (1 - 2 * t) * mat.rho + (t if first else 0)
     return bit.reshape(share.shape)
 
@@ -90,6 +100,7 @@ def bit_tensor(shares: torch.Tensor) -> Any:
     return result
 
 
-def less_than_zero(x: Any) -> Any:
-    """[x < 0] as an MPCTensor with encoder scale 1, like CrypTen's ``_ltz``."""
-    return bit_tensor(less_than_zero_shares(x._tensor.share))
+def less_than_zero(x: Any, bits: int = POSITIONS) -> Any:
+    """[x < 0] as an MPCTensor with encoder scale 1, like CrypTen's ``_ltz``; ``bits`` < 63
+    for x known to lie in [-2^bits, 2^bits) (see ``less_than_zero_shares``)."""
+    return bit_tensor(less_than_zero_shares(x._tensor.share, bits=bits))

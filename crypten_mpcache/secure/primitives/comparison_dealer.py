@@ -24,13 +24,27 @@ from crypten_mpcache.secure.primitives.party import (
     uniform_words,
 )
 
-LEVELS = 6                              # 64 leaves (63 positions + one pad) -> 1
-MERGES = tuple(32 >> level for level in range(LEVELS))   # 32, 16, 8, 4, 2, 1
+POSITIONS = WORD - 1                    # bits compared below the sign bit, unbounded x
+
+
+def leaves_for(bits: int) -> int:
+    """Leaves of the comparison tree over ``bits`` positions: the power of two at or above
+    (the pad leaves below the lowest position are neutral: lt 0, eq 1)."""
+    if not 1 <= bits <= POSITIONS:
+        raise ValueError(f"the masked comparison compares 1 to {POSITIONS} bits, got {bits}")
+    return 1 << (bits - 1).bit_length()
+
+
+def merges_for(bits: int) -> tuple[int, ...]:
+    """Merges per tree level (one round each): 32, 16, 8, 4, 2, 1 for 63 bits."""
+    leaves = leaves_for(bits)
+    return tuple(leaves >> level for level in range(1, leaves.bit_length()))
 
 
 @dataclass(frozen=True)
 class Layout:
-    """Where each part of the dealt material sits, for n elements.
+    """Where each part of the dealt material sits, for n elements compared over ``bits``
+    positions (63 for any x; b for x known to lie in [-2^b, 2^b), in raw units).
 
     ``free`` rows (uniform words, drawn by every party from its dealer generator): the 64
     bit rows of r, one row of rho, then per tree level the triples' a, b1, b2 (3 x merges
@@ -39,6 +53,14 @@ class Layout:
     """
 
     n: int
+    bits: int = POSITIONS
+
+    def __post_init__(self) -> None:
+        leaves_for(self.bits)                           # validates
+
+    @property
+    def merges(self) -> tuple[int, ...]:
+        return merges_for(self.bits)
 
     @property
     def words(self) -> int:
@@ -46,11 +68,11 @@ class Layout:
 
     @property
     def free_rows(self) -> int:
-        return WORD + 1 + 3 * sum(MERGES)
+        return WORD + 1 + 3 * sum(self.merges)
 
     @property
     def product_rows(self) -> int:
-        return 2 * sum(MERGES)
+        return 2 * sum(self.merges)
 
     @property
     def dependent_size(self) -> int:
@@ -82,15 +104,16 @@ def dependent_values(layout: Layout, free: torch.Tensor) -> torch.Tensor:
     n = layout.n
     r = value_of_packed(free[:WORD], n)
     rho = unpack_row(free[WORD], n)
-    products = []
-    for a, b1, b2 in _free_triples(free):
-        products += [a & b1, a & b2]
-    return torch.cat([r, rho, torch.cat(products).reshape(-1)])
+    products = [torch.zeros(0, dtype=torch.long)]
+    for a, b1, b2 in _free_triples(layout, free):
+        products += [(a & b1).reshape(-1), (a & b2).reshape(-1)]
+    return torch.cat([r, rho, *products])
 
 
-def _free_triples(free: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def _free_triples(layout: Layout, free: torch.Tensor
+                  ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     out, row = [], WORD + 1
-    for m in MERGES:
+    for m in layout.merges:
         out.append((free[row:row + m], free[row + m:row + 2 * m], free[row + 2 * m:row + 3 * m]))
         row += 3 * m
     return out
@@ -113,7 +136,7 @@ def assemble(layout: Layout, free: torch.Tensor, dependent: torch.Tensor) -> Mat
     n, words = layout.n, layout.words
     products = dependent[2 * n:].view(-1, words)
     triples, row = [], 0
-    for (a, b1, b2), m in zip(_free_triples(free), MERGES, strict=True):
+    for (a, b1, b2), m in zip(_free_triples(layout, free), layout.merges, strict=True):
         c1, c2 = products[row:row + m], products[row + m:row + 2 * m]
         triples.append((a, b1, b2, c1, c2))
         row += 2 * m
@@ -124,21 +147,23 @@ def assemble(layout: Layout, free: torch.Tensor, dependent: torch.Tensor) -> Mat
 # --------------------------------------------------------------------------- dealers
 
 
-def deal(n: int, device: torch.device) -> Material:
-    """This party's material for n elements, from the configured dealer."""
-    layout = Layout(n)
+def deal(n: int, device: torch.device, bits: int = POSITIONS) -> Material:
+    """This party's material for n elements over ``bits`` positions, from the configured
+    dealer."""
+    layout = Layout(n, bits)
     free, dependent = by_dealer(
         "the masked comparison",
-        ttp=lambda: deal_via_ttp("comparison_material", (layout.n,),
+        ttp=lambda: deal_via_ttp("comparison_material", (layout.n, layout.bits),
                                  lambda g: draw_free(layout, g),
                                  lambda g: draw_dependent(layout, g)),
         tfp=lambda: _deal_tfp(layout))
     return assemble(layout, free.to(device), dependent.to(device))
 
 
-def ttp_party0_share(generators: Sequence[torch.Generator], n: int) -> torch.Tensor:
+def ttp_party0_share(generators: Sequence[torch.Generator], n: int, bits: int = POSITIONS
+                     ) -> torch.Tensor:
     """The TTP's side: replay every party's draws, deal party 0's dependent share."""
-    layout = Layout(n)
+    layout = Layout(n, bits)
     free = torch.zeros(layout.free_rows, layout.words, dtype=torch.long)
     others = []
     for rank, generator in enumerate(generators):

@@ -12,10 +12,12 @@ protocol (``patches.crypten_comparison.use``): all calls under ``dcf``, calls of
 ``dcf_max_elements`` under ``hybrid`` (the others take the masked comparison and the
 multiplication), none under ``masked`` and ``crypten``.
 
-Bit widths: a caller that knows |x| < 2^B (real units) passes ``bound_log2=B``; the DCF
-keys then compare B + 16 bits instead of 63 (``dcf_comparison``: the sign of x is bit
-B + 16 of x mod 2^(B + 17) when the raw x lies in [-2^(B+16), 2^(B+16))), and their bytes
-shrink in proportion. Outside the bound the sign would be wrong, so each bound is a
+Bit widths: a caller that knows |x| < 2^B (real units) passes ``bound_log2=B``; the
+comparison then compares B + 16 bits instead of 63 (the sign of x is bit B + 16 of
+x mod 2^(B + 17) when the raw x lies in [-2^(B+16), 2^(B+16))): the DCF keys' bytes
+shrink in proportion, and the masked comparison (calls that do not fuse, under
+``masked`` and ``hybrid``) runs a tree over 32 positions, not 64: one round and half its
+dealt triples fewer. Outside the bound the sign would be wrong, so each bound is a
 documented range of its caller (docs/fss.md lists them).
 """
 
@@ -24,16 +26,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from crypten_mpcache.secure.primitives import comparison as masked_comparison
 from crypten_mpcache.secure.primitives import dcf_comparison
 from crypten_mpcache.secure.primitives.fixed_point import fixed_scale
 
 
 @dataclass
 class FusedSelect:
-    """Calls of at most ``max_elements`` elements fuse (0: none). Process state of the
-    comparison protocol, written only by ``patches.crypten_comparison.use``."""
+    """Calls of at most ``max_elements`` elements fuse (0: none); the others take the masked
+    comparison at the caller's width when ``masked_above`` (else ``x._ltz()``). Process
+    state of the comparison protocol, written only by ``patches.crypten_comparison.use``."""
 
     max_elements: int = 0
+    masked_above: bool = False
 
 
 FUSED = FusedSelect()
@@ -44,8 +49,9 @@ def fuses(numel: int) -> bool:
     return numel <= FUSED.max_elements
 
 
-def dcf_bits(bound_log2: int | None) -> int:
-    """DCF tree levels for |x| < 2^bound_log2 at the fixed-point scale (63: no bound)."""
+def compared_bits(bound_log2: int | None) -> int:
+    """Bits a comparison compares for |x| < 2^bound_log2 at the fixed-point scale (63: no
+    bound): the DCF's tree levels, the masked comparison's positions."""
     if bound_log2 is None:
         return dcf_comparison.BITS
     if bound_log2 < 1:
@@ -66,22 +72,26 @@ def pair_max(left: Any, right: Any, bound_log2: int | None = None) -> tuple[Any,
     left - min(left - right, 0). Otherwise the comparison, then one exact product."""
     difference = left - right
     if fuses(difference.numel()):
-        right_wins, negative = dcf_comparison.negative_part(difference, dcf_bits(bound_log2))
+        right_wins, negative = dcf_comparison.negative_part(difference,
+                                                            compared_bits(bound_log2))
         return right_wins, left - negative
-    right_wins = right.gt(left)
-    return right_wins, left + right_wins * (right - left)       # bit times fixed: exact
+    right_wins = less_than_zero(difference, bound_log2)
+    return right_wins, left - right_wins * difference           # bit times fixed: exact
 
 
 def less_than_zero(x: Any, bound_log2: int | None = None) -> Any:
     """[x < 0] as scale-1 bits: the DCF comparison at the bound's width where calls fuse,
-    else the configured protocol's own (``x._ltz()``)."""
+    the masked one at the bound's width where ``masked_above``, else the configured
+    protocol's own (``x._ltz()``)."""
     if fuses(x.numel()):
-        return dcf_comparison.less_than_zero(x, dcf_bits(bound_log2))
+        return dcf_comparison.less_than_zero(x, compared_bits(bound_log2))
+    if FUSED.masked_above:
+        return masked_comparison.less_than_zero(x, compared_bits(bound_log2))
     return x._ltz()
 
 
 def relu(x: Any, bound_log2: int | None = None) -> Any:
-    """max(x, 0) = x - min(x, 0) (fused) or x [x >= 0] (comparison and product)."""
+    """max(x, 0) = x - min(x, 0) (fused) or x - x [x < 0] (comparison and product)."""
     if fuses(x.numel()):
-        return x - dcf_comparison.negative_part(x, dcf_bits(bound_log2))[1]
-    return x.ge(0) * x
+        return x - dcf_comparison.negative_part(x, compared_bits(bound_log2))[1]
+    return x - less_than_zero(x, bound_log2) * x
