@@ -59,10 +59,10 @@ def _premask_triple(server: Any, recipe: Recipe, size_x: tuple[int, ...],
         lambda size: server._get_additive_PRSS(size, remove_rank=True))
 
 
-def _comparison_material(server: Any, n: int, bits: int = comparison_dealer.POSITIONS
-                         ) -> torch.Tensor:
+def _comparison_material(server: Any, n: int, bits: int = comparison_dealer.POSITIONS,
+                         width: int = 1) -> torch.Tensor:
     return comparison_dealer.ttp_party0_share(server._get_generators(device=None), int(n),
-                                              int(bits))
+                                              int(bits), int(width))
 
 
 def _onehot_material(server: Any, n: int, width: int) -> torch.Tensor:
@@ -107,8 +107,8 @@ RESPONSE_SIZES: dict[str, Callable[..., Any]] = {
     "binary": lambda size0, size1: torch.broadcast_shapes(tuple(size0), tuple(size1)),
     "premask_register": lambda masks: (0,),
     "premask_triple": lambda recipe, size_x, op, size_out: size_out,
-    "comparison_material": lambda n, bits=comparison_dealer.POSITIONS:
-        (comparison_dealer.Layout(int(n), int(bits)).dependent_size,),
+    "comparison_material": lambda n, bits=comparison_dealer.POSITIONS, width=1:
+        (comparison_dealer.Layout(int(n), int(bits), int(width)).dependent_size,),
     "onehot_material": lambda n, width: (int(n), int(width)),
     "dcf_material": lambda n, start, count, width, bits=dcf_comparison.BITS:
         (dcf_comparison.Layout(int(count), int(width), int(bits)).party0_words,),

@@ -184,3 +184,34 @@ def test_narrow_comparison_is_exact_inside_its_bound(dealer: str, parties: int,
     tree = len(comparison_dealer.merges_for(bits))
     ttp = 3 if dealer == "ttp" else 0                       # on demand: the fetch, 3 rounds
     assert rounds == tree + 2 + ttp
+
+
+def _negative_part_party(values: torch.Tensor, bits: int) -> tuple[list[int], list[int], int]:
+    """(z, z x) of raw ring values by the masked comparison's select, and its rounds."""
+    import crypten.communicator as comm
+    from crypten.mpc.primitives import ArithmeticSharedTensor
+
+    from crypten_mpcache.secure.primitives import comparison
+
+    share = ArithmeticSharedTensor(values if comm.get().get_rank() == 0 else None,
+                                   size=values.shape, precision=0, src=0).share
+    before = comm.get().comm_rounds
+    z, product = comparison.negative_part_shares(share, bits)
+    rounds = comm.get().comm_rounds - before
+    reveal = [ArithmeticSharedTensor.from_shares(s, precision=0).reveal() for s in (z, product)]
+    return reveal[0].tolist(), reveal[1].tolist(), rounds
+
+
+@pytest.mark.parametrize("dealer,parties,bits", [("ttp", 2, 30), ("ttp", 3, 63),
+                                                 ("tfp", 2, 8)])
+def test_negative_part_costs_no_round_beyond_the_comparison(dealer: str, parties: int,
+                                                            bits: int) -> None:
+    """z = [x < 0] and z x exact in the ring (x full-width raw values inside the bound),
+    in the comparison's own rounds: the dealt rho r replaces the select's product."""
+    values = _bounded(min(bits, 62))
+    config = LaunchConfig(dealer=dealer, parties=parties, timeout_s=300)
+    z, product, rounds = launch(_negative_part_party, values, bits, config=config)[0]
+    assert z == (values < 0).long().tolist()
+    assert product == torch.where(values < 0, values, 0 * values).tolist()
+    ttp = 3 if dealer == "ttp" else 0
+    assert rounds == len(comparison_dealer.merges_for(bits)) + 2 + ttp

@@ -62,18 +62,10 @@ def _merge(lt: torch.Tensor, eq: torch.Tensor, triple: tuple[torch.Tensor, ...],
     return lt_hi ^ and_lt, and_eq
 
 
-def less_than_zero_shares(share: torch.Tensor, material: Material | None = None,
-                          bits: int = POSITIONS) -> torch.Tensor:
-    """This party's arithmetic share (scale 1) of [x < 0] for its share of x (any shape).
-
-    ``bits`` < 63: x must lie in [-2^bits, 2^bits) (raw units); then x = (c - r) mod
-    2^(bits + 1) and its sign is c_b xor r_b xor [c mod 2^b < r mod 2^b] for b = bits: the
-    tree compares b positions (ceil(log2 b) AND levels: 5 rounds at b <= 32 against 6),
-    and the dealer deals the triples of b positions, not 63. Outside that range the sign
-    is wrong (the bound is each caller's documented range)."""
-    flat = share.reshape(-1)
-    n = flat.numel()
-    mat = material if material is not None else deal(n, flat.device, bits)
+def _opened_sign(flat: torch.Tensor, mat: Material, bits: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(c, t): c = x + r opened (the first round) and t = msb xor rho opened (the last),
+    for this party's flat share of x (the tree's rounds between)."""
     first = party_rank() == 0
     c = open_sum(flat + mat.r)                                   # round 1
     c_bits = pack_bits_of(c)                                      # (64, W) public
@@ -87,9 +79,41 @@ def less_than_zero_shares(share: torch.Tensor, material: Material | None = None,
     for triple in mat.triples:                                    # one round per level
         lt, eq = _merge(lt, eq, triple, first)
     msb = lt ^ mat.r_bits[bits:bits + 1] ^ (c_bits[bits:bits + 1] if first else 0)
-    t = unpack_row(open_xor(msb ^ mat.rho_bits)[0], n)          # the last round
-    bit = (1 - 2 * t) * mat.rho + (t if first else 0)
+    t = unpack_row(open_xor(msb ^ mat.rho_bits)[0], flat.numel())  # the last round
+    return c, t
+
+
+def less_than_zero_shares(share: torch.Tensor, material: Material | None = None,
+                          bits: int = POSITIONS) -> torch.Tensor:
+    """This party's arithmetic share (scale 1) of [x < 0] for its share of x (any shape).
+
+    ``bits`` < 63: x must lie in [-2^bits, 2^bits) (raw units); then x = (c - r) mod
+    2^(bits + 1) and its sign is c_b xor r_b xor [c mod 2^b < r mod 2^b] for b = bits: the
+    tree compares b positions (ceil(log2 b) AND levels: 5 rounds at b <= 32 against 6),
+    and the dealer deals the triples of b positions, not 63. Outside that range the sign
+    is wrong (the bound is each caller's documented range)."""
+    flat = share.reshape(-1)
+    mat = material if material is not None else deal(flat.numel(), flat.device, bits)
+    _, t = _opened_sign(flat, mat, bits)
+    bit = (1 - 2 * t) * mat.rho + (t if party_rank() == 0 else 0)
     return bit.reshape(share.shape)
+
+
+def negative_part_shares(share: torch.Tensor, bits: int = POSITIONS
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shares of (z, z x), z = [x < 0], in the comparison's own rounds: no product after it.
+
+    z = t + rho - 2 t rho with t public, so z x = t x + (1 - 2 t) rho x, and rho x =
+    rho c - rho r: rho c is local (c public) and rho r is dealt (one ring word per element,
+    ``Layout.width`` 2). Exact in the ring, like the DCF's ``negative_part``; min(x, 0) = z x
+    is a tournament level's or a ReLU's select without its multiplication round."""
+    flat = share.reshape(-1)
+    mat = deal(flat.numel(), flat.device, bits, width=2)
+    c, t = _opened_sign(flat, mat, bits)
+    z = (1 - 2 * t) * mat.rho + (t if party_rank() == 0 else 0)
+    rho_x = mat.rho * c - mat.rho_r
+    product = t * flat + (1 - 2 * t) * rho_x
+    return z.reshape(share.shape), product.reshape(share.shape)
 
 
 def bit_tensor(shares: torch.Tensor) -> Any:
@@ -104,3 +128,12 @@ def less_than_zero(x: Any, bits: int = POSITIONS) -> Any:
     """[x < 0] as an MPCTensor with encoder scale 1, like CrypTen's ``_ltz``; ``bits`` < 63
     for x known to lie in [-2^bits, 2^bits) (see ``less_than_zero_shares``)."""
     return bit_tensor(less_than_zero_shares(x._tensor.share, bits=bits))
+
+
+def negative_part(x: Any, bits: int = POSITIONS) -> tuple[Any, Any]:
+    """([x < 0] with encoder scale 1, min(x, 0) with x's encoder), in the comparison's
+    rounds (see ``negative_part_shares``)."""
+    z, product = negative_part_shares(x._tensor.share, bits)
+    out = x.clone()
+    out._tensor.share = product
+    return bit_tensor(z), out

@@ -1,7 +1,8 @@
 """The dealer side of the masked comparison: the material's layout, drawing and dealing.
 
 The dealer deals a random ring element r twice (additively shared, and as binary shares
-of its 64 bits), a daBit rho, and the bit-sliced AND triples of the comparison tree (see
+of its 64 bits), a daBit rho (and, for a compare-and-select, rho r as a ring element),
+and the bit-sliced AND triples of the comparison tree (see
 ``primitives.comparison`` for the protocol, ``docs/comparison.md`` for the costs). With
 the TTP, every party draws its ``free`` rows and its share of the ``dependent`` values
 from the generator it shares with the TTP; the TTP replays those draws and deals party
@@ -49,14 +50,23 @@ class Layout:
     ``free`` rows (uniform words, drawn by every party from its dealer generator): the 64
     bit rows of r, one row of rho, then per tree level the triples' a, b1, b2 (3 x merges
     rows). ``dependent`` (values fixed by the free ones, party 0's share dealt): r and rho
-    as n ring elements each, then the products c1 = a & b1 and c2 = a & b2 per level.
+    (and rho r with ``width`` 2) as n ring elements each, then the products c1 = a & b1
+    and c2 = a & b2 per level.
     """
 
     n: int
     bits: int = POSITIONS
+    width: int = 1
 
     def __post_init__(self) -> None:
         leaves_for(self.bits)                           # validates
+        if self.width not in (1, 2):
+            raise ValueError(f"width must be 1 (the bit) or 2 (and rho r), got {self.width}")
+
+    @property
+    def ring(self) -> int:
+        """Ring elements at the head of the dependent material: r, rho (, rho r)."""
+        return (1 + self.width) * self.n
 
     @property
     def merges(self) -> tuple[int, ...]:
@@ -76,7 +86,7 @@ class Layout:
 
     @property
     def dependent_size(self) -> int:
-        return 2 * self.n + self.product_rows * self.words
+        return self.ring + self.product_rows * self.words
 
 
 @dataclass
@@ -88,6 +98,7 @@ class Material:
     r: torch.Tensor             # (n,) arithmetic
     rho: torch.Tensor           # (n,) arithmetic (0/1 values)
     triples: list[tuple[torch.Tensor, ...]]  # per level: a, b1, b2, c1, c2, each (m, W)
+    rho_r: torch.Tensor | None = None        # (n,) arithmetic: rho r (width 2 only)
 
 
 def draw_free(layout: Layout, generator: torch.Generator | None) -> torch.Tensor:
@@ -104,10 +115,10 @@ def dependent_values(layout: Layout, free: torch.Tensor) -> torch.Tensor:
     n = layout.n
     r = value_of_packed(free[:WORD], n)
     rho = unpack_row(free[WORD], n)
-    products = [torch.zeros(0, dtype=torch.long)]
+    values = [r, rho] if layout.width == 1 else [r, rho, rho * r]
     for a, b1, b2 in _free_triples(layout, free):
-        products += [(a & b1).reshape(-1), (a & b2).reshape(-1)]
-    return torch.cat([r, rho, *products])
+        values += [(a & b1).reshape(-1), (a & b2).reshape(-1)]
+    return torch.cat(values)
 
 
 def _free_triples(layout: Layout, free: torch.Tensor
@@ -123,47 +134,47 @@ def split_dependent(layout: Layout, value: torch.Tensor, others: Sequence[torch.
                     ) -> torch.Tensor:
     """Party 0's share of the dependent material, given every other party's share: the
     ring parts are additive, the product rows are XOR shares."""
-    n = layout.n
     share = value.clone()
     for other in others:
-        share[: 2 * n] -= other[: 2 * n]
-        share[2 * n:] ^= other[2 * n:]
+        share[: layout.ring] -= other[: layout.ring]
+        share[layout.ring:] ^= other[layout.ring:]
     return share
 
 
 def assemble(layout: Layout, free: torch.Tensor, dependent: torch.Tensor) -> Material:
     """This party's free rows and dependent shares as ``Material``."""
     n, words = layout.n, layout.words
-    products = dependent[2 * n:].view(-1, words)
+    products = dependent[layout.ring:].view(-1, words)
     triples, row = [], 0
     for (a, b1, b2), m in zip(_free_triples(layout, free), layout.merges, strict=True):
         c1, c2 = products[row:row + m], products[row + m:row + 2 * m]
         triples.append((a, b1, b2, c1, c2))
         row += 2 * m
     return Material(r_bits=free[:WORD], rho_bits=free[WORD:WORD + 1], r=dependent[:n],
-                    rho=dependent[n:2 * n], triples=triples)
+                    rho=dependent[n:2 * n], triples=triples,
+                    rho_r=dependent[2 * n:3 * n] if layout.width == 2 else None)
 
 
 # --------------------------------------------------------------------------- dealers
 
 
-def deal(n: int, device: torch.device, bits: int = POSITIONS) -> Material:
-    """This party's material for n elements over ``bits`` positions, from the configured
-    dealer."""
-    layout = Layout(n, bits)
+def deal(n: int, device: torch.device, bits: int = POSITIONS, width: int = 1) -> Material:
+    """This party's material for n elements over ``bits`` positions (with rho r where
+    ``width`` is 2), from the configured dealer."""
+    layout = Layout(n, bits, width)
     free, dependent = by_dealer(
         "the masked comparison",
-        ttp=lambda: deal_via_ttp("comparison_material", (layout.n, layout.bits),
+        ttp=lambda: deal_via_ttp("comparison_material", (layout.n, layout.bits, layout.width),
                                  lambda g: draw_free(layout, g),
                                  lambda g: draw_dependent(layout, g)),
         tfp=lambda: _deal_tfp(layout))
     return assemble(layout, free.to(device), dependent.to(device))
 
 
-def ttp_party0_share(generators: Sequence[torch.Generator], n: int, bits: int = POSITIONS
-                     ) -> torch.Tensor:
+def ttp_party0_share(generators: Sequence[torch.Generator], n: int, bits: int = POSITIONS,
+                     width: int = 1) -> torch.Tensor:
     """The TTP's side: replay every party's draws, deal party 0's dependent share."""
-    layout = Layout(n, bits)
+    layout = Layout(n, bits, width)
     free = torch.zeros(layout.free_rows, layout.words, dtype=torch.long)
     others = []
     for rank, generator in enumerate(generators):
@@ -176,15 +187,14 @@ def ttp_party0_share(generators: Sequence[torch.Generator], n: int, bits: int = 
 def _deal_tfp(layout: Layout) -> tuple[torch.Tensor, torch.Tensor]:
     """Party 0 draws everything and shares it with CrypTen's pseudo-random zero sharing
     (no traffic); party 0 then knows every mask: tests and cost measurement only."""
-    n = layout.n
     free = value = None
     if party_rank() == 0:
         free = draw_free(layout, None)
         value = dependent_values(layout, free)
     free_share = BinarySharedTensor(free, size=(layout.free_rows, layout.words), src=0).share
-    ring = ArithmeticSharedTensor(None if value is None else value[: 2 * n], size=(2 * n,),
-                                  precision=0, src=0).share
-    products = BinarySharedTensor(None if value is None else value[2 * n:],
-                                  size=(layout.dependent_size - 2 * n,), src=0).share
+    ring = ArithmeticSharedTensor(None if value is None else value[: layout.ring],
+                                  size=(layout.ring,), precision=0, src=0).share
+    products = BinarySharedTensor(None if value is None else value[layout.ring:],
+                                  size=(layout.dependent_size - layout.ring,), src=0).share
     return free_share, torch.cat([ring, products])
 

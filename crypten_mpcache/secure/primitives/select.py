@@ -1,16 +1,17 @@
-"""Compare-and-select of two secret values: in one round where the DCF comparison serves.
+"""Compare-and-select of two secret values in the comparison's own rounds.
 
 The pattern max(a, b) = b + [a >= b] (a - b) costs a comparison and then one
 multiplication round for the bit times the difference. With dealt DCF keys whose payload
 also carries the mask (``dcf_comparison.negative_part``), the parties get shares of both
 z = [d < 0] and z d for d = a - b from the comparison's single opening, so
 max(a, b) = a - min(a - b, 0) costs that one round and nothing more: a tournament level,
-a bounding-box update or a ReLU in one round instead of two.
+a bounding-box update or a ReLU in one round instead of two. The masked comparison does
+the same from a dealt rho r (``comparison.negative_part``): its 7 or 8 rounds, no 9th.
 
 Which calls fuse is a public function of the call's size, set with the comparison
 protocol (``patches.crypten_comparison.use``): all calls under ``dcf``, calls of at most
-``dcf_max_elements`` under ``hybrid`` (the others take the masked comparison and the
-multiplication), none under ``masked`` and ``crypten``.
+``dcf_max_elements`` under ``hybrid`` (the others take the masked comparison's select),
+none under ``masked`` (its select) and ``crypten`` (a comparison and a product).
 
 Bit widths: a caller that knows |x| < 2^B (real units) passes ``bound_log2=B``; the
 comparison then compares B + 16 bits instead of 63 (the sign of x is bit B + 16 of
@@ -75,6 +76,10 @@ def pair_max(left: Any, right: Any, bound_log2: int | None = None) -> tuple[Any,
         right_wins, negative = dcf_comparison.negative_part(difference,
                                                             compared_bits(bound_log2))
         return right_wins, left - negative
+    if FUSED.masked_above:
+        right_wins, negative = masked_comparison.negative_part(difference,
+                                                               compared_bits(bound_log2))
+        return right_wins, left - negative
     right_wins = less_than_zero(difference, bound_log2)
     return right_wins, left - right_wins * difference           # bit times fixed: exact
 
@@ -94,4 +99,6 @@ def relu(x: Any, bound_log2: int | None = None) -> Any:
     """max(x, 0) = x - min(x, 0) (fused) or x - x [x < 0] (comparison and product)."""
     if fuses(x.numel()):
         return x - dcf_comparison.negative_part(x, compared_bits(bound_log2))[1]
+    if FUSED.masked_above:
+        return x - masked_comparison.negative_part(x, compared_bits(bound_log2))[1]
     return x - less_than_zero(x, bound_log2) * x
