@@ -8,7 +8,7 @@ import torch
 
 from crypten_mpcache.patches import crypten_comparison
 from crypten_mpcache.runtime.launcher import LaunchConfig, launch
-from crypten_mpcache.secure.primitives import bitslice, comparison_dealer
+from crypten_mpcache.secure.primitives import bitslice, comparison_dealer, comparison_tree
 
 
 def test_pack_unpack_round_trip() -> None:
@@ -57,11 +57,17 @@ def test_dealt_material_is_consistent(bits: int) -> None:
     assert torch.equal(sum(m.r for m in mats), bitslice.value_of_packed(r_bits, n))
     rho = bitslice.unpack(xor([m.rho_bits for m in mats]), n)[0]
     assert torch.equal(sum(m.rho for m in mats), rho)
-    assert len(layout.merges) == {63: 6, 30: 5, 1: 0}[bits]
-    for level, m in enumerate(layout.merges):
-        a, b1, b2, c1, c2 = (xor([mat.triples[level][i] for mat in mats]) for i in range(5))
-        assert a.shape == (m, layout.words)
-        assert torch.equal(c1, a & b1) and torch.equal(c2, a & b2)
+    assert [f for f, _ in layout.levels] == {63: [4, 4, 4], 30: [2, 4, 4], 1: []}[bits]
+    for level, (f, nodes) in enumerate(layout.levels):
+        masks = xor([mat.levels[level][0] for mat in mats])
+        products = xor([mat.levels[level][1] for mat in mats])
+        assert masks.shape == (len(comparison_tree.variables(f)), nodes, layout.words)
+        assert products.shape == (len(comparison_tree.monomials(f)), nodes, layout.words)
+        for slot, subset in enumerate(comparison_tree.monomials(f)):
+            expected = masks[subset[0]]
+            for v in subset[1:]:
+                expected = expected & masks[v]
+            assert torch.equal(products[slot], expected)
 
 
 def _compare(values: torch.Tensor) -> dict:
@@ -171,8 +177,8 @@ def _narrow_party(values: torch.Tensor, bits: int) -> tuple[list[int], int]:
     ("ttp", 2, 63)])
 def test_narrow_comparison_is_exact_inside_its_bound(dealer: str, parties: int,
                                                      bits: int) -> None:
-    """x in [-2^bits, 2^bits): exact on the bound's edges with ceil(log2 bits) tree rounds
-    (5 at 30 bits, 6 at 47 or 63); just outside, the sign is lost (the bound is tight)."""
+    """x in [-2^bits, 2^bits): exact on the bound's edges with a tree round per level (3
+    at 30, 47 or 63 bits, 2 at 8); just outside, the sign is lost (the bound is tight)."""
     values = _bounded(min(bits, 62))
     beyond = torch.tensor([2 ** bits, -2 ** bits - 1]) if bits < 63 else torch.tensor([])
     config = LaunchConfig(dealer=dealer, parties=parties, timeout_s=300)
@@ -181,9 +187,10 @@ def test_narrow_comparison_is_exact_inside_its_bound(dealer: str, parties: int,
     assert got[: values.numel()] == (values < 0).long().tolist()
     if bits < 63:
         assert got[values.numel():] == [1, 0]                       # both signs wrong
-    tree = len(comparison_dealer.merges_for(bits))
+    levels = len(comparison_dealer.Layout(1, bits).levels)
+    assert levels == (2 if bits == 8 else 0 if bits == 1 else 3)
     ttp = 3 if dealer == "ttp" else 0                       # on demand: the fetch, 3 rounds
-    assert rounds == tree + 2 + ttp
+    assert rounds == levels + 2 + ttp
 
 
 def _negative_part_party(values: torch.Tensor, bits: int) -> tuple[list[int], list[int], int]:
@@ -214,4 +221,44 @@ def test_negative_part_costs_no_round_beyond_the_comparison(dealer: str, parties
     assert z == (values < 0).long().tolist()
     assert product == torch.where(values < 0, values, 0 * values).tolist()
     ttp = 3 if dealer == "ttp" else 0
-    assert rounds == len(comparison_dealer.merges_for(bits)) + 2 + ttp
+    assert rounds == len(comparison_dealer.Layout(1, bits).levels) + 2 + ttp
+
+
+@pytest.mark.parametrize("f", [2, 4])
+def test_a_tree_node_merges_every_input_in_one_opening(f: int) -> None:
+    """Exhaustive over each child's (lt, eq) in {(0,0), (1,0), (0,1)}, two parties in
+    plaintext: the node's (lt, eq) from one opening of the masked variables equals the
+    comparison of the concatenated positions (highest child first)."""
+    import itertools
+
+    states = list(itertools.product([(0, 0), (1, 0), (0, 1)], repeat=f))   # (lt, eq)
+    nodes = len(states)
+    lt = torch.tensor([[s[j][0] for s in states] for j in range(f)])      # (f, nodes)
+    eq = torch.tensor([[s[j][1] for s in states] for j in range(f)])
+    # positions lowest first, one node per lane: a row per child, the node's lanes packed
+    lt_rows, eq_rows = bitslice.pack(lt), bitslice.pack(eq)              # (f, W)
+    g = torch.Generator().manual_seed(5)
+    words = lt_rows.shape[1]
+
+    def split(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        noise = torch.randint(-2 ** 62, 2 ** 62, rows.shape, generator=g)
+        return noise, rows ^ noise
+
+    v, mono = len(comparison_tree.variables(f)), len(comparison_tree.monomials(f))
+    masks = torch.randint(-2 ** 62, 2 ** 62, (v, 1, words), generator=g)
+    products = comparison_tree.products(f, masks)
+    masks_sh, products_sh = split(masks), split(products)
+    lt_sh, eq_sh = split(lt_rows), split(eq_rows)
+    variables = [comparison_tree.node_variables(f, lt_sh[p], eq_sh[p]) for p in (0, 1)]
+    opened = (variables[0][0] ^ masks_sh[0]) ^ (variables[1][0] ^ masks_sh[1])
+    out = [comparison_tree.evaluate(f, variables[p][1], opened, masks_sh[p], products_sh[p],
+                                    p == 0) for p in (0, 1)]
+    got_lt = bitslice.unpack(out[0][0] ^ out[1][0], nodes)[0]
+    got_eq = bitslice.unpack(out[0][1] ^ out[1][1], nodes)[0]
+    for k, state in enumerate(states):
+        expected_lt, expected_eq = 0, 1
+        for child_lt, child_eq in state:                 # lowest child first
+            expected_lt = child_lt | (child_eq & expected_lt)
+            expected_eq &= child_eq
+        assert (got_lt[k].item(), got_eq[k].item()) == (expected_lt, expected_eq), state
+    assert mono == {2: 2, 4: 22}[f]

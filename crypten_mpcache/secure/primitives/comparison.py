@@ -10,19 +10,20 @@ The ``masked`` protocol (the textbook dealer-assisted comparison) pays ~1/10 of 
 1. The dealer deals a random ring element r twice: additively shared, and as binary
    shares of its 64 bits. The parties open c = x + r (uniform: reveals nothing).
 2. x = c - r (mod 2^64), so  msb(x) = c_63 XOR r_63 XOR [c mod 2^63 < r mod 2^63]; the
-   comparison of the PUBLIC c with the shared bits of r is a log-depth tree over the 63
-   bit positions: leaves lt_p = (not c_p) and r_p, eq_p = not (c_p xor r_p) are local;
-   each merge of a higher and a lower half is lt = lt_hi xor (eq_hi and lt_lo),
-   eq = eq_hi and eq_lo: two ANDs that share an operand (3 openings, Beaver triples).
+   comparison of the PUBLIC c with the shared bits of r is a tree over the 63 bit
+   positions: leaves lt_p = (not c_p) and r_p, eq_p = not (c_p xor r_p) are local; each
+   node merges 4 children's (lt, eq) in ONE round from dealt mask products
+   (``comparison_tree``): 3 levels for 64 leaves (binary merges took 6).
 3. The bit is turned into an arithmetic share with a dealt random bit (a "daBit"):
    open t = b xor rho, then b = t + rho - 2 t rho.
 
 The bits are *bit-sliced*: a 64-bit word holds the same bit position of 64 elements, so
-an AND opens 2 bits per element instead of 2 words. Per element and party: one opened
-word (c), 63 x 3 opened bits (the tree) and one opened bit (t): ~32 bytes, 8 rounds,
-and with the TTP dealer one request per comparison (party 0 receives ~32 bytes per
-element: its shares of r, rho and the triples' products; every other share, and party
-0's shares of the independent values, come from the generators it shares with the TTP).
+a tree level opens 7 bits per node and element instead of 7 words. Per element and
+party: one opened word (c), 21 x 7 opened bits (the tree) and one opened bit (t): ~27
+bytes, 5 rounds, and with the TTP dealer one request per comparison (party 0 receives
+~74 bytes per element: its shares of r, rho and the 21 x 22 mask products; every other
+share, and party 0's shares of the independent values, come from the generators it
+shares with the TTP).
 
 The result is exact (no probabilistic truncation), so it equals CrypTen's comparison bit
 for bit. Security: semi-honest, with a dealer that deals correct randomness, as for
@@ -36,9 +37,11 @@ from typing import Any
 import torch
 from crypten.mpc import MPCTensor
 
+from crypten_mpcache.secure.primitives import comparison_tree as tree
 from crypten_mpcache.secure.primitives.bitslice import pack_bits_of, unpack_row
 from crypten_mpcache.secure.primitives.comparison_dealer import (
     POSITIONS,
+    Layout,
     Material,
     deal,
     leaves_for,
@@ -46,27 +49,20 @@ from crypten_mpcache.secure.primitives.comparison_dealer import (
 from crypten_mpcache.secure.primitives.party import open_sum, open_xor, party_rank
 
 
-def _merge(lt: torch.Tensor, eq: torch.Tensor, triple: tuple[torch.Tensor, ...],
-           first: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """One tree level on XOR shares: rows (2j, 2j+1) = (lower, higher) positions."""
-    a, b1, b2, c1, c2 = triple
-    lt_lo, lt_hi, eq_lo, eq_hi = lt[0::2], lt[1::2], eq[0::2], eq[1::2]
-    m = a.shape[0]
-    opened = open_xor(torch.cat([eq_hi ^ a, lt_lo ^ b1, eq_lo ^ b2]))
-    d, e1, e2 = opened[:m], opened[m:2 * m], opened[2 * m:]
-    and_lt = c1 ^ (d & b1) ^ (e1 & a)
-    and_eq = c2 ^ (d & b2) ^ (e2 & a)
-    if first:
-        and_lt ^= d & e1
-        and_eq ^= d & e2
-    return lt_hi ^ and_lt, and_eq
+def _level(lt: torch.Tensor, eq: torch.Tensor, f: int, masks: torch.Tensor,
+           products: torch.Tensor, first: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One tree level on XOR shares in one round: the nodes' variables opened under the
+    dealt masks, the merge terms local (``comparison_tree``)."""
+    shares, top_lt = tree.node_variables(f, lt, eq)
+    opened = open_xor((shares ^ masks).reshape(-1, shares.shape[-1])).view(shares.shape)
+    return tree.evaluate(f, top_lt, opened, masks, products, first)
 
 
 def _opened_sign(flat: torch.Tensor, mat: Material, bits: int
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """(c, t): c = x + r opened (the first round) and t = msb xor rho opened (the last),
     for this party's flat share of x (the tree's rounds between)."""
-    first = party_rank() == 0
+    first, n = party_rank() == 0, flat.numel()
     c = open_sum(flat + mat.r)                                   # round 1
     c_bits = pack_bits_of(c)                                      # (64, W) public
     ones = torch.full_like(c_bits[:1], -1)
@@ -76,10 +72,10 @@ def _opened_sign(flat: torch.Tensor, mat: Material, bits: int
     lt = torch.cat([pad_lt, mat.r_bits[:bits] & ~c_bits[:bits]])
     eq = mat.r_bits[:bits] ^ ((c_bits[:bits] ^ ones) if first else 0)
     eq = torch.cat([pad_eq, eq])
-    for triple in mat.triples:                                    # one round per level
-        lt, eq = _merge(lt, eq, triple, first)
+    for (f, _), (masks, products) in zip(Layout(n, bits).levels, mat.levels, strict=True):
+        lt, eq = _level(lt, eq, f, masks, products, first)        # one round per level
     msb = lt ^ mat.r_bits[bits:bits + 1] ^ (c_bits[bits:bits + 1] if first else 0)
-    t = unpack_row(open_xor(msb ^ mat.rho_bits)[0], flat.numel())  # the last round
+    t = unpack_row(open_xor(msb ^ mat.rho_bits)[0], n)          # the last round
     return c, t
 
 
@@ -89,9 +85,9 @@ def less_than_zero_shares(share: torch.Tensor, material: Material | None = None,
 
     ``bits`` < 63: x must lie in [-2^bits, 2^bits) (raw units); then x = (c - r) mod
     2^(bits + 1) and its sign is c_b xor r_b xor [c mod 2^b < r mod 2^b] for b = bits: the
-    tree compares b positions (ceil(log2 b) AND levels: 5 rounds at b <= 32 against 6),
-    and the dealer deals the triples of b positions, not 63. Outside that range the sign
-    is wrong (the bound is each caller's documented range)."""
+    tree compares b positions (32 leaves for b <= 32, 3 levels as for 64; 16 leaves, 2
+    levels, for b <= 16) and the dealer deals half the mask products or fewer. Outside
+    that range the sign is wrong (the bound is each caller's documented range)."""
     flat = share.reshape(-1)
     mat = material if material is not None else deal(flat.numel(), flat.device, bits)
     _, t = _opened_sign(flat, mat, bits)

@@ -2,7 +2,8 @@
 
 The dealer deals a random ring element r twice (additively shared, and as binary shares
 of its 64 bits), a daBit rho (and, for a compare-and-select, rho r as a ring element),
-and the bit-sliced AND triples of the comparison tree (see
+and for the comparison tree the masks of each level's opened bits and their products
+(``comparison_tree``; see
 ``primitives.comparison`` for the protocol, ``docs/comparison.md`` for the costs). With
 the TTP, every party draws its ``free`` rows and its share of the ``dependent`` values
 from the generator it shares with the TTP; the TTP replays those draws and deals party
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from crypten.mpc.primitives import ArithmeticSharedTensor, BinarySharedTensor
 
+from crypten_mpcache.secure.primitives import comparison_tree as tree
 from crypten_mpcache.secure.primitives.bitslice import WORD, unpack_row, value_of_packed, words_for
 from crypten_mpcache.secure.primitives.party import (
     by_dealer,
@@ -36,22 +38,16 @@ def leaves_for(bits: int) -> int:
     return 1 << (bits - 1).bit_length()
 
 
-def merges_for(bits: int) -> tuple[int, ...]:
-    """Merges per tree level (one round each): 32, 16, 8, 4, 2, 1 for 63 bits."""
-    leaves = leaves_for(bits)
-    return tuple(leaves >> level for level in range(1, leaves.bit_length()))
-
-
 @dataclass(frozen=True)
 class Layout:
     """Where each part of the dealt material sits, for n elements compared over ``bits``
     positions (63 for any x; b for x known to lie in [-2^b, 2^b), in raw units).
 
     ``free`` rows (uniform words, drawn by every party from its dealer generator): the 64
-    bit rows of r, one row of rho, then per tree level the triples' a, b1, b2 (3 x merges
-    rows). ``dependent`` (values fixed by the free ones, party 0's share dealt): r and rho
-    (and rho r with ``width`` 2) as n ring elements each, then the products c1 = a & b1
-    and c2 = a & b2 per level.
+    bit rows of r, one row of rho, then per tree level the masks of the opened variables
+    (variables x nodes rows, ``comparison_tree``). ``dependent`` (values fixed by the free
+    ones, party 0's share dealt): r and rho (and rho r with ``width`` 2) as n ring
+    elements each, then per level the masks' products (monomials x nodes rows).
     """
 
     n: int
@@ -64,13 +60,15 @@ class Layout:
             raise ValueError(f"width must be 1 (the bit) or 2 (and rho r), got {self.width}")
 
     @property
+    def levels(self) -> tuple[tuple[int, int], ...]:
+        """(fan-in, nodes) of each tree level, bottom first: one round each."""
+        leaves = leaves_for(self.bits)
+        return tuple(zip(tree.fan_ins(leaves), tree.nodes_per_level(leaves), strict=True))
+
+    @property
     def ring(self) -> int:
         """Ring elements at the head of the dependent material: r, rho (, rho r)."""
         return (1 + self.width) * self.n
-
-    @property
-    def merges(self) -> tuple[int, ...]:
-        return merges_for(self.bits)
 
     @property
     def words(self) -> int:
@@ -78,11 +76,11 @@ class Layout:
 
     @property
     def free_rows(self) -> int:
-        return WORD + 1 + 3 * sum(self.merges)
+        return WORD + 1 + sum(len(tree.variables(f)) * m for f, m in self.levels)
 
     @property
     def product_rows(self) -> int:
-        return 2 * sum(self.merges)
+        return sum(len(tree.monomials(f)) * m for f, m in self.levels)
 
     @property
     def dependent_size(self) -> int:
@@ -97,7 +95,9 @@ class Material:
     rho_bits: torch.Tensor      # (1, W) binary
     r: torch.Tensor             # (n,) arithmetic
     rho: torch.Tensor           # (n,) arithmetic (0/1 values)
-    triples: list[tuple[torch.Tensor, ...]]  # per level: a, b1, b2, c1, c2, each (m, W)
+    # per level: the variables' masks (variables, nodes, W), their products (monomials,
+    # nodes, W), binary
+    levels: list[tuple[torch.Tensor, torch.Tensor]]
     rho_r: torch.Tensor | None = None        # (n,) arithmetic: rho r (width 2 only)
 
 
@@ -116,17 +116,18 @@ def dependent_values(layout: Layout, free: torch.Tensor) -> torch.Tensor:
     r = value_of_packed(free[:WORD], n)
     rho = unpack_row(free[WORD], n)
     values = [r, rho] if layout.width == 1 else [r, rho, rho * r]
-    for a, b1, b2 in _free_triples(layout, free):
-        values += [(a & b1).reshape(-1), (a & b2).reshape(-1)]
+    for (f, _), masks in zip(layout.levels, _level_masks(layout, free), strict=True):
+        values.append(tree.products(f, masks).reshape(-1))
     return torch.cat(values)
 
 
-def _free_triples(layout: Layout, free: torch.Tensor
-                  ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def _level_masks(layout: Layout, free: torch.Tensor) -> list[torch.Tensor]:
+    """Each level's masks (variables, nodes, W) in the free rows."""
     out, row = [], WORD + 1
-    for m in layout.merges:
-        out.append((free[row:row + m], free[row + m:row + 2 * m], free[row + 2 * m:row + 3 * m]))
-        row += 3 * m
+    for f, m in layout.levels:
+        count = len(tree.variables(f)) * m
+        out.append(free[row:row + count].reshape(len(tree.variables(f)), m, -1))
+        row += count
     return out
 
 
@@ -145,13 +146,13 @@ def assemble(layout: Layout, free: torch.Tensor, dependent: torch.Tensor) -> Mat
     """This party's free rows and dependent shares as ``Material``."""
     n, words = layout.n, layout.words
     products = dependent[layout.ring:].view(-1, words)
-    triples, row = [], 0
-    for (a, b1, b2), m in zip(_free_triples(layout, free), layout.merges, strict=True):
-        c1, c2 = products[row:row + m], products[row + m:row + 2 * m]
-        triples.append((a, b1, b2, c1, c2))
-        row += 2 * m
+    levels, row = [], 0
+    for (f, m), masks in zip(layout.levels, _level_masks(layout, free), strict=True):
+        count = len(tree.monomials(f))
+        levels.append((masks, products[row:row + count * m].reshape(count, m, words)))
+        row += count * m
     return Material(r_bits=free[:WORD], rho_bits=free[WORD:WORD + 1], r=dependent[:n],
-                    rho=dependent[n:2 * n], triples=triples,
+                    rho=dependent[n:2 * n], levels=levels,
                     rho_r=dependent[2 * n:3 * n] if layout.width == 2 else None)
 
 
