@@ -20,10 +20,10 @@ The ``masked`` protocol (the textbook dealer-assisted comparison) pays ~1/10 of 
 The bits are *bit-sliced*: a 64-bit word holds the same bit position of 64 elements, so
 a tree level opens 7 bits per node and element instead of 7 words. Per element and
 party: one opened word (c), 21 x 7 opened bits (the tree) and one opened bit (t): ~27
-bytes, 5 rounds, and with the TTP dealer one request per comparison (party 0 receives
-~74 bytes per element: its shares of r, rho and the 21 x 22 mask products; every other
-share, and party 0's shares of the independent values, come from the generators it
-shares with the TTP).
+bytes, 5 rounds (4 for x within 2^32 raw units: 32 leaves, a root of 8), and with the
+TTP dealer one request per comparison (party 0 receives ~74 bytes per element, ~84
+narrow: its shares of r, rho and the mask products; every other share, and party 0's
+shares of the independent values, come from the generators it shares with the TTP).
 
 The result is exact (no probabilistic truncation), so it equals CrypTen's comparison bit
 for bit. Security: semi-honest, with a dealer that deals correct randomness, as for
@@ -49,13 +49,13 @@ from crypten_mpcache.secure.primitives.comparison_dealer import (
 from crypten_mpcache.secure.primitives.party import open_sum, open_xor, party_rank
 
 
-def _level(lt: torch.Tensor, eq: torch.Tensor, f: int, masks: torch.Tensor,
+def _level(lt: torch.Tensor, eq: torch.Tensor, f: int, root: bool, masks: torch.Tensor,
            products: torch.Tensor, first: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """One tree level on XOR shares in one round: the nodes' variables opened under the
     dealt masks, the merge terms local (``comparison_tree``)."""
-    shares, top_lt = tree.node_variables(f, lt, eq)
+    shares, top_lt = tree.node_variables(f, root, lt, eq)
     opened = open_xor((shares ^ masks).reshape(-1, shares.shape[-1])).view(shares.shape)
-    return tree.evaluate(f, top_lt, opened, masks, products, first)
+    return tree.evaluate(f, root, top_lt, opened, masks, products, first)
 
 
 def _opened_sign(flat: torch.Tensor, mat: Material, bits: int
@@ -72,8 +72,9 @@ def _opened_sign(flat: torch.Tensor, mat: Material, bits: int
     lt = torch.cat([pad_lt, mat.r_bits[:bits] & ~c_bits[:bits]])
     eq = mat.r_bits[:bits] ^ ((c_bits[:bits] ^ ones) if first else 0)
     eq = torch.cat([pad_eq, eq])
-    for (f, _), (masks, products) in zip(Layout(n, bits).levels, mat.levels, strict=True):
-        lt, eq = _level(lt, eq, f, masks, products, first)        # one round per level
+    for (f, _, root), (masks, products) in zip(Layout(n, bits).levels, mat.levels,
+                                               strict=True):
+        lt, eq = _level(lt, eq, f, root, masks, products, first)  # one round per level
     msb = lt ^ mat.r_bits[bits:bits + 1] ^ (c_bits[bits:bits + 1] if first else 0)
     t = unpack_row(open_xor(msb ^ mat.rho_bits)[0], n)          # the last round
     return c, t
@@ -85,9 +86,9 @@ def less_than_zero_shares(share: torch.Tensor, material: Material | None = None,
 
     ``bits`` < 63: x must lie in [-2^bits, 2^bits) (raw units); then x = (c - r) mod
     2^(bits + 1) and its sign is c_b xor r_b xor [c mod 2^b < r mod 2^b] for b = bits: the
-    tree compares b positions (32 leaves for b <= 32, 3 levels as for 64; 16 leaves, 2
-    levels, for b <= 16) and the dealer deals half the mask products or fewer. Outside
-    that range the sign is wrong (the bound is each caller's documented range)."""
+    tree compares b positions (32 leaves for b <= 32: 2 levels, 4 then 8, where 64
+    leaves take 3; 1 level for b <= 8). Outside that range the sign is wrong (the bound
+    is each caller's documented range)."""
     flat = share.reshape(-1)
     mat = material if material is not None else deal(flat.numel(), flat.device, bits)
     _, t = _opened_sign(flat, mat, bits)

@@ -60,10 +60,11 @@ class Layout:
             raise ValueError(f"width must be 1 (the bit) or 2 (and rho r), got {self.width}")
 
     @property
-    def levels(self) -> tuple[tuple[int, int], ...]:
-        """(fan-in, nodes) of each tree level, bottom first: one round each."""
+    def levels(self) -> tuple[tuple[int, int, bool], ...]:
+        """(fan-in, nodes, root) of each tree level, bottom first: one round each."""
         leaves = leaves_for(self.bits)
-        return tuple(zip(tree.fan_ins(leaves), tree.nodes_per_level(leaves), strict=True))
+        shape = list(zip(tree.fan_ins(leaves), tree.nodes_per_level(leaves), strict=True))
+        return tuple((f, m, i == len(shape) - 1) for i, (f, m) in enumerate(shape))
 
     @property
     def ring(self) -> int:
@@ -76,11 +77,11 @@ class Layout:
 
     @property
     def free_rows(self) -> int:
-        return WORD + 1 + sum(len(tree.variables(f)) * m for f, m in self.levels)
+        return WORD + 1 + sum(len(tree.variables(f, root)) * m for f, m, root in self.levels)
 
     @property
     def product_rows(self) -> int:
-        return sum(len(tree.monomials(f)) * m for f, m in self.levels)
+        return sum(len(tree.monomials(f, root)) * m for f, m, root in self.levels)
 
     @property
     def dependent_size(self) -> int:
@@ -116,17 +117,17 @@ def dependent_values(layout: Layout, free: torch.Tensor) -> torch.Tensor:
     r = value_of_packed(free[:WORD], n)
     rho = unpack_row(free[WORD], n)
     values = [r, rho] if layout.width == 1 else [r, rho, rho * r]
-    for (f, _), masks in zip(layout.levels, _level_masks(layout, free), strict=True):
-        values.append(tree.products(f, masks).reshape(-1))
+    for (f, _, root), masks in zip(layout.levels, _level_masks(layout, free), strict=True):
+        values.append(tree.products(f, root, masks).reshape(-1))
     return torch.cat(values)
 
 
 def _level_masks(layout: Layout, free: torch.Tensor) -> list[torch.Tensor]:
     """Each level's masks (variables, nodes, W) in the free rows."""
     out, row = [], WORD + 1
-    for f, m in layout.levels:
-        count = len(tree.variables(f)) * m
-        out.append(free[row:row + count].reshape(len(tree.variables(f)), m, -1))
+    for f, m, root in layout.levels:
+        count = len(tree.variables(f, root)) * m
+        out.append(free[row:row + count].reshape(count // m, m, -1))
         row += count
     return out
 
@@ -147,8 +148,8 @@ def assemble(layout: Layout, free: torch.Tensor, dependent: torch.Tensor) -> Mat
     n, words = layout.n, layout.words
     products = dependent[layout.ring:].view(-1, words)
     levels, row = [], 0
-    for (f, m), masks in zip(layout.levels, _level_masks(layout, free), strict=True):
-        count = len(tree.monomials(f))
+    for (f, m, root), masks in zip(layout.levels, _level_masks(layout, free), strict=True):
+        count = len(tree.monomials(f, root))
         levels.append((masks, products[row:row + count * m].reshape(count, m, words)))
         row += count * m
     return Material(r_bits=free[:WORD], rho_bits=free[WORD:WORD + 1], r=dependent[:n],
