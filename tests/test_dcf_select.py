@@ -221,9 +221,9 @@ def _tournament_party(scores: torch.Tensor) -> tuple[list[float], list[list[floa
     return best.get_plain_text().tolist(), onehot.get_plain_text().tolist(), phase
 
 
-# masked: the comparison's 8 rounds (63 bits: no bound given) and no select product (9
-# before the dealt rho r)
-@pytest.mark.parametrize("comparison,rounds_per_level", [("dcf", 1), ("masked", 8)])
+# masked: the comparison's 5 rounds (63 bits: no bound given; open, 3 tree levels of 4,
+# the daBit) and no select product (9 with binary merges and a product)
+@pytest.mark.parametrize("comparison,rounds_per_level", [("dcf", 1), ("masked", 5)])
 def test_a_tournament_level_is_one_round_when_the_select_fuses(comparison, rounds_per_level):
     scores = torch.tensor([[0.5, 3.25, -1.0, 3.25, 2.0, -7.5, 0.0, 1.0],
                            [-2.0, -2.0, -2.0, -2.0, -3.0, -1.5, -4.0, -1.5]])
