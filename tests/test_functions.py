@@ -88,11 +88,11 @@ def test_rms_norm_over_measured_range() -> None:
     for name in ("fine_only", "no_medium"):
         expected, got = result[name]
         assert ((got - expected).norm(dim=-1) / expected.norm(dim=-1)).max() < 1e-2, name
-    # squares 1, switches and buckets of all estimates in ONE comparison round,
-    # normalize 1, 1/sqrt from the order-1 table 2 (one-hot, one product), the pick of
-    # (S, y_n) 1 (monotone switch bits), x * S * y_n 2
-    assert result["costs"][0][1] == 1 + result["comparison_rounds"] + 1 + 2 + 1 + 2
-    assert result["newton_costs"][1] == result["costs"][0][1] - 2 + 3 * 3
+    # squares 1, switches and buckets of all estimates in ONE comparison round, the
+    # normalization beside the taken S 1, 1/sqrt from the order-1 table 2 (one-hot, one
+    # product beside x * S), the pick of y_n 1 (monotone switch bits), (x * S) * y_n 1
+    assert result["costs"][0][1] == 1 + result["comparison_rounds"] + 1 + 2 + 1 + 1
+    assert result["newton_costs"][1] == result["costs"][0][1] - 2 + 1 + 3 * 3
 
 
 def _take_over_job() -> dict:

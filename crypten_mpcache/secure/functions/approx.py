@@ -105,7 +105,15 @@ class RangeReduction:
         return padded_hi - padded_lo
 
     def normalize(self, v: Any, onehot: Any) -> Any:
-        """v / (low * ratio**bucket), in [1, ratio): one multiplication round.
+        """v / (low * ratio**bucket), in [1, ratio): one multiplication round,
+        sum_j candidates(v)_j onehot_j."""
+        if onehot is None:
+            return self.candidates(v)
+        return (self.candidates(v) * onehot).sum(-1)
+
+    def candidates(self, v: Any) -> Any:
+        """v / (low * ratio**j) for every bucket j (..., buckets), or for the one bucket
+        (no new axis): local.
 
         Each bucket's factor 2**e is applied to v itself: an exact integer product where
         e >= 0, one batched division by public integers where e < 0 (factors below 2**-16
@@ -114,14 +122,14 @@ class RangeReduction:
         ``low`` costs no reliability.
         """
         exponents = [-round(math.log2(self.low * self.ratio ** j)) for j in range(self.buckets)]
-        if onehot is None:
+        if self.buckets == 1:
             return _scale_pow2(v, exponents[0])
         column = v.unsqueeze(-1)                        # both ops broadcast it
         up = [2 ** e for e in exponents if e >= 0]
         down = [2 ** -e for e in exponents if e < 0]
         parts = [mul_public_int(column, torch.tensor(up))] if up else []
         parts += [column.div(torch.tensor(down))] if down else []
-        return (crypten.cat(parts, dim=-1) * onehot).sum(-1)
+        return crypten.cat(parts, dim=-1)
 
     def pow2_factor(self, onehot: Any, exponents: list[int]) -> Any:
         """sum_j onehot_j * 2**exponents[j] at the fixed-point scale, exactly (local).

@@ -8,6 +8,7 @@ use it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -16,6 +17,7 @@ from crypten.encoder import FixedPointEncoder
 
 from crypten_mpcache.secure.primitives.fixed_point import fixed_scale, mul_public_int
 from crypten_mpcache.secure.primitives.onehot import onehot
+from crypten_mpcache.secure.primitives.products import multiply_together
 
 
 def _taylor_coefficients(kind: str, t: torch.Tensor) -> list[torch.Tensor]:
@@ -58,6 +60,13 @@ def segment_polynomial(shifted: Any, steps: int, table: torch.Tensor) -> Any:
     3-party truncation: -2..+3); d is computed from the same v, so the polynomial then
     reaches one segment further. ``shifted`` must keep v inside [0, width) or the caller
     must gate the outside (v is read mod width)."""
+    return segment_polynomial_with(shifted, steps, table, ())[0]
+
+
+def segment_polynomial_with(shifted: Any, steps: int, table: torch.Tensor,
+                            alongside: Sequence[tuple[Any, Any]]) -> tuple[Any, list[Any]]:
+    """``segment_polynomial`` and the independent products ``alongside`` (pairs of
+    secrets), the latter in the polynomial's last product round (no round of their own)."""
     segment = mul_public_int(shifted, torch.tensor(steps))
     segment._tensor.div_(fixed_scale())           # CrypTen's truncation (any party count)
     segment.encoder = FixedPointEncoder(precision_bits=0)  # v (maybe off by one): scale 1
@@ -66,6 +75,14 @@ def segment_polynomial(shifted: Any, steps: int, table: torch.Tensor) -> Any:
     start.encoder = FixedPointEncoder()            # raw v * 2^16 / steps = v / steps, exact
     d = shifted - start
     out = table_read(bits, table[-1])
-    for row in reversed(range(int(table.shape[0]) - 1)):
-        out = out * d + table_read(bits, table[row])
-    return out
+    rows = list(reversed(range(int(table.shape[0]) - 1)))
+    extra: list[Any] = []
+    for row in rows:
+        if row == rows[-1] and alongside:          # the last product: with the others
+            product, *extra = multiply_together([(out, d), *alongside])
+        else:
+            product = out * d
+        out = product + table_read(bits, table[row])
+    if alongside and not rows:
+        extra = multiply_together(list(alongside))
+    return out, extra

@@ -21,8 +21,13 @@ import torch
 
 from crypten_mpcache.runtime.cost import operator_scope
 from crypten_mpcache.secure.functions.approx import RangeReduction, ge_public, newton_inv_sqrt
-from crypten_mpcache.secure.functions.lookup import segment_polynomial, taylor_table
+from crypten_mpcache.secure.functions.lookup import (
+    segment_polynomial,
+    segment_polynomial_with,
+    taylor_table,
+)
 from crypten_mpcache.secure.primitives.fixed_point import mul_public_int
+from crypten_mpcache.secure.primitives.products import multiply_together
 
 
 @dataclass(frozen=True)
@@ -148,29 +153,51 @@ def _take_over(values: Any, bits: list[Any]) -> Any:
     if not bits:
         return values[0]
     steps = crypten.stack([values[i] - values[i - 1] for i in range(1, len(bits) + 1)])
-    selectors = crypten.stack(bits)
-    while selectors.dim() < steps.dim():                # bits broadcast like values[i]
-        selectors = selectors.unsqueeze(1)
+    selectors = _selectors(bits, steps.dim())
     return values[0] + (selectors * steps).sum(0)
 
 
-def _inv_sqrt_normalized(v_n: Any, config: NormConfig) -> Any:
-    """1 / sqrt(v_n) for v_n in [1, ratio)."""
+def _selectors(bits: list[Any], dim: int) -> Any:
+    """The monotone bits stacked (first axis), broadcast like values of ``dim`` axes."""
+    selectors = crypten.stack(bits)
+    while selectors.dim() < dim:
+        selectors = selectors.unsqueeze(1)
+    return selectors
+
+
+def _taken_scale(scales: Any, bits: list[Any]) -> tuple[Any, Any]:
+    """The pair (steps, selectors) whose product, summed over the first axis and added to
+    scales[0], is the taken estimate's scale (``_take_over`` with its product left to the
+    caller's round)."""
+    steps = crypten.stack([scales[i] - scales[i - 1] for i in range(1, len(bits) + 1)])
+    return steps, _selectors(bits, steps.dim())
+
+
+def _inv_sqrt_normalized(v_n: Any, config: NormConfig, x: Any, scale: Any
+                         ) -> tuple[Any, Any]:
+    """(1 / sqrt(v_n) for v_n in [1, ratio), x * scale): with the table, x * scale rides in
+    the table's product round."""
     if config.inv_sqrt == "newton":
-        return newton_inv_sqrt(v_n, 1.0, float(config.ratio), config.newton_iters)
+        y_n = newton_inv_sqrt(v_n, 1.0, float(config.ratio), config.newton_iters)
+        return y_n, x * scale
     steps = config.lookup_steps
     table = taylor_table("inv_sqrt", 0.5, steps, config.ratio * steps, config.lookup_order)
-    return segment_polynomial(v_n - 0.5, steps, table)
+    if not crypten.is_encrypted_tensor(scale):
+        return segment_polynomial(v_n - 0.5, steps, table), x * scale
+    y_n, (scaled,) = segment_polynomial_with(v_n - 0.5, steps, table, [(x, scale)])
+    return y_n, scaled
 
 
-def inv_rms_parts(x: Any, eps: float, config: NormConfig = NormConfig()) -> tuple[Any, Any]:
-    """(S, y_n) with 1 / sqrt(mean(x^2, -1) + eps) = S * y_n (keepdim): S an exact power
-    of two, y_n in (1/sqrt(ratio), 1].
+def normalized(x: Any, eps: float, config: NormConfig = NormConfig()) -> Any:
+    """x / sqrt(mean(x^2, -1) + eps) = (x * S) * y_n: S an exact power of two, y_n in
+    (1/sqrt(ratio), 1], of the estimate the switches pick.
 
     Why every estimate goes the whole way: the switches between the estimates and the
     range-reduction buckets are then ONE comparison round on per-row scalars (the
-    estimates' bucket bits do not wait for the pick), and the pick moves to the end,
-    applied to (S, y_n). The estimates are per-row scalars, so the extra work is small.
+    estimates' bucket bits do not wait for the pick). Rounds: the squares; the
+    comparison; the estimates' normalization beside the taken scale S; the table's
+    opening; its product beside x * S; the pick of y_n (exact, so a wrapped estimate that
+    is not taken cancels); (x * S) * y_n: 7 with the default table.
     v = v_n * low * ratio**e with v_n in [1, ratio); S = (low * ratio**e)**-1/2.
     """
     red = config.reduction
@@ -179,17 +206,23 @@ def inv_rms_parts(x: Any, eps: float, config: NormConfig = NormConfig()) -> tupl
     edges = red.edges                                   # empty with one bucket
     thresholds = torch.cat([edges, torch.tensor(switches, dtype=torch.float64) + eps])
     bits = ge_public(v, thresholds) if len(thresholds) else None   # one comparison round
-    onehot = red.onehot_from_bits(bits[..., : len(edges)]) if red.buckets > 1 else None
-    y_n = _inv_sqrt_normalized(red.normalize(v, onehot), config)
     m = round(-math.log2(red.low)) // 2
     r = round(math.log2(red.ratio)) // 2
     coarse = len(switches)                              # the last estimate
     picks = [bits[coarse, ..., len(edges) + i] for i in range(len(switches))]
-    if onehot is None:
-        return torch.tensor(2.0 ** m), _take_over(y_n, picks)
-    scale = red.pow2_factor(onehot, [m - r * j for j in range(red.buckets)])
-    both = _take_over(crypten.stack([scale, y_n], dim=1), picks)
-    return both[0], both[1]
+    if red.buckets == 1:
+        v_n, scale = red.candidates(v), torch.tensor(2.0 ** m)
+    else:
+        onehot = red.onehot_from_bits(bits[..., : len(edges)])
+        scales = red.pow2_factor(onehot, [m - r * j for j in range(red.buckets)])
+        pairs = [(red.candidates(v), onehot)]
+        if picks:
+            pairs.append(_taken_scale(scales, picks))
+        products = multiply_together(pairs)             # one round
+        v_n = products[0].sum(-1)
+        scale = scales[0] + products[1].sum(0) if picks else scales[0]
+    y_n, scaled = _inv_sqrt_normalized(v_n, config, x, scale)
+    return scaled * _take_over(y_n, picks)
 
 
 def rms_norm(x: Any, weight: Any, eps: float, *, config: NormConfig = NormConfig()) -> Any:
@@ -200,6 +233,4 @@ def rms_norm(x: Any, weight: Any, eps: float, *, config: NormConfig = NormConfig
     (so that no product is large enough to wrap), then by y_n in (0.5, 1].
     """
     with operator_scope("norm"):
-        scale, y_n = inv_rms_parts(x, eps, config)
-        y = (x * scale) * y_n
-        return _apply_weight(y, weight)
+        return _apply_weight(normalized(x, eps, config), weight)

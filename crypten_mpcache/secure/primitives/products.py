@@ -1,0 +1,54 @@
+"""Independent products of secrets in ONE round: one Beaver opening for all of them.
+
+CrypTen runs every product as it is called, so two products that do not depend on each
+other still cost two rounds when they are two calls. ``multiply_together`` broadcasts each
+pair, concatenates the flattened operands and multiplies them in one Beaver round; each
+product then gets CrypTen's own scaling (a truncation by the fixed-point scale where
+both factors carry it, none where one is a scale-1 bit or count: the ``truncating``
+products share one division). The opened words are those of the separate products: only
+rounds are saved. Used where a function's products are independent (the RMSNorm's).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from crypten.encoder import FixedPointEncoder
+from crypten.mpc import MPCTensor
+from crypten.mpc.primitives import ArithmeticSharedTensor
+
+
+def _raw(values: list[torch.Tensor]) -> ArithmeticSharedTensor:
+    """Shares as a scale-1 tensor (no truncation after its product)."""
+    return ArithmeticSharedTensor.from_shares(torch.cat(values), precision=0)
+
+
+def multiply_together(pairs: Sequence[tuple[Any, Any]]) -> list[Any]:
+    """[a * b for (a, b) in pairs] (MPCTensors, broadcast per pair) in one product round."""
+    if not pairs or not all(isinstance(v, MPCTensor) for pair in pairs for v in pair):
+        raise TypeError("multiply_together takes a non-empty list of pairs of MPCTensors")
+    shapes = [torch.broadcast_shapes(a.shape, b.shape) for a, b in pairs]
+    sizes = [shape.numel() for shape in shapes]
+    lefts = [a.share.expand(s).reshape(-1) for (a, _), s in zip(pairs, shapes, strict=True)]
+    rights = [b.share.expand(s).reshape(-1) for (_, b), s in zip(pairs, shapes, strict=True)]
+    raw = _raw(lefts).mul(_raw(rights)).share.split(sizes)            # the one round
+    truncating = [a.encoder.scale > 1 and b.encoder.scale > 1 for a, b in pairs]
+    if any(truncating):
+        chosen = [r for r, t in zip(raw, truncating, strict=True) if t]
+        divided = _raw(chosen).div_(int(FixedPointEncoder().scale)).share.split(
+            [r.numel() for r in chosen])
+        parts = iter(divided)
+        raw = [next(parts) if t else r for r, t in zip(raw, truncating, strict=True)]
+    out = []
+    for (a, b), share, shape in zip(pairs, raw, shapes, strict=True):
+        like = a if a.encoder.scale > 1 or b.encoder.scale == 1 else b
+        result = like.clone()
+        result._tensor = ArithmeticSharedTensor.from_shares(share.reshape(shape), precision=0)
+        result._tensor.encoder = like.encoder
+        out.append(result)
+    return out
+
+
+__all__ = ["multiply_together"]
