@@ -29,7 +29,7 @@ from torch import nn
 
 from crypten_mpcache.runtime.cost import operator_scope
 from crypten_mpcache.secure.cache.kv_cache import CachePolicy, FullCache, SecureKVCache
-from crypten_mpcache.secure.functions.activation import ActivationConfig, silu
+from crypten_mpcache.secure.functions.activation import ActivationConfig, silu_times
 from crypten_mpcache.secure.functions.norm import NormConfig, rms_norm
 from crypten_mpcache.secure.functions.softmax import SoftmaxConfig, masked_softmax
 from crypten_mpcache.secure.functions.tournament import argmax_onehot
@@ -199,7 +199,7 @@ class SecureMLP(nn.Module):
     def forward(self, x: Any) -> Any:
         gate, up = self.gate_up_proj(x)
         with operator_scope("activation"):
-            hidden = silu(gate, config=self.config) * up
+            hidden = silu_times(gate, up, config=self.config)
         return self.down_proj(hidden)
 
 
