@@ -27,7 +27,7 @@ from crypten.mpc.provider.ttp_provider import TTPClient, TTPServer
 
 from crypten_mpcache.patches import Patch, replace_method
 from crypten_mpcache.runtime.offline import serve_request
-from crypten_mpcache.secure.primitives import comparison_dealer, dcf_comparison, onehot
+from crypten_mpcache.secure.primitives import comparison_dealer, dcf_dealer, onehot
 from crypten_mpcache.secure.primitives.premask_dealer import MaskStore, Recipe, party0_product_share
 
 
@@ -70,20 +70,20 @@ def _onehot_material(server: Any, n: int, width: int) -> torch.Tensor:
 
 
 def _dcf_material(server: Any, n: int, start: int, count: int, width: int,
-                  bits: int = dcf_comparison.BITS) -> torch.Tensor:
+                  bits: int = dcf_dealer.BITS) -> torch.Tensor:
     """Batch [start, start + count) of a DCF comparison of n elements with a payload of
     ``width`` words over ``bits`` levels (the server keeps the comparison's mask from its
     first batch to its last)."""
     state = server.__dict__.setdefault("_dcf_state", {})
-    return dcf_comparison.ttp_party0_share(state, server._get_generators(device=None),
+    return dcf_dealer.ttp_party0_share(state, server._get_generators(device=None),
                                            int(n), int(start), int(count), int(width),
                                            int(bits))
 
 
 # Party 1 receives the leading words of party 0's answer: the keys' correction words.
 _dcf_material.relay_words = (  # type: ignore[attr-defined]
-    lambda n, start, count, width, bits=dcf_comparison.BITS:
-    dcf_comparison.Layout(int(count), int(width), int(bits)).cw_words)
+    lambda n, start, count, width, bits=dcf_dealer.BITS:
+    dcf_dealer.Layout(int(count), int(width), int(bits)).cw_words)
 
 
 REQUESTS = {"premask_register": _premask_register,
@@ -110,8 +110,8 @@ RESPONSE_SIZES: dict[str, Callable[..., Any]] = {
     "comparison_material": lambda n, bits=comparison_dealer.POSITIONS, width=1:
         (comparison_dealer.Layout(int(n), int(bits), int(width)).dependent_size,),
     "onehot_material": lambda n, width: (int(n), int(width)),
-    "dcf_material": lambda n, start, count, width, bits=dcf_comparison.BITS:
-        (dcf_comparison.Layout(int(count), int(width), int(bits)).party0_words,),
+    "dcf_material": lambda n, start, count, width, bits=dcf_dealer.BITS:
+        (dcf_dealer.Layout(int(count), int(width), int(bits)).party0_words,),
 }
 
 

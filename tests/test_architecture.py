@@ -27,7 +27,7 @@ PATCH_NEEDS = {
     f"{PATCHES}.crypten_dealer": {f"{PACKAGE}.runtime.offline",
                                   f"{PACKAGE}.secure.primitives",
                                   f"{PACKAGE}.secure.primitives.comparison_dealer",
-                                  f"{PACKAGE}.secure.primitives.dcf_comparison",
+                                  f"{PACKAGE}.secure.primitives.dcf_dealer",
                                   f"{PACKAGE}.secure.primitives.onehot",
                                   f"{PACKAGE}.secure.primitives.premask_dealer"},
     f"{PATCHES}.crypten_distributed": {f"{PACKAGE}.runtime.opening"},

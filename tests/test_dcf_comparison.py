@@ -27,7 +27,7 @@ from crypten_mpcache.private import PrivateGenerationConfig, generate_ids
 from crypten_mpcache.runtime.launcher import LaunchConfig, launch
 from crypten_mpcache.runtime.offline import OfflineConfig, deal_ahead
 from crypten_mpcache.secure.primitives import dcf
-from crypten_mpcache.secure.primitives.dcf_comparison import (
+from crypten_mpcache.secure.primitives.dcf_dealer import (
     BITS,
     LOW,
     Layout,

@@ -19,7 +19,7 @@ import crypten_mpcache  # noqa: F401
 from crypten_mpcache.runtime.launcher import LaunchConfig, launch
 from crypten_mpcache.runtime.offline import deal_ahead
 from crypten_mpcache.secure.primitives import dcf
-from crypten_mpcache.secure.primitives.dcf_comparison import (
+from crypten_mpcache.secure.primitives.dcf_dealer import (
     BITS,
     LOW,
     Layout,

@@ -36,7 +36,7 @@ from crypten_mpcache.patches import crypten_comparison, crypten_dealer, crypten_
 from crypten_mpcache.patches.crypten_comparison import COMPARISONS as COMPARISONS  # for the CLIs
 from crypten_mpcache.runtime import dealer as dealer_process
 from crypten_mpcache.runtime import offline
-from crypten_mpcache.secure.primitives import dcf_comparison
+from crypten_mpcache.secure.primitives import dcf_dealer
 
 Dealer = Literal["ttp", "tfp"]
 DEALERS: tuple[str, ...] = ("ttp", "tfp")
@@ -78,7 +78,7 @@ class LaunchConfig:
         if self.dealer not in DEALERS:
             raise ValueError(f"dealer must be one of {DEALERS}, got {self.dealer!r}")
         crypten_comparison.validate(self.comparison, self.dcf_max_elements)
-        dcf_comparison.checked_batch(  # validates both
+        dcf_dealer.checked_batch(  # validates both
             offline.OfflineConfig(dealing=self.dealing, dcf_batch=self.dcf_batch))
         if not self.timeout_s > 0:
             raise ValueError(f"timeout_s must be positive, got {self.timeout_s}")
