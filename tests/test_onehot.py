@@ -75,3 +75,36 @@ def test_widths_are_powers_of_two() -> None:
         oh.Layout(4, 12)
     with pytest.raises(ValueError, match="count"):
         oh.width_for(0)
+
+
+def _together_party() -> dict:
+    import crypten
+
+    from crypten_mpcache.runtime.cost import CostMeter
+    from crypten_mpcache.runtime.offline import deal_ahead
+    from crypten_mpcache.secure.primitives.onehot import onehot_pending
+    from crypten_mpcache.secure.primitives.openings import open_together
+    from crypten_mpcache.secure.primitives.select import less_than_zero_pending
+
+    v = crypten.cryptensor(torch.tensor([3.0, 0.0, 7.0]), precision=0)
+    x = crypten.cryptensor(torch.tensor([-2.5, 0.0, 4.0, -0.001]))
+    meter = CostMeter()
+    with meter.phase("p"):
+        bits, signs = deal_ahead("p", lambda: open_together(onehot_pending(v, 8),
+                                                            less_than_zero_pending(x, 4)))
+    phase = meter.report()["phases"][0]
+    return {"bits": bits.get_plain_text(), "signs": signs.get_plain_text(),
+            "rounds": phase["rounds"] - phase["dealer_rounds"]}
+
+
+# masked: the shared opening, the tree over 20 bits (2 levels), the daBit
+@pytest.mark.parametrize("comparison,rounds", [("dcf", 1), ("masked", 1 + 2 + 1)])
+def test_a_onehot_opens_beside_a_comparison(comparison: str, rounds: int) -> None:
+    """The one-hot's index and the comparison's masked input share one opening (both
+    results exact); the masked comparison's tree and daBit follow."""
+    config = LaunchConfig(dealer="ttp", comparison=comparison, timeout_s=300)
+    out = launch(_together_party, config=config)[0]
+    assert out["bits"].tolist() == torch.nn.functional.one_hot(
+        torch.tensor([3, 0, 7]), 8).tolist()
+    assert out["signs"].tolist() == [1.0, 0.0, 0.0, 1.0]
+    assert out["rounds"] == rounds

@@ -18,13 +18,14 @@ import torch
 
 from crypten_mpcache.runtime.cost import operator_scope
 from crypten_mpcache.secure.functions.approx import exp_nonpositive
-from crypten_mpcache.secure.functions.lookup import (
-    segment_polynomial,
-    segment_polynomial_with,
-    taylor_table,
-)
+from crypten_mpcache.secure.functions.lookup import polynomial, segment_pending, taylor_table
+from crypten_mpcache.secure.primitives.openings import open_together
 from crypten_mpcache.secure.primitives.products import multiply_together
-from crypten_mpcache.secure.primitives.select import difference_bound, less_than_zero
+from crypten_mpcache.secure.primitives.select import (
+    difference_bound,
+    less_than_zero,
+    less_than_zero_pending,
+)
 
 SILU_METHODS = ("lookup", "exp_poly", "piecewise", "sigmoid")
 
@@ -131,6 +132,18 @@ def _outside(x: Any, edge: float, config: ActivationConfig) -> tuple[Any, Any]:
     return sides[0], sides[1]
 
 
+def _gates_and_segment(x: Any, config: ActivationConfig) -> tuple[Any, Any, Any, Any]:
+    """(low, high, one-hot, d) of the table SiLU: the gates' comparison and the segment's
+    one-hot open together (one round for both first openings)."""
+    bound, steps = config.lookup_bound, config.lookup_steps
+    edge = bound - 4.0 / steps                      # gated-out v may wrap mod W
+    gates = less_than_zero_pending(crypten.stack([x + edge, x.neg() + edge]),
+                                   difference_bound(config.input_bound_log2))
+    segment = segment_pending(x + bound, steps, config.lookup_width)
+    sides, (bits, d) = open_together(gates, segment)
+    return sides[0], sides[1], bits, d
+
+
 def _gated(x: Any, inner: Any, low: Any, high: Any) -> Any:
     """silu(x) ~ 0 below the inner range, x above it, ``inner`` within: both gate
     products in one stacked product (one round)."""
@@ -157,10 +170,10 @@ def _silu_lookup(x: Any, config: ActivationConfig) -> Any:
     The gates compare x with -+(B - 4 / steps), exactly, so a gated-in v never wraps: a
     2-party truncation is off by at most one, CrypTen's 3-party protocol by -2..+3.
     """
-    bound, steps = config.lookup_bound, config.lookup_steps
-    low, high = _outside(x, bound - 4.0 / steps, config)   # gated-out v may wrap mod W
-    table = taylor_table("silu", -bound, steps, config.lookup_width, config.lookup_order)
-    inner = segment_polynomial(x + bound, steps, table)
+    low, high, bits, d = _gates_and_segment(x, config)
+    table = taylor_table("silu", -config.lookup_bound, config.lookup_steps,
+                         config.lookup_width, config.lookup_order)
+    inner, _ = polynomial(bits, d, table)
     return _gated(x, inner, low, high)
 
 
@@ -172,11 +185,10 @@ def silu_times(x: Any, up: Any, *, config: ActivationConfig = ActivationConfig()
     if config.method != "lookup":
         return silu(x, config=config) * up
     with operator_scope("activation"):
-        bound, steps = config.lookup_bound, config.lookup_steps
-        low, high = _outside(x, bound - 4.0 / steps, config)
-        table = taylor_table("silu", -bound, steps, config.lookup_width, config.lookup_order)
-        inner, (up_high, up_low) = segment_polynomial_with(x + bound, steps, table,
-                                                           [(high, up), (low, up)])
+        low, high, bits, d = _gates_and_segment(x, config)
+        table = taylor_table("silu", -config.lookup_bound, config.lookup_steps,
+                             config.lookup_width, config.lookup_order)
+        inner, (up_high, up_low) = polynomial(bits, d, table, [(high, up), (low, up)])
         kept, above, below = multiply_together([(up, inner), (up_high, x - inner),
                                                 (up_low, inner)])
         return kept + above - below

@@ -16,7 +16,9 @@ import torch
 from crypten.encoder import FixedPointEncoder
 
 from crypten_mpcache.secure.primitives.fixed_point import fixed_scale, mul_public_int
-from crypten_mpcache.secure.primitives.onehot import onehot
+from crypten_mpcache.secure.primitives.onehot import onehot_pending
+from crypten_mpcache.secure.primitives.openings import Pending
+from crypten_mpcache.secure.primitives.party import open_sum
 from crypten_mpcache.secure.primitives.products import multiply_together
 
 
@@ -67,13 +69,28 @@ def segment_polynomial_with(shifted: Any, steps: int, table: torch.Tensor,
                             alongside: Sequence[tuple[Any, Any]]) -> tuple[Any, list[Any]]:
     """``segment_polynomial`` and the independent products ``alongside`` (pairs of
     secrets), the latter in the polynomial's last product round (no round of their own)."""
+    pending = segment_pending(shifted, steps, int(table.shape[-1]))
+    bits, d = pending.finish(open_sum(pending.masked))
+    return polynomial(bits, d, table, alongside)
+
+
+def segment_pending(shifted: Any, steps: int, width: int) -> Pending[tuple[Any, Any]]:
+    """The segment's one-hot (its opening left to ``openings.open_together``) and the
+    Taylor step d = shifted - v / steps: ``polynomial`` reads the table with both."""
     segment = mul_public_int(shifted, torch.tensor(steps))
     segment._tensor.div_(fixed_scale())           # CrypTen's truncation (any party count)
     segment.encoder = FixedPointEncoder(precision_bits=0)  # v (maybe off by one): scale 1
-    bits = onehot(segment, int(table.shape[-1]))   # [v mod W == j]
     start = mul_public_int(segment, torch.tensor(fixed_scale() // steps))
     start.encoder = FixedPointEncoder()            # raw v * 2^16 / steps = v / steps, exact
     d = shifted - start
+    pending = onehot_pending(segment, width)       # [v mod W == j]
+    return Pending(pending.masked, lambda c: (pending.finish(c), d))
+
+
+def polynomial(bits: Any, d: Any, table: torch.Tensor,
+               alongside: Sequence[tuple[Any, Any]] = ()) -> tuple[Any, list[Any]]:
+    """sum_k table[k, v] d^k by Horner from the one-hot ``bits``, with the products
+    ``alongside`` in its last product round."""
     out = table_read(bits, table[-1])
     rows = list(reversed(range(int(table.shape[0]) - 1)))
     extra: list[Any] = []

@@ -46,6 +46,7 @@ from crypten_mpcache.secure.primitives.comparison_dealer import (
     deal,
     leaves_for,
 )
+from crypten_mpcache.secure.primitives.openings import Pending
 from crypten_mpcache.secure.primitives.party import open_sum, open_xor, party_rank
 
 
@@ -62,8 +63,13 @@ def _opened_sign(flat: torch.Tensor, mat: Material, bits: int
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """(c, t): c = x + r opened (the first round) and t = msb xor rho opened (the last),
     for this party's flat share of x (the tree's rounds between)."""
-    first, n = party_rank() == 0, flat.numel()
     c = open_sum(flat + mat.r)                                   # round 1
+    return c, _sign_after(c, mat, bits)
+
+
+def _sign_after(c: torch.Tensor, mat: Material, bits: int) -> torch.Tensor:
+    """t = msb xor rho opened, from the opened c: the tree's rounds and the last one."""
+    first, n = party_rank() == 0, c.numel()
     c_bits = pack_bits_of(c)                                      # (64, W) public
     ones = torch.full_like(c_bits[:1], -1)
     pads = leaves_for(bits) - bits                                # neutral: lt 0, eq 1
@@ -76,8 +82,12 @@ def _opened_sign(flat: torch.Tensor, mat: Material, bits: int
                                                strict=True):
         lt, eq = _level(lt, eq, f, root, masks, products, first)  # one round per level
     msb = lt ^ mat.r_bits[bits:bits + 1] ^ (c_bits[bits:bits + 1] if first else 0)
-    t = unpack_row(open_xor(msb ^ mat.rho_bits)[0], n)          # the last round
-    return c, t
+    return unpack_row(open_xor(msb ^ mat.rho_bits)[0], n)       # the last round
+
+
+def _bit_from(t: torch.Tensor, mat: Material) -> torch.Tensor:
+    """Arithmetic shares of the bit b = t xor rho: t + rho - 2 t rho (t public)."""
+    return (1 - 2 * t) * mat.rho + (t if party_rank() == 0 else 0)
 
 
 def less_than_zero_shares(share: torch.Tensor, material: Material | None = None,
@@ -92,8 +102,7 @@ def less_than_zero_shares(share: torch.Tensor, material: Material | None = None,
     flat = share.reshape(-1)
     mat = material if material is not None else deal(flat.numel(), flat.device, bits)
     _, t = _opened_sign(flat, mat, bits)
-    bit = (1 - 2 * t) * mat.rho + (t if party_rank() == 0 else 0)
-    return bit.reshape(share.shape)
+    return _bit_from(t, mat).reshape(share.shape)
 
 
 def negative_part_shares(share: torch.Tensor, bits: int = POSITIONS
@@ -107,7 +116,7 @@ def negative_part_shares(share: torch.Tensor, bits: int = POSITIONS
     flat = share.reshape(-1)
     mat = deal(flat.numel(), flat.device, bits, width=2)
     c, t = _opened_sign(flat, mat, bits)
-    z = (1 - 2 * t) * mat.rho + (t if party_rank() == 0 else 0)
+    z = _bit_from(t, mat)
     rho_x = mat.rho * c - mat.rho_r
     product = t * flat + (1 - 2 * t) * rho_x
     return z.reshape(share.shape), product.reshape(share.shape)
@@ -125,6 +134,18 @@ def less_than_zero(x: Any, bits: int = POSITIONS) -> Any:
     """[x < 0] as an MPCTensor with encoder scale 1, like CrypTen's ``_ltz``; ``bits`` < 63
     for x known to lie in [-2^bits, 2^bits) (see ``less_than_zero_shares``)."""
     return bit_tensor(less_than_zero_shares(x._tensor.share, bits=bits))
+
+
+def less_than_zero_pending(x: Any, bits: int = POSITIONS) -> Pending[Any]:
+    """``less_than_zero`` with its first opening left to ``openings.open_together``."""
+    share = x._tensor.share
+    flat = share.reshape(-1)
+    mat = deal(flat.numel(), flat.device, bits)
+
+    def finish(c: torch.Tensor) -> Any:
+        return bit_tensor(_bit_from(_sign_after(c, mat, bits), mat).reshape(share.shape))
+
+    return Pending(flat + mat.r, finish)
 
 
 def negative_part(x: Any, bits: int = POSITIONS) -> tuple[Any, Any]:

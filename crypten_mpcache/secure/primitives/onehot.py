@@ -29,6 +29,7 @@ import torch
 from crypten.mpc import MPCTensor
 from crypten.mpc.primitives import ArithmeticSharedTensor
 
+from crypten_mpcache.secure.primitives.openings import Pending
 from crypten_mpcache.secure.primitives.party import (
     by_dealer,
     deal_via_ttp,
@@ -114,19 +115,41 @@ def onehot_shares(share: torch.Tensor, width: int, count: int | None = None) -> 
     count = width if count is None else count
     if not 1 <= count <= width:
         raise ValueError(f"count must be in [1, {width}], got {count}")
+    pending = _onehot_pending(share, width, count)
+    return pending.finish(open_sum(pending.masked))                     # the one round
+
+
+def _onehot_pending(share: torch.Tensor, width: int, count: int) -> Pending[torch.Tensor]:
+    """v + R to open, and the rotation of the dealt unit vector that follows."""
     flat = share.reshape(-1)
     r, u = deal(Layout(flat.numel(), width), flat.device)
-    c = open_sum(flat + r)                                             # the one round
-    j = torch.arange(count, device=c.device)
-    positions = (c.unsqueeze(-1) - j) & (width - 1)                    # (c - j) mod W
-    return u.gather(-1, positions).reshape(*share.shape, count)
+
+    def finish(c: torch.Tensor) -> torch.Tensor:
+        j = torch.arange(count, device=c.device)
+        positions = (c.unsqueeze(-1) - j) & (width - 1)                # (c - j) mod W
+        return u.gather(-1, positions).reshape(*share.shape, count)
+
+    return Pending(flat + r, finish)
 
 
 def onehot(v: Any, width: int, count: int | None = None) -> Any:
     """(..., count) scale-1 MPCTensor [v == j] for a scale-1 MPCTensor v in [0, width)."""
+    pending = onehot_pending(v, width, count)
+    return pending.finish(open_sum(pending.masked))
+
+
+def onehot_pending(v: Any, width: int, count: int | None = None) -> Pending[Any]:
+    """``onehot`` with its opening left to ``openings.open_together``."""
     if v.encoder.scale != 1:
         raise ValueError("onehot needs a scale-1 integer (e.g. a sum of comparison bits)")
-    result = MPCTensor.from_shares(onehot_shares(v._tensor.share, width, count),
-                                   precision=0)
-    result.encoder._scale = 1
-    return result
+    count = width if count is None else count
+    if not 1 <= count <= width:
+        raise ValueError(f"count must be in [1, {width}], got {count}")
+    pending = _onehot_pending(v._tensor.share, width, count)
+
+    def finish(c: torch.Tensor) -> Any:
+        result = MPCTensor.from_shares(pending.finish(c), precision=0)
+        result.encoder._scale = 1
+        return result
+
+    return Pending(pending.masked, finish)

@@ -30,6 +30,7 @@ from typing import Any
 from crypten_mpcache.secure.primitives import comparison as masked_comparison
 from crypten_mpcache.secure.primitives import dcf_comparison
 from crypten_mpcache.secure.primitives.fixed_point import fixed_scale
+from crypten_mpcache.secure.primitives.openings import Pending, nothing_to_open
 
 
 @dataclass
@@ -93,6 +94,16 @@ def less_than_zero(x: Any, bound_log2: int | None = None) -> Any:
     if FUSED.masked_above:
         return masked_comparison.less_than_zero(x, compared_bits(bound_log2))
     return x._ltz()
+
+
+def less_than_zero_pending(x: Any, bound_log2: int | None = None) -> Pending[Any]:
+    """``less_than_zero`` with its first opening left to ``openings.open_together`` (under
+    ``crypten`` the comparison runs whole after the others' opening)."""
+    if fuses(x.numel()):
+        return dcf_comparison.less_than_zero_pending(x, compared_bits(bound_log2))
+    if FUSED.masked_above:
+        return masked_comparison.less_than_zero_pending(x, compared_bits(bound_log2))
+    return nothing_to_open(x._ltz)
 
 
 def relu(x: Any, bound_log2: int | None = None) -> Any:
