@@ -104,7 +104,8 @@ def _common(request: PartyRequest) -> dict[str, Any]:
     o = request.options
     fields = {"version": __version__, "parties": o.parties, "dealer": o.dealer}
     if o.role != "dealer":
-        fields.update(comparison=o.comparison, dealing=o.dealing, premask=request.premask)
+        fields.update(comparison=o.comparison, dcf_max_elements=o.dcf_max_elements,
+                      dealing=o.dealing, premask=request.premask)
     return fields
 
 
@@ -152,7 +153,8 @@ def _generation_config(request: PartyRequest, folder: Path, max_new_tokens: int,
     o = request.options
     return PrivateGenerationConfig(
         max_new_tokens=max_new_tokens, model_path=str(folder), parties=o.parties,
-        dealer=o.dealer, comparison=o.comparison, dealing=o.dealing, cache=cache,
+        dealer=o.dealer, comparison=o.comparison, dcf_max_elements=o.dcf_max_elements,
+        dealing=o.dealing, cache=cache,
         premask=request.premask,
         progress=request.progress and o.role == "client", budget=budget,
         timeout_s=o.step_timeout_s)

@@ -55,7 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      "weights and hosts the rendezvous; the client (party 1) holds the "
                      "prompt and alone learns the tokens; a helper (party 2 of 3) and the "
                      "dealer hold nothing. Every role gets the same --rendezvous, "
-                     "--parties, --dealer, --comparison and --dealing.")
+                     "--parties, --dealer, --comparison, --dcf-max-elements and --dealing.")
     p.add_argument("--role", required=True, choices=ROLES)
     p.add_argument("--rendezvous", required=True, metavar="tcp://HOST:PORT",
                    help="the owner's address and port (the owner listens there)")
@@ -63,6 +63,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dealer", default="ttp", choices=DEALERS,
                    help="ttp: a dealer role (secure); tfp: party 0 deals (tests only)")
     p.add_argument("--comparison", default="hybrid", choices=COMPARISONS)
+    p.add_argument("--dcf-max-elements", type=int, default=256,
+                   help="hybrid only: comparison calls of at most this many elements take "
+                   "DCF keys (default 256); every computing role must give the same")
     p.add_argument("--dealing", default="ahead", choices=DEALINGS,
                    help="ttp only: ahead (each phase's material is dealt before the phase; "
                    "default) or on-demand (each piece fetched when needed)")
@@ -151,7 +154,8 @@ def run(args: argparse.Namespace) -> int:
     check_writable(args.json, args.native_log)
     options = RoleOptions(
         role=args.role, rendezvous=args.rendezvous, parties=args.parties, dealer=args.dealer,
-        comparison=args.comparison, dealing=args.dealing, timeout_s=args.timeout,
+        comparison=args.comparison, dcf_max_elements=args.dcf_max_elements,
+        dealing=args.dealing, timeout_s=args.timeout,
         step_timeout_s=args.step_timeout,
         liveness_s=args.liveness, link_is_protected=args.link_is_protected,
         threads=args.threads)

@@ -20,6 +20,7 @@ FIELDS = (
     "parties",          # 2 or 3 computing parties
     "dealer",           # ttp (a dealer role) or tfp
     "comparison",       # the secure comparison protocol
+    "dcf_max_elements", # hybrid: the largest comparison call that takes DCF keys
     "premask",          # premasked fixed operands or Beaver products
     "model_config",     # a fingerprint of the model's config.json (owner and client)
     "prompt_tokens",    # the prompt's length (public), declared by the client

@@ -69,6 +69,7 @@ class RoleOptions:
     parties: int = 2
     dealer: str = "ttp"
     comparison: str = "hybrid"
+    dcf_max_elements: int = 256     # hybrid: calls of at most this many take DCF keys
     dealing: str = "ahead"          # the TTP's material, as in LaunchConfig
     timeout_s: float = 120.0        # to reach the rendezvous and for every role to join
     step_timeout_s: float = 600.0   # the longest wait for any one communication
@@ -98,6 +99,7 @@ class RoleOptions:
             raise ValueError(f"dealer must be one of {DEALERS}, got {self.dealer!r}")
         return LaunchConfig(parties=self.parties, dealer=self.dealer,  # type: ignore[arg-type]
                             comparison=self.comparison, dealing=self.dealing,
+                            dcf_max_elements=self.dcf_max_elements,
                             timeout_s=self.step_timeout_s,
                             threads_per_party=self.threads)
 
