@@ -89,10 +89,12 @@ def test_rms_norm_over_measured_range() -> None:
         expected, got = result[name]
         assert ((got - expected).norm(dim=-1) / expected.norm(dim=-1)).max() < 1e-2, name
     # squares 1, switches and buckets of all estimates in ONE comparison round, the
-    # normalization beside the taken S 1, 1/sqrt from the order-1 table 2 (one-hot, one
-    # product beside x * S), the pick of y_n 1 (monotone switch bits), (x * S) * y_n 1
-    assert result["costs"][0][1] == 1 + result["comparison_rounds"] + 1 + 2 + 1 + 1
-    assert result["newton_costs"][1] == result["costs"][0][1] - 2 + 1 + 3 * 3
+    # normalization beside the taken S 1, the order-1 table's opening beside x * S and the
+    # weights times the Taylor steps 1, the picked coefficients 1, (x * S) * y_n 1
+    assert result["costs"][0][1] == 1 + result["comparison_rounds"] + 1 + 1 + 1 + 1
+    # Newton: its 3 x 3 rounds, then x * S, the pick and the product, where the table's
+    # tail takes 3
+    assert result["newton_costs"][1] == result["costs"][0][1] - 3 + 3 * 3 + 3
 
 
 def _take_over_job() -> dict:
@@ -110,6 +112,30 @@ def _take_over_job() -> dict:
     with meter.phase("pick"):
         picked = norm._take_over(values, bits)
     return {"picked": picked.get_plain_text(), "rounds": meter.report()["phases"][0]["rounds"]}
+
+
+def _picked_tail_job() -> dict:
+    import crypten
+
+    garbage = 1.234567e12                                  # what a wrapped estimate holds
+    x = torch.tensor([[3.0, -1.0, 0.5], [2.0, 2.0, -4.0], [1.0, 0.0, 1.0]])
+    v_n = crypten.cryptensor(torch.tensor([[[2.0], [garbage], [garbage]],
+                                           [[garbage], [1.5], [garbage]],
+                                           [[garbage], [3.0], [1.25]]]))      # (E, rows, 1)
+    bits = [crypten.cryptensor(torch.tensor([[0.0], [1.0], [1.0]]), precision=0),
+            crypten.cryptensor(torch.tensor([[0.0], [0.0], [1.0]]), precision=0)]
+    scale = crypten.cryptensor(torch.tensor([[0.5], [2.0], [0.25]]))
+    out = norm._picked_order1(crypten.cryptensor(x), v_n, scale, bits, norm.NormConfig())
+    return {"x": x, "out": out.get_plain_text()}
+
+
+def test_the_picked_table_tail_cancels_a_wrapped_estimate() -> None:
+    """Rows take estimate 0, 1 and 2 (monotone bits); the others hold 2^40: the result is
+    x * S / sqrt(v_n) of the taken one, to the table's precision."""
+    result = launch(_picked_tail_job, config=TFP)[0]
+    taken = torch.tensor([[2.0], [1.5], [1.25]])
+    expected = result["x"] * torch.tensor([[0.5], [2.0], [0.25]]) * taken.rsqrt()
+    assert (result["out"] - expected).abs().max() < 1e-3
 
 
 def test_the_estimate_pick_takes_the_last_set_switch_in_one_round() -> None:

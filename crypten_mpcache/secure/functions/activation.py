@@ -18,7 +18,7 @@ import torch
 
 from crypten_mpcache.runtime.cost import operator_scope
 from crypten_mpcache.secure.functions.approx import exp_nonpositive
-from crypten_mpcache.secure.functions.lookup import polynomial, segment_pending, taylor_table
+from crypten_mpcache.secure.functions.lookup import polynomial, segment_parts, taylor_table
 from crypten_mpcache.secure.primitives.openings import open_together
 from crypten_mpcache.secure.primitives.products import multiply_together
 from crypten_mpcache.secure.primitives.select import (
@@ -139,8 +139,8 @@ def _gates_and_segment(x: Any, config: ActivationConfig) -> tuple[Any, Any, Any,
     edge = bound - 4.0 / steps                      # gated-out v may wrap mod W
     gates = less_than_zero_pending(crypten.stack([x + edge, x.neg() + edge]),
                                    difference_bound(config.input_bound_log2))
-    segment = segment_pending(x + bound, steps, config.lookup_width)
-    sides, (bits, d) = open_together(gates, segment)
+    segment, d = segment_parts(x + bound, steps, config.lookup_width)
+    sides, bits = open_together(gates, segment)
     return sides[0], sides[1], bits, d
 
 

@@ -69,22 +69,21 @@ def segment_polynomial_with(shifted: Any, steps: int, table: torch.Tensor,
                             alongside: Sequence[tuple[Any, Any]]) -> tuple[Any, list[Any]]:
     """``segment_polynomial`` and the independent products ``alongside`` (pairs of
     secrets), the latter in the polynomial's last product round (no round of their own)."""
-    pending = segment_pending(shifted, steps, int(table.shape[-1]))
-    bits, d = pending.finish(open_sum(pending.masked))
+    pending, d = segment_parts(shifted, steps, int(table.shape[-1]))
+    bits = pending.finish(open_sum(pending.masked))
     return polynomial(bits, d, table, alongside)
 
 
-def segment_pending(shifted: Any, steps: int, width: int) -> Pending[tuple[Any, Any]]:
+def segment_parts(shifted: Any, steps: int, width: int) -> tuple[Pending[Any], Any]:
     """The segment's one-hot (its opening left to ``openings.open_together``) and the
-    Taylor step d = shifted - v / steps: ``polynomial`` reads the table with both."""
+    Taylor step d = shifted - v / steps (local, known before the opening): ``polynomial``
+    reads the table with both."""
     segment = mul_public_int(shifted, torch.tensor(steps))
     segment._tensor.div_(fixed_scale())           # CrypTen's truncation (any party count)
     segment.encoder = FixedPointEncoder(precision_bits=0)  # v (maybe off by one): scale 1
     start = mul_public_int(segment, torch.tensor(fixed_scale() // steps))
     start.encoder = FixedPointEncoder()            # raw v * 2^16 / steps = v / steps, exact
-    d = shifted - start
-    pending = onehot_pending(segment, width)       # [v mod W == j]
-    return Pending(pending.masked, lambda c: (pending.finish(c), d))
+    return onehot_pending(segment, width), shifted - start   # [v mod W == j], d
 
 
 def polynomial(bits: Any, d: Any, table: torch.Tensor,

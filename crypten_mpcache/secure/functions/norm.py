@@ -22,12 +22,15 @@ import torch
 from crypten_mpcache.runtime.cost import operator_scope
 from crypten_mpcache.secure.functions.approx import RangeReduction, ge_public, newton_inv_sqrt
 from crypten_mpcache.secure.functions.lookup import (
+    segment_parts,
     segment_polynomial,
     segment_polynomial_with,
+    table_read,
     taylor_table,
 )
 from crypten_mpcache.secure.primitives.fixed_point import mul_public_int
-from crypten_mpcache.secure.primitives.products import multiply_together
+from crypten_mpcache.secure.primitives.openings import open_together
+from crypten_mpcache.secure.primitives.products import multiply_together, products_pending
 
 
 @dataclass(frozen=True)
@@ -194,12 +197,25 @@ def normalized(x: Any, eps: float, config: NormConfig = NormConfig()) -> Any:
 
     Why every estimate goes the whole way: the switches between the estimates and the
     range-reduction buckets are then ONE comparison round on per-row scalars (the
-    estimates' bucket bits do not wait for the pick). Rounds: the squares; the
-    comparison; the estimates' normalization beside the taken scale S; the table's
-    opening; its product beside x * S; the pick of y_n (exact, so a wrapped estimate that
-    is not taken cancels); (x * S) * y_n: 7 with the default table.
+    estimates' bucket bits do not wait for the pick). Rounds with the default order-1
+    table: the squares; the comparison; the estimates' normalization beside the taken
+    scale S; the table's opening beside x * S and the pick's weights times the Taylor
+    steps; the picked coefficients; (x * S) * y_n: 6. The pick is exact (bits times
+    values, no truncation before it), so a wrapped estimate that is not taken cancels.
     v = v_n * low * ratio**e with v_n in [1, ratio); S = (low * ratio**e)**-1/2.
     """
+    v_n, scale, picks = _reduced(x, eps, config)
+    fused = picks and crypten.is_encrypted_tensor(scale) and config.inv_sqrt == "lookup" \
+        and config.lookup_order == 1
+    if fused:
+        return _picked_order1(x, v_n, scale, picks, config)
+    y_n, scaled = _inv_sqrt_normalized(v_n, config, x, scale)
+    return scaled * _take_over(y_n, picks)
+
+
+def _reduced(x: Any, eps: float, config: NormConfig) -> tuple[Any, Any, list[Any]]:
+    """(v_n, S, picks): every estimate's v normalized into [1, ratio) (E, ..., 1), the
+    taken estimate's scale S (..., 1) and the switches' monotone pick bits; 3 rounds."""
     red = config.reduction
     v = mean_square_estimates(x, config) + eps
     switches = _switches(config)
@@ -211,18 +227,40 @@ def normalized(x: Any, eps: float, config: NormConfig = NormConfig()) -> Any:
     coarse = len(switches)                              # the last estimate
     picks = [bits[coarse, ..., len(edges) + i] for i in range(len(switches))]
     if red.buckets == 1:
-        v_n, scale = red.candidates(v), torch.tensor(2.0 ** m)
-    else:
-        onehot = red.onehot_from_bits(bits[..., : len(edges)])
-        scales = red.pow2_factor(onehot, [m - r * j for j in range(red.buckets)])
-        pairs = [(red.candidates(v), onehot)]
-        if picks:
-            pairs.append(_taken_scale(scales, picks))
-        products = multiply_together(pairs)             # one round
-        v_n = products[0].sum(-1)
-        scale = scales[0] + products[1].sum(0) if picks else scales[0]
-    y_n, scaled = _inv_sqrt_normalized(v_n, config, x, scale)
-    return scaled * _take_over(y_n, picks)
+        return red.candidates(v), torch.tensor(2.0 ** m), picks
+    onehot = red.onehot_from_bits(bits[..., : len(edges)])
+    scales = red.pow2_factor(onehot, [m - r * j for j in range(red.buckets)])
+    pairs = [(red.candidates(v), onehot)]
+    if picks:
+        pairs.append(_taken_scale(scales, picks))
+    products = multiply_together(pairs)                 # one round
+    scale = scales[0] + products[1].sum(0) if picks else scales[0]
+    return products[0].sum(-1), scale, picks
+
+
+def _weights(picks: list[Any]) -> Any:
+    """The estimates' one-hot (E, ..., 1) from the monotone pick bits: estimate i is taken
+    when bit i is set (bit 0 always is) and bit i + 1 is not (local)."""
+    ones = picks[0] * 0 + 1
+    upper, lower = [ones, *picks], [*picks, ones * 0]
+    return crypten.stack([u - low for u, low in zip(upper, lower, strict=True)])
+
+
+def _picked_order1(x: Any, v_n: Any, scale: Any, picks: list[Any], config: NormConfig
+                   ) -> Any:
+    """The order-1 table's tail in 3 rounds: y = sum_e w_e c0_e + c1_e (w_e d_e) with the
+    one-hot weights w; w_e d_e and x * S beside the table's opening (bits times values:
+    exact, so a wrapped estimate's d cancels), the two picked terms in one round, then
+    (x * S) * y."""
+    steps = config.lookup_steps
+    table = taylor_table("inv_sqrt", 0.5, steps, config.ratio * steps, 1)
+    segment, d = segment_parts(v_n - 0.5, steps, int(table.shape[-1]))
+    weights = _weights(picks)
+    onehots, (picked_d, scaled) = open_together(segment,
+                                                products_pending([(weights, d), (x, scale)]))
+    c0, c1 = table_read(onehots, table[0]), table_read(onehots, table[1])
+    picked_c0, picked_c1d = multiply_together([(weights, c0), (c1, picked_d)])
+    return scaled * (picked_c0 + picked_c1d).sum(0)
 
 
 def rms_norm(x: Any, weight: Any, eps: float, *, config: NormConfig = NormConfig()) -> Any:
