@@ -20,7 +20,7 @@ from crypten_mpcache.runtime.cost import operator_scope
 from crypten_mpcache.secure.functions.approx import exp_nonpositive
 from crypten_mpcache.secure.functions.lookup import polynomial, segment_parts, taylor_table
 from crypten_mpcache.secure.primitives.openings import open_together
-from crypten_mpcache.secure.primitives.products import multiply_together
+from crypten_mpcache.secure.primitives.products import multiply_together, products_pending
 from crypten_mpcache.secure.primitives.select import (
     difference_bound,
     less_than_zero,
@@ -132,16 +132,20 @@ def _outside(x: Any, edge: float, config: ActivationConfig) -> tuple[Any, Any]:
     return sides[0], sides[1]
 
 
-def _gates_and_segment(x: Any, config: ActivationConfig) -> tuple[Any, Any, Any, Any]:
-    """(low, high, one-hot, d) of the table SiLU: the gates' comparison and the segment's
-    one-hot open together (one round for both first openings)."""
+def _gates_and_segment(x: Any, config: ActivationConfig
+                       ) -> tuple[Any, Any, Any, Any, list[Any] | None]:
+    """(low, high, one-hot, d, [d^2] for order 2) of the table SiLU: the gates'
+    comparison, the segment's one-hot and d^2 open together (one round for all three)."""
     bound, steps = config.lookup_bound, config.lookup_steps
     edge = bound - 4.0 / steps                      # gated-out v may wrap mod W
     gates = less_than_zero_pending(crypten.stack([x + edge, x.neg() + edge]),
                                    difference_bound(config.input_bound_log2))
     segment, d = segment_parts(x + bound, steps, config.lookup_width)
-    sides, bits = open_together(gates, segment)
-    return sides[0], sides[1], bits, d
+    if config.lookup_order == 1:
+        sides, bits = open_together(gates, segment)
+        return sides[0], sides[1], bits, d, None
+    sides, bits, powers = open_together(gates, segment, products_pending([(d, d)]))
+    return sides[0], sides[1], bits, d, powers
 
 
 def _gated(x: Any, inner: Any, low: Any, high: Any) -> Any:
@@ -170,10 +174,10 @@ def _silu_lookup(x: Any, config: ActivationConfig) -> Any:
     The gates compare x with -+(B - 4 / steps), exactly, so a gated-in v never wraps: a
     2-party truncation is off by at most one, CrypTen's 3-party protocol by -2..+3.
     """
-    low, high, bits, d = _gates_and_segment(x, config)
+    low, high, bits, d, powers = _gates_and_segment(x, config)
     table = taylor_table("silu", -config.lookup_bound, config.lookup_steps,
                          config.lookup_width, config.lookup_order)
-    inner, _ = polynomial(bits, d, table)
+    inner, _ = polynomial(bits, d, table, powers=powers)
     return _gated(x, inner, low, high)
 
 
@@ -185,10 +189,11 @@ def silu_times(x: Any, up: Any, *, config: ActivationConfig = ActivationConfig()
     if config.method != "lookup":
         return silu(x, config=config) * up
     with operator_scope("activation"):
-        low, high, bits, d = _gates_and_segment(x, config)
+        low, high, bits, d, powers = _gates_and_segment(x, config)
         table = taylor_table("silu", -config.lookup_bound, config.lookup_steps,
                              config.lookup_width, config.lookup_order)
-        inner, (up_high, up_low) = polynomial(bits, d, table, [(high, up), (low, up)])
+        inner, (up_high, up_low) = polynomial(bits, d, table, [(high, up), (low, up)],
+                                              powers)
         kept, above, below = multiply_together([(up, inner), (up_high, x - inner),
                                                 (up_low, inner)])
         return kept + above - below

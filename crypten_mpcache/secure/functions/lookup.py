@@ -17,9 +17,9 @@ from crypten.encoder import FixedPointEncoder
 
 from crypten_mpcache.secure.primitives.fixed_point import fixed_scale, mul_public_int
 from crypten_mpcache.secure.primitives.onehot import onehot_pending
-from crypten_mpcache.secure.primitives.openings import Pending
+from crypten_mpcache.secure.primitives.openings import Pending, open_together
 from crypten_mpcache.secure.primitives.party import open_sum
-from crypten_mpcache.secure.primitives.products import multiply_together
+from crypten_mpcache.secure.primitives.products import multiply_together, products_pending
 
 
 def _taylor_coefficients(kind: str, t: torch.Tensor) -> list[torch.Tensor]:
@@ -68,8 +68,13 @@ def segment_polynomial(shifted: Any, steps: int, table: torch.Tensor) -> Any:
 def segment_polynomial_with(shifted: Any, steps: int, table: torch.Tensor,
                             alongside: Sequence[tuple[Any, Any]]) -> tuple[Any, list[Any]]:
     """``segment_polynomial`` and the independent products ``alongside`` (pairs of
-    secrets), the latter in the polynomial's last product round (no round of their own)."""
+    secrets), the latter in the polynomial's last product round (no round of their own).
+    Order 2: d^2 is squared beside the index's opening, so the polynomial is one round
+    after it (2 rounds in all, Horner's 3)."""
     pending, d = segment_parts(shifted, steps, int(table.shape[-1]))
+    if int(table.shape[0]) == 3:
+        bits, powers = open_together(pending, products_pending([(d, d)]))
+        return polynomial(bits, d, table, alongside, powers)
     bits = pending.finish(open_sum(pending.masked))
     return polynomial(bits, d, table, alongside)
 
@@ -87,9 +92,20 @@ def segment_parts(shifted: Any, steps: int, width: int) -> tuple[Pending[Any], A
 
 
 def polynomial(bits: Any, d: Any, table: torch.Tensor,
-               alongside: Sequence[tuple[Any, Any]] = ()) -> tuple[Any, list[Any]]:
-    """sum_k table[k, v] d^k by Horner from the one-hot ``bits``, with the products
-    ``alongside`` in its last product round."""
+               alongside: Sequence[tuple[Any, Any]] = (),
+               powers: Sequence[Any] | None = None) -> tuple[Any, list[Any]]:
+    """sum_k table[k, v] d^k from the one-hot ``bits``, with the products ``alongside`` in
+    its last product round: one round given ``powers`` = [d^2, ..., d^order] (each c_k
+    d^k at once), else Horner (one round per order)."""
+    if powers is not None:
+        if len(powers) != int(table.shape[0]) - 2:
+            raise ValueError(f"powers must hold d^2..d^{int(table.shape[0]) - 1}")
+        terms = [(table_read(bits, table[k]), p) for k, p in enumerate([d, *powers], 1)]
+        products = multiply_together([*terms, *alongside])
+        out = table_read(bits, table[0])
+        for term in products[: len(terms)]:
+            out = out + term
+        return out, products[len(terms):]
     out = table_read(bits, table[-1])
     rows = list(reversed(range(int(table.shape[0]) - 1)))
     extra: list[Any] = []
