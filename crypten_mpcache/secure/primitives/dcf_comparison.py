@@ -57,18 +57,24 @@ def _masked_shares(share: torch.Tensor, width: int, bits: int
 def _prepared(share: torch.Tensor, width: int, bits: int
               ) -> Pending[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """x + r to open, and what follows the opening: the keys, dealt and evaluated a batch
-    at a time."""
+    at a time.
+
+    The first batch's keys are dealt here, with the mask: the TTP replays every party's
+    mask draw when it deals that batch, so no other dealing (of a protocol opened beside
+    this one, ``openings.open_together``) may come between the draw and the request."""
     n = share.numel()
     dealing = Dealing(n, width, bits)
     mask = dealing.mask_share()
+    spans = batches(n, checked_batch(current_config()))
+    dealt = [dealing.keys(*spans[0])] if spans else []
 
     def finish(c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         c = c.cpu()
         low = c.numpy().view(np.uint64) & np.uint64(low_bits(bits))
         dry_run = trace.active_recorder() is not None    # its opened values mean nothing
         w = torch.empty(width, n, dtype=torch.long)
-        for start, count in batches(n, checked_batch(current_config())):
-            material = dealing.keys(start, count)
+        for start, count in spans:
+            material = dealt.pop() if dealt else dealing.keys(start, count)
             part = material.offset.reshape(width, count).clone()
             if material.key is not None and not dry_run:
                 value = dcf.evaluate(material.key, low[start:start + count]).view(np.int64)
