@@ -77,7 +77,7 @@ def test_widths_are_powers_of_two() -> None:
         oh.width_for(0)
 
 
-def _together_party() -> dict:
+def _together_party(comparison_first: bool = False) -> dict:
     import crypten
 
     from crypten_mpcache.runtime.cost import CostMeter
@@ -90,8 +90,13 @@ def _together_party() -> dict:
     x = crypten.cryptensor(torch.tensor([-2.5, 0.0, 4.0, -0.001]))
     meter = CostMeter()
     with meter.phase("p"):
-        bits, signs = deal_ahead("p", lambda: open_together(onehot_pending(v, 8),
-                                                            less_than_zero_pending(x, 4)))
+        def run() -> list:
+            if comparison_first:   # its material is dealt before the one-hot's
+                signs = less_than_zero_pending(x, 4)
+                return open_together(onehot_pending(v, 8), signs)
+            return open_together(onehot_pending(v, 8), less_than_zero_pending(x, 4))
+
+        bits, signs = deal_ahead("p", run)
     phase = meter.report()["phases"][0]
     return {"bits": bits.get_plain_text(), "signs": signs.get_plain_text(),
             "rounds": phase["rounds"] - phase["dealer_rounds"]}
@@ -99,11 +104,14 @@ def _together_party() -> dict:
 
 # masked: the shared opening, the tree over 20 bits (2 levels), the daBit
 @pytest.mark.parametrize("comparison,rounds", [("dcf", 1), ("masked", 1 + 2 + 1)])
-def test_a_onehot_opens_beside_a_comparison(comparison: str, rounds: int) -> None:
+@pytest.mark.parametrize("comparison_first", [False, True])
+def test_a_onehot_opens_beside_a_comparison(comparison: str, rounds: int,
+                                            comparison_first: bool) -> None:
     """The one-hot's index and the comparison's masked input share one opening (both
-    results exact); the masked comparison's tree and daBit follow."""
+    results exact, whichever is dealt first: the TTP replays the parties' draws in
+    order); the masked comparison's tree and daBit follow."""
     config = LaunchConfig(dealer="ttp", comparison=comparison, timeout_s=300)
-    out = launch(_together_party, config=config)[0]
+    out = launch(_together_party, comparison_first, config=config)[0]
     assert out["bits"].tolist() == torch.nn.functional.one_hot(
         torch.tensor([3, 0, 7]), 8).tolist()
     assert out["signs"].tolist() == [1.0, 0.0, 0.0, 1.0]
