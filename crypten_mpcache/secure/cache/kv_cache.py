@@ -24,7 +24,7 @@ from typing import Any
 
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from crypten_mpcache.secure.primitives.premask import fixed_operand
+from crypten_mpcache.secure.primitives.premask import fixed_operands
 
 
 class SecureKVLayer(CacheLayerMixin):
@@ -44,15 +44,13 @@ class SecureKVLayer(CacheLayerMixin):
     def lazy_initialization(self, key_states: Any, value_states: Any) -> None:
         """Nothing to allocate: the first update sets the operands."""
 
-    def _operand(self, value: Any, which: str) -> Any:
-        name = f"kv/layer{self.layer_idx}/{which}/{self.writes}"
-        return fixed_operand(value, name=name, premask=self.premask)
-
     def update(self, key_states: Any, value_states: Any, *args: Any,
                **kwargs: Any) -> tuple[Any, Any]:
-        """Append this step's encrypted rows; return the whole (K, V) operands."""
-        new_k = self._operand(key_states, "k")
-        new_v = self._operand(value_states, "v")
+        """Append this step's encrypted rows (K and V premasked together: one dealer
+        request, one opening); return the whole (K, V) operands."""
+        names = [f"kv/layer{self.layer_idx}/{which}/{self.writes}" for which in ("k", "v")]
+        new_k, new_v = fixed_operands([key_states, value_states], names=names,
+                                      premask=self.premask)
         self.writes += 1
         if self.keys is None:
             self.keys, self.values = new_k, new_v
