@@ -17,8 +17,7 @@ from crypten.encoder import FixedPointEncoder
 
 from crypten_mpcache.secure.primitives.fixed_point import fixed_scale, mul_public_int
 from crypten_mpcache.secure.primitives.onehot import onehot_pending
-from crypten_mpcache.secure.primitives.openings import Pending, open_together
-from crypten_mpcache.secure.primitives.party import open_sum
+from crypten_mpcache.secure.primitives.openings import Pending, open_alone, open_together
 from crypten_mpcache.secure.primitives.products import multiply_together, products_pending
 
 
@@ -75,7 +74,7 @@ def segment_polynomial_with(shifted: Any, steps: int, table: torch.Tensor,
     if int(table.shape[0]) == 3:
         bits, powers = open_together(pending, products_pending([(d, d)]))
         return polynomial(bits, d, table, alongside, powers)
-    bits = pending.finish(open_sum(pending.masked))
+    bits = open_alone(pending)
     return polynomial(bits, d, table, alongside)
 
 

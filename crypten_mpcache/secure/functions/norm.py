@@ -155,25 +155,19 @@ def _take_over(values: Any, bits: list[Any]) -> Any:
     cancels."""
     if not bits:
         return values[0]
-    steps = crypten.stack([values[i] - values[i - 1] for i in range(1, len(bits) + 1)])
-    selectors = _selectors(bits, steps.dim())
+    steps, selectors = _taken_scale(values, bits)
     return values[0] + (selectors * steps).sum(0)
 
 
-def _selectors(bits: list[Any], dim: int) -> Any:
-    """The monotone bits stacked (first axis), broadcast like values of ``dim`` axes."""
-    selectors = crypten.stack(bits)
-    while selectors.dim() < dim:
-        selectors = selectors.unsqueeze(1)
-    return selectors
-
-
-def _taken_scale(scales: Any, bits: list[Any]) -> tuple[Any, Any]:
+def _taken_scale(values: Any, bits: list[Any]) -> tuple[Any, Any]:
     """The pair (steps, selectors) whose product, summed over the first axis and added to
-    scales[0], is the taken estimate's scale (``_take_over`` with its product left to the
+    values[0], is the taken estimate's value (``_take_over`` with its product left to the
     caller's round)."""
-    steps = crypten.stack([scales[i] - scales[i - 1] for i in range(1, len(bits) + 1)])
-    return steps, _selectors(bits, steps.dim())
+    steps = crypten.stack([values[i] - values[i - 1] for i in range(1, len(bits) + 1)])
+    selectors = crypten.stack(bits)
+    while selectors.dim() < steps.dim():                # bits broadcast like values[i]
+        selectors = selectors.unsqueeze(1)
+    return steps, selectors
 
 
 def _inv_sqrt_normalized(v_n: Any, config: NormConfig, x: Any, scale: Any

@@ -42,8 +42,8 @@ from crypten_mpcache.secure.primitives.dcf_dealer import (
     checked_batch,
     low_bits,
 )
-from crypten_mpcache.secure.primitives.openings import Pending
-from crypten_mpcache.secure.primitives.party import open_sum, party_rank
+from crypten_mpcache.secure.primitives.openings import Pending, open_alone
+from crypten_mpcache.secure.primitives.party import party_rank
 
 
 def _masked_shares(share: torch.Tensor, width: int, bits: int
@@ -51,7 +51,7 @@ def _masked_shares(share: torch.Tensor, width: int, bits: int
     """(c, w, r_i) for this party's flat share of x: c = x + r opened (the one round), w
     (width, n) its shares of w = b xor [c' < r'] (and of w r), r_i its share of the mask."""
     pending = _prepared(share, width, bits)
-    return pending.finish(open_sum(pending.masked))
+    return open_alone(pending)
 
 
 def _prepared(share: torch.Tensor, width: int, bits: int

@@ -29,11 +29,10 @@ import torch
 from crypten.mpc import MPCTensor
 from crypten.mpc.primitives import ArithmeticSharedTensor
 
-from crypten_mpcache.secure.primitives.openings import Pending
+from crypten_mpcache.secure.primitives.openings import Pending, open_alone
 from crypten_mpcache.secure.primitives.party import (
     by_dealer,
     deal_via_ttp,
-    open_sum,
     party_rank,
     uniform_words,
 )
@@ -112,15 +111,15 @@ def _deal_tfp(layout: Layout) -> tuple[torch.Tensor, torch.Tensor]:
 def onehot_shares(share: torch.Tensor, width: int, count: int | None = None) -> torch.Tensor:
     """This party's shares (..., count) of [v == j], j < count (default W), for its share
     (...) of a secret integer v in [0, width)."""
+    return open_alone(_onehot_pending(share, width, count))             # the one round
+
+
+def _onehot_pending(share: torch.Tensor, width: int, count: int | None
+                    ) -> Pending[torch.Tensor]:
+    """v + R to open, and the rotation of the dealt unit vector that follows."""
     count = width if count is None else count
     if not 1 <= count <= width:
         raise ValueError(f"count must be in [1, {width}], got {count}")
-    pending = _onehot_pending(share, width, count)
-    return pending.finish(open_sum(pending.masked))                     # the one round
-
-
-def _onehot_pending(share: torch.Tensor, width: int, count: int) -> Pending[torch.Tensor]:
-    """v + R to open, and the rotation of the dealt unit vector that follows."""
     flat = share.reshape(-1)
     r, u = deal(Layout(flat.numel(), width), flat.device)
 
@@ -135,16 +134,13 @@ def _onehot_pending(share: torch.Tensor, width: int, count: int) -> Pending[torc
 def onehot(v: Any, width: int, count: int | None = None) -> Any:
     """(..., count) scale-1 MPCTensor [v == j] for a scale-1 MPCTensor v in [0, width)."""
     pending = onehot_pending(v, width, count)
-    return pending.finish(open_sum(pending.masked))
+    return open_alone(pending)
 
 
 def onehot_pending(v: Any, width: int, count: int | None = None) -> Pending[Any]:
     """``onehot`` with its opening left to ``openings.open_together``."""
     if v.encoder.scale != 1:
         raise ValueError("onehot needs a scale-1 integer (e.g. a sum of comparison bits)")
-    count = width if count is None else count
-    if not 1 <= count <= width:
-        raise ValueError(f"count must be in [1, {width}], got {count}")
     pending = _onehot_pending(v._tensor.share, width, count)
 
     def finish(c: torch.Tensor) -> Any:

@@ -38,9 +38,14 @@ def open_together(*pending: Pending[Any]) -> list[Any]:
     return [p.finish(c) for p, c in zip(pending, opened, strict=True)]
 
 
+def open_alone(pending: Pending[T]) -> T:
+    """One protocol's opening (one round) and what follows it."""
+    return pending.finish(open_sum(pending.masked))
+
+
 def nothing_to_open(run: Callable[[], T]) -> Pending[T]:
     """A protocol that opens nothing first (it runs whole after the others' opening)."""
     return Pending(torch.zeros(0, dtype=torch.long), lambda _: run())
 
 
-__all__ = ["Pending", "nothing_to_open", "open_together"]
+__all__ = ["Pending", "nothing_to_open", "open_alone", "open_together"]

@@ -22,8 +22,8 @@ from crypten.encoder import FixedPointEncoder
 from crypten.mpc import MPCTensor
 from crypten.mpc.primitives import ArithmeticSharedTensor
 
-from crypten_mpcache.secure.primitives.openings import Pending
-from crypten_mpcache.secure.primitives.party import open_sum, party_rank
+from crypten_mpcache.secure.primitives.openings import Pending, open_alone
+from crypten_mpcache.secure.primitives.party import party_rank
 
 
 def _raw(values: list[torch.Tensor]) -> ArithmeticSharedTensor:
@@ -34,7 +34,7 @@ def _raw(values: list[torch.Tensor]) -> ArithmeticSharedTensor:
 def multiply_together(pairs: Sequence[tuple[Any, Any]]) -> list[Any]:
     """[a * b for (a, b) in pairs] (MPCTensors, broadcast per pair) in one product round."""
     pending = products_pending(pairs)
-    return pending.finish(open_sum(pending.masked))
+    return open_alone(pending)
 
 
 def products_pending(pairs: Sequence[tuple[Any, Any]]) -> Pending[list[Any]]:
