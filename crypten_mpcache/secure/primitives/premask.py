@@ -18,24 +18,27 @@ baseline that re-opens the operand at every call.
 Every party must create, transform and use operands in the same order (as with any
 CrypTen program). The dealer is CrypTen's configured provider: "TTP" (a separate trusted
 process that serves the requests of ``crypten_mpcache.secure.primitives.premask_dealer``; the
-launcher installs them) or "TFP" (party 0 deals, with the same ``MaskStore``).
+launcher installs them) or "TFP" (party 0 deals, with the same ``MaskStore``); a party
+asks it through ``premask_dealer.party_dealer``.
+
+``product_pending`` leaves a product's one opening to ``openings.open_together``, so
+products that need only x (a step's cluster scores and its attention scores, both of the
+query) share one round.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import crypten
 import crypten.communicator as comm
 import torch
-from crypten.common.rng import generate_random_ring_element
 from crypten.encoder import FixedPointEncoder
 from crypten.mpc import MPCTensor
 from crypten.mpc.primitives import ArithmeticSharedTensor
-from crypten.mpc.provider.ttp_provider import TTPClient, TTPServer
 
 from crypten_mpcache.runtime.cost import operator_scope
+from crypten_mpcache.secure.primitives.openings import Pending, nothing_to_open, open_alone
 from crypten_mpcache.secure.primitives.party import party_rank
 from crypten_mpcache.secure.primitives.premask_dealer import (
     AppendCatPool,
@@ -43,6 +46,7 @@ from crypten_mpcache.secure.primitives.premask_dealer import (
     Recipe,
     cat_recipe,
     mask_recipe,
+    party_dealer,
     ring_op,
     transpose_recipe,
 )
@@ -83,88 +87,6 @@ def _session() -> _Session:
         session = _Session()
         setattr(communicator, _SESSION_ATTRIBUTE, session)
     return session
-
-
-class _Dealer(Protocol):
-    def register(self, session: _Session, masks: list[tuple[int, torch.Size]]
-                 ) -> list[torch.Tensor]:
-        """Draw a fresh mask per (id, shape); return this party's shares of them."""
-
-    def triple(self, session: _Session, recipe: Recipe, x_shape: torch.Size,
-               out_shape: torch.Size, op: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """This party's shares of a fresh A (shape of x) and of C = A (op) mask(recipe)."""
-
-
-class _TrustedThirdParty:
-    """Masks and triples from CrypTen's TTP process, derived from the per-party generators
-    the TTP shares with each party: only party 0 receives anything (its C share)."""
-
-    @staticmethod
-    def _client():  # the TTPClient singleton
-        if not hasattr(TTPServer, "premask_triple"):
-            raise RuntimeError("the TTP cannot deal premask triples: run the parties with "
-                               "crypten_mpcache.launch or run_as_party (they install the "
-                               "dealer requests)")
-        return TTPClient.get()
-
-    def register(self, session: _Session, masks: list[tuple[int, torch.Size]]
-                 ) -> list[torch.Tensor]:
-        client = self._client()
-        shares = [generate_random_ring_element(shape, generator=client.get_generator())
-                  for _, shape in masks]
-        if party_rank() == 0:
-            request = tuple((mask_id, tuple(shape)) for mask_id, shape in masks)
-            client.ttp_request("premask_register", None, request)
-        return shares
-
-    def triple(self, session: _Session, recipe: Recipe, x_shape: torch.Size,
-               out_shape: torch.Size, op: str) -> tuple[torch.Tensor, torch.Tensor]:
-        client = self._client()
-        generator = client.get_generator()
-        a = generate_random_ring_element(x_shape, generator=generator)
-        if party_rank() == 0:
-            c = client.ttp_request("premask_triple", None, recipe, tuple(x_shape), op,
-                                       tuple(out_shape))
-        else:
-            c = generate_random_ring_element(out_shape, generator=generator)
-        return a, c
-
-
-class _TrustedFirstParty:
-    """Party 0 deals: it draws masks and triples and secret-shares them (no traffic with
-    CrypTen's pseudo-random zero sharing). Party 0 learns every operand: tests only."""
-
-    @staticmethod
-    def _share(tensor: torch.Tensor | None, shape: torch.Size) -> torch.Tensor:
-        return ArithmeticSharedTensor(tensor, size=shape, precision=0, src=0).share
-
-    def register(self, session: _Session, masks: list[tuple[int, torch.Size]]
-                 ) -> list[torch.Tensor]:
-        shares = []
-        for mask_id, shape in masks:
-            mask = None
-            if party_rank() == 0:
-                mask = generate_random_ring_element(shape)
-                session.store.register(mask_id, mask)
-            shares.append(self._share(mask, shape))
-        return shares
-
-    def triple(self, session: _Session, recipe: Recipe, x_shape: torch.Size,
-               out_shape: torch.Size, op: str) -> tuple[torch.Tensor, torch.Tensor]:
-        a = c = None
-        if party_rank() == 0:
-            a = generate_random_ring_element(x_shape)
-            c = session.store.product(op, a, recipe)
-        return self._share(a, x_shape), self._share(c, out_shape)
-
-
-def _dealer() -> _Dealer:
-    provider = crypten.mpc.get_default_provider().NAME
-    if provider == "TTP":
-        return _TrustedThirdParty()
-    if provider == "TFP":
-        return _TrustedFirstParty()
-    raise ValueError(f"premasking supports the TTP and TFP providers, not {provider!r}")
 
 
 def _arithmetic(x: MPCTensor) -> ArithmeticSharedTensor:
@@ -218,7 +140,7 @@ class FixedOperand:
         asts = [_arithmetic(v) for v in values]
         masks = [(session.new_mask_id(), a.share.shape) for a in asts]
         with operator_scope("dealer"):
-            mask_shares = _dealer().register(session, masks)
+            mask_shares = party_dealer().register(session.store, masks)
         with operator_scope("premask"):
             masked = [a.share - m for a, m in zip(asts, mask_shares, strict=True)]
             opened = comm.get().all_reduce(masked, batched=True)
@@ -243,17 +165,27 @@ class FixedOperand:
         return self._product(x, "mul")
 
     def _product(self, x: MPCTensor, op: str) -> MPCTensor:
+        return open_alone(self.product_pending(x, op))
+
+    def product_pending(self, x: MPCTensor, op: str) -> Pending[MPCTensor]:
+        """``x (op) value`` ("matmul" or "mul") with its one opening, eps = x - A, left to
+        ``openings.open_together``: products that need only x share a round."""
         x_ast = _arithmetic(x)
         x_share = x_ast.share
         out_shape = _out_shape(op, x_share.shape, self.shape)
         with operator_scope("dealer"):
-            a, c = _dealer().triple(_session(), self._recipe, x_share.shape, out_shape, op)
-        eps = comm.get().all_reduce(x_share - a)
+            a, c = party_dealer().triple(_session().store, self._recipe, x_share.shape,
+                                         out_shape, op)
         d, mask_share = self._pair[0], self._pair[1]
-        z = c + ring_op(op, eps, mask_share) + ring_op(op, a, d)
-        if party_rank() == 0:
-            z = z + ring_op(op, eps, d)
-        return self._rescale(z, x_ast.encoder)
+
+        def finish(eps: torch.Tensor) -> MPCTensor:
+            eps = eps.reshape(x_share.shape)
+            z = c + ring_op(op, eps, mask_share) + ring_op(op, a, d)
+            if party_rank() == 0:
+                z = z + ring_op(op, eps, d)
+            return self._rescale(z, x_ast.encoder)
+
+        return Pending(x_share - a, finish)
 
     def _rescale(self, z: torch.Tensor, x_encoder: FixedPointEncoder) -> MPCTensor:
         """z carries scale(x) * scale(B): divide by scale(B) like CrypTen's products."""
@@ -316,6 +248,10 @@ class PlainOperand:
 
     def rmatmul(self, x: MPCTensor) -> MPCTensor:
         return x.matmul(self._value)
+
+    def product_pending(self, x: MPCTensor, op: str) -> Pending[MPCTensor]:
+        """CrypTen's product, run whole after the others' opening (no round saved)."""
+        return nothing_to_open(lambda: getattr(x, op)(self._value))
 
     def mul(self, x: MPCTensor) -> MPCTensor:
         return x.mul(self._value)

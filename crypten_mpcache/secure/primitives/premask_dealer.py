@@ -15,14 +15,23 @@ knows every mask and triple it deals.
 * ``MaskStore``: the dealer's plaintext masks (refuses to register an id twice) and the
   products ``A (op) build(recipe)``. The TTP (``crypten_mpcache.patches.crypten_dealer``
   hooks it into CrypTen's ``TTPServer``) and the TFP dealer (party 0) use it.
+* ``party_dealer``: what a party asks of the configured provider (``TTPDealer``: the
+  TTP process; ``TFPDealer``: party 0 deals, tests only).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
+from typing import Protocol
 
+import crypten
 import torch
+from crypten.common.rng import generate_random_ring_element
+from crypten.mpc.primitives import ArithmeticSharedTensor
+from crypten.mpc.provider.ttp_provider import TTPClient, TTPServer
+
+from crypten_mpcache.secure.primitives.party import party_rank
 
 Recipe = tuple
 OPS = ("matmul", "mul")
@@ -239,3 +248,87 @@ def party0_product_share(store: MaskStore, op: str, a: torch.Tensor, recipe: Rec
     (``others(size)``: the sum of those shares, replayed by the dealer)."""
     c = store.product(op, a, recipe)
     return c - others(c.size())
+
+
+class PartyDealer(Protocol):
+    """Where a party gets its mask shares and premask triples (the configured provider)."""
+
+    def register(self, store: MaskStore, masks: list[tuple[int, torch.Size]]
+                 ) -> list[torch.Tensor]:
+        """Draw a fresh mask per (id, shape); return this party's shares of them."""
+
+    def triple(self, store: MaskStore, recipe: Recipe, x_shape: torch.Size,
+               out_shape: torch.Size, op: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """This party's shares of a fresh A (shape of x) and of C = A (op) mask(recipe)."""
+
+
+class TTPDealer:
+    """Masks and triples from CrypTen's TTP process, derived from the per-party generators
+    the TTP shares with each party: only party 0 receives anything (its C share)."""
+
+    @staticmethod
+    def _client():  # the TTPClient singleton
+        if not hasattr(TTPServer, "premask_triple"):
+            raise RuntimeError("the TTP cannot deal premask triples: run the parties with "
+                               "crypten_mpcache.launch or run_as_party (they install the "
+                               "dealer requests)")
+        return TTPClient.get()
+
+    def register(self, store: MaskStore, masks: list[tuple[int, torch.Size]]
+                 ) -> list[torch.Tensor]:
+        client = self._client()
+        shares = [generate_random_ring_element(shape, generator=client.get_generator())
+                  for _, shape in masks]
+        if party_rank() == 0:
+            request = tuple((mask_id, tuple(shape)) for mask_id, shape in masks)
+            client.ttp_request("premask_register", None, request)
+        return shares
+
+    def triple(self, store: MaskStore, recipe: Recipe, x_shape: torch.Size,
+               out_shape: torch.Size, op: str) -> tuple[torch.Tensor, torch.Tensor]:
+        client = self._client()
+        generator = client.get_generator()
+        a = generate_random_ring_element(x_shape, generator=generator)
+        if party_rank() == 0:
+            c = client.ttp_request("premask_triple", None, recipe, tuple(x_shape), op,
+                                       tuple(out_shape))
+        else:
+            c = generate_random_ring_element(out_shape, generator=generator)
+        return a, c
+
+
+class TFPDealer:
+    """Party 0 deals: it draws masks and triples and secret-shares them (no traffic with
+    CrypTen's pseudo-random zero sharing). Party 0 learns every operand: tests only."""
+
+    @staticmethod
+    def _share(tensor: torch.Tensor | None, shape: torch.Size) -> torch.Tensor:
+        return ArithmeticSharedTensor(tensor, size=shape, precision=0, src=0).share
+
+    def register(self, store: MaskStore, masks: list[tuple[int, torch.Size]]
+                 ) -> list[torch.Tensor]:
+        shares = []
+        for mask_id, shape in masks:
+            mask = None
+            if party_rank() == 0:
+                mask = generate_random_ring_element(shape)
+                store.register(mask_id, mask)
+            shares.append(self._share(mask, shape))
+        return shares
+
+    def triple(self, store: MaskStore, recipe: Recipe, x_shape: torch.Size,
+               out_shape: torch.Size, op: str) -> tuple[torch.Tensor, torch.Tensor]:
+        a = c = None
+        if party_rank() == 0:
+            a = generate_random_ring_element(x_shape)
+            c = store.product(op, a, recipe)
+        return self._share(a, x_shape), self._share(c, out_shape)
+
+
+def party_dealer() -> PartyDealer:
+    provider = crypten.mpc.get_default_provider().NAME
+    if provider == "TTP":
+        return TTPDealer()
+    if provider == "TFP":
+        return TFPDealer()
+    raise ValueError(f"premasking supports the TTP and TFP providers, not {provider!r}")
