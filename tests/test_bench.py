@@ -121,6 +121,22 @@ def test_fused_projections_open_the_input_once_each(tiny_run: dict) -> None:
         assert row["operators"]["linear"]["rounds"] == 4 * row["layers"] * row["steps"]
 
 
+def test_cluster_and_attention_scores_share_the_query_round(tiny_run: dict) -> None:
+    """A selecting layer opens its query ONCE for every level's cluster scores and the
+    attention's q K^T (all need only q): one similarity round per layer and step, none
+    left for the attention scores; the full cache (and a cache too short to select, 64
+    tokens) keeps its one attention-scores round."""
+    for row in tiny_run["rows"]:
+        per_step = row["layers"] * row["steps"]
+        ops = row["operators"]
+        if row["cache"] == "full" or row["context"] == 64:
+            assert ops["attention_scores"]["rounds"] == per_step
+            continue
+        assert ops["similarity"]["rounds"] == per_step, (row["cache"], row["context"])
+        assert ops.get("attention_scores", {}).get("rounds", 0) == 0, (row["cache"],
+                                                                     row["context"])
+
+
 def _transcript(result: dict) -> list[tuple]:
     return [(r["context"], r["cache"], r["bytes"], r["rounds"], r["static_bytes"],
              r["static_rounds"], tuple((k, v["bytes"], v["rounds"])

@@ -526,3 +526,23 @@ def test_chained_pick_and_scatter_equal_the_absolute_one_hot():
         budget = budget_tokens(0.05, n)
         step = dynamic.step_counts(dynamic.hierarchy(llama3, n, budget), n, budget)
         assert chain_last_level(step, 32) is chained
+
+
+def test_query_scores_serve_only_the_same_shares_of_the_query():
+    """The keys take the policy's precomputed q K^T only for the very shares it was
+    computed from: another secret (even of the same values), another encoding or
+    another shape computes its own scores."""
+    from crypten_mpcache.secure.cache.attended import QueryScores
+
+    def run():
+        import crypten
+
+        q = crypten.cryptensor(torch.ones(1, 2, 3, 4))
+        held = QueryScores(q, "scores")
+        same_values = crypten.cryptensor(torch.ones(1, 2, 3, 4))
+        rescaled = q.clone()
+        rescaled._tensor.encoder = crypten.encoder.FixedPointEncoder(precision_bits=0)
+        return (held.for_query(q), held.for_query(q.clone()), held.for_query(same_values),
+                held.for_query(rescaled), held.for_query(q.reshape(1, 2, 4, 3)))
+
+    assert launch(run, config=TFP)[0] == ("scores", "scores", None, None, None)

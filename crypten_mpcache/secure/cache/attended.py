@@ -18,6 +18,9 @@ not see, so one side of size min(H_q N, H_kv D attended) has to be opened each s
 
 ``SelectedKeys`` / ``SelectedValues`` wrap the cache operands so that the secure
 attention code sees ordinary (K, V) operands whose length is the attended count.
+``QueryScores``: q K^T computed before the attention asks for it (the policy opens q
+beside the step's cluster scores, which need only q too: one round for both); the
+keys use it only for the very same shares of q.
 """
 
 from __future__ import annotations
@@ -156,12 +159,31 @@ def _cat_columns(parts: list[Any]) -> Any:
     return crypten.cat([secret(p) for p in parts if p.shape[-1] > 0], dim=-1)
 
 
+@dataclass(frozen=True)
+class QueryScores:
+    """``scores`` = q K^T over the whole cache for the grouped query ``query``."""
+
+    query: Any
+    scores: Any
+
+    def for_query(self, x: Any) -> Any | None:
+        """The scores if ``x`` is the same secret (this party's very shares of it, same
+        encoding), else None. Local: a party compares its own shares only."""
+        mine, theirs = self.query._tensor, x._tensor
+        same = (mine.encoder.scale == theirs.encoder.scale
+                and mine.share.shape == theirs.share.shape
+                and torch.equal(mine.share, theirs.share))
+        return self.scores if same else None
+
+
 class SelectedKeys:
     """K as attention sees it this step: ``shape`` counts the attended tokens only;
-    ``transpose(-1, -2).rmatmul(q)`` = q K_attended^T, computed scores first."""
+    ``transpose(-1, -2).rmatmul(q)`` = q K_attended^T, computed scores first (or taken
+    from ``scores`` when the policy computed them for this q)."""
 
-    def __init__(self, keys: Any, selection: Selection) -> None:
-        self._keys, self._selection = keys, selection
+    def __init__(self, keys: Any, selection: Selection,
+                 scores: QueryScores | None = None) -> None:
+        self._keys, self._selection, self._scores = keys, selection, scores
 
     @property
     def shape(self) -> torch.Size:
@@ -171,12 +193,12 @@ class SelectedKeys:
     def transpose(self, dim0: int, dim1: int) -> _SelectedKeysT:
         if {dim0 % 4, dim1 % 4} != {2, 3}:
             raise ValueError("selected keys only support transpose(-1, -2)")
-        return _SelectedKeysT(self._keys, self._selection)
+        return _SelectedKeysT(self._keys, self._selection, self._scores)
 
 
 class _SelectedKeysT:
-    def __init__(self, keys: Any, selection: Selection) -> None:
-        self._keys, self._selection = keys, selection
+    def __init__(self, keys: Any, selection: Selection, scores: QueryScores | None) -> None:
+        self._keys, self._selection, self._scores = keys, selection, scores
 
     @property
     def shape(self) -> torch.Size:
@@ -186,7 +208,9 @@ class _SelectedKeysT:
     def rmatmul(self, x: Any) -> Any:
         """``x (B, H, r, D)`` -> scores ``(B, H, r, attended)``; opens x, then (for
         secret clusters) the region scores against the premasked one-hot."""
-        scores = self._keys.transpose(-1, -2).rmatmul(x)
+        scores = None if self._scores is None else self._scores.for_query(x)
+        if scores is None:
+            scores = self._keys.transpose(-1, -2).rmatmul(x)
         with operator_scope("pick"):
             return self._selection.pick(scores)
 
@@ -209,5 +233,5 @@ class SelectedValues:
         return self._values.rmatmul(full)
 
 
-__all__ = ["ClusterSelection", "SelectedKeys", "SelectedValues", "Selection",
+__all__ = ["ClusterSelection", "QueryScores", "SelectedKeys", "SelectedValues", "Selection",
            "WindowSelection"]

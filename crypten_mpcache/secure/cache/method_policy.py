@@ -9,7 +9,8 @@ them into operations on premasked operands:
   public slices), and the kept rows are premasked again (one opening). The layer that
   selects dynamically premasks its cluster representatives (``RepOperands``).
 - Every decode step: a query-aware choice scores every full cluster against the
-  premasked representatives (opens the summed query), its per-level one-hots are
+  premasked representatives (opens the summed query; every level and the attention's
+  q K^T in one round), its per-level one-hots are
   composed into one absolute one-hot (at long contexts: two, ``selection_operands``),
   premasked once per step and shared with the layers that reuse the selection;
   attention reads it through ``SelectedKeys`` / ``SelectedValues``
@@ -44,6 +45,7 @@ from crypten_mpcache.runtime.cost import operator_scope
 from crypten_mpcache.secure.backend import CryptenBackend, CryptenBackendConfig
 from crypten_mpcache.secure.cache.attended import (
     ClusterSelection,
+    QueryScores,
     SelectedKeys,
     SelectedValues,
     WindowSelection,
@@ -54,6 +56,7 @@ from crypten_mpcache.secure.cache.selection_operands import (
     compaction_matrix,
     selection_operands,
 )
+from crypten_mpcache.secure.primitives.openings import open_together
 from crypten_mpcache.secure.primitives.premask import fixed_operands
 
 
@@ -76,6 +79,7 @@ class MethodPolicy(CachePolicy):
         self.backend = CryptenBackend(self.backend_config)
         self.engine = Engine(self.plan, self.backend, self.n_layers, record=self.debug)
         self._reps: dict[int, RepOperands] = {}
+        self._query_scores: dict[int, QueryScores] = {}
 
     @property
     def name(self) -> str:  # type: ignore[override]
@@ -125,6 +129,7 @@ class MethodPolicy(CachePolicy):
             choice = self.engine.decode(
                 index, query, lambda: layer.keys.value()[..., -1:, :],
                 lambda state: self._level_scores(layer, state, query))
+        scores = self._query_scores.pop(index, None)
         if choice.mode == "window":
             selection = WindowSelection(layer.get_seq_length(), choice.frozen, choice.tail)
         elif choice.selects:
@@ -138,7 +143,8 @@ class MethodPolicy(CachePolicy):
             selection = ClusterSelection(choice.counts, choice.payload)
         else:
             return layer.keys, layer.values
-        return SelectedKeys(layer.keys, selection), SelectedValues(layer.values, selection)
+        return (SelectedKeys(layer.keys, selection, scores),
+                SelectedValues(layer.values, selection))
 
     def _level_scores(self, layer: SecureKVLayer, state: LayerState, query: Any
                       ) -> LevelScores | None:
@@ -148,8 +154,27 @@ class MethodPolicy(CachePolicy):
         if reps is None:
             return None
         reps.sync(state.clusters, layer.premask, f"mpcache/layer{layer.layer_idx}")
-        query_sum = group_queries(query, int(layer.keys.shape[1])).sum(2, keepdim=True)
-        return lambda level: reps.scores(query_sum, level)
+        scored: list[Any] = []
+
+        def level_scores(level: int) -> Any:
+            if not scored:
+                scored.extend(self._scores_together(layer, reps, query))
+            return scored[level]
+
+        return level_scores
+
+    def _scores_together(self, layer: SecureKVLayer, reps: RepOperands, query: Any
+                         ) -> list[Any]:
+        """Every level's cluster scores and the attention's q K^T over the whole cache in
+        ONE round: all of them open only the (grouped, summed) query. q K^T waits in
+        ``_query_scores`` for the keys of this step (``attended.QueryScores``)."""
+        grouped = group_queries(query, int(layer.keys.shape[1]))
+        query_sum = grouped.sum(2, keepdim=True)
+        pending = [reps.scores_pending(query_sum, level) for level in range(reps.levels)]
+        pending.append(layer.keys.transpose(-1, -2).product_pending(grouped, "matmul"))
+        *levels, keys = open_together(*pending)
+        self._query_scores[layer.layer_idx] = QueryScores(grouped, keys)
+        return levels
 
 
 def create_policy(config: Any = None, n_layers: int | None = None,

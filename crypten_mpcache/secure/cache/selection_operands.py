@@ -21,6 +21,7 @@ import torch
 from crypten_mpcache.algorithm import dynamic
 from crypten_mpcache.algorithm.clusters import ClusterState
 from crypten_mpcache.algorithm.static import StaticCounts
+from crypten_mpcache.secure.primitives.openings import Pending
 from crypten_mpcache.secure.primitives.premask import fixed_operands
 
 
@@ -145,9 +146,11 @@ class RepOperands:
                 [old, operand], dim=-2)
             self.counts[level] = count
 
-    def scores(self, query_sum: Any, level: int) -> Any:
-        """``(B, H, C_l)`` scores of every full level-l cluster; opens ``query_sum`` only."""
-        return self.operands[level].transpose(-1, -2).rmatmul(query_sum)[..., 0, :]
+    def scores_pending(self, query_sum: Any, level: int) -> Pending[Any]:
+        """``(B, H, C_l)`` scores of every full level-l cluster; opens ``query_sum`` only,
+        in the round ``openings.open_together`` gives it (all levels share one)."""
+        product = self.operands[level].transpose(-1, -2).product_pending(query_sum, "matmul")
+        return Pending(product.masked, lambda opened: product.finish(opened)[..., 0, :])
 
 
 __all__ = ["PickOperands", "RepOperands", "absolute_onehot", "chain_last_level",
