@@ -1,6 +1,5 @@
-"""CrypTen-aware Llama-family modules (Llama, Qwen2): encrypted weights, secure attention.
-
-The attention runs over the encrypted cache.
+"""CrypTen-aware Llama-family modules (Llama, Qwen2): encrypted weights, secure attention
+over the encrypted cache.
 
 Why: parameters cannot hold CrypTensors, so each transformers module that owns weights is
 replaced by one that holds them as fixed operands (``secure.primitives.premask``): W^T of every
@@ -12,7 +11,8 @@ The transformers decoder layers stay as they are and call these modules.
 - SecureLlamaAttention: RoPE on shares (cos/sin are public: positions are public), GQA by
   grouping the query heads of one KV head (the cache is never repeated), causal attention
   with a public 0/1 mask inside the softmax (no additive -inf), and a ``CachePolicy`` that
-  chooses the (K, V) attended at decode and sees the prefill's last-window probabilities.
+  chooses the (K, V) attended at decode and sees the prefill's last-window probabilities;
+  at decode the values product comes before the softmax's normalization.
 - ``secure_forward`` runs embedding -> decoder layers -> norm -> LM head on the last
   position (transformers' own model forward builds masks from plain tensors).
 """
@@ -31,8 +31,13 @@ from crypten_mpcache.runtime.cost import operator_scope
 from crypten_mpcache.secure.cache.kv_cache import CachePolicy, FullCache, SecureKVCache
 from crypten_mpcache.secure.functions.activation import ActivationConfig, silu_times
 from crypten_mpcache.secure.functions.norm import NormConfig, rms_norm
-from crypten_mpcache.secure.functions.softmax import SoftmaxConfig, masked_softmax
+from crypten_mpcache.secure.functions.softmax import (
+    SoftmaxConfig,
+    masked_softmax,
+    masked_softmax_parts,
+)
 from crypten_mpcache.secure.functions.tournament import argmax_onehot
+from crypten_mpcache.secure.primitives.openings import charged, run_together
 from crypten_mpcache.secure.primitives.premask import fixed_operand, fixed_operands
 
 
@@ -83,8 +88,7 @@ def encrypt_operands(weights: list[torch.Tensor], names: list[str],
                      options: SecureModelOptions) -> list[Any]:
     """Several weights from party ``src``, premasked together (one dealer request and one
     opening round, e.g. a projection's W^T and its bias)."""
-    encrypted = [crypten.cryptensor(owner_values(w, options), src=options.src)
-                 for w in weights]
+    encrypted = [crypten.cryptensor(owner_values(w, options), src=options.src) for w in weights]
     return fixed_operands(encrypted, names=names, premask=options.premask)
 
 
@@ -277,24 +281,43 @@ class SecureLlamaAttention(nn.Module):
         keys, values = cache.update(k, v, self.layer_idx)
         if not prefill:
             keys, values = self.options.policy.select(layer, q)
-        probs = self._probabilities(q, keys, causal_mask01(queries, int(keys.shape[-2])))
-        with operator_scope("attention_values"):
-            out = values.rmatmul(self._grouped(probs))
-        out = self._ungrouped(out, queries).transpose(1, 2)
+        mask01 = causal_mask01(queries, int(keys.shape[-2]))
+        if prefill:
+            probs = self._probabilities(q, keys, mask01)
+            with operator_scope("attention_values"):
+                out = self._ungrouped(values.rmatmul(self._grouped(probs)), queries)
+        else:
+            out = self._normalized_after_values(q, keys, values, mask01)
+        out = out.transpose(1, 2)
         out = self.o_proj(out.reshape(batch, queries, self.num_heads * self.head_dim))
         window = self.options.policy.prefill_window(queries) if prefill else 0
         if prefill:
             self.options.policy.after_prefill(layer, probs[:, :, -window:, :] if window else None)
         return out, None
 
-    def _probabilities(self, q: Any, keys: Any, mask01: torch.Tensor) -> Any:
-        queries = q.shape[2]
+    def _scores(self, q: Any, keys: Any) -> Any:
         with operator_scope("attention_scores"):
             scores = keys.transpose(-1, -2).rmatmul(self._grouped(q))
-        scores = self._ungrouped(scores, queries)
+        return self._ungrouped(scores, q.shape[2])
+
+    def _probabilities(self, q: Any, keys: Any, mask01: torch.Tensor) -> Any:
+        """Prefill: the probabilities themselves (the static stage reads a window)."""
         with operator_scope("softmax"):
-            return masked_softmax(scores, mask01, dim=-1,
-                                            config=self.options.softmax)
+            return masked_softmax(self._scores(q, keys), mask01, dim=-1,
+                                  config=self.options.softmax)
+
+    def _normalized_after_values(self, q: Any, keys: Any, values: Any,
+                                 mask01: torch.Tensor) -> Any:
+        """Decode: (exps V) / sum(exps), so the values product (and a selection's scatter)
+        opens beside the reciprocal's first rounds instead of after its last; then one
+        product by the reciprocal, (B, Hq, 1, D) by (B, Hq, 1, 1)."""
+        parts = masked_softmax_parts(self._scores(q, keys), mask01,
+                                     config=self.options.softmax)
+        with operator_scope("attention_values"):
+            weighted, inverse = run_together(
+                values.rmatmul_pending(self._grouped(parts.exps)),
+                charged(parts.reciprocal, "softmax"))
+            return self._ungrouped(weighted, q.shape[2]) * inverse
 
 
 # --- the forward pass ------------------------------------------------------------------

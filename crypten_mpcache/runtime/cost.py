@@ -28,7 +28,7 @@ charged to ``other``.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -165,6 +165,28 @@ class CostMeter:
             self._charge(kind, total.minus(frame.children))
             self._stack[-1].children.add(total)
 
+    @contextmanager
+    def shared(self, parts: Sequence[tuple[str | None, int]]) -> Iterator[None]:
+        """One opening that serves several operators (``parts``: (kind, elements) in
+        opening order; None: the enclosing scope's): its bytes go to each kind in
+        proportion to its elements, its round to the first part's kind. The enclosing
+        scope keeps the seconds and what no named kind takes."""
+        if not self._stack or not any(kind for kind, _ in parts):
+            yield
+            return
+        start = _read_comm()
+        yield
+        delta = _delta(start, _read_comm())
+        total = sum(n for _, n in parts) or 1
+        frame = self._stack[-1]
+        for index, (kind, n) in enumerate(parts):
+            if kind is None:
+                continue
+            moved = Counter(bytes=delta.bytes * n / total,
+                            rounds=delta.rounds if index == 0 else 0)
+            self._charge(kind, moved)
+            frame.children.add(moved)
+
     def report(self) -> dict[str, Any]:
         """This party's costs as plain data (picklable, JSON-ready)."""
         return {
@@ -184,6 +206,17 @@ def operator_scope(kind: str) -> Iterator[None]:
         yield
         return
     with meter.operator(kind):
+        yield
+
+
+@contextmanager
+def shared_opening(parts: Sequence[tuple[str | None, int]]) -> Iterator[None]:
+    """``CostMeter.shared`` in the active meter (a no-op without one)."""
+    meter = CostMeter._active
+    if meter is None:
+        yield
+        return
+    with meter.shared(parts):
         yield
 
 

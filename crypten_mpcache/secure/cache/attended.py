@@ -34,6 +34,7 @@ import torch
 from crypten_mpcache.algorithm import dynamic
 from crypten_mpcache.runtime.cost import operator_scope
 from crypten_mpcache.secure.backend import secret
+from crypten_mpcache.secure.primitives.openings import Pending, charged, open_alone, ready, then
 
 
 class Selection(Protocol):
@@ -48,6 +49,10 @@ class Selection(Protocol):
 
     def scatter(self, probs: Any) -> Any:
         """``(B, H, r, attended)`` -> ``(B, H, r, N)``, zeros where nothing is attended."""
+        ...
+
+    def scatter_pending(self, probs: Any) -> Pending[Any]:
+        """``scatter`` as a chain of stages for ``openings.run_together``."""
         ...
 
 
@@ -72,6 +77,9 @@ class WindowSelection:
         b, h, r, _ = probs.shape
         gap = torch.zeros(b, h, r, self.rows - self.attended, dtype=torch.float64)
         return _cat_columns([probs[..., : self.frozen], gap, probs[..., self.frozen:]])
+
+    def scatter_pending(self, probs: Any) -> Pending[Any]:
+        return ready(self.scatter(probs))     # public positions: local
 
 
 @dataclass(frozen=True)
@@ -115,22 +123,25 @@ class ClusterSelection:
         return _cat_columns(parts)
 
     def scatter(self, probs: Any) -> Any:
+        return open_alone(self.scatter_pending(probs))
+
+    def scatter_pending(self, probs: Any) -> Pending[Any]:
+        """One product with the premasked one-hot per level it goes through (one stage
+        each), then the public columns around it (local)."""
         c = self.counts
         b, h, r, _ = probs.shape
         end = c.sink + self.kept * c.sizes[-1]
-        parts = [probs[..., : c.sink]]
-        if self.operands is not None:
-            picked = probs[..., c.sink: end]
-            if self.operands.coarse is None:
-                parts.append(_scatter(picked, self.operands.fine, c.sizes[-1]))
-            else:
-                mid = _scatter(picked, self.operands.fine, c.sizes[-1])  # (b, h, r, kc sc)
-                parts.append(_scatter(mid, self.operands.coarse, c.sizes[-2]))
-        else:
-            parts.append(torch.zeros(b, h, r, c.recent_start - c.sink, dtype=torch.float64))
-        parts.append(torch.zeros(b, h, r, c.recent_drop, dtype=torch.float64))
-        parts.append(probs[..., end:])
-        return _cat_columns(parts)
+        lead, tail = probs[..., : c.sink], probs[..., end:]
+        gap = torch.zeros(b, h, r, c.recent_drop, dtype=torch.float64)
+        if self.operands is None:
+            empty = torch.zeros(b, h, r, c.recent_start - c.sink, dtype=torch.float64)
+            return ready(_cat_columns([lead, empty, gap, tail]))
+        place = lambda region: _cat_columns([lead, region, gap, tail])  # noqa: E731
+        fine = _scatter_pending(probs[..., c.sink: end], self.operands.fine, c.sizes[-1])
+        if self.operands.coarse is None:
+            return then(fine, place)
+        return then(fine, lambda mid: then(
+            _scatter_pending(mid, self.operands.coarse, c.sizes[-2]), place))
 
 
 def _pick(columns: Any, onehot: Any, size: int) -> Any:
@@ -144,14 +155,15 @@ def _pick(columns: Any, onehot: Any, size: int) -> Any:
     return x.reshape(b, h, r, size, kept).transpose(-1, -2).reshape(b, h, r, kept * size)
 
 
-def _scatter(columns: Any, onehot: Any, size: int) -> Any:
+def _scatter_pending(columns: Any, onehot: Any, size: int) -> Pending[Any]:
     """The inverse placement of ``_pick``: ``(b, h, r, k size)`` -> ``(b, h, r, G size)``
-    with zeros in the clusters not picked (opens columns)."""
+    with zeros in the clusters not picked (opens columns, one stage)."""
     b, h, r, width = columns.shape
     kept, groups = int(onehot.shape[-2]), int(onehot.shape[-1])
     x = columns.reshape(b, h, r, kept, size).transpose(-1, -2).reshape(b, h, r * size, kept)
-    x = onehot.rmatmul(x)  # (b, h, r size, G)
-    return x.reshape(b, h, r, size, groups).transpose(-1, -2).reshape(b, h, r, groups * size)
+    return then(onehot.rmatmul_pending(x),  # (b, h, r size, G)
+                lambda x: x.reshape(b, h, r, size, groups).transpose(-1, -2).reshape(
+                    b, h, r, groups * size))
 
 
 def _cat_columns(parts: list[Any]) -> Any:
@@ -228,9 +240,13 @@ class SelectedValues:
                            self._values.shape[-1]))
 
     def rmatmul(self, probs: Any) -> Any:
-        with operator_scope("gather"):
-            full = self._selection.scatter(probs)
-        return self._values.rmatmul(full)
+        return open_alone(self.rmatmul_pending(probs))
+
+    def rmatmul_pending(self, probs: Any) -> Pending[Any]:
+        """p V as a chain for ``openings.run_together``: the scatter of p (charged to
+        "gather"), then the product with the premasked V."""
+        scattered = charged(self._selection.scatter_pending(probs), "gather")
+        return then(scattered, self._values.rmatmul_pending)
 
 
 __all__ = ["ClusterSelection", "QueryScores", "SelectedKeys", "SelectedValues", "Selection",

@@ -27,9 +27,19 @@ import crypten
 import torch
 from crypten.encoder import FixedPointEncoder
 
-from crypten_mpcache.secure.functions.lookup import segment_polynomial, taylor_table
+from crypten_mpcache.secure.functions.lookup import (
+    segment_polynomial,
+    segment_polynomial_pending,
+    taylor_table,
+)
 from crypten_mpcache.secure.primitives.fixed_point import mul_public_int
-from crypten_mpcache.secure.primitives.select import relu
+from crypten_mpcache.secure.primitives.openings import (
+    Pending,
+    nothing_to_open,
+    open_alone,
+    then,
+)
+from crypten_mpcache.secure.primitives.select import less_than_zero_pending, relu
 
 
 def ge_public(x: Any, thresholds: torch.Tensor) -> Any:
@@ -202,8 +212,14 @@ def table_reciprocal(v: Any, start: float, steps: int, width: int, order: int) -
     through a dealt one-hot: 1 + ``order`` rounds. The index may be off by one segment
     (2 parties), so the polynomial reaches up to 2 / steps past a segment's start:
     relative error <= (2 / steps)**(order + 1) for v >= 1."""
+    return open_alone(table_reciprocal_pending(v, start, steps, width, order))
+
+
+def table_reciprocal_pending(v: Any, start: float, steps: int, width: int, order: int
+                             ) -> Pending[Any]:
+    """``table_reciprocal`` as a chain of stages for ``openings.run_together``."""
     table = taylor_table("reciprocal", start, steps, width, order)
-    return segment_polynomial(v - start, steps, table)
+    return segment_polynomial_pending(v - start, steps, table)
 
 
 def lookup_reciprocal(v: Any, ratio: int, steps: int, order: int = 2) -> Any:
@@ -220,7 +236,26 @@ def reciprocal(d: Any, reduction: RangeReduction, iters: int,
     The result is y_n * 2**-(e log2 ratio) with an exact power of two; its absolute error
     is ~2**-16 (the output encoding's), whatever the magnitude of d.
     """
-    onehot = reduction.onehot(d)
+    return open_alone(reciprocal_pending(d, reduction, iters, lookup_steps, lookup_order))
+
+
+def reciprocal_pending(d: Any, reduction: RangeReduction, iters: int,
+                       lookup_steps: int | None = None, lookup_order: int = 2
+                       ) -> Pending[Any]:
+    """``reciprocal`` with its first opening (the bucket comparisons' [d < edge]) left to
+    ``openings.run_together``; the rest runs after it."""
+    if reduction.buckets == 1:
+        return nothing_to_open(lambda: _reduced_reciprocal(d, reduction, None, iters,
+                                                           lookup_steps, lookup_order))
+    below = less_than_zero_pending(d.unsqueeze(-1) - reduction.edges)
+    return then(below, lambda bits: _reduced_reciprocal(
+        d, reduction, reduction.onehot_from_bits(1 - bits), iters, lookup_steps,
+        lookup_order))
+
+
+def _reduced_reciprocal(d: Any, reduction: RangeReduction, onehot: Any, iters: int,
+                        lookup_steps: int | None, lookup_order: int) -> Any:
+    """1/d from d's bucket one-hot (None: one bucket)."""
     d_n = reduction.normalize(d, onehot)
     if lookup_steps:
         y_n = lookup_reciprocal(d_n, reduction.ratio, lookup_steps, lookup_order)
@@ -231,4 +266,3 @@ def reciprocal(d: Any, reduction: RangeReduction, iters: int,
     m = -round(math.log2(reduction.low))
     r = round(math.log2(reduction.ratio))
     return y_n * reduction.pow2_factor(onehot, [m - r * j for j in range(reduction.buckets)])
-

@@ -17,7 +17,13 @@ from crypten.encoder import FixedPointEncoder
 
 from crypten_mpcache.secure.primitives.fixed_point import fixed_scale, mul_public_int
 from crypten_mpcache.secure.primitives.onehot import onehot_pending
-from crypten_mpcache.secure.primitives.openings import Pending, open_alone, open_together
+from crypten_mpcache.secure.primitives.openings import (
+    Pending,
+    open_alone,
+    open_together,
+    then,
+    together,
+)
 from crypten_mpcache.secure.primitives.products import multiply_together, products_pending
 
 
@@ -78,6 +84,17 @@ def segment_polynomial_with(shifted: Any, steps: int, table: torch.Tensor,
     return polynomial(bits, d, table, alongside)
 
 
+def segment_polynomial_pending(shifted: Any, steps: int, table: torch.Tensor) -> Pending[Any]:
+    """``segment_polynomial`` as a chain of stages for ``openings.run_together``: the
+    index's opening (with d^2 at order 2), then the polynomial's products."""
+    pending, d = segment_parts(shifted, steps, int(table.shape[-1]))
+    if int(table.shape[0]) != 3:
+        return then(pending, lambda bits: polynomial(bits, d, table)[0])
+    return then(together(pending, products_pending([(d, d)])),
+                lambda opened: then(polynomial_pending(opened[0], d, table, opened[1]),
+                                    lambda result: result[0]))
+
+
 def segment_parts(shifted: Any, steps: int, width: int) -> tuple[Pending[Any], Any]:
     """The segment's one-hot (its opening left to ``openings.open_together``) and the
     Taylor step d = shifted - v / steps (local, known before the opening): ``polynomial``
@@ -90,6 +107,24 @@ def segment_parts(shifted: Any, steps: int, width: int) -> tuple[Pending[Any], A
     return onehot_pending(segment, width), shifted - start   # [v mod W == j], d
 
 
+def polynomial_pending(bits: Any, d: Any, table: torch.Tensor, powers: Sequence[Any],
+                       alongside: Sequence[tuple[Any, Any]] = ()
+                       ) -> Pending[tuple[Any, list[Any]]]:
+    """``polynomial`` given ``powers`` = [d^2, ..., d^order]: its one product round (every
+    c_k d^k and the products ``alongside``) left to ``openings.run_together``."""
+    if len(powers) != int(table.shape[0]) - 2:
+        raise ValueError(f"powers must hold d^2..d^{int(table.shape[0]) - 1}")
+    terms = [(table_read(bits, table[k]), p) for k, p in enumerate([d, *powers], 1)]
+
+    def total(products: list[Any]) -> tuple[Any, list[Any]]:
+        out = table_read(bits, table[0])
+        for term in products[: len(terms)]:
+            out = out + term
+        return out, products[len(terms):]
+
+    return then(products_pending([*terms, *alongside]), total)
+
+
 def polynomial(bits: Any, d: Any, table: torch.Tensor,
                alongside: Sequence[tuple[Any, Any]] = (),
                powers: Sequence[Any] | None = None) -> tuple[Any, list[Any]]:
@@ -97,14 +132,7 @@ def polynomial(bits: Any, d: Any, table: torch.Tensor,
     its last product round: one round given ``powers`` = [d^2, ..., d^order] (each c_k
     d^k at once), else Horner (one round per order)."""
     if powers is not None:
-        if len(powers) != int(table.shape[0]) - 2:
-            raise ValueError(f"powers must hold d^2..d^{int(table.shape[0]) - 1}")
-        terms = [(table_read(bits, table[k]), p) for k, p in enumerate([d, *powers], 1)]
-        products = multiply_together([*terms, *alongside])
-        out = table_read(bits, table[0])
-        for term in products[: len(terms)]:
-            out = out + term
-        return out, products[len(terms):]
+        return open_alone(polynomial_pending(bits, d, table, powers, alongside))
     out = table_read(bits, table[-1])
     rows = list(reversed(range(int(table.shape[0]) - 1)))
     extra: list[Any] = []

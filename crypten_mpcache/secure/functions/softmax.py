@@ -19,12 +19,13 @@ from crypten_mpcache.secure.functions.approx import (
     RangeReduction,
     exp_nonpositive,
     lookup_exp_nonpositive,
-    reciprocal,
-    table_reciprocal,
+    reciprocal_pending,
+    table_reciprocal_pending,
 )
 from crypten_mpcache.secure.functions.tournament import tournament_max
 from crypten_mpcache.secure.primitives.fixed_point import mul_public_int
 from crypten_mpcache.secure.primitives.onehot import width_for
+from crypten_mpcache.secure.primitives.openings import Pending, open_alone
 from crypten_mpcache.secure.primitives.select import fuses
 
 
@@ -110,17 +111,19 @@ class SoftmaxConfig:
             raise ValueError("direct_steps must be in [6, 1024], direct_max_width >= 0")
 
 
-def _reciprocal(denom: Any, allowed: int, config: SoftmaxConfig) -> Any:
-    """1/d for d in [1, allowed]: a direct table read where it is narrow enough, else range
-    reduction and a table read (or Newton) on [1, ratio). The direct table starts 2 / steps
-    below 1 and reaches past ``allowed``, so an index off by -2..+3 stays inside it."""
+def _reciprocal(denom: Any, allowed: int, config: SoftmaxConfig) -> Pending[Any]:
+    """1/d for d in [1, allowed], its first opening left to ``openings.run_together``: a
+    direct table read where it is narrow enough, else range reduction and a table read
+    (or Newton) on [1, ratio). The direct table starts 2 / steps below 1 and reaches past
+    ``allowed``, so an index off by -2..+3 stays inside it."""
     steps = config.direct_steps
     width = width_for((allowed - 1) * steps + 6)
     if config.reciprocal == "lookup" and width <= config.direct_max_width:
-        return table_reciprocal(denom, 1.0 - 2.0 / steps, steps, width, 2)
+        return table_reciprocal_pending(denom, 1.0 - 2.0 / steps, steps, width, 2)
     reduction = RangeReduction(1.0, config.ratio, config.buckets)
     lookup = config.lookup_steps if config.reciprocal == "lookup" else None
-    return reciprocal(denom, reduction, config.newton_iters, lookup, config.lookup_order)
+    return reciprocal_pending(denom, reduction, config.newton_iters, lookup,
+                              config.lookup_order)
 
 
 def _exp(d: Any, config: SoftmaxConfig) -> Any:
@@ -131,6 +134,17 @@ def _exp(d: Any, config: SoftmaxConfig) -> Any:
         return lookup_exp_nonpositive(d, config.exp_lookup_steps, config.exp_lookup_width,
                                       config.score_bound_log2 + 2)
     return exp_nonpositive(d, config.exp_iterations, config.exp_order)
+
+
+@dataclass
+class SoftmaxParts:
+    """A softmax left unnormalized: ``exps`` (masked positions exactly 0) and the
+    reciprocal of their row sums, whose first opening waits for ``openings.run_together``.
+    Attention normalizes after its values product, (exps V) / sum, so that product opens
+    beside the reciprocal's first round instead of after its last."""
+
+    exps: Any
+    reciprocal: Pending[Any]
 
 
 def masked_softmax(scores: Any, mask01: torch.Tensor, dim: int = -1,
@@ -146,17 +160,26 @@ def masked_softmax(scores: Any, mask01: torch.Tensor, dim: int = -1,
         if dim not in (-1, scores.dim() - 1):
             mask = mask.expand(scores.size()).transpose(dim, -1)
             scores = scores.transpose(dim, -1)
-        filled = mul_public_int(scores, mask) + (1 - mask).to(torch.float64) * config.fill
-        row_max = tournament_max(filled, config.score_bound_log2)
-        # masked differences become 0 before exp (fill - max would be far outside exp's
-        # range: its 2**8 squarings of garbage wrap, harmless but wasted); then exact 0s
-        diffs = mul_public_int(filled - row_max, mask)
-        exps = _exp(diffs, config)
-        exps = mul_public_int(exps, mask)
-        denom = exps.sum(-1, keepdim=True)
-        out = exps * _reciprocal(denom, max(1, int(mask.sum(-1).max())), config)
+        parts = masked_softmax_parts(scores, mask, config=config)
+        out = parts.exps * open_alone(parts.reciprocal)
         out = mul_public_int(out, mask)
         if dim not in (-1, scores.dim() - 1):
             out = out.transpose(dim, -1)
         return out
 
+
+def masked_softmax_parts(scores: Any, mask01: torch.Tensor, *,
+                         config: SoftmaxConfig = SoftmaxConfig()) -> SoftmaxParts:
+    """``masked_softmax`` over the last dim without its normalization (see
+    ``SoftmaxParts``)."""
+    with operator_scope("softmax"):
+        mask = torch.as_tensor(mask01).to(torch.long)
+        filled = mul_public_int(scores, mask) + (1 - mask).to(torch.float64) * config.fill
+        row_max = tournament_max(filled, config.score_bound_log2)
+        # masked differences become 0 before exp (fill - max would be far outside exp's
+        # range: its 2**8 squarings of garbage wrap, harmless but wasted); then exact 0s
+        diffs = mul_public_int(filled - row_max, mask)
+        exps = mul_public_int(_exp(diffs, config), mask)
+        denom = exps.sum(-1, keepdim=True)
+        allowed = max(1, int(mask.sum(-1).max()))
+        return SoftmaxParts(exps, _reciprocal(denom, allowed, config))

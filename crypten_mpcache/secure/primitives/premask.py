@@ -164,6 +164,10 @@ class FixedOperand:
         """Elementwise ``x * value`` (broadcasting); opens x - A only."""
         return self._product(x, "mul")
 
+    def rmatmul_pending(self, x: MPCTensor) -> Pending[MPCTensor]:
+        """``rmatmul`` with its opening left to ``openings.run_together``."""
+        return self.product_pending(x, "matmul")
+
     def _product(self, x: MPCTensor, op: str) -> MPCTensor:
         return open_alone(self.product_pending(x, op))
 
@@ -252,6 +256,9 @@ class PlainOperand:
     def product_pending(self, x: MPCTensor, op: str) -> Pending[MPCTensor]:
         """CrypTen's product, run whole after the others' opening (no round saved)."""
         return nothing_to_open(lambda: getattr(x, op)(self._value))
+
+    def rmatmul_pending(self, x: MPCTensor) -> Pending[MPCTensor]:
+        return self.product_pending(x, "matmul")
 
     def mul(self, x: MPCTensor) -> MPCTensor:
         return x.mul(self._value)
