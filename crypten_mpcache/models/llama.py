@@ -1,5 +1,4 @@
-"""CrypTen-aware Llama-family modules (Llama, Qwen2): encrypted weights, secure attention
-over the encrypted cache.
+"""CrypTen-aware Llama-family modules (Llama, Qwen2): encrypted weights, secure attention.
 
 Why: parameters cannot hold CrypTensors, so each transformers module that owns weights is
 replaced by one that holds them as fixed operands (``secure.primitives.premask``): W^T of every
