@@ -121,20 +121,23 @@ def test_fused_projections_open_the_input_once_each(tiny_run: dict) -> None:
         assert row["operators"]["linear"]["rounds"] == 4 * row["layers"] * row["steps"]
 
 
-def test_cluster_and_attention_scores_share_the_query_round(tiny_run: dict) -> None:
+def test_openings_that_need_only_known_values_share_a_round(tiny_run: dict) -> None:
     """A selecting layer opens its query ONCE for every level's cluster scores and the
     attention's q K^T (all need only q): one similarity round per layer and step, none
-    left for the attention scores; the full cache (and a cache too short to select, 64
-    tokens) keeps its one attention-scores round."""
+    left for the attention scores; and the pick's product opens beside the premasking of
+    the selection's one-hots (its product reads their D only after): no round of its own.
+    The full cache (and a cache too short to select, 64 tokens) keeps its one
+    attention-scores round."""
     for row in tiny_run["rows"]:
         per_step = row["layers"] * row["steps"]
         ops = row["operators"]
         if row["cache"] == "full" or row["context"] == 64:
             assert ops["attention_scores"]["rounds"] == per_step
             continue
-        assert ops["similarity"]["rounds"] == per_step, (row["cache"], row["context"])
-        assert ops.get("attention_scores", {}).get("rounds", 0) == 0, (row["cache"],
-                                                                     row["context"])
+        where = (row["cache"], row["context"])
+        assert ops["similarity"]["rounds"] == per_step, where
+        assert ops.get("attention_scores", {}).get("rounds", 0) == 0, where
+        assert ops["pick"]["bytes"] > 0 and ops["pick"]["rounds"] == 0, where
 
 
 def _transcript(result: dict) -> list[tuple]:

@@ -227,6 +227,54 @@ def test_products_match_plaintext(parties, dealer):
             assert torch.allclose(got, want, atol=TOL), (key, (got - want).abs().max())
 
 
+def _opened_beside_a_product() -> dict:
+    import crypten
+    import crypten.communicator as comm
+
+    from crypten_mpcache.secure.primitives.openings import open_together
+
+    g = torch.Generator().manual_seed(5)
+    w, x = torch.randn(6, 4, generator=g), torch.randn(3, 6, generator=g)
+    out = {}
+    (operand,), opening = premask.FixedOperand.create_many_pending(
+        [crypten.cryptensor(w)], names=["w_pending"])
+    refused = []
+    for use in (operand.value, lambda: premask.FixedOperand.cat([operand, operand], 0),
+                lambda: open_together(operand.product_pending(crypten.cryptensor(x),
+                                                              "matmul"))):
+        try:
+            use()
+        except RuntimeError as error:
+            refused.append(str(error))
+    pending = operand.product_pending(crypten.cryptensor(x), "matmul")
+    before = comm.get().comm_rounds
+    _, product = open_together(opening, pending)
+    out["rounds"] = comm.get().comm_rounds - before
+    out["product"] = product.get_plain_text()
+    pending = operand.product_pending(crypten.cryptensor(x), "matmul")
+    before = comm.get().comm_rounds
+    (later,) = open_together(pending)
+    out["rounds_alone"] = comm.get().comm_rounds - before
+    out["later"] = later.get_plain_text()
+    out["refused"] = refused
+    out["want"] = x @ w
+    return out
+
+
+@pytest.mark.parametrize("parties,dealer", CONFIGS)
+def test_an_operand_opens_beside_its_first_product(parties, dealer):
+    """``create_many_pending``: D opens in the same round as a product with the operand
+    (its finish reads D after the opening's), and any use that would read D earlier (its
+    value, a concatenation, a product finished first) is refused, not silently wrong."""
+    out = launch(_opened_beside_a_product,
+                 config=LaunchConfig(parties=parties, dealer=dealer, timeout_s=120))[0]
+    assert out["rounds"] == out["rounds_alone"]  # the opening adds no round to the product
+    assert torch.allclose(out["product"], out["want"], atol=TOL)
+    assert torch.allclose(out["later"], out["want"], atol=TOL)
+    assert len(out["refused"]) == 3
+    assert all("before its opening" in message for message in out["refused"])
+
+
 # ---------------------------------------------------------------- names and masks
 
 

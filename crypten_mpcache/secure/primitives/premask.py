@@ -38,7 +38,13 @@ from crypten.mpc import MPCTensor
 from crypten.mpc.primitives import ArithmeticSharedTensor
 
 from crypten_mpcache.runtime.cost import operator_scope
-from crypten_mpcache.secure.primitives.openings import Pending, nothing_to_open, open_alone
+from crypten_mpcache.secure.primitives.openings import (
+    Pending,
+    charged,
+    nothing_to_open,
+    open_alone,
+    ready,
+)
 from crypten_mpcache.secure.primitives.party import party_rank
 from crypten_mpcache.secure.primitives.premask_dealer import (
     AppendCatPool,
@@ -110,6 +116,13 @@ def _wrap(share: torch.Tensor, encoder: FixedPointEncoder) -> MPCTensor:
     return result
 
 
+@dataclass
+class _Opening:
+    """Whether an operand's D has been opened (``FixedOperand.create_many_pending``)."""
+
+    done: bool = False
+
+
 class FixedOperand:
     """A secret operand that is fixed across many products; masked and opened once.
 
@@ -118,10 +131,12 @@ class FixedOperand:
     written in place: every transformation returns a new view.
     """
 
-    def __init__(self, pair: torch.Tensor, recipe: Recipe, encoder: FixedPointEncoder) -> None:
+    def __init__(self, pair: torch.Tensor, recipe: Recipe, encoder: FixedPointEncoder,
+                 openings: tuple[_Opening, ...] = ()) -> None:
         self._pair = pair
         self._recipe = recipe
         self._encoder = encoder
+        self._openings = openings  # D's openings still to come (``create_many_pending``)
 
     @classmethod
     def create(cls, value: MPCTensor, *, name: str) -> FixedOperand:
@@ -132,6 +147,17 @@ class FixedOperand:
     def create_many(cls, values: list[MPCTensor], *, names: list[str]) -> list[FixedOperand]:
         """Several operands with one dealer request and one opening round (e.g. the new K
         and V rows of every layer that shares a step)."""
+        operands, opening = cls.create_many_pending(values, names=names)
+        open_alone(opening)
+        return operands
+
+    @classmethod
+    def create_many_pending(cls, values: list[MPCTensor], *, names: list[str]
+                            ) -> tuple[list[FixedOperand], Pending[None]]:
+        """``create_many`` with the opening of D left to ``openings.open_together`` (charged
+        to "premask"): a product with the operands can open beside it (it reads D only in
+        its finish, which must come after this opening's: pass the opening first). Until
+        then D holds zeros; a product finished earlier is refused."""
         if len(values) != len(names) or not values:
             raise ValueError("create_many needs as many names as values (at least one)")
         session = _session()
@@ -141,11 +167,20 @@ class FixedOperand:
         masks = [(session.new_mask_id(), a.share.shape) for a in asts]
         with operator_scope("dealer"):
             mask_shares = party_dealer().register(session.store, masks)
-        with operator_scope("premask"):
-            masked = [a.share - m for a, m in zip(asts, mask_shares, strict=True)]
-            opened = comm.get().all_reduce(masked, batched=True)
-        return [cls(torch.stack([d, m]), mask_recipe(mask_id), a.encoder)
-                for d, m, (mask_id, _), a in zip(opened, mask_shares, masks, asts, strict=True)]
+        masked = [a.share - m for a, m in zip(asts, mask_shares, strict=True)]
+        state = _Opening()
+        operands = [cls(torch.stack([torch.zeros_like(m), m]), mask_recipe(mask_id),
+                        a.encoder, (state,))
+                    for m, (mask_id, _), a in zip(mask_shares, masks, asts, strict=True)]
+
+        def finish(opened: torch.Tensor) -> None:
+            for operand, d in zip(operands, opened.split([m.numel() for m in masked]),
+                                  strict=True):
+                operand._pair[0].copy_(d.reshape(operand.shape))
+            state.done = True
+
+        flat = torch.cat([m.reshape(-1) for m in masked])
+        return operands, charged(Pending(flat, finish), "premask")
 
     @property
     def shape(self) -> torch.Size:
@@ -183,6 +218,7 @@ class FixedOperand:
         d, mask_share = self._pair[0], self._pair[1]
 
         def finish(eps: torch.Tensor) -> MPCTensor:
+            self._check_opened()
             eps = eps.reshape(x_share.shape)
             z = c + ring_op(op, eps, mask_share) + ring_op(op, a, d)
             if party_rank() == 0:
@@ -205,7 +241,8 @@ class FixedOperand:
         rank = len(self.shape)
         d0, d1 = dim0 % rank, dim1 % rank
         return FixedOperand(self._pair.transpose(d0 + 1, d1 + 1),
-                            transpose_recipe(self._recipe, d0, d1), self._encoder)
+                            transpose_recipe(self._recipe, d0, d1), self._encoder,
+                            self._openings)
 
     @staticmethod
     def cat(operands: list[FixedOperand], dim: int) -> FixedOperand:
@@ -222,12 +259,19 @@ class FixedOperand:
         d = dim % len(operands[0].shape)
         recipe = cat_recipe(tuple(o._recipe for o in operands), d)
         keys = recipe[2]  # flattened: cat([cache, row]) extends the cache's own parts
+        for operand in operands:
+            operand._check_opened()
         joiner = _session().cats.joiner(d + 1, keys)
         pair = joiner.extend(keys, [o._pair for o in operands])
         return FixedOperand(pair, recipe, operands[0]._encoder)
 
+    def _check_opened(self) -> None:
+        if not all(opening.done for opening in self._openings):
+            raise RuntimeError("a premasked operand was used before its opening")
+
     def value(self) -> MPCTensor:
         """The secret value again, as shares mask + D (party 0 adds D); no traffic."""
+        self._check_opened()
         share = self._pair[1].clone()
         if party_rank() == 0:
             share += self._pair[0]
@@ -279,6 +323,15 @@ def fixed_operand(value: MPCTensor, *, name: str,
     """A fixed operand: premasked (opened once) or plain (CrypTen's Beaver products)."""
     cls = FixedOperand if premask else PlainOperand
     return cls.create(value, name=name)
+
+
+def fixed_operands_pending(values: list[MPCTensor], *, names: list[str], premask: bool = True
+                           ) -> tuple[list[FixedOperand] | list[PlainOperand], Pending[None]]:
+    """``fixed_operands`` with the premasked ones' opening left to the caller
+    (``FixedOperand.create_many_pending``); plain ones need none."""
+    if premask:
+        return FixedOperand.create_many_pending(values, names=names)
+    return fixed_operands(values, names=names, premask=False), ready(None)
 
 
 def fixed_operands(values: list[MPCTensor], *, names: list[str],
