@@ -448,7 +448,8 @@ def _freshness() -> dict[str, torch.Tensor]:
         communicator.all_reduce = original
     return {"d": [first._pair[0], second._pair[0], third._pair[0]],
             "encoded": value.encoder.encode(value.get_plain_text()),
-            "eps": [t for t in opened if t.shape == x.share.shape], "products": products,
+            "eps": [t.reshape(x.share.shape) for t in opened  # openings are flat
+                    if t.numel() == x.share.numel()], "products": products,
             "expected": x.get_plain_text() @ value.get_plain_text()}
 
 
