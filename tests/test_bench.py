@@ -124,20 +124,21 @@ def test_fused_projections_open_the_input_once_each(tiny_run: dict) -> None:
 def test_openings_that_need_only_known_values_share_a_round(tiny_run: dict) -> None:
     """A selecting layer opens its query ONCE for every level's cluster scores and the
     attention's q K^T (all need only q): one similarity round per layer and step, none
-    left for the attention scores; and the pick's product opens beside the premasking of
-    the selection's one-hots (its product reads their D only after): no round of its own.
-    The full cache (and a cache too short to select, 64 tokens) keeps its one
-    attention-scores round."""
+    left for the attention scores. Premasked rows open beside their first product (the
+    step's K and V with q K^T, the selection's one-hots with the pick): premasking bytes,
+    no premasking round. The full cache (and a cache too short to select, 64 tokens)
+    keeps its one attention-scores round."""
     for row in tiny_run["rows"]:
         per_step = row["layers"] * row["steps"]
         ops = row["operators"]
-        if row["cache"] == "full" or row["context"] == 64:
-            assert ops["attention_scores"]["rounds"] == per_step
-            continue
         where = (row["cache"], row["context"])
+        assert ops["premask"]["bytes"] > 0 and ops["premask"]["rounds"] == 0, where
+        if row["cache"] == "full" or row["context"] == 64:
+            assert ops["attention_scores"]["rounds"] == per_step, where
+            continue
         assert ops["similarity"]["rounds"] == per_step, where
         assert ops.get("attention_scores", {}).get("rounds", 0) == 0, where
-        assert ops["pick"]["bytes"] > 0 and ops["pick"]["rounds"] == 0, where
+        assert ops["pick"]["rounds"] == per_step, where
 
 
 def _transcript(result: dict) -> list[tuple]:

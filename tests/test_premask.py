@@ -236,42 +236,45 @@ def _opened_beside_a_product() -> dict:
     g = torch.Generator().manual_seed(5)
     w, x = torch.randn(6, 4, generator=g), torch.randn(3, 6, generator=g)
     out = {}
-    (operand,), opening = premask.FixedOperand.create_many_pending(
-        [crypten.cryptensor(w)], names=["w_pending"])
+    (operand,) = premask.FixedOperand.create_many([crypten.cryptensor(w)], names=["w_d"],
+                                                  deferred=True)
+    joined = premask.FixedOperand.cat([operand, operand], 0)  # before the opening
+    first = operand.product_pending(crypten.cryptensor(x), "matmul")  # takes the opening
     refused = []
-    for use in (operand.value, lambda: premask.FixedOperand.cat([operand, operand], 0),
-                lambda: open_together(operand.product_pending(crypten.cryptensor(x),
-                                                              "matmul"))):
-        try:
+    for use in (lambda: open_together(operand.product_pending(crypten.cryptensor(x),
+                                                              "matmul")),
+                lambda: operand.transpose(0, 1).value()):
+        try:  # finished before the opening that ``first`` took: refused, not wrong
             use()
         except RuntimeError as error:
             refused.append(str(error))
-    pending = operand.product_pending(crypten.cryptensor(x), "matmul")
     before = comm.get().comm_rounds
-    _, product = open_together(opening, pending)
+    (product,) = open_together(first)
     out["rounds"] = comm.get().comm_rounds - before
     out["product"] = product.get_plain_text()
+    out["joined"] = joined.value().get_plain_text()
     pending = operand.product_pending(crypten.cryptensor(x), "matmul")
     before = comm.get().comm_rounds
     (later,) = open_together(pending)
     out["rounds_alone"] = comm.get().comm_rounds - before
     out["later"] = later.get_plain_text()
     out["refused"] = refused
-    out["want"] = x @ w
+    out["want"], out["w"] = x @ w, w
     return out
 
 
 @pytest.mark.parametrize("parties,dealer", CONFIGS)
 def test_an_operand_opens_beside_its_first_product(parties, dealer):
-    """``create_many_pending``: D opens in the same round as a product with the operand
-    (its finish reads D after the opening's), and any use that would read D earlier (its
-    value, a concatenation, a product finished first) is refused, not silently wrong."""
+    """``deferred=True``: D opens in the same round as the first product with the operand
+    (its finish reads D after the opening's); a concatenation made before gets its copy
+    of D; a use that would read D before the opening it cannot run is refused."""
     out = launch(_opened_beside_a_product,
                  config=LaunchConfig(parties=parties, dealer=dealer, timeout_s=120))[0]
     assert out["rounds"] == out["rounds_alone"]  # the opening adds no round to the product
     assert torch.allclose(out["product"], out["want"], atol=TOL)
     assert torch.allclose(out["later"], out["want"], atol=TOL)
-    assert len(out["refused"]) == 3
+    assert torch.allclose(out["joined"], torch.cat([out["w"], out["w"]]), atol=TOL)
+    assert len(out["refused"]) == 2
     assert all("before its opening" in message for message in out["refused"])
 
 

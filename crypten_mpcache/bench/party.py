@@ -165,6 +165,7 @@ def fill_cache(task: RowTask, rank: int) -> Any:
         k = crypten.cryptensor(_owner_tensor(rows, "randn", generator, rank) * 50, src=OWNER)
         v = crypten.cryptensor(_owner_tensor(rows, "randn", generator, rank) * 50, src=OWNER)
         cache.update(k, v, index)
+        cache.layer(index).keys.open_now()  # a prefill's q K^T opens the rows' D; here, now
     return cache
 
 

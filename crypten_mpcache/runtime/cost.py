@@ -166,24 +166,25 @@ class CostMeter:
             self._stack[-1].children.add(total)
 
     @contextmanager
-    def shared(self, parts: Sequence[tuple[str | None, int]]) -> Iterator[None]:
-        """One opening that serves several operators (``parts``: (kind, elements) in
-        opening order; None: the enclosing scope's): its bytes go to each kind in
-        proportion to its elements, its round to the first part's kind. The enclosing
-        scope keeps the seconds and what no named kind takes."""
-        if not self._stack or not any(kind for kind, _ in parts):
+    def shared(self, parts: Sequence[tuple[str | None, int, bool]]) -> Iterator[None]:
+        """One opening that serves several operators (``parts``: (kind, elements, leads)
+        in opening order; kind None: the enclosing scope's): its bytes go to each kind in
+        proportion to its elements, its round to the first part that leads (else the
+        first part). The enclosing scope keeps the seconds and what no kind takes."""
+        if not self._stack or not any(kind for kind, _, _ in parts):
             yield
             return
         start = _read_comm()
         yield
         delta = _delta(start, _read_comm())
-        total = sum(n for _, n in parts) or 1
+        total = sum(n for _, n, _ in parts) or 1
+        leader = next((i for i, (_, _, leads) in enumerate(parts) if leads), 0)
         frame = self._stack[-1]
-        for index, (kind, n) in enumerate(parts):
+        for index, (kind, n, _) in enumerate(parts):
             if kind is None:
                 continue
             moved = Counter(bytes=delta.bytes * n / total,
-                            rounds=delta.rounds if index == 0 else 0)
+                            rounds=delta.rounds if index == leader else 0)
             self._charge(kind, moved)
             frame.children.add(moved)
 
@@ -210,7 +211,7 @@ def operator_scope(kind: str) -> Iterator[None]:
 
 
 @contextmanager
-def shared_opening(parts: Sequence[tuple[str | None, int]]) -> Iterator[None]:
+def shared_opening(parts: Sequence[tuple[str | None, int, bool]]) -> Iterator[None]:
     """``CostMeter.shared`` in the active meter (a no-op without one)."""
     meter = CostMeter._active
     if meter is None:

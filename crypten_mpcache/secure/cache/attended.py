@@ -40,7 +40,6 @@ from crypten_mpcache.secure.primitives.openings import (
     open_alone,
     ready,
     then,
-    together,
 )
 
 
@@ -119,16 +118,12 @@ class ClusterSelection:
         parts = [scores[..., : c.sink]]
         if self.operands is not None:
             region = scores[..., c.sink: c.recent_start]
-            ops = self.operands
-            first = (ops.fine, c.sizes[-1]) if ops.coarse is None else (ops.coarse, c.sizes[-2])
-            product = _pick_pending(region, *first)
-            opening = ops.take_opening()
-            if opening is not None:  # the one-hots' opening first: the product reads D
-                product = then(together(opening, product), lambda both: both[1])
-            picked = open_alone(product)
-            if ops.coarse is not None:  # the kept next-to-last clusters' children
+            if self.operands.coarse is None:
+                picked = _pick(region, self.operands.fine, c.sizes[-1])
+            else:  # the kept next-to-last clusters, whose children are the candidates
+                mid = _pick(region, self.operands.coarse, c.sizes[-2])  # (b, h, r, kc sc)
                 with operator_scope("gather"):  # the "pick" stays the one region opening
-                    picked = _pick(picked, ops.fine, c.sizes[-1])
+                    picked = _pick(mid, self.operands.fine, c.sizes[-1])
             parts.append(picked)
         parts.append(scores[..., self.recent_from:])
         return _cat_columns(parts)
@@ -158,18 +153,12 @@ class ClusterSelection:
 def _pick(columns: Any, onehot: Any, size: int) -> Any:
     """``columns (b, h, r, G size)`` grouped in G clusters of ``size`` -> the k clusters
     the premasked ``onehot (b, h, k, G)`` picks, ``(b, h, r, k size)`` (opens columns)."""
-    return open_alone(_pick_pending(columns, onehot, size))
-
-
-def _pick_pending(columns: Any, onehot: Any, size: int) -> Pending[Any]:
-    """``_pick`` with its opening left to ``openings.open_together``."""
     b, h, r, width = columns.shape
     groups = width // size
     kept = int(onehot.shape[-2])
     x = columns.reshape(b, h, r, groups, size).transpose(-1, -2).reshape(b, h, r * size, groups)
-    return then(onehot.transpose(-1, -2).rmatmul_pending(x),  # (b, h, r size, k)
-                lambda x: x.reshape(b, h, r, size, kept).transpose(-1, -2).reshape(
-                    b, h, r, kept * size))
+    x = onehot.transpose(-1, -2).rmatmul(x)  # (b, h, r size, k)
+    return x.reshape(b, h, r, size, kept).transpose(-1, -2).reshape(b, h, r, kept * size)
 
 
 def _scatter_pending(columns: Any, onehot: Any, size: int) -> Pending[Any]:

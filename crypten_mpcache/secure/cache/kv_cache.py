@@ -38,6 +38,7 @@ class SecureKVLayer(CacheLayerMixin):
         self.layer_idx = layer_idx
         self.premask = premask
         self.writes = 0  # how many update() calls wrote rows (public)
+        self.new_keys: Any = None  # the last update's key rows, as the attention gave them
         self.state: dict[str, Any] = {}  # the cache policy's per-layer state
         self.is_initialized = True
 
@@ -47,10 +48,13 @@ class SecureKVLayer(CacheLayerMixin):
     def update(self, key_states: Any, value_states: Any, *args: Any,
                **kwargs: Any) -> tuple[Any, Any]:
         """Append this step's encrypted rows (K and V premasked together: one dealer
-        request, one opening); return the whole (K, V) operands."""
+        request, one opening, in the round of the first product with the keys: the
+        attention's q K^T, ``deferred_opening``); return the whole (K, V) operands.
+        ``new_keys`` keeps the rows' own shares for whoever needs them before that."""
         names = [f"kv/layer{self.layer_idx}/{which}/{self.writes}" for which in ("k", "v")]
         new_k, new_v = fixed_operands([key_states, value_states], names=names,
-                                      premask=self.premask)
+                                      premask=self.premask, deferred=True)
+        self.new_keys = key_states
         self.writes += 1
         if self.keys is None:
             self.keys, self.values = new_k, new_v

@@ -127,7 +127,7 @@ class MethodPolicy(CachePolicy):
         index = layer.layer_idx
         with operator_scope("similarity"):
             choice = self.engine.decode(
-                index, query, lambda: layer.keys.value()[..., -1:, :],
+                index, query, lambda: layer.new_keys[..., -1:, :],
                 lambda state: self._level_scores(layer, state, query))
         scores = self._query_scores.pop(index, None)
         if choice.mode == "window":

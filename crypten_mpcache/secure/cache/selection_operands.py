@@ -22,7 +22,7 @@ from crypten_mpcache.algorithm import dynamic
 from crypten_mpcache.algorithm.clusters import ClusterState
 from crypten_mpcache.algorithm.static import StaticCounts
 from crypten_mpcache.secure.primitives.openings import Pending
-from crypten_mpcache.secure.primitives.premask import fixed_operands, fixed_operands_pending
+from crypten_mpcache.secure.primitives.premask import fixed_operands
 
 
 def compaction_matrix(backend: Any, onehot: Any, counts: StaticCounts) -> Any:
@@ -75,38 +75,32 @@ def chain_last_level(counts: dynamic.StepCounts, query_rows: int) -> bool:
     return two < one
 
 
-@dataclass
+@dataclass(frozen=True)
 class PickOperands:
     """A step's selection, premasked: ``fine`` over the finest clusters (``coarse`` is
     None), or ``coarse`` over the next-to-last level's clusters and ``fine`` over the
-    children of the clusters it keeps (``chain_last_level``). ``opening``: their masked
-    one-hots' opening, which the step's first pick takes to open beside its product."""
+    children of the clusters it keeps (``chain_last_level``). Their D opens beside the
+    step's first pick (``deferred_opening``)."""
 
     fine: Any
     coarse: Any | None = None
-    opening: Pending[None] | None = None
-
-    def take_opening(self) -> Pending[None] | None:
-        """The opening, once (the layers reusing the selection find it done)."""
-        opening, self.opening = self.opening, None
-        return opening
 
 
 def selection_operands(backend: Any, onehots: list[Any], counts: dynamic.StepCounts,
                        query_rows: int, premask: bool, name: str,
                        chain: bool | None = None) -> PickOperands:
-    """Premask the step's selection (its opening left to the first pick) in the cheaper
-    of the two forms (``chain`` forces one: tests)."""
+    """Premask the step's selection (opened with the first pick) in the cheaper of the
+    two forms (``chain`` forces one: tests)."""
     if chain is None:
         chain = chain_last_level(counts, query_rows)
     if chain:
         coarse = absolute_onehot(backend, onehots[:-1], counts)
-        (masked_coarse, masked_fine), opening = fixed_operands_pending(
-            [coarse, onehots[-1]], names=[f"{name}/coarse", f"{name}/fine"], premask=premask)
-        return PickOperands(fine=masked_fine, coarse=masked_coarse, opening=opening)
+        masked = fixed_operands([coarse, onehots[-1]], names=[f"{name}/coarse", f"{name}/fine"],
+                                premask=premask, deferred=True)
+        return PickOperands(fine=masked[1], coarse=masked[0])
     absolute = absolute_onehot(backend, onehots, counts)
-    (masked,), opening = fixed_operands_pending([absolute], names=[name], premask=premask)
-    return PickOperands(fine=masked, opening=opening)
+    return PickOperands(fine=fixed_operands([absolute], names=[name], premask=premask,
+                                            deferred=True)[0])
 
 
 def _compose(backend: Any, child: Any, parent: Any, fan: int) -> Any:

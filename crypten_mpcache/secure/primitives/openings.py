@@ -26,6 +26,16 @@ from crypten_mpcache.secure.primitives.party import open_sum
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class Charge:
+    """Part of an opening: ``elements`` words charged to ``kind`` (None: the operator that
+    runs the opening); the round goes to the first part that ``leads`` (else the first)."""
+
+    kind: str | None
+    elements: int
+    leads: bool = True
+
+
 @dataclass
 class Pending(Generic[T]):
     """This party's share of a masked value to open (flat, uniform once masked) and what
@@ -34,12 +44,12 @@ class Pending(Generic[T]):
 
     masked: torch.Tensor
     finish: Callable[[torch.Tensor], T]
-    charges: tuple[tuple[str | None, int], ...] = ()  # (operator, elements); see charged
+    charges: tuple[Charge, ...] = ()  # see charged
 
     @property
-    def parts(self) -> tuple[tuple[str | None, int], ...]:
+    def parts(self) -> tuple[Charge, ...]:
         """Who the opened elements are charged to, in order (None: the running scope)."""
-        return self.charges or ((None, self.masked.numel()),)
+        return self.charges or (Charge(None, self.masked.numel()),)
 
 
 def together(*pending: Pending[Any]) -> Pending[list[Any]]:
@@ -53,16 +63,17 @@ def together(*pending: Pending[Any]) -> Pending[list[Any]]:
     return Pending(flat, finish, tuple(part for p in pending for part in p.parts))
 
 
-def charged(pending: Pending[T], kind: str) -> Pending[T]:
+def charged(pending: Pending[T], kind: str, leads: bool = True) -> Pending[T]:
     """``pending`` (and every later stage of its chain) on ``kind``'s account: its opened
     elements' bytes (``cost.shared_opening``) and whatever its ``finish`` runs, whichever
-    operator runs the opening."""
+    operator runs the opening. ``leads=False``: a shared round is not counted as
+    ``kind``'s (an opening that rides along with another's, e.g. a deferred premask)."""
     def finish(opened: torch.Tensor) -> T:
         with operator_scope(kind):
             out = pending.finish(opened)
-        return charged(out, kind) if isinstance(out, Pending) else out
+        return charged(out, kind, leads) if isinstance(out, Pending) else out
 
-    return Pending(pending.masked, finish, ((kind, pending.masked.numel()),))
+    return Pending(pending.masked, finish, (Charge(kind, pending.masked.numel(), leads),))
 
 
 def open_together(*pending: Pending[Any]) -> list[Any]:
@@ -70,7 +81,7 @@ def open_together(*pending: Pending[Any]) -> list[Any]:
     stage = together(*pending)
     if not stage.masked.numel():
         return stage.finish(stage.masked)
-    with shared_opening(stage.parts):
+    with shared_opening([(c.kind, c.elements, c.leads) for c in stage.parts]):
         opened = open_sum(stage.masked)
     return stage.finish(opened)
 
@@ -120,5 +131,5 @@ def nothing_to_open(run: Callable[[], T]) -> Pending[T]:
     return Pending(torch.zeros(0, dtype=torch.long), lambda _: run())
 
 
-__all__ = ["Pending", "charged", "nothing_to_open", "open_alone", "open_together", "ready",
-           "run_together", "then", "together"]
+__all__ = ["Charge", "Pending", "charged", "nothing_to_open", "open_alone", "open_together",
+           "ready", "run_together", "then", "together"]

@@ -38,12 +38,13 @@ from crypten.mpc import MPCTensor
 from crypten.mpc.primitives import ArithmeticSharedTensor
 
 from crypten_mpcache.runtime.cost import operator_scope
+from crypten_mpcache.secure.primitives.deferred_opening import DeferredOpening, still_pending
 from crypten_mpcache.secure.primitives.openings import (
     Pending,
-    charged,
     nothing_to_open,
     open_alone,
-    ready,
+    then,
+    together,
 )
 from crypten_mpcache.secure.primitives.party import party_rank
 from crypten_mpcache.secure.primitives.premask_dealer import (
@@ -116,13 +117,6 @@ def _wrap(share: torch.Tensor, encoder: FixedPointEncoder) -> MPCTensor:
     return result
 
 
-@dataclass
-class _Opening:
-    """Whether an operand's D has been opened (``FixedOperand.create_many_pending``)."""
-
-    done: bool = False
-
-
 class FixedOperand:
     """A secret operand that is fixed across many products; masked and opened once.
 
@@ -132,11 +126,11 @@ class FixedOperand:
     """
 
     def __init__(self, pair: torch.Tensor, recipe: Recipe, encoder: FixedPointEncoder,
-                 openings: tuple[_Opening, ...] = ()) -> None:
+                 openings: tuple[DeferredOpening, ...] = ()) -> None:
         self._pair = pair
         self._recipe = recipe
         self._encoder = encoder
-        self._openings = openings  # D's openings still to come (``create_many_pending``)
+        self._openings = still_pending(openings)  # D's deferred openings (deferred_opening)
 
     @classmethod
     def create(cls, value: MPCTensor, *, name: str) -> FixedOperand:
@@ -144,20 +138,11 @@ class FixedOperand:
         return cls.create_many([value], names=[name])[0]
 
     @classmethod
-    def create_many(cls, values: list[MPCTensor], *, names: list[str]) -> list[FixedOperand]:
+    def create_many(cls, values: list[MPCTensor], *, names: list[str],
+                    deferred: bool = False) -> list[FixedOperand]:
         """Several operands with one dealer request and one opening round (e.g. the new K
-        and V rows of every layer that shares a step)."""
-        operands, opening = cls.create_many_pending(values, names=names)
-        open_alone(opening)
-        return operands
-
-    @classmethod
-    def create_many_pending(cls, values: list[MPCTensor], *, names: list[str]
-                            ) -> tuple[list[FixedOperand], Pending[None]]:
-        """``create_many`` with the opening of D left to ``openings.open_together`` (charged
-        to "premask"): a product with the operands can open beside it (it reads D only in
-        its finish, which must come after this opening's: pass the opening first). Until
-        then D holds zeros; a product finished earlier is refused."""
+        and V rows of every layer that shares a step). ``deferred``: that round is the
+        first product's with any of them (``deferred_opening``)."""
         if len(values) != len(names) or not values:
             raise ValueError("create_many needs as many names as values (at least one)")
         session = _session()
@@ -167,20 +152,18 @@ class FixedOperand:
         masks = [(session.new_mask_id(), a.share.shape) for a in asts]
         with operator_scope("dealer"):
             mask_shares = party_dealer().register(session.store, masks)
-        masked = [a.share - m for a, m in zip(asts, mask_shares, strict=True)]
-        state = _Opening()
-        operands = [cls(torch.stack([torch.zeros_like(m), m]), mask_recipe(mask_id),
-                        a.encoder, (state,))
-                    for m, (mask_id, _), a in zip(mask_shares, masks, asts, strict=True)]
+        pairs = [torch.stack([torch.zeros_like(m), m]) for m in mask_shares]
+        opening = DeferredOpening.of([p[0] for p in pairs],
+                                     [a.share - m for a, m in zip(asts, mask_shares, strict=True)])
+        operands = [cls(pair, mask_recipe(mask_id), a.encoder, (opening,))
+                    for pair, (mask_id, _), a in zip(pairs, masks, asts, strict=True)]
+        if not deferred:
+            open_alone(opening.take())
+        return operands
 
-        def finish(opened: torch.Tensor) -> None:
-            for operand, d in zip(operands, opened.split([m.numel() for m in masked]),
-                                  strict=True):
-                operand._pair[0].copy_(d.reshape(operand.shape))
-            state.done = True
-
-        flat = torch.cat([m.reshape(-1) for m in masked])
-        return operands, charged(Pending(flat, finish), "premask")
+    def _taken(self) -> list[Pending[None]]:
+        """The deferred openings this operand's next use must run (each once)."""
+        return [p for p in (o.take() for o in self._openings) if p is not None]
 
     @property
     def shape(self) -> torch.Size:
@@ -216,6 +199,7 @@ class FixedOperand:
             a, c = party_dealer().triple(_session().store, self._recipe, x_share.shape,
                                          out_shape, op)
         d, mask_share = self._pair[0], self._pair[1]
+        openings = self._taken()    # D opens in this product's round, finished first
 
         def finish(eps: torch.Tensor) -> MPCTensor:
             self._check_opened()
@@ -225,7 +209,10 @@ class FixedOperand:
                 z = z + ring_op(op, eps, d)
             return self._rescale(z, x_ast.encoder)
 
-        return Pending(x_share - a, finish)
+        product = Pending(x_share - a, finish)
+        if not openings:
+            return product
+        return then(together(*openings, product), lambda results: results[-1])
 
     def _rescale(self, z: torch.Tensor, x_encoder: FixedPointEncoder) -> MPCTensor:
         """z carries scale(x) * scale(B): divide by scale(B) like CrypTen's products."""
@@ -259,18 +246,30 @@ class FixedOperand:
         d = dim % len(operands[0].shape)
         recipe = cat_recipe(tuple(o._recipe for o in operands), d)
         keys = recipe[2]  # flattened: cat([cache, row]) extends the cache's own parts
-        for operand in operands:
-            operand._check_opened()
         joiner = _session().cats.joiner(d + 1, keys)
         pair = joiner.extend(keys, [o._pair for o in operands])
-        return FixedOperand(pair, recipe, operands[0]._encoder)
+        offset, openings = 0, []
+        for o in operands:
+            size = o.shape[d]
+            for opening in still_pending(o._openings):  # its D reaches this copy later
+                opening.copy_to(pair[0].narrow(d, offset, size), o._pair[0])
+                openings.append(opening)
+            offset += size
+        return FixedOperand(pair, recipe, operands[0]._encoder, tuple(dict.fromkeys(openings)))
 
     def _check_opened(self) -> None:
-        if not all(opening.done for opening in self._openings):
+        if still_pending(self._openings):
             raise RuntimeError("a premasked operand was used before its opening")
 
+    def open_now(self) -> None:
+        """Run the deferred openings of D that no product has taken (one round, alone)."""
+        for pending in self._taken():
+            open_alone(pending)
+
     def value(self) -> MPCTensor:
-        """The secret value again, as shares mask + D (party 0 adds D); no traffic."""
+        """The secret value again, as shares mask + D (party 0 adds D); no traffic once
+        D is open (a deferred opening not taken yet runs here, alone)."""
+        self.open_now()
         self._check_opened()
         share = self._pair[1].clone()
         if party_rank() == 0:
@@ -296,6 +295,9 @@ class PlainOperand:
 
     def rmatmul(self, x: MPCTensor) -> MPCTensor:
         return x.matmul(self._value)
+
+    def open_now(self) -> None:
+        """Nothing is deferred: CrypTen's products open the operand every time."""
 
     def product_pending(self, x: MPCTensor, op: str) -> Pending[MPCTensor]:
         """CrypTen's product, run whole after the others' opening (no round saved)."""
@@ -325,18 +327,10 @@ def fixed_operand(value: MPCTensor, *, name: str,
     return cls.create(value, name=name)
 
 
-def fixed_operands_pending(values: list[MPCTensor], *, names: list[str], premask: bool = True
-                           ) -> tuple[list[FixedOperand] | list[PlainOperand], Pending[None]]:
-    """``fixed_operands`` with the premasked ones' opening left to the caller
-    (``FixedOperand.create_many_pending``); plain ones need none."""
+def fixed_operands(values: list[MPCTensor], *, names: list[str], premask: bool = True,
+                   deferred: bool = False) -> list[FixedOperand] | list[PlainOperand]:
+    """Several fixed operands; premasked ones share one dealer request and one opening
+    (``deferred``: the round of their first product, ``deferred_opening``)."""
     if premask:
-        return FixedOperand.create_many_pending(values, names=names)
-    return fixed_operands(values, names=names, premask=False), ready(None)
-
-
-def fixed_operands(values: list[MPCTensor], *, names: list[str],
-                   premask: bool = True) -> list[FixedOperand] | list[PlainOperand]:
-    """Several fixed operands; premasked ones share one dealer request and one opening."""
-    if premask:
-        return FixedOperand.create_many(values, names=names)
+        return FixedOperand.create_many(values, names=names, deferred=deferred)
     return [PlainOperand.create(v, name=n) for v, n in zip(values, names, strict=True)]
