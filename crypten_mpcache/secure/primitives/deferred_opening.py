@@ -43,6 +43,7 @@ class DeferredOpening:
                 d.copy_(part.reshape(d.shape))
             for target, source in opening.copies:
                 target.copy_(source)
+            opening.copies.clear()      # keep no views of buffers a later cat replaces
             opening.done = True
 
         flat = torch.cat([m.reshape(-1) for m in masked])

@@ -121,8 +121,9 @@ class FixedOperand:
     """A secret operand that is fixed across many products; masked and opened once.
 
     Holds the opened D = B - M and this party's share of M, stacked as ``pair`` (2, *shape)
-    so that transposes and concatenations move both together. D is private and never
-    written in place: every transformation returns a new view.
+    so that transposes and concatenations move both together. D is private and written
+    once, by its opening (deferred: zeros until then); every transformation returns a
+    new view.
     """
 
     def __init__(self, pair: torch.Tensor, recipe: Recipe, encoder: FixedPointEncoder,
