@@ -7,7 +7,8 @@ protocol that lives beside the protocol:
 * ``premask_register`` / ``premask_triple``: fixed masks and (A_t, A_t (op) M) triples
   (``crypten_mpcache.secure.primitives.premask_dealer``);
 * ``comparison_material``: the masked comparison (``crypten_mpcache.secure.primitives.comparison``);
-* ``onehot_material``: the dealt unit vectors (``crypten_mpcache.secure.primitives.onehot``).
+* ``onehot_material``: the dealt unit vectors, as words or DPF keys
+  (``crypten_mpcache.secure.primitives.onehot_dealer``).
 
 ``TRAFFIC_PATCH`` routes ``TTPClient.ttp_request`` through ``runtime.offline.serve_request``:
 recorded in a phase's dry run, served from the material dealt ahead, or fetched now and
@@ -27,7 +28,7 @@ from crypten.mpc.provider.ttp_provider import TTPClient, TTPServer
 
 from crypten_mpcache.patches import Patch, replace_method
 from crypten_mpcache.runtime.offline import serve_request
-from crypten_mpcache.secure.primitives import comparison_dealer, dcf_dealer, onehot
+from crypten_mpcache.secure.primitives import comparison_dealer, dcf_dealer, onehot_dealer
 from crypten_mpcache.secure.primitives.premask_dealer import MaskStore, Recipe, party0_product_share
 
 
@@ -66,7 +67,13 @@ def _comparison_material(server: Any, n: int, bits: int = comparison_dealer.POSI
 
 
 def _onehot_material(server: Any, n: int, width: int) -> torch.Tensor:
-    return onehot.ttp_party0_share(server._get_generators(device=None), int(n), int(width))
+    return onehot_dealer.ttp_party0_share(server._get_generators(device=None), int(n),
+                                          int(width))
+
+
+# Party 1 receives every word of a one-hot dealt as DPF keys (the correction words).
+_onehot_material.relay_words = (  # type: ignore[attr-defined]
+    lambda n, width: onehot_dealer.relay_words(int(n), int(width)))
 
 
 def _dcf_material(server: Any, n: int, start: int, count: int, width: int,
@@ -109,7 +116,9 @@ RESPONSE_SIZES: dict[str, Callable[..., Any]] = {
     "premask_triple": lambda recipe, size_x, op, size_out: size_out,
     "comparison_material": lambda n, bits=comparison_dealer.POSITIONS, width=1:
         (comparison_dealer.Layout(int(n), int(bits), int(width)).dependent_size,),
-    "onehot_material": lambda n, width: (int(n), int(width)),
+    "onehot_material": lambda n, width:
+        (onehot_dealer.Layout(int(n), int(width)).cw_words,)
+        if onehot_dealer.Layout(int(n), int(width)).uses_keys else (int(n), int(width)),
     "dcf_material": lambda n, start, count, width, bits=dcf_dealer.BITS:
         (dcf_dealer.Layout(int(count), int(width), int(bits)).party0_words,),
 }

@@ -11,28 +11,24 @@ alpha and differ on it; per level a correction word fixes the seeds where the ev
 leaves alpha's path and adds beta on the branches below alpha. docs/fss.md has the
 algorithm, the key sizes and the security argument.
 
-PRG: fixed-key AES-128 in Matyas-Meyer-Oseas mode, G(s) = AES_K(s xor j) xor s xor j for
-j = 0..3 (64 bytes from a 16-byte seed), through ``cryptography`` (OpenSSL, AES-NI), one
-call per tree level for all elements. Seeds are 128-bit; every key of a batch of E
-elements is a set of arrays with E in the last axis, so ``gen`` and ``evaluate`` are
-vectorized over elements (a Python loop runs only over the n tree levels).
+PRG: ``secure.primitives.prg`` (fixed-key AES-128, one call per tree level for all
+elements). Every key of a batch of E elements is a set of arrays with E in the last axis,
+so ``gen`` and ``evaluate`` are vectorized over elements (a Python loop runs only over
+the n tree levels).
 
 ``secure.primitives.dcf_comparison`` builds the one-round comparison [x < 0] on it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 from dataclasses import dataclass
 
 import numpy as np
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-SEED_BYTES = 16
+from crypten_mpcache.secure.primitives.prg import SEED_BYTES, random_seeds, to_ring, xor_where
+from crypten_mpcache.secure.primitives.prg import expand as prg
+
 WIDTHS = (1, 2)          # payload words per element: the final seed converts to at most 2
-# A public, fixed AES key (fixed-key AES as a random permutation, the standard PRG choice).
-_FIXED_KEY = hashlib.sha256(b"crypten_mpcache dcf prg v1").digest()[:16]
 
 
 @dataclass(frozen=True)
@@ -69,33 +65,6 @@ class DCFKey:
             + (bits + 7) // 8
 
 
-def _tweaks(width: int) -> np.ndarray:
-    """Block j of G(s) encrypts s xor j: 2 seed blocks, ``width`` value blocks (a left and
-    a right word each), 1 block of control bits (last, so width 1 keeps its layout)."""
-    tweaks = np.zeros((3 + width, SEED_BYTES), dtype=np.uint8)
-    tweaks[:, -1] = np.arange(3 + width, dtype=np.uint8)
-    return tweaks
-
-
-def prg(seeds: np.ndarray, width: int = 1) -> tuple[np.ndarray, ...]:
-    """G(s) for (E, 16) seeds -> (s_left, v_left, t_left, s_right, v_right, t_right), the
-    values (E, width) ring words."""
-    blocks = seeds[:, None, :] ^ _tweaks(width)[None]         # (E, 3 + width, 16)
-    encryptor = Cipher(algorithms.AES(_FIXED_KEY), modes.ECB()).encryptor()
-    out = np.frombuffer(encryptor.update(blocks.tobytes()), dtype=np.uint8)
-    out = out.reshape(blocks.shape) ^ blocks
-    values = out[:, 2:2 + width].copy().view(np.uint64)       # (E, width, 2)
-    s_left, s_right = out[:, 0].copy(), out[:, 1].copy()
-    control = out[:, 2 + width]
-    t_left, t_right = control[:, 0] & 1, control[:, 1] & 1
-    return s_left, values[:, :, 0], t_left, s_right, values[:, :, 1], t_right
-
-
-def _convert(seed: np.ndarray, width: int) -> np.ndarray:
-    """A seed's first 8 x width bytes as ring elements (E, width) (the group Z_2^64)."""
-    return seed[:, :8 * width].copy().view(np.uint64)
-
-
 def _signed(value: np.ndarray, negative: np.ndarray) -> np.ndarray:
     """value (E, width), or -value mod 2^64 in the rows where ``negative`` (E,) is 1."""
     return np.where(negative.astype(bool)[:, None], np.uint64(0) - value, value)
@@ -106,20 +75,10 @@ def _bit(x: np.ndarray, level: int, bits: int) -> np.ndarray:
     return ((x >> np.uint64(bits - 1 - level)) & np.uint64(1)).astype(np.uint8)
 
 
-def _xor_where(seed: np.ndarray, flag: np.ndarray, correction: np.ndarray) -> np.ndarray:
-    return seed ^ (correction * flag[:, None].astype(np.uint8))
-
-
 def _branch(right: np.ndarray, left_value: np.ndarray, right_value: np.ndarray) -> np.ndarray:
     """Per element (the first axis): ``right_value`` where ``right`` else ``left_value``."""
     mask = right.reshape(-1, *([1] * (left_value.ndim - 1)))
     return np.where(mask, right_value, left_value)
-
-
-def random_seeds(count: int) -> np.ndarray:
-    """``count`` fresh 128-bit seeds from the operating system's CSPRNG."""
-    return np.frombuffer(os.urandom(count * SEED_BYTES), dtype=np.uint8).reshape(
-        count, SEED_BYTES).copy()
 
 
 def _payload(beta: np.ndarray, count: int) -> np.ndarray:
@@ -174,9 +133,9 @@ def gen(alpha: np.ndarray, beta: np.ndarray, bits: int,
         t_keep_cw = np.where(keep_right, t_cw[1, level], t_cw[0, level])
         for b in (0, 1):
             t_keep = np.where(keep_right, expanded[b][5], expanded[b][2])
-            s[b] = _xor_where(s_keep[b], t[b], s_cw[level])
+            s[b] = xor_where(s_keep[b], t[b], s_cw[level])
             t[b] = t_keep ^ (t[b] & t_keep_cw)
-    final = _signed(_convert(s[1], width) - _convert(s[0], width) - v_alpha, t[1])
+    final = _signed(to_ring(s[1], width) - to_ring(s[0], width) - v_alpha, t[1])
     return tuple(DCFKey(b, bits, roots[b], s_cw, v_cw, t_cw[0], t_cw[1], final)
                  for b in (0, 1))
 
@@ -192,8 +151,8 @@ def evaluate(key: DCFKey, x: np.ndarray) -> np.ndarray:
     total = np.zeros((key.elements, width), np.uint64)
     for level in range(key.bits):
         s_left, v_left, t_left, s_right, v_right, t_right = prg(s, width)
-        s_left = _xor_where(s_left, t, key.s_cw[level])
-        s_right = _xor_where(s_right, t, key.s_cw[level])
+        s_left = xor_where(s_left, t, key.s_cw[level])
+        s_right = xor_where(s_right, t, key.s_cw[level])
         t_left = t_left ^ (t & key.t_cw_left[level])
         t_right = t_right ^ (t & key.t_cw_right[level])
         right = _bit(x, level, key.bits).astype(bool)
@@ -202,7 +161,7 @@ def evaluate(key: DCFKey, x: np.ndarray) -> np.ndarray:
         total = total + _signed(value, negative)
         s = np.where(right[:, None], s_right, s_left)
         t = np.where(right, t_right, t_left)
-    last = _convert(s, width) + np.where(t.astype(bool)[:, None], key.final, np.uint64(0))
+    last = to_ring(s, width) + np.where(t.astype(bool)[:, None], key.final, np.uint64(0))
     total = total + _signed(last, negative)
     return total[:, 0] if width == 1 else total
 

@@ -14,28 +14,21 @@ With a *dealt unit vector* it costs one opened ring element and no comparison:
 
 Requirements: v is a scale-1 integer (raw shares, e.g. a sum of comparison bits) known to
 lie in [0, W). The result is exact. Per element: one opened word (8 bytes per party),
-one round; the dealer's material is W words per element (with the TTP: party 0
-receives its share of u, every other share comes from the generators it shares with
-the TTP, as in ``crypten_mpcache.secure.primitives.comparison``). The material depends only on
-(n, W): the transcript is the same for every value.
+one round; the dealer's material (``onehot_dealer``) is W words per element to party 0,
+or, from W = 32, DPF keys of log2(W) x ~16 bytes per element to each of parties 0 and
+1, who expand them over the whole domain. The material depends only on (n, W): the
+transcript is the same for every value.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from crypten.mpc import MPCTensor
-from crypten.mpc.primitives import ArithmeticSharedTensor
 
+from crypten_mpcache.secure.primitives.onehot_dealer import Layout, deal
 from crypten_mpcache.secure.primitives.openings import Pending, open_alone
-from crypten_mpcache.secure.primitives.party import (
-    by_dealer,
-    deal_via_ttp,
-    party_rank,
-    uniform_words,
-)
 
 
 def width_for(count: int) -> int:
@@ -43,69 +36,6 @@ def width_for(count: int) -> int:
     if count < 1:
         raise ValueError(f"count must be >= 1, got {count}")
     return 1 << (count - 1).bit_length()
-
-
-@dataclass(frozen=True)
-class Layout:
-    """n elements of width W: free = the n shares of R; dependent = the n x W shares of u."""
-
-    n: int
-    width: int
-
-    def __post_init__(self) -> None:
-        if self.width < 1 or self.width & (self.width - 1):
-            raise ValueError(f"width must be a power of two, got {self.width}")
-
-
-def draw_free(layout: Layout, generator: torch.Generator | None) -> torch.Tensor:
-    return uniform_words((layout.n,), generator)
-
-
-def draw_dependent(layout: Layout, generator: torch.Generator | None) -> torch.Tensor:
-    return uniform_words((layout.n, layout.width), generator)
-
-
-def unit_vectors(r: torch.Tensor, width: int) -> torch.Tensor:
-    """(n, W) plaintext rows e_(r mod W) (the dealer's job)."""
-    out = torch.zeros(r.numel(), width, dtype=torch.long)
-    out[torch.arange(r.numel()), r & (width - 1)] = 1
-    return out
-
-
-def ttp_party0_share(generators: list[torch.Generator], n: int, width: int) -> torch.Tensor:
-    """The TTP's side: replay every party's draws, deal party 0's share of u."""
-    layout = Layout(n, width)
-    r = torch.zeros(n, dtype=torch.long)
-    others = torch.zeros(n, width, dtype=torch.long)
-    for rank, generator in enumerate(generators):
-        r += draw_free(layout, generator)
-        if rank > 0:
-            others += draw_dependent(layout, generator)
-    return unit_vectors(r, width) - others
-
-
-def deal(layout: Layout, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """This party's (share of R (n,), share of u (n, W)) from the configured dealer."""
-    r, u = by_dealer(
-        "the dealt one-hot",
-        ttp=lambda: deal_via_ttp("onehot_material", (layout.n, layout.width),
-                                 lambda g: draw_free(layout, g),
-                                 lambda g: draw_dependent(layout, g)),
-        tfp=lambda: _deal_tfp(layout))
-    return r.to(device), u.view(layout.n, layout.width).to(device)
-
-
-def _deal_tfp(layout: Layout) -> tuple[torch.Tensor, torch.Tensor]:
-    """Party 0 draws R and shares R and u by CrypTen's zero sharing (no traffic); party 0
-    then knows the masks: tests and cost measurement only."""
-    r = u = None
-    if party_rank() == 0:
-        r = draw_free(layout, None)
-        u = unit_vectors(r, layout.width)
-    r_share = ArithmeticSharedTensor(r, size=(layout.n,), precision=0, src=0).share
-    u_share = ArithmeticSharedTensor(u, size=(layout.n, layout.width), precision=0,
-                                     src=0).share
-    return r_share, u_share
 
 
 def onehot_shares(share: torch.Tensor, width: int, count: int | None = None) -> torch.Tensor:

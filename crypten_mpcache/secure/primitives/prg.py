@@ -1,0 +1,61 @@
+"""The pseudorandom generator of the function-secret-sharing trees (DCF and DPF keys).
+
+Fixed-key AES-128 in Matyas-Meyer-Oseas mode, G(s) = AES_K(s xor j) xor s xor j for the
+block tweaks j, through ``cryptography`` (OpenSSL, AES-NI): one call per tree level for
+all seeds of the level. A seed expands to two child seeds, ``width`` pairs of ring words
+(the DCF's value words; none for a DPF) and a block whose low bits are the two children's
+control bits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+SEED_BYTES = 16
+# A public, fixed AES key (fixed-key AES as a random permutation, the standard PRG choice).
+_FIXED_KEY = hashlib.sha256(b"crypten_mpcache dcf prg v1").digest()[:16]
+
+
+def _tweaks(width: int) -> np.ndarray:
+    """Block j of G(s) encrypts s xor j: 2 seed blocks, ``width`` value blocks (a left and
+    a right word each), 1 block of control bits (last, so every width keeps its layout)."""
+    tweaks = np.zeros((3 + width, SEED_BYTES), dtype=np.uint8)
+    tweaks[:, -1] = np.arange(3 + width, dtype=np.uint8)
+    return tweaks
+
+
+def expand(seeds: np.ndarray, width: int = 1) -> tuple[np.ndarray, ...]:
+    """G(s) for (E, 16) seeds -> (s_left, v_left, t_left, s_right, v_right, t_right), the
+    values (E, width) ring words (width 0: empty)."""
+    blocks = seeds[:, None, :] ^ _tweaks(width)[None]         # (E, 3 + width, 16)
+    encryptor = Cipher(algorithms.AES(_FIXED_KEY), modes.ECB()).encryptor()
+    out = np.frombuffer(encryptor.update(blocks.tobytes()), dtype=np.uint8)
+    out = out.reshape(blocks.shape) ^ blocks
+    values = out[:, 2:2 + width].copy().view(np.uint64)       # (E, width, 2)
+    s_left, s_right = out[:, 0].copy(), out[:, 1].copy()
+    control = out[:, 2 + width]
+    t_left, t_right = control[:, 0] & 1, control[:, 1] & 1
+    return s_left, values[:, :, 0], t_left, s_right, values[:, :, 1], t_right
+
+
+def to_ring(seed: np.ndarray, width: int) -> np.ndarray:
+    """A seed's first 8 x width bytes as ring elements (E, width) (the group Z_2^64)."""
+    return seed[:, :8 * width].copy().view(np.uint64)
+
+
+def random_seeds(count: int) -> np.ndarray:
+    """``count`` fresh 128-bit seeds from the operating system's CSPRNG."""
+    return np.frombuffer(os.urandom(count * SEED_BYTES), dtype=np.uint8).reshape(
+        count, SEED_BYTES).copy()
+
+
+def xor_where(seed: np.ndarray, flag: np.ndarray, correction: np.ndarray) -> np.ndarray:
+    """seed xor correction in the rows (first axis) where ``flag`` is 1."""
+    return seed ^ (correction * flag.reshape(*flag.shape, 1).astype(np.uint8))
+
+
+__all__ = ["SEED_BYTES", "expand", "random_seeds", "to_ring", "xor_where"]
