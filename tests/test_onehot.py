@@ -47,7 +47,8 @@ def _job(width: int) -> dict:
 @pytest.mark.parametrize("dealer,parties", [("tfp", 2), ("ttp", 2), ("ttp", 3), ("tfp", 3)])
 def test_onehot_is_exact_for_every_value_in_one_round(dealer: str, parties: int,
                                                       width: int) -> None:
-    """Exact for every value at a width dealt as words (16) and as DPF keys (64)."""
+    """Exact for every value at a width dealt as words (16) and as DPF keys (64, TTP; the
+    TFP deals words, free of traffic)."""
     result = launch(_job, width, config=LaunchConfig(parties=parties, dealer=dealer))[0]
     values = result["values"]
     expected = torch.nn.functional.one_hot(values, width).float()
@@ -58,8 +59,7 @@ def test_onehot_is_exact_for_every_value_in_one_round(dealer: str, parties: int,
     layout = ohd.Layout(3 * width, width)
     assert layout.uses_keys == (width == 64)
     ttp_rounds = 3                    # party 0's request (party 1's relay is not its own)
-    tfp_rounds = 1 if layout.uses_keys else 0           # party 0 sends party 1 its key
-    assert result["cost"][1] == online_rounds + (ttp_rounds if dealer == "ttp" else tfp_rounds)
+    assert result["cost"][1] == online_rounds + (ttp_rounds if dealer == "ttp" else 0)
     if dealer == "ttp":
         overhead = result["dealer_bytes"] - 8 * layout.party0_words    # requests, sizes
         assert 0 <= overhead <= 512

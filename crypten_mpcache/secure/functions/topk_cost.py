@@ -14,6 +14,7 @@ from crypten_mpcache.runtime.network import LAN, NetworkProfile
 from crypten_mpcache.secure.functions.topk import PROTOCOLS
 from crypten_mpcache.secure.functions.unit_costs import UnitCosts, measured_units
 from crypten_mpcache.secure.primitives.onehot import width_for
+from crypten_mpcache.secure.primitives.onehot_dealer import party0_words_per_element
 
 
 @dataclass(frozen=True)
@@ -30,8 +31,8 @@ class Counts:
 
     def bytes(self, unit: UnitCosts) -> float:
         return (self.comparisons * unit.cmp_bytes + self.multiplications * unit.mul_bytes
-                + self.lookups * (unit.lookup_bytes
-                                  + self.lookup_width * unit.lookup_word_bytes))
+                + self.lookups * (unit.lookup_bytes + unit.lookup_word_bytes
+                                  * party0_words_per_element(max(1, self.lookup_width))))
 
     def rounds(self, unit: UnitCosts) -> float:
         return (self.comparison_rounds * unit.cmp_rounds

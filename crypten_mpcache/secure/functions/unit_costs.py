@@ -16,7 +16,8 @@ class UnitCosts:
     cmp_bytes / cmp_rounds: one batched comparison (bytes per element, rounds per call);
     mul_bytes / mul_rounds: one batched Beaver multiplication;
     lookup_bytes / lookup_word_bytes / lookup_rounds: one dealt one-hot (``primitives.onehot``)
-    per element, plus the dealer's bytes per word of width.
+    per element, plus the dealer's bytes per word it deals party 0 (W words, or from W = 32
+    the DPF keys' correction words, ``onehot_dealer.party0_words_per_element``).
     """
 
     cmp_bytes: float

@@ -6,7 +6,7 @@ cheaper one chosen by its dealt words, a public function of (n, W):
 
 - **words**: party 0 receives its share of u, W ring words per element (every other
   party draws its share from the generator it shares with the TTP);
-- **keys** (DPF, ``secure.primitives.dpf``, for W >= 32): parties 0 and 1 each receive
+- **keys** (DPF, ``secure.primitives.dpf``, for W >= 32, TTP): parties 0 and 1 each receive
   the same correction words, log2(W) x (16 bytes + 2 bits) + 8 bytes per element, party
   1's relayed by the dealer (``runtime.offline.relay``), and expand their keys over the
   whole domain; a third party's share of u is 0. At W = 128 (the SiLU table) that is
@@ -14,20 +14,19 @@ cheaper one chosen by its dealt words, a public function of (n, W):
   ~2 x 219 where words take 64 KiB.
 
 With the TTP every party draws its share of R (and, for keys, a root seed) from its
-generator; the TTP replays the draws. The material depends only on (n, W).
+generator; the TTP replays the draws. The TFP (tests and cost measurement) deals words:
+its zero sharing costs no traffic. The material depends only on (n, W).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import crypten.communicator as comm
 import numpy as np
 import torch
 from crypten.mpc.primitives import ArithmeticSharedTensor
 
 from crypten_mpcache.runtime import trace
-from crypten_mpcache.runtime.cost import dealer_request
 from crypten_mpcache.runtime.offline import relay
 from crypten_mpcache.secure.primitives import dpf
 from crypten_mpcache.secure.primitives.party import (
@@ -82,6 +81,12 @@ class Layout:
     def dealt_words(self) -> int:
         """Dealer words of one one-hot to all parties (party 1's relayed words included)."""
         return 2 * self.cw_words if self.uses_keys else self.n * self.width
+
+
+def party0_words_per_element(width: int) -> float:
+    """Party 0's dealt words per element of a one-hot of width W (a cost model's unit)."""
+    layout = Layout(64, width)
+    return layout.party0_words / layout.n
 
 
 def draw_free(layout: Layout, generator: torch.Generator | None) -> torch.Tensor:
@@ -187,28 +192,14 @@ def _deal_ttp(layout: Layout) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _deal_tfp(layout: Layout) -> tuple[torch.Tensor, torch.Tensor]:
-    """Party 0 draws R (and the keys) and shares R and u by CrypTen's zero sharing or
-    sends party 1 its key (charged to the dealer counters); party 0 then knows the masks:
-    tests and cost measurement only."""
-    rank, n = party_rank(), layout.n
-    r = draw_free(Layout(n, 1), None) if rank == 0 else None
+    """Party 0 draws R and shares R and u as words by CrypTen's zero sharing (no traffic,
+    so keys would only add some); party 0 then knows the masks: tests and cost measurement
+    only."""
+    n = layout.n
+    r = u = None
+    if party_rank() == 0:
+        r = draw_free(Layout(n, 1), None)
+        u = unit_vectors(r, layout.width)
     r_share = ArithmeticSharedTensor(r, size=(n,), precision=0, src=0).share
-    if not layout.uses_keys:
-        u = unit_vectors(r, layout.width) if rank == 0 else None
-        return r_share, ArithmeticSharedTensor(u, size=(n, layout.width), precision=0,
-                                               src=0).share
-    if rank > 1:
-        return r_share, _expanded(layout, None)
-    words = torch.empty(2 * n + layout.cw_words, dtype=torch.long)
-    if rank == 0:
-        seeds = (uniform_words((2 * n,), None), uniform_words((2 * n,), None))
-        key = _keys(layout, r, seeds)
-        words = torch.cat([seeds[1], pack_cw(key)])
-    with dealer_request():
-        if rank == 0:
-            comm.get().send(words, 1)
-        else:
-            words = comm.get().recv(words, 0)
-    if rank == 0:
-        return r_share, _expanded(layout, key)
-    return r_share, _expanded(layout, unpack_key(layout, 1, words[:2 * n], words[2 * n:]))
+    u_share = ArithmeticSharedTensor(u, size=(n, layout.width), precision=0, src=0).share
+    return r_share, u_share
