@@ -49,7 +49,8 @@ class ActivationConfig:
     exp_iterations, exp_order: see ``exp_nonpositive``; exp(-a) is valid for a < 2**iters.
     lookup_bound, lookup_steps, lookup_order: the table covers [-lookup_bound,
       lookup_bound) in segments of width 1 / lookup_steps (their number, a power of two,
-      is the width of the dealt one-hot: the dealer's words per element).
+      is the width W of the dealt one-hot: DPF keys of log2(W) x ~16 bytes per element
+      and party, ``primitives.onehot_dealer``).
     input_bound_log2: |x| < 2**input_bound_log2 for every input (SmolLM2's gate
       pre-activations stay below 2**6, ``test_measured_ranges_inside_supported``): the
       gates' DCF keys compare input_bound_log2 + 17 bits, not 63.

@@ -57,8 +57,8 @@ class NormConfig:
         are monotone and the pick is one product round.
     inv_sqrt: how 1/sqrt is taken on [1, ratio): "lookup" (default: a dealt one-hot reads
         the segment's Taylor coefficients of order ``lookup_order`` from a public table,
-        1 + order rounds; its dealer sends ratio * lookup_steps words per row, one row
-        per token) or "newton" (a linear start and ``newton_iters`` Newton steps, 3
+        1 + order rounds; its one-hot of width ratio * lookup_steps is dealt as DPF keys,
+        one row per token) or "newton" (a linear start and ``newton_iters`` Newton steps, 3
         rounds each).
     lookup_steps, lookup_order: table segments per unit (a power of two; the table covers
         [0.5, ratio + 0.5)) and the Taylor order (1 or 2). The index may be off by one,

@@ -40,8 +40,8 @@ class SoftmaxConfig:
         stay below 2**6; exp is valid for differences above -2**exp_iterations anyway).
     exp: how exp(d <= 0) is taken: "squaring" (``exp_nonpositive``, exp_iterations + 1
         rounds, no dealer material), "lookup" (``lookup_exp_nonpositive``: a fused clip and
-        a table of ``exp_lookup_steps`` segments per unit and ``exp_lookup_width`` words
-        per element, dealt; 4 rounds, relative error <= 3.3e-4 at 16 steps) or "auto"
+        a table of ``exp_lookup_steps`` segments per unit read through a dealt one-hot of
+        ``exp_lookup_width`` entries per element (DPF keys); 4 rounds, relative error <= 3.3e-4 at 16 steps) or "auto"
         (default): the table where the clip fuses (dcf, or hybrid under its threshold) and
         the call has at most ``exp_lookup_max_elements`` elements (a public shape: an
         MPCache step's few attended tokens), squaring otherwise.
@@ -51,8 +51,8 @@ class SoftmaxConfig:
     reciprocal: how 1/d is taken on [1, ratio): "lookup" (default: a Taylor table of
         order ``lookup_order`` and ``lookup_steps`` segments per unit read through a dealt
         one-hot, 1 + order rounds, relative error <= (2 / lookup_steps)**(order + 1):
-        1.5e-5 at the default order 1 and 512 steps; the dealer sends ratio *
-        lookup_steps words per row, 16 KiB, one row per head and query) or "newton"
+        1.5e-5 at the default order 1 and 512 steps; its one-hot of width ratio *
+        lookup_steps is dealt as DPF keys, ~0.4 KiB a row, one row per head and query) or "newton"
         (``newton_iters`` iterations, 2 rounds each, from a linear fit).
     newton_iters: Newton iterations of 1/d on [1, ratio) ("newton" only).
     direct_steps, direct_max_width: with "lookup", rows of at most N allowed entries
@@ -60,7 +60,8 @@ class SoftmaxConfig:
         segments per unit without range reduction (3 rounds where the reduction takes 5;
         relative error <= (2 / steps)**3, 3.1e-5 at 64) when its width, the power of two
         above (N - 1) * steps + 6, is at most direct_max_width (0: never): an MPCache
-        step's or a short context's rows, dealt at width words per row.
+        step's or a short context's rows (a one-hot of that width per row, dealt as DPF
+        keys of log2(width) x ~16 bytes per party).
     """
 
     fill: float = -(2.0 ** 12)
