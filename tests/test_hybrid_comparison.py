@@ -53,12 +53,49 @@ def test_small_calls_compare_by_dcf_large_ones_masked(dealer, dealing):
     assert hybrid["large_rounds"] == masked["large_rounds"] > dcf["large_rounds"]
 
 
+def _softmax_rounds() -> dict:
+    """A masked softmax over (4, 16) scores (row-max levels of 32, 16, 8, 4 pairs; an exp
+    clip of 64 elements) with the softmax's own threshold at 64 and at 0."""
+    from crypten_mpcache.secure.functions.softmax import SoftmaxConfig, masked_softmax
+
+    scores = torch.linspace(-6.0, 5.0, 64).reshape(4, 16)
+    mask = torch.ones(4, 16, dtype=torch.long)
+    shared = crypten.cryptensor(scores, src=0)
+    out = {}
+    for up_to in (64, 0):
+        before = comm.get().get_communication_stats()["rounds"]
+        probs = masked_softmax(shared, mask, config=SoftmaxConfig(dcf_max_elements=up_to))
+        out[up_to] = comm.get().get_communication_stats()["rounds"] - before
+        out[f"probs{up_to}"] = probs.get_plain_text()
+    return out
+
+
+@pytest.mark.parametrize("comparison", ["hybrid", "masked"])
+def test_the_softmax_widens_the_threshold_for_its_own_calls(comparison):
+    """Under hybrid at a threshold of 8, SoftmaxConfig.dcf_max_elements = 64 gives the
+    row max's 4 levels and the exp's clip DCF keys (and the exp its table): fewer rounds
+    than without it; under masked (no keys) it changes nothing. Both softmaxes exact."""
+    config = LaunchConfig(parties=2, dealer="ttp", comparison=comparison,
+                          dcf_max_elements=8, timeout_s=120)
+    out = launch(_softmax_rounds, config=config)[0]
+    expected = torch.softmax(torch.linspace(-6.0, 5.0, 64).reshape(4, 16), -1)
+    for up_to in (64, 0):
+        assert (out[f"probs{up_to}"] - expected).abs().max() < 2e-3
+    if comparison == "hybrid":
+        assert out[64] < out[0]
+    else:
+        assert out[64] == out[0]
+
+
 def test_the_threshold_is_validated_and_reaches_the_launch():
     from crypten_mpcache.bench.runner import BenchConfig
     from crypten_mpcache.cli import main
 
     with pytest.raises(ValueError, match="dcf_max_elements"):
         LaunchConfig(comparison="hybrid", dcf_max_elements=0)
+    from crypten_mpcache.secure.functions.softmax import SoftmaxConfig
+    with pytest.raises(ValueError, match="dcf_max_elements"):
+        SoftmaxConfig(dcf_max_elements=-1)
     with pytest.raises(ValueError, match="dcf_max_elements"):
         PrivateGenerationConfig(comparison="hybrid", dcf_max_elements=0)
     config = PrivateGenerationConfig(comparison="hybrid", dcf_max_elements=1024)

@@ -175,18 +175,20 @@ def exp_nonpositive(d: Any, iterations: int = 8, order: int = 2) -> Any:
     return base
 
 
-def lookup_exp_nonpositive(d: Any, steps: int, width: int, bound_log2: int | None) -> Any:
+def lookup_exp_nonpositive(d: Any, steps: int, width: int, bound_log2: int | None,
+                           dcf_up_to: int = 0) -> Any:
     """exp(d) for d <= 0 from a quadratic Taylor table of ``steps`` segments per unit, read
     through a dealt one-hot of ``width`` words: d is first clipped to -floor, floor =
     width / steps - 1 (exp(-floor) is below the fixed-point resolution from floor 12), by
     a fused select; 4 rounds where the squarings take 9. The table starts 2 / steps below
     -floor and at least 1 - 2 / steps above 0, so an index off by -2..+3 (CrypTen's
     3-party truncation; 2 parties: by one) stays inside it; relative error <= (2 / steps)**3
-    / 6 (3.3e-4 at 16 steps; 3 parties: (4 / steps)**3 / 6). |d| < 2**bound_log2.
+    / 6 (3.3e-4 at 16 steps; 3 parties: (4 / steps)**3 / 6). |d| < 2**bound_log2;
+    ``dcf_up_to``: see ``select.fuses``.
     """
     floor = width / steps - 1.0
     start = -floor - 2.0 / steps
-    clipped = relu(d + floor, bound_log2) - floor       # max(d, -floor)
+    clipped = relu(d + floor, bound_log2, dcf_up_to) - floor       # max(d, -floor)
     table = taylor_table("exp", start, steps, width, 2)
     return segment_polynomial(clipped - start, steps, table)
 

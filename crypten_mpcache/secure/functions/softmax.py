@@ -41,10 +41,17 @@ class SoftmaxConfig:
     exp: how exp(d <= 0) is taken: "squaring" (``exp_nonpositive``, exp_iterations + 1
         rounds, no dealer material), "lookup" (``lookup_exp_nonpositive``: a fused clip and
         a table of ``exp_lookup_steps`` segments per unit read through a dealt one-hot of
-        ``exp_lookup_width`` entries per element (DPF keys); 4 rounds, relative error <= 3.3e-4 at 16 steps) or "auto"
-        (default): the table where the clip fuses (dcf, or hybrid under its threshold) and
-        the call has at most ``exp_lookup_max_elements`` elements (a public shape: an
-        MPCache step's few attended tokens), squaring otherwise.
+        ``exp_lookup_width`` entries per element (DPF keys); 4 rounds, relative error
+        <= 3.3e-4 at 16 steps) or "auto" (default): the table where the clip fuses (dcf,
+        or hybrid under its threshold or ``dcf_max_elements``) and the call has at most
+        ``exp_lookup_max_elements`` elements (a public shape: an MPCache step's few
+        attended tokens), squaring otherwise.
+    dcf_max_elements: under ``--comparison hybrid``, the softmax's comparisons (each level
+        of the row max, the exp's clip) of at most this many elements take DCF keys
+        whatever the protocol's threshold: they save 3-4 rounds a call for keys of
+        ~1 KiB an element, and a layer has few of them, where a SiLU's gates, as many
+        elements per call in every layer, would take a model's whole dealer budget
+        (docs/fss.md, "One-hots from DPF keys").
     exp_iterations, exp_order: see ``exp_nonpositive``; exp(d) is valid for d > -2**iters.
     ratio, buckets: range reduction of the denominator, which lies in [1, allowed count]:
         rows of up to ratio**buckets allowed entries are exact to Newton precision.
@@ -80,6 +87,7 @@ class SoftmaxConfig:
     newton_iters: int = 3
     direct_steps: int = 64
     direct_max_width: int = 8192
+    dcf_max_elements: int = 4096
 
     def __post_init__(self) -> None:
         if not self.fill < 0:
@@ -108,6 +116,8 @@ class SoftmaxConfig:
             raise ValueError("lookup_steps must be a power of two in [1, 1024]")
         if self.lookup_order not in (1, 2):
             raise ValueError(f"lookup_order must be 1 or 2, got {self.lookup_order}")
+        if self.dcf_max_elements < 0:
+            raise ValueError("dcf_max_elements must be >= 0")
         if not 6 <= self.direct_steps <= 1024 or self.direct_max_width < 0:
             raise ValueError("direct_steps must be in [6, 1024], direct_max_width >= 0")
 
@@ -129,11 +139,12 @@ def _reciprocal(denom: Any, allowed: int, config: SoftmaxConfig) -> Pending[Any]
 
 def _exp(d: Any, config: SoftmaxConfig) -> Any:
     """exp(d) for the differences d <= 0 (|d| < 2**(score_bound_log2 + 1))."""
-    table = config.exp == "lookup" or (config.exp == "auto" and fuses(d.numel())
+    fused = fuses(d.numel(), config.dcf_max_elements)
+    table = config.exp == "lookup" or (config.exp == "auto" and fused
                                        and d.numel() <= config.exp_lookup_max_elements)
     if table:
         return lookup_exp_nonpositive(d, config.exp_lookup_steps, config.exp_lookup_width,
-                                      config.score_bound_log2 + 2)
+                                      config.score_bound_log2 + 2, config.dcf_max_elements)
     return exp_nonpositive(d, config.exp_iterations, config.exp_order)
 
 
@@ -176,7 +187,7 @@ def masked_softmax_parts(scores: Any, mask01: torch.Tensor, *,
     with operator_scope("softmax"):
         mask = torch.as_tensor(mask01).to(torch.long)
         filled = mul_public_int(scores, mask) + (1 - mask).to(torch.float64) * config.fill
-        row_max = tournament_max(filled, config.score_bound_log2)
+        row_max = tournament_max(filled, config.score_bound_log2, config.dcf_max_elements)
         # masked differences become 0 before exp (fill - max would be far outside exp's
         # range: its 2**8 squarings of garbage wrap, harmless but wasted); then exact 0s
         diffs = mul_public_int(filled - row_max, mask)

@@ -15,9 +15,12 @@ from crypten_mpcache.secure.primitives.fixed_point import to_fixed
 from crypten_mpcache.secure.primitives.select import difference_bound, pair_max
 
 
-def tournament(x: Any, bound_log2: int | None = None) -> tuple[Any, list[tuple[Any, int]]]:
+def tournament(x: Any, bound_log2: int | None = None, dcf_up_to: int = 0
+               ) -> tuple[Any, list[tuple[Any, int]]]:
     """Max over the last dim by a tournament of ADJACENT pairs, keeping each level's bits.
-    ``bound_log2``: every |x| < 2^bound_log2 (so pair differences < 2^(bound_log2 + 1)).
+    ``bound_log2``: every |x| < 2^bound_log2 (so pair differences < 2^(bound_log2 + 1));
+    ``dcf_up_to``: levels of at most this many pairs take DCF keys under ``hybrid``
+    (``select.fuses``).
 
     Adjacent pairing keeps every node's index range contiguous with the left node holding
     the lower indices, so "right wins only if strictly greater" gives ties to the lowest
@@ -31,15 +34,15 @@ def tournament(x: Any, bound_log2: int | None = None) -> tuple[Any, list[tuple[A
         pairs = n // 2
         left = values[..., 0:2 * pairs:2]
         right = values[..., 1:2 * pairs:2]
-        right_wins, winners = pair_max(left, right, difference_bound(bound_log2))
+        right_wins, winners = pair_max(left, right, difference_bound(bound_log2), dcf_up_to)
         values = crypten.cat([winners, values[..., 2 * pairs:]], dim=-1) if n % 2 else winners
         levels.append((right_wins, pairs))
     return values, levels
 
 
-def tournament_max(x: Any, bound_log2: int | None = None) -> Any:
+def tournament_max(x: Any, bound_log2: int | None = None, dcf_up_to: int = 0) -> Any:
     """Max over the last dim (keepdim), n - 1 comparisons in ceil(log2 n) rounds."""
-    return tournament(x, bound_log2)[0]
+    return tournament(x, bound_log2, dcf_up_to)[0]
 
 
 def expand_winner(levels: list[tuple[Any, int]], like: Any) -> Any:

@@ -11,7 +11,9 @@ the same from a dealt rho r (``comparison.negative_part``): its 7 or 8 rounds, n
 Which calls fuse is a public function of the call's size, set with the comparison
 protocol (``patches.crypten_comparison.use``): all calls under ``dcf``, calls of at most
 ``dcf_max_elements`` under ``hybrid`` (the others take the masked comparison's select),
-none under ``masked`` (its select) and ``crypten`` (a comparison and a product).
+none under ``masked`` (its select) and ``crypten`` (a comparison and a product). Under
+``hybrid`` an operator may give its own calls keys further up (``dcf_up_to``: the
+softmax's, whose keys save the most rounds per dealt byte; ``SoftmaxConfig``).
 
 Bit widths: a caller that knows |x| < 2^B (real units) passes ``bound_log2=B``; the
 comparison then compares B + 16 bits instead of 63 (the sign of x is bit B + 16 of
@@ -46,9 +48,12 @@ class FusedSelect:
 FUSED = FusedSelect()
 
 
-def fuses(numel: int) -> bool:
-    """Whether a compare-and-select of ``numel`` elements takes the one-round DCF path."""
-    return numel <= FUSED.max_elements
+def fuses(numel: int, dcf_up_to: int = 0) -> bool:
+    """Whether a compare-and-select of ``numel`` elements takes the one-round DCF path:
+    up to the protocol's threshold, or up to the caller's ``dcf_up_to`` where the protocol
+    deals DCF keys at all (``hybrid``; ``masked`` and ``crypten`` never do)."""
+    widened = dcf_up_to if FUSED.max_elements > 0 else 0
+    return numel <= max(FUSED.max_elements, widened)
 
 
 def compared_bits(bound_log2: int | None) -> int:
@@ -66,14 +71,16 @@ def difference_bound(bound_log2: int | None) -> int | None:
     return None if bound_log2 is None else bound_log2 + 1
 
 
-def pair_max(left: Any, right: Any, bound_log2: int | None = None) -> tuple[Any, Any]:
+def pair_max(left: Any, right: Any, bound_log2: int | None = None, dcf_up_to: int = 0
+             ) -> tuple[Any, Any]:
     """([right > left] as scale-1 bits, max(left, right)); ties go to LEFT (its bit is 0).
-    ``bound_log2``: |left - right| < 2^bound_log2 (narrower keys, see above).
+    ``bound_log2``: |left - right| < 2^bound_log2 (narrower keys, see above); ``dcf_up_to``:
+    see ``fuses``.
 
     Fused: z = [left - right < 0] and min(left - right, 0) from one opening, max =
     left - min(left - right, 0). Otherwise the comparison, then one exact product."""
     difference = left - right
-    if fuses(difference.numel()):
+    if fuses(difference.numel(), dcf_up_to):
         right_wins, negative = dcf_comparison.negative_part(difference,
                                                             compared_bits(bound_log2))
         return right_wins, left - negative
@@ -106,9 +113,10 @@ def less_than_zero_pending(x: Any, bound_log2: int | None = None) -> Pending[Any
     return nothing_to_open(x._ltz)
 
 
-def relu(x: Any, bound_log2: int | None = None) -> Any:
-    """max(x, 0) = x - min(x, 0) (fused) or x - x [x < 0] (comparison and product)."""
-    if fuses(x.numel()):
+def relu(x: Any, bound_log2: int | None = None, dcf_up_to: int = 0) -> Any:
+    """max(x, 0) = x - min(x, 0) (fused) or x - x [x < 0] (comparison and product);
+    ``dcf_up_to``: see ``fuses``."""
+    if fuses(x.numel(), dcf_up_to):
         return x - dcf_comparison.negative_part(x, compared_bits(bound_log2))[1]
     if FUSED.masked_above:
         return x - masked_comparison.negative_part(x, compared_bits(bound_log2))[1]
