@@ -29,7 +29,9 @@ COMPARISONS = ("crypten", "masked", "dcf", "hybrid")
 
 
 class _HybridSettings:
-    dcf_max_elements: int = 256
+    # 2048: a SmolLM2 decode step deals 109 MiB with it (the budget: 116), a Llama-2-7B
+    # layer at 2048 tokens 25.6 MiB with MPCache (29); docs/fss.md, "One-hots from DPF keys"
+    dcf_max_elements: int = 2048
 
 
 HYBRID = _HybridSettings()

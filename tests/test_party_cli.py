@@ -266,7 +266,7 @@ def test_a_role_killed_during_decode_ends_the_others_naming_it(tmp_path, tiny40,
 
 @pytest.mark.parametrize("owner_args,client_args,field,values", [
     ([], ["--comparison", "crypten"], "comparison", ('"hybrid"', '"crypten"')),  # all roles
-    ([], ["--dcf-max-elements", "512"], "dcf_max_elements", ("256", "512")),
+    ([], ["--dcf-max-elements", "512"], "dcf_max_elements", ("2048", "512")),
     (["--max-new-tokens", "4"], ["--max-new-tokens", "3"], "max_new_tokens", ("4", "3")),
     ([], ["--model", "OTHER"], "model_config", (r"[0-9a-f]{12}\.\.\.", r"[0-9a-f]{12}\.\.\.")),
 ])

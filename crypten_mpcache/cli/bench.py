@@ -12,7 +12,7 @@ from typing import Any
 from crypten_mpcache.bench.shapes import SHAPES
 from crypten_mpcache.cli.common import check_writable, comma_list, positive_int, ratio
 from crypten_mpcache.config import MPCACHE, mpcache_variants
-from crypten_mpcache.runtime.launcher import COMPARISONS, DEALERS
+from crypten_mpcache.runtime.launcher import COMPARISONS, DEALERS, LaunchConfig
 from crypten_mpcache.runtime.offline import DEALINGS
 from crypten_mpcache.secure.functions.activation import SILU_METHODS
 
@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              "(CrypTen's adder)")
     add("--dcf-max-elements", type=positive_int, default=None,
         help="hybrid only: comparison calls of at most this many elements take DCF keys "
-             "(default 256)")
+             f"(default {LaunchConfig.dcf_max_elements})")
     add("--activation", default=None, choices=SILU_METHODS,
         help="secure SiLU of every row (full and MPCache alike): lookup (a table read by "
              "a dealt one-hot; default), exp_poly, piecewise or sigmoid")

@@ -24,7 +24,7 @@ from crypten_mpcache.cli.common import (
     error_line,
     positive_int,
 )
-from crypten_mpcache.runtime.launcher import COMPARISONS, DEALERS
+from crypten_mpcache.runtime.launcher import COMPARISONS, DEALERS, LaunchConfig
 from crypten_mpcache.runtime.offline import DEALINGS
 from crypten_mpcache.runtime.roles import ROLES
 
@@ -63,9 +63,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dealer", default="ttp", choices=DEALERS,
                    help="ttp: a dealer role (secure); tfp: party 0 deals (tests only)")
     p.add_argument("--comparison", default="hybrid", choices=COMPARISONS)
-    p.add_argument("--dcf-max-elements", type=int, default=256,
+    p.add_argument("--dcf-max-elements", type=int, default=LaunchConfig.dcf_max_elements,
                    help="hybrid only: comparison calls of at most this many elements take "
-                   "DCF keys (default 256); every computing role must give the same")
+                   f"DCF keys (default {LaunchConfig.dcf_max_elements}); every computing "
+                   "role must give the same")
     p.add_argument("--dealing", default="ahead", choices=DEALINGS,
                    help="ttp only: ahead (each phase's material is dealt before the phase; "
                    "default) or on-demand (each piece fetched when needed)")

@@ -69,7 +69,7 @@ class RoleOptions:
     parties: int = 2
     dealer: str = "ttp"
     comparison: str = "hybrid"
-    dcf_max_elements: int = 256     # hybrid: calls of at most this many take DCF keys
+    dcf_max_elements: int = LaunchConfig.dcf_max_elements   # hybrid: calls up to this take keys
     dealing: str = "ahead"          # the TTP's material, as in LaunchConfig
     timeout_s: float = 120.0        # to reach the rendezvous and for every role to join
     step_timeout_s: float = 600.0   # the longest wait for any one communication
