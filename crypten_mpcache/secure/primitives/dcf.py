@@ -25,32 +25,25 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from crypten_mpcache.secure.primitives.prg import SEED_BYTES, random_seeds, to_ring, xor_where
+from crypten_mpcache.secure.primitives.prg import (
+    SEED_BYTES,
+    TreeKey,
+    random_seeds,
+    to_ring,
+    xor_where,
+)
 from crypten_mpcache.secure.primitives.prg import expand as prg
 
 WIDTHS = (1, 2)          # payload words per element: the final seed converts to at most 2
 
 
 @dataclass(frozen=True)
-class DCFKey:
+class DCFKey(TreeKey):
     """One party's keys for E elements of ``bits``-bit inputs and a payload of ``width``
-    ring words (arrays, E first after the level axis).
+    ring words (``TreeKey``; v_cw (n, E, width) the per-level value correction words,
+    final (E, width) the last ones)."""
 
-    seed (E, 16): the root seed; s_cw (n, E, 16), v_cw (n, E, width), t_cw_left /
-    t_cw_right (n, E): the per-level correction words; final (E, width): the last one."""
-
-    party: int
-    bits: int
-    seed: np.ndarray
-    s_cw: np.ndarray
     v_cw: np.ndarray
-    t_cw_left: np.ndarray
-    t_cw_right: np.ndarray
-    final: np.ndarray
-
-    @property
-    def elements(self) -> int:
-        return int(self.seed.shape[0])
 
     @property
     def width(self) -> int:
@@ -136,7 +129,8 @@ def gen(alpha: np.ndarray, beta: np.ndarray, bits: int,
             s[b] = xor_where(s_keep[b], t[b], s_cw[level])
             t[b] = t_keep ^ (t[b] & t_keep_cw)
     final = _signed(to_ring(s[1], width) - to_ring(s[0], width) - v_alpha, t[1])
-    return tuple(DCFKey(b, bits, roots[b], s_cw, v_cw, t_cw[0], t_cw[1], final)
+    return tuple(DCFKey(party=b, bits=bits, seed=roots[b], s_cw=s_cw, t_cw_left=t_cw[0],
+                        t_cw_right=t_cw[1], final=final, v_cw=v_cw)
                  for b in (0, 1))
 
 

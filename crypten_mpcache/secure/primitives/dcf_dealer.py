@@ -27,6 +27,7 @@ from crypten_mpcache.secure.primitives.party import (
     party_rank,
     uniform_words,
 )
+from crypten_mpcache.secure.primitives.prg import control_words, unpack_control
 
 BITS = 63                # the full width: x anywhere in the ring
 LOW = (1 << BITS) - 1
@@ -58,7 +59,7 @@ class Layout:
 
     @property
     def t_words(self) -> int:
-        return (2 * self.bits * self.n + 63) // 64
+        return control_words(self.bits, self.n)
 
     @property
     def cw_words(self) -> int:
@@ -99,10 +100,8 @@ def _split_free(layout: Layout, free: torch.Tensor) -> tuple[torch.Tensor, torch
 
 def pack_cw(key: dcf.DCFKey) -> torch.Tensor:
     """A key's correction words (identical in both keys) as int64 words."""
-    t = np.packbits(np.concatenate([key.t_cw_left.reshape(-1), key.t_cw_right.reshape(-1)]))
-    t = np.pad(t, (0, (-len(t)) % 8))
     parts = [key.s_cw.reshape(-1).view(np.int64), key.v_cw.reshape(-1).view(np.int64),
-             t.view(np.int64), key.final.reshape(-1).view(np.int64)]
+             key.packed_control(), key.final.reshape(-1).view(np.int64)]
     return torch.from_numpy(np.concatenate(parts))
 
 
@@ -111,14 +110,13 @@ def unpack_key(layout: Layout, party: int, seed: torch.Tensor, cw: torch.Tensor)
     s_end = 2 * levels * n
     v_end = s_end + width * levels * n
     t_end = v_end + layout.t_words
-    t = np.unpackbits(words[v_end:t_end].view(np.uint8))[: 2 * levels * n]
+    t_left, t_right = unpack_control(words[v_end:t_end], levels, n)
     return dcf.DCFKey(
         party=party, bits=levels,
         seed=seed.contiguous().numpy().view(np.uint8).reshape(n, dcf.SEED_BYTES),
         s_cw=words[:s_end].view(np.uint8).reshape(levels, n, dcf.SEED_BYTES),
         v_cw=words[s_end:v_end].view(np.uint64).reshape(levels, n, width),
-        t_cw_left=t[: levels * n].reshape(levels, n),
-        t_cw_right=t[levels * n:].reshape(levels, n),
+        t_cw_left=t_left, t_cw_right=t_right,
         final=words[t_end:t_end + width * n].view(np.uint64).reshape(n, width))
 
 

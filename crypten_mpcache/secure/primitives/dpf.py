@@ -23,30 +23,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from crypten_mpcache.secure.primitives.prg import SEED_BYTES, expand, random_seeds, to_ring
+from crypten_mpcache.secure.primitives.prg import (
+    SEED_BYTES,
+    TreeKey,
+    expand,
+    random_seeds,
+    to_ring,
+)
 
 MAX_BITS = 20                   # domains of up to 2^20 points (one-hot widths)
 _LEAVES_PER_SLICE = 1 << 18     # nodes expanded per AES call in ``evaluate_all`` (~16 MiB)
 
 
 @dataclass(frozen=True)
-class DPFKey:
-    """One party's keys for E elements over a domain of 2^``bits`` points.
-
-    seed (E, 16): the root seed; s_cw (n, E, 16), t_cw_left / t_cw_right (n, E): the
-    per-level correction words (the same in both keys); final (E,): the output one."""
-
-    party: int
-    bits: int
-    seed: np.ndarray
-    s_cw: np.ndarray
-    t_cw_left: np.ndarray
-    t_cw_right: np.ndarray
-    final: np.ndarray
-
-    @property
-    def elements(self) -> int:
-        return int(self.seed.shape[0])
+class DPFKey(TreeKey):
+    """One party's keys for E elements over a domain of 2^``bits`` points (``TreeKey``;
+    final (E,): the output correction word)."""
 
     def nbytes(self) -> int:
         """Bytes to send this key: root seed, n x (seed CW + 2 control bits), output CW."""

@@ -35,6 +35,7 @@ from crypten_mpcache.secure.primitives.party import (
     party_rank,
     uniform_words,
 )
+from crypten_mpcache.secure.primitives.prg import control_words, unpack_control
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class Layout:
 
     @property
     def t_words(self) -> int:
-        return (2 * self.bits * self.n + 63) // 64
+        return control_words(self.bits, self.n)
 
     @property
     def cw_words(self) -> int:
@@ -117,10 +118,8 @@ def _keys(layout: Layout, r: torch.Tensor, roots: tuple[torch.Tensor, torch.Tens
 
 def pack_cw(key: dpf.DPFKey) -> torch.Tensor:
     """A DPF key's correction words as int64 words (``Layout.cw_words``)."""
-    t = np.packbits(np.concatenate([key.t_cw_left.reshape(-1), key.t_cw_right.reshape(-1)]))
-    t = np.pad(t, (0, (-len(t)) % 8))
     return torch.from_numpy(np.concatenate([key.s_cw.reshape(-1).view(np.int64),
-                                            t.view(np.int64), key.final.view(np.int64)]))
+                                            key.packed_control(), key.final.view(np.int64)]))
 
 
 def unpack_key(layout: Layout, party: int, seed: torch.Tensor, cw: torch.Tensor
@@ -128,13 +127,12 @@ def unpack_key(layout: Layout, party: int, seed: torch.Tensor, cw: torch.Tensor
     n, bits, words = layout.n, layout.bits, cw.contiguous().numpy()
     s_end = 2 * bits * n
     t_end = s_end + layout.t_words
-    t = np.unpackbits(words[s_end:t_end].view(np.uint8))[: 2 * bits * n]
+    t_left, t_right = unpack_control(words[s_end:t_end], bits, n)
     return dpf.DPFKey(
         party=party, bits=bits,
         seed=seed.contiguous().numpy().view(np.uint8).reshape(n, dpf.SEED_BYTES),
         s_cw=words[:s_end].view(np.uint8).reshape(bits, n, dpf.SEED_BYTES),
-        t_cw_left=t[: bits * n].reshape(bits, n), t_cw_right=t[bits * n:].reshape(bits, n),
-        final=words[t_end:t_end + n].view(np.uint64))
+        t_cw_left=t_left, t_cw_right=t_right, final=words[t_end:t_end + n].view(np.uint64))
 
 
 def _split_free(layout: Layout, free: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -53,9 +54,47 @@ def random_seeds(count: int) -> np.ndarray:
         count, SEED_BYTES).copy()
 
 
+@dataclass(frozen=True)
+class TreeKey:
+    """What every tree key (DCF, DPF) holds for E elements of ``bits`` levels: seed (E, 16)
+    the root seed; s_cw (n, E, 16), t_cw_left / t_cw_right (n, E) the per-level correction
+    words (the same in both parties' keys); final the output correction word(s)."""
+
+    party: int
+    bits: int
+    seed: np.ndarray
+    s_cw: np.ndarray
+    t_cw_left: np.ndarray
+    t_cw_right: np.ndarray
+    final: np.ndarray
+
+    @property
+    def elements(self) -> int:
+        return int(self.seed.shape[0])
+
+    def packed_control(self) -> np.ndarray:
+        """The control-bit corrections, 8 to a byte, as int64 words (zero padded)."""
+        t = np.packbits(np.concatenate([self.t_cw_left.reshape(-1),
+                                        self.t_cw_right.reshape(-1)]))
+        return np.pad(t, (0, (-len(t)) % 8)).view(np.int64)
+
+
+def control_words(levels: int, count: int) -> int:
+    """int64 words of ``packed_control`` for ``levels`` x ``count`` elements."""
+    return (2 * levels * count + 63) // 64
+
+
+def unpack_control(words: np.ndarray, levels: int, count: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(t_cw_left, t_cw_right), each (levels, count), from ``packed_control`` words."""
+    t = np.unpackbits(words.view(np.uint8))[: 2 * levels * count]
+    return t[: levels * count].reshape(levels, count), t[levels * count:].reshape(levels, count)
+
+
 def xor_where(seed: np.ndarray, flag: np.ndarray, correction: np.ndarray) -> np.ndarray:
     """seed xor correction in the rows (first axis) where ``flag`` is 1."""
     return seed ^ (correction * flag.reshape(*flag.shape, 1).astype(np.uint8))
 
 
-__all__ = ["SEED_BYTES", "expand", "random_seeds", "to_ring", "xor_where"]
+__all__ = ["SEED_BYTES", "TreeKey", "control_words", "expand", "random_seeds", "to_ring",
+           "unpack_control", "xor_where"]
