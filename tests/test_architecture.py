@@ -28,7 +28,7 @@ PATCH_NEEDS = {
                                   f"{PACKAGE}.secure.primitives",
                                   f"{PACKAGE}.secure.primitives.comparison_dealer",
                                   f"{PACKAGE}.secure.primitives.dcf_dealer",
-                                  f"{PACKAGE}.secure.primitives.onehot",
+                                  f"{PACKAGE}.secure.primitives.onehot_dealer",
                                   f"{PACKAGE}.secure.primitives.premask_dealer"},
     f"{PATCHES}.crypten_distributed": {f"{PACKAGE}.runtime.opening"},
     f"{PATCHES}.transformers_llama": {f"{PACKAGE}.models", f"{PACKAGE}.models.llama"},
