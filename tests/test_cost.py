@@ -96,14 +96,15 @@ def _silu_cost() -> dict:
 
 
 def test_dealer_traffic_is_tallied_and_online_equals_tfp():
-    """With the TTP, only party 0 talks to the dealer; what is left (online) is exactly
-    the transcript of the same computation with the local TFP dealer."""
+    """With the TTP, party 0 asks the dealer for everything and party 1 only receives the
+    keys' correction words it relays (the SiLU's DCF gates and its DPF one-hot; never
+    more than party 0 receives); what is left (online) is exactly the transcript of the
+    same computation with the local TFP dealer."""
     ttp = launch(_silu_cost, config=LaunchConfig(dealer="ttp"))
     tfp = launch(_silu_cost, config=LaunchConfig(dealer="tfp"))
     assert ttp[0]["dealer_bytes"] > 0 and ttp[0]["dealer_rounds"] > 0
-    assert ttp[1]["dealer_bytes"] == ttp[1]["dealer_rounds"] == 0
-    for party in (0, 1):
-        assert tfp[party]["dealer_bytes"] == tfp[party]["dealer_rounds"] == 0
+    assert 0 < ttp[1]["dealer_bytes"] < ttp[0]["dealer_bytes"]
+    for party in (0, 1):   # (TFP's dealer traffic: party 0 sending party 1 its DCF keys)
         got, want = online(ttp[party]), online(tfp[party])
         assert (got["bytes"], got["rounds"]) == (want["bytes"], want["rounds"])
 
