@@ -448,7 +448,8 @@ def _silu_times_job() -> dict:
     up = torch.randn(xs.numel(), generator=torch.Generator().manual_seed(2)) * 4
     x, u = crypten.cryptensor(xs), crypten.cryptensor(up)
     out = {"x": xs, "up": up}
-    for name, fn in (("separate", lambda: activation.silu(x) * u),
+    for name, fn in (("product", lambda: x * u),
+                     ("separate", lambda: activation.silu(x) * u),
                      ("together", lambda: activation.silu_times(x, u))):
         b0, r0 = _comm()
         y = fn()
@@ -457,14 +458,20 @@ def _silu_times_job() -> dict:
     return out
 
 
-def test_silu_times_up_takes_up_along_the_gates() -> None:
-    """silu(x) * up with up inside the gates: as accurate, one round fewer (for two more
-    products' opened words)."""
-    result = launch(_silu_times_job, config=TFP)[0]
+@pytest.mark.parametrize("comparison", ["hybrid", "masked", "crypten"])
+def test_silu_times_up_takes_up_along_the_gates(comparison: str) -> None:
+    """silu(x) * up with up inside the gates: as accurate, one round fewer for one more
+    product's opened words (the gates' selects give [x > edge] x without a product:
+    silu(x) up = inner (mid up) + ([x > edge] x) up), with DCF gates (hybrid) and masked
+    ones; CrypTen's comparison selects by a product after it."""
+    config = LaunchConfig(parties=2, dealer="tfp", comparison=comparison)
+    result = launch(_silu_times_job, config=config)[0]
     ref = torch.nn.functional.silu(result["x"]) * result["up"]
     for name in ("separate", "together"):
         assert (result[name][0] - ref).abs().max() < 2e-3 * 4 * 4, name
-    assert result["together"][2] == result["separate"][2] - 1
+    if comparison != "crypten":
+        assert result["together"][2] == result["separate"][2] - 1
+        assert result["together"][1] == result["separate"][1] + result["product"][1]
 
 
 def test_a_polynomial_with_the_wrong_powers_is_refused() -> None:

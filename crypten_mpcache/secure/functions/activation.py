@@ -15,16 +15,18 @@ from typing import Any
 
 import crypten
 import torch
+from crypten.encoder import FixedPointEncoder
 
 from crypten_mpcache.runtime.cost import operator_scope
 from crypten_mpcache.secure.functions.approx import exp_nonpositive
 from crypten_mpcache.secure.functions.lookup import polynomial, segment_parts, taylor_table
+from crypten_mpcache.secure.primitives.fixed_point import fixed_scale, mul_public_int
 from crypten_mpcache.secure.primitives.openings import open_together
-from crypten_mpcache.secure.primitives.products import multiply_together, products_pending
+from crypten_mpcache.secure.primitives.products import products_pending
 from crypten_mpcache.secure.primitives.select import (
     difference_bound,
     less_than_zero,
-    less_than_zero_pending,
+    negative_part_pending,
 )
 
 SILU_METHODS = ("lookup", "exp_poly", "piecewise", "sigmoid")
@@ -133,20 +135,46 @@ def _outside(x: Any, edge: float, config: ActivationConfig) -> tuple[Any, Any]:
     return sides[0], sides[1]
 
 
+@dataclass
+class _Gates:
+    """The table SiLU's gates: ``mid`` = [|x| <= edge] (scale-1 bits) and ``high_x`` =
+    [x > edge] x, so that silu(x) ~ mid inner + high_x."""
+
+    mid: Any
+    high_x: Any
+
+
 def _gates_and_segment(x: Any, config: ActivationConfig
-                       ) -> tuple[Any, Any, Any, Any, list[Any] | None]:
-    """(low, high, one-hot, d, [d^2] for order 2) of the table SiLU: the gates'
-    comparison, the segment's one-hot and d^2 open together (one round for all three)."""
+                       ) -> tuple[_Gates, Any, Any, list[Any] | None]:
+    """(gates, one-hot, d, [d^2] for order 2) of the table SiLU: the gates' comparison,
+    the segment's one-hot and d^2 open together (one round for all three). The gates are
+    compare-and-selects (``select.negative_part_pending``): [y < 0] and [y < 0] y for
+    y = (x + edge, edge - x) from the comparison's own rounds, so [x > edge] x costs no
+    product: edge [x > edge] - [edge - x < 0] (edge - x)."""
     bound, steps = config.lookup_bound, config.lookup_steps
     edge = bound - 4.0 / steps                      # gated-out v may wrap mod W
-    gates = less_than_zero_pending(crypten.stack([x + edge, x.neg() + edge]),
-                                   difference_bound(config.input_bound_log2))
+    gates = negative_part_pending(crypten.stack([x + edge, x.neg() + edge]),
+                                  difference_bound(config.input_bound_log2))
     segment, d = segment_parts(x + bound, steps, config.lookup_width)
+    powers = None
     if config.lookup_order == 1:
-        sides, bits = open_together(gates, segment)
-        return sides[0], sides[1], bits, d, None
-    sides, bits, powers = open_together(gates, segment, products_pending([(d, d)]))
-    return sides[0], sides[1], bits, d, powers
+        (sides, selected), bits = open_together(gates, segment)
+    else:
+        (sides, selected), bits, powers = open_together(gates, segment,
+                                                        products_pending([(d, d)]))
+    return _Gates(1 - sides[0] - sides[1], _times_public(sides[1], edge) - selected[1]), \
+        bits, d, powers
+
+
+def _times_public(bits: Any, value: float) -> Any:
+    """bits * value at the fixed-point scale, exact and local (value * 2^16 an integer:
+    the gates' edge is a multiple of 1 / lookup_steps)."""
+    raw = value * fixed_scale()
+    if raw != int(raw):
+        raise ValueError(f"{value} is not a multiple of 2^-16")
+    out = mul_public_int(bits, torch.tensor(int(raw)))
+    out.encoder = FixedPointEncoder()
+    return out
 
 
 def _gated(x: Any, inner: Any, low: Any, high: Any) -> Any:
@@ -154,6 +182,11 @@ def _gated(x: Any, inner: Any, low: Any, high: Any) -> Any:
     products in one stacked product (one round)."""
     products = crypten.stack([high, low]) * crypten.stack([x - inner, inner])
     return inner + products[0] - products[1]
+
+
+def _table_inner(config: ActivationConfig) -> torch.Tensor:
+    return taylor_table("silu", -config.lookup_bound, config.lookup_steps,
+                        config.lookup_width, config.lookup_order)
 
 
 def _silu_piecewise(x: Any, config: ActivationConfig) -> Any:
@@ -175,29 +208,24 @@ def _silu_lookup(x: Any, config: ActivationConfig) -> Any:
     The gates compare x with -+(B - 4 / steps), exactly, so a gated-in v never wraps: a
     2-party truncation is off by at most one, CrypTen's 3-party protocol by -2..+3.
     """
-    low, high, bits, d, powers = _gates_and_segment(x, config)
-    table = taylor_table("silu", -config.lookup_bound, config.lookup_steps,
-                         config.lookup_width, config.lookup_order)
-    inner, _ = polynomial(bits, d, table, powers=powers)
-    return _gated(x, inner, low, high)
+    gates, bits, d, powers = _gates_and_segment(x, config)
+    inner, _ = polynomial(bits, d, _table_inner(config), powers=powers)
+    return gates.mid * inner + gates.high_x
 
 
 def silu_times(x: Any, up: Any, *, config: ActivationConfig = ActivationConfig()) -> Any:
     """silu(x) * up (the gated MLP's hidden state). With the table (the default), ``up``
-    joins the gates instead of following them: high * up and low * up ride in the table's
-    last product round, then up * inner + (high up)(x - inner) - (low up) inner is one
-    round: 5 rounds with DCF gates where silu(x) then * up take 6."""
+    joins the gates instead of following them: mid * up and (high x) * up ride in the
+    table's product round, then inner * (mid up) + (high x) up is one product: 3 rounds
+    after the gates' opening, 6 products (silu(x) then * up: one round and 2 more)."""
     if config.method != "lookup":
         return silu(x, config=config) * up
     with operator_scope("activation"):
-        low, high, bits, d, powers = _gates_and_segment(x, config)
-        table = taylor_table("silu", -config.lookup_bound, config.lookup_steps,
-                             config.lookup_width, config.lookup_order)
-        inner, (up_high, up_low) = polynomial(bits, d, table, [(high, up), (low, up)],
-                                              powers)
-        kept, above, below = multiply_together([(up, inner), (up_high, x - inner),
-                                                (up_low, inner)])
-        return kept + above - below
+        gates, bits, d, powers = _gates_and_segment(x, config)
+        inner, (mid_up, high_x_up) = polynomial(bits, d, _table_inner(config),
+                                                [(gates.mid, up), (gates.high_x, up)],
+                                                powers)
+        return inner * mid_up + high_x_up
 
 
 def silu(x: Any, *, config: ActivationConfig = ActivationConfig()) -> Any:

@@ -46,7 +46,7 @@ from crypten_mpcache.secure.primitives.comparison_dealer import (
     deal,
     leaves_for,
 )
-from crypten_mpcache.secure.primitives.openings import Pending
+from crypten_mpcache.secure.primitives.openings import Pending, open_alone
 from crypten_mpcache.secure.primitives.party import open_sum, open_xor, party_rank
 
 
@@ -113,13 +113,24 @@ def negative_part_shares(share: torch.Tensor, bits: int = POSITIONS
     rho c - rho r: rho c is local (c public) and rho r is dealt (one ring word per element,
     ``Layout.width`` 2). Exact in the ring, like the DCF's ``negative_part``; min(x, 0) = z x
     is a tournament level's or a ReLU's select without its multiplication round."""
+    return open_alone(_negative_part_prepared(share, bits))
+
+
+def _negative_part_prepared(share: torch.Tensor, bits: int
+                            ) -> Pending[tuple[torch.Tensor, torch.Tensor]]:
+    """``negative_part_shares`` with its first opening (c) left to ``openings``; the
+    tree's rounds and the daBit's follow it."""
     flat = share.reshape(-1)
     mat = deal(flat.numel(), flat.device, bits, width=2)
-    c, t = _opened_sign(flat, mat, bits)
-    z = _bit_from(t, mat)
-    rho_x = mat.rho * c - mat.rho_r
-    product = t * flat + (1 - 2 * t) * rho_x
-    return z.reshape(share.shape), product.reshape(share.shape)
+
+    def finish(c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = _sign_after(c, mat, bits)
+        z = _bit_from(t, mat)
+        rho_x = mat.rho * c - mat.rho_r
+        product = t * flat + (1 - 2 * t) * rho_x
+        return z.reshape(share.shape), product.reshape(share.shape)
+
+    return Pending(flat + mat.r, finish)
 
 
 def bit_tensor(shares: torch.Tensor) -> Any:
@@ -151,7 +162,21 @@ def less_than_zero_pending(x: Any, bits: int = POSITIONS) -> Pending[Any]:
 def negative_part(x: Any, bits: int = POSITIONS) -> tuple[Any, Any]:
     """([x < 0] with encoder scale 1, min(x, 0) with x's encoder), in the comparison's
     rounds (see ``negative_part_shares``)."""
-    z, product = negative_part_shares(x._tensor.share, bits)
-    out = x.clone()
-    out._tensor.share = product
-    return bit_tensor(z), out
+    return open_alone(negative_part_pending(x, bits))
+
+
+def negative_part_pending(x: Any, bits: int = POSITIONS) -> Pending[tuple[Any, Any]]:
+    """``negative_part`` with its first opening left to ``openings.open_together``."""
+    return then_tensors(x, _negative_part_prepared(x._tensor.share, bits))
+
+
+def then_tensors(x: Any, shares: Pending[tuple[torch.Tensor, torch.Tensor]]
+                 ) -> Pending[tuple[Any, Any]]:
+    """A pending (z, z x) of shares as (scale-1 bits, an MPCTensor with x's encoder)."""
+    def finish(c: torch.Tensor) -> tuple[Any, Any]:
+        z, product = shares.finish(c)
+        out = x.clone()
+        out._tensor.share = product
+        return bit_tensor(z), out
+
+    return Pending(shares.masked, finish)

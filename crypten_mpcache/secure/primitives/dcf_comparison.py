@@ -34,7 +34,7 @@ import torch
 from crypten_mpcache.runtime import trace
 from crypten_mpcache.runtime.offline import current_config
 from crypten_mpcache.secure.primitives import dcf
-from crypten_mpcache.secure.primitives.comparison import bit_tensor
+from crypten_mpcache.secure.primitives.comparison import bit_tensor, then_tensors
 from crypten_mpcache.secure.primitives.dcf_dealer import (
     BITS,
     Dealing,
@@ -112,13 +112,23 @@ def negative_part_shares(share: torch.Tensor, bits: int = BITS
     where z c is local (c public) and z r comes from the key's second payload word (w r)
     and the mask share: z r = w r, or r - w r where msb(c) = 1. min(x, 0) = z x is the
     compare-and-select of a tournament level in one round (``select_smaller``)."""
-    flat = share.reshape(-1)
-    c, w, mask = _masked_shares(flat, 2, bits)
-    z = _sign_from(c, w[0], bits)
-    z_r = torch.where(_top(c, bits), mask.cpu() - w[1], w[1])
-    product = z * c - z_r
-    return (z.to(share.device).reshape(share.shape),
-            product.to(share.device).reshape(share.shape))
+    return open_alone(_negative_part_prepared(share, bits))
+
+
+def _negative_part_prepared(share: torch.Tensor, bits: int
+                            ) -> Pending[tuple[torch.Tensor, torch.Tensor]]:
+    """``negative_part_shares`` with its one opening left to ``openings.open_together``."""
+    pending = _prepared(share.reshape(-1), 2, bits)
+
+    def finish(c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        c, w, mask = pending.finish(c)
+        z = _sign_from(c, w[0], bits)
+        z_r = torch.where(_top(c, bits), mask.cpu() - w[1], w[1])
+        product = z * c - z_r
+        return (z.to(share.device).reshape(share.shape),
+                product.to(share.device).reshape(share.shape))
+
+    return Pending(pending.masked, finish)
 
 
 def less_than_zero(x: Any, bits: int = BITS) -> Any:
@@ -140,7 +150,9 @@ def less_than_zero_pending(x: Any, bits: int = BITS) -> Pending[Any]:
 
 def negative_part(x: Any, bits: int = BITS) -> tuple[Any, Any]:
     """([x < 0] with encoder scale 1, min(x, 0) with x's encoder): one round."""
-    z, product = negative_part_shares(x._tensor.share, bits)
-    out = x.clone()
-    out._tensor.share = product
-    return bit_tensor(z), out
+    return open_alone(negative_part_pending(x, bits))
+
+
+def negative_part_pending(x: Any, bits: int = BITS) -> Pending[tuple[Any, Any]]:
+    """``negative_part`` with its one opening left to ``openings.open_together``."""
+    return then_tensors(x, _negative_part_prepared(x._tensor.share, bits))

@@ -113,6 +113,18 @@ def less_than_zero_pending(x: Any, bound_log2: int | None = None) -> Pending[Any
     return nothing_to_open(x._ltz)
 
 
+def negative_part_pending(x: Any, bound_log2: int | None = None) -> Pending[tuple[Any, Any]]:
+    """([x < 0] as scale-1 bits, min(x, 0) = [x < 0] x) with the comparison's first opening
+    left to ``openings.open_together``: the select in the comparison's own rounds where
+    calls fuse or ``masked_above``; under ``crypten`` a comparison, then a product."""
+    bits = compared_bits(bound_log2)
+    if fuses(x.numel()):
+        return dcf_comparison.negative_part_pending(x, bits)
+    if FUSED.masked_above:
+        return masked_comparison.negative_part_pending(x, bits)
+    return nothing_to_open(lambda: (lambda z: (z, z * x))(x._ltz()))
+
+
 def relu(x: Any, bound_log2: int | None = None, dcf_up_to: int = 0) -> Any:
     """max(x, 0) = x - min(x, 0) (fused) or x - x [x < 0] (comparison and product);
     ``dcf_up_to``: see ``fuses``."""
