@@ -167,10 +167,10 @@ def negative_part(x: Any, bits: int = POSITIONS) -> tuple[Any, Any]:
 
 def negative_part_pending(x: Any, bits: int = POSITIONS) -> Pending[tuple[Any, Any]]:
     """``negative_part`` with its first opening left to ``openings.open_together``."""
-    return then_tensors(x, _negative_part_prepared(x._tensor.share, bits))
+    return bit_and_product(x, _negative_part_prepared(x._tensor.share, bits))
 
 
-def then_tensors(x: Any, shares: Pending[tuple[torch.Tensor, torch.Tensor]]
+def bit_and_product(x: Any, shares: Pending[tuple[torch.Tensor, torch.Tensor]]
                  ) -> Pending[tuple[Any, Any]]:
     """A pending (z, z x) of shares as (scale-1 bits, an MPCTensor with x's encoder)."""
     def finish(c: torch.Tensor) -> tuple[Any, Any]:

@@ -28,6 +28,7 @@ import numpy as np
 from crypten_mpcache.secure.primitives.prg import (
     SEED_BYTES,
     TreeKey,
+    branch,
     random_seeds,
     to_ring,
     xor_where,
@@ -44,6 +45,9 @@ class DCFKey(TreeKey):
     final (E, width) the last ones)."""
 
     v_cw: np.ndarray
+
+    def value_words(self) -> tuple[np.ndarray, ...]:
+        return (self.v_cw,)
 
     @property
     def width(self) -> int:
@@ -66,12 +70,6 @@ def _signed(value: np.ndarray, negative: np.ndarray) -> np.ndarray:
 def _bit(x: np.ndarray, level: int, bits: int) -> np.ndarray:
     """Bit ``level`` of x counted from the most significant of ``bits`` (0/1 uint8)."""
     return ((x >> np.uint64(bits - 1 - level)) & np.uint64(1)).astype(np.uint8)
-
-
-def _branch(right: np.ndarray, left_value: np.ndarray, right_value: np.ndarray) -> np.ndarray:
-    """Per element (the first axis): ``right_value`` where ``right`` else ``left_value``."""
-    mask = right.reshape(-1, *([1] * (left_value.ndim - 1)))
-    return np.where(mask, right_value, left_value)
 
 
 def _payload(beta: np.ndarray, count: int) -> np.ndarray:
@@ -112,10 +110,10 @@ def gen(alpha: np.ndarray, beta: np.ndarray, bits: int,
         expanded = [prg(s[0], width), prg(s[1], width)]       # per party: sL vL tL sR vR tR
         a = _bit(alpha, level, bits)                          # alpha_i: 1 -> keep right
         keep_right = a.astype(bool)
-        s_lose = [_branch(keep_right, e[3], e[0]) for e in expanded]
-        v_lose = [_branch(keep_right, e[4], e[1]) for e in expanded]
-        s_keep = [_branch(keep_right, e[0], e[3]) for e in expanded]
-        v_keep = [_branch(keep_right, e[1], e[4]) for e in expanded]
+        s_lose = [branch(keep_right, e[3], e[0]) for e in expanded]
+        v_lose = [branch(keep_right, e[4], e[1]) for e in expanded]
+        s_keep = [branch(keep_right, e[0], e[3]) for e in expanded]
+        v_keep = [branch(keep_right, e[1], e[4]) for e in expanded]
         s_cw[level] = s_lose[0] ^ s_lose[1]
         correction = v_lose[1] - v_lose[0] - v_alpha
         correction = correction + np.where(keep_right[:, None], beta, np.uint64(0))

@@ -34,7 +34,7 @@ import torch
 from crypten_mpcache.runtime import trace
 from crypten_mpcache.runtime.offline import current_config
 from crypten_mpcache.secure.primitives import dcf
-from crypten_mpcache.secure.primitives.comparison import bit_tensor, then_tensors
+from crypten_mpcache.secure.primitives.comparison import bit_and_product, bit_tensor
 from crypten_mpcache.secure.primitives.dcf_dealer import (
     BITS,
     Dealing,
@@ -155,4 +155,4 @@ def negative_part(x: Any, bits: int = BITS) -> tuple[Any, Any]:
 
 def negative_part_pending(x: Any, bits: int = BITS) -> Pending[tuple[Any, Any]]:
     """``negative_part`` with its one opening left to ``openings.open_together``."""
-    return then_tensors(x, _negative_part_prepared(x._tensor.share, bits))
+    return bit_and_product(x, _negative_part_prepared(x._tensor.share, bits))

@@ -27,7 +27,7 @@ from crypten_mpcache.secure.primitives.party import (
     party_rank,
     uniform_words,
 )
-from crypten_mpcache.secure.primitives.prg import control_words, unpack_control
+from crypten_mpcache.secure.primitives.prg import control_words, key_fields
 
 BITS = 63                # the full width: x anywhere in the ring
 LOW = (1 << BITS) - 1
@@ -100,24 +100,13 @@ def _split_free(layout: Layout, free: torch.Tensor) -> tuple[torch.Tensor, torch
 
 def pack_cw(key: dcf.DCFKey) -> torch.Tensor:
     """A key's correction words (identical in both keys) as int64 words."""
-    parts = [key.s_cw.reshape(-1).view(np.int64), key.v_cw.reshape(-1).view(np.int64),
-             key.packed_control(), key.final.reshape(-1).view(np.int64)]
-    return torch.from_numpy(np.concatenate(parts))
+    return torch.from_numpy(key.correction_words())
 
 
 def unpack_key(layout: Layout, party: int, seed: torch.Tensor, cw: torch.Tensor) -> dcf.DCFKey:
-    n, width, levels, words = layout.n, layout.width, layout.bits, cw.numpy()
-    s_end = 2 * levels * n
-    v_end = s_end + width * levels * n
-    t_end = v_end + layout.t_words
-    t_left, t_right = unpack_control(words[v_end:t_end], levels, n)
-    return dcf.DCFKey(
-        party=party, bits=levels,
-        seed=seed.contiguous().numpy().view(np.uint8).reshape(n, dcf.SEED_BYTES),
-        s_cw=words[:s_end].view(np.uint8).reshape(levels, n, dcf.SEED_BYTES),
-        v_cw=words[s_end:v_end].view(np.uint64).reshape(levels, n, width),
-        t_cw_left=t_left, t_cw_right=t_right,
-        final=words[t_end:t_end + width * n].view(np.uint64).reshape(n, width))
+    n, width = layout.n, layout.width
+    return dcf.DCFKey(party=party, bits=layout.bits, **key_fields(
+        seed.contiguous().numpy(), cw.contiguous().numpy(), layout.bits, n, width, (n, width)))
 
 
 def keys_for(r: torch.Tensor, roots: tuple[torch.Tensor, torch.Tensor], width: int = 1,

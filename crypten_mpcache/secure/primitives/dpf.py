@@ -26,6 +26,7 @@ import numpy as np
 from crypten_mpcache.secure.primitives.prg import (
     SEED_BYTES,
     TreeKey,
+    branch,
     expand,
     random_seeds,
     to_ring,
@@ -51,11 +52,6 @@ def _check_bits(bits: int) -> None:
         raise ValueError(f"a DPF domain has 2^1 to 2^{MAX_BITS} points, got 2^{bits}")
 
 
-def _branch(right: np.ndarray, left_value: np.ndarray, right_value: np.ndarray) -> np.ndarray:
-    mask = right.reshape(-1, *([1] * (left_value.ndim - 1)))
-    return np.where(mask, right_value, left_value)
-
-
 def gen(alpha: np.ndarray, bits: int, beta: np.ndarray | None = None,
         roots: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[DPFKey, DPFKey]:
     """Keys of f(x) = beta [x == alpha] on x < 2^``bits``, per element.
@@ -79,8 +75,8 @@ def gen(alpha: np.ndarray, bits: int, beta: np.ndarray | None = None,
         expanded = [expand(s[0], 0), expand(s[1], 0)]      # per party: sL _ tL sR _ tR
         a = ((alpha >> np.uint64(bits - 1 - level)) & np.uint64(1)).astype(np.uint8)
         keep_right = a.astype(bool)
-        s_lose = [_branch(keep_right, e[3], e[0]) for e in expanded]
-        s_keep = [_branch(keep_right, e[0], e[3]) for e in expanded]
+        s_lose = [branch(keep_right, e[3], e[0]) for e in expanded]
+        s_keep = [branch(keep_right, e[0], e[3]) for e in expanded]
         s_cw[level] = s_lose[0] ^ s_lose[1]
         t_cw[0, level] = expanded[0][2] ^ expanded[1][2] ^ a ^ 1
         t_cw[1, level] = expanded[0][5] ^ expanded[1][5] ^ a

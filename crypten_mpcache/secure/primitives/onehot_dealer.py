@@ -35,7 +35,7 @@ from crypten_mpcache.secure.primitives.party import (
     party_rank,
     uniform_words,
 )
-from crypten_mpcache.secure.primitives.prg import control_words, unpack_control
+from crypten_mpcache.secure.primitives.prg import control_words, key_fields
 
 
 @dataclass(frozen=True)
@@ -118,21 +118,14 @@ def _keys(layout: Layout, r: torch.Tensor, roots: tuple[torch.Tensor, torch.Tens
 
 def pack_cw(key: dpf.DPFKey) -> torch.Tensor:
     """A DPF key's correction words as int64 words (``Layout.cw_words``)."""
-    return torch.from_numpy(np.concatenate([key.s_cw.reshape(-1).view(np.int64),
-                                            key.packed_control(), key.final.view(np.int64)]))
+    return torch.from_numpy(key.correction_words())
 
 
 def unpack_key(layout: Layout, party: int, seed: torch.Tensor, cw: torch.Tensor
                ) -> dpf.DPFKey:
-    n, bits, words = layout.n, layout.bits, cw.contiguous().numpy()
-    s_end = 2 * bits * n
-    t_end = s_end + layout.t_words
-    t_left, t_right = unpack_control(words[s_end:t_end], bits, n)
-    return dpf.DPFKey(
-        party=party, bits=bits,
-        seed=seed.contiguous().numpy().view(np.uint8).reshape(n, dpf.SEED_BYTES),
-        s_cw=words[:s_end].view(np.uint8).reshape(bits, n, dpf.SEED_BYTES),
-        t_cw_left=t_left, t_cw_right=t_right, final=words[t_end:t_end + n].view(np.uint64))
+    return dpf.DPFKey(party=party, bits=layout.bits, **key_fields(
+        seed.contiguous().numpy(), cw.contiguous().numpy(), layout.bits, layout.n, 0,
+        (layout.n,)))
 
 
 def _split_free(layout: Layout, free: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

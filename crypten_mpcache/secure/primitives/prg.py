@@ -72,23 +72,51 @@ class TreeKey:
     def elements(self) -> int:
         return int(self.seed.shape[0])
 
-    def packed_control(self) -> np.ndarray:
-        """The control-bit corrections, 8 to a byte, as int64 words (zero padded)."""
+    def value_words(self) -> tuple[np.ndarray, ...]:
+        """Per-level value correction words, if the kind of key has them (DCF)."""
+        return ()
+
+    def correction_words(self) -> np.ndarray:
+        """What the dealer sends of this key (the same for both parties) as int64 words:
+        seed corrections, value corrections, control bits (8 to a byte), output ones."""
         t = np.packbits(np.concatenate([self.t_cw_left.reshape(-1),
                                         self.t_cw_right.reshape(-1)]))
-        return np.pad(t, (0, (-len(t)) % 8)).view(np.int64)
+        parts = [self.s_cw.reshape(-1).view(np.int64),
+                 *(v.reshape(-1).view(np.int64) for v in self.value_words()),
+                 np.pad(t, (0, (-len(t)) % 8)).view(np.int64),
+                 self.final.reshape(-1).view(np.int64)]
+        return np.concatenate(parts)
+
+
+def key_fields(seed: np.ndarray, words: np.ndarray, levels: int, count: int,
+               value_width: int, final_shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """The arrays of a key from its root seed words and ``correction_words`` (the inverse
+    layout): seed, s_cw, v_cw (when ``value_width``), t_cw_left, t_cw_right, final."""
+    s_end = 2 * levels * count
+    v_end = s_end + value_width * levels * count
+    t_end = v_end + control_words(levels, count)
+    t = np.unpackbits(words[v_end:t_end].view(np.uint8))[: 2 * levels * count]
+    fields = {"seed": seed.view(np.uint8).reshape(count, SEED_BYTES),
+              "s_cw": words[:s_end].view(np.uint8).reshape(levels, count, SEED_BYTES),
+              "t_cw_left": t[: levels * count].reshape(levels, count),
+              "t_cw_right": t[levels * count:].reshape(levels, count),
+              "final": words[t_end:t_end + int(np.prod(final_shape))].view(np.uint64)
+              .reshape(final_shape)}
+    if value_width:
+        fields["v_cw"] = words[s_end:v_end].view(np.uint64).reshape(levels, count,
+                                                                    value_width)
+    return fields
+
+
+def branch(right: np.ndarray, left_value: np.ndarray, right_value: np.ndarray) -> np.ndarray:
+    """Per element (the first axis): ``right_value`` where ``right`` else ``left_value``."""
+    mask = right.reshape(-1, *([1] * (left_value.ndim - 1)))
+    return np.where(mask, right_value, left_value)
 
 
 def control_words(levels: int, count: int) -> int:
-    """int64 words of ``packed_control`` for ``levels`` x ``count`` elements."""
+    """int64 words of the packed control bits for ``levels`` x ``count`` elements."""
     return (2 * levels * count + 63) // 64
-
-
-def unpack_control(words: np.ndarray, levels: int, count: int
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """(t_cw_left, t_cw_right), each (levels, count), from ``packed_control`` words."""
-    t = np.unpackbits(words.view(np.uint8))[: 2 * levels * count]
-    return t[: levels * count].reshape(levels, count), t[levels * count:].reshape(levels, count)
 
 
 def xor_where(seed: np.ndarray, flag: np.ndarray, correction: np.ndarray) -> np.ndarray:
@@ -96,5 +124,5 @@ def xor_where(seed: np.ndarray, flag: np.ndarray, correction: np.ndarray) -> np.
     return seed ^ (correction * flag.reshape(*flag.shape, 1).astype(np.uint8))
 
 
-__all__ = ["SEED_BYTES", "TreeKey", "control_words", "expand", "random_seeds", "to_ring",
-           "unpack_control", "xor_where"]
+__all__ = ["SEED_BYTES", "TreeKey", "branch", "control_words", "expand", "key_fields",
+           "random_seeds", "to_ring", "xor_where"]

@@ -122,7 +122,11 @@ def negative_part_pending(x: Any, bound_log2: int | None = None) -> Pending[tupl
         return dcf_comparison.negative_part_pending(x, bits)
     if FUSED.masked_above:
         return masked_comparison.negative_part_pending(x, bits)
-    return nothing_to_open(lambda: (lambda z: (z, z * x))(x._ltz()))
+    def compare_then_select() -> tuple[Any, Any]:
+        negative = x._ltz()
+        return negative, negative * x
+
+    return nothing_to_open(compare_then_select)
 
 
 def relu(x: Any, bound_log2: int | None = None, dcf_up_to: int = 0) -> Any:
