@@ -68,9 +68,10 @@ def test_chains_run_in_lockstep_and_charge_each_operator_its_opening() -> None:
     assert out["composed"][0] == 2
     assert torch.allclose(out["composed"][1], x * (2 * x) * (3 * x) + 1, atol=1e-3)
     ops = out["report"]["phase_operators"]["decode/0"]
-    # each product opens both operands (2 x elements) at 8 bytes, counted sent + received
+    # x z opens both operands (2 x 3 elements), the square w w opens w once (2), at 8
+    # bytes, counted sent + received
     assert ops["softmax"]["bytes"] == 2 * (2 * 2 * 3 * 8)
-    assert ops["attention_values"]["bytes"] == 2 * (2 * 2 * 2 * 8)
+    assert ops["attention_values"]["bytes"] == 2 * (2 * 1 * 2 * 8)
     # the round goes to the first part's operator: one each
     assert ops["softmax"]["rounds"] == 1 and ops["attention_values"]["rounds"] == 1
     phase = out["report"]["phases"][0]
