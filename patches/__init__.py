@@ -16,6 +16,9 @@ serves. Which patch is installed where:
   Scoped: ``startup(store, step_timeout_s)`` for a ``with`` block, in a role's process.
   Its ``OPENING_PATCH`` opens two parties' shares by one exchange of messages
   (``crypten_mpcache.runtime.opening``); the launcher installs it in each party.
+* ``crypten_settings``: CrypTen's modules read ``validation_mode`` and ``precision_bits``
+  (every attribute access, every encoder) from a snapshot instead of omegaconf. Scoped:
+  the launcher installs it in each party for the lifetime of the party.
 * ``transformers_llama``: one Llama-family model instance -> encrypted modules. Scoped:
   ``patched(model)`` for a ``with`` block.
 """

@@ -31,6 +31,7 @@ PATCH_NEEDS = {
                                   f"{PACKAGE}.secure.primitives.onehot_dealer",
                                   f"{PACKAGE}.secure.primitives.premask_dealer"},
     f"{PATCHES}.crypten_distributed": {f"{PACKAGE}.runtime.opening"},
+    f"{PATCHES}.crypten_settings": set(),
     f"{PATCHES}.transformers_llama": {f"{PACKAGE}.models", f"{PACKAGE}.models.llama"},
 }
 

@@ -3,13 +3,12 @@
 Why our own launcher: CrypTen's ``run_multiprocess`` joins its children before draining
 their result queue (a hang for results larger than a pipe buffer), ships tensors through
 fd-sharing (fails once the child has exited), and waits forever when one party dies. Here
-results travel as pickled numpy, the queue is drained while the parties run, and a party
-that fails or a run that exceeds its timeout stops every process with one error that names
-the party.
+results travel as pickled numpy, the queue is drained while the parties run, and a failed
+or overdue party stops every process with one error that names it.
 
 The launcher is also where the protocol hooks of ``crypten_mpcache.patches`` (the
-comparison route, the dealer requests, the dealer-traffic tally) are installed: in each
-party and dealer process, for as long as it runs, never in the process that launches.
+comparison route, the dealer requests, the dealer-traffic tally, the settings snapshot)
+are installed: in each party and dealer process while it runs, never in the launcher's.
 """
 
 from __future__ import annotations
@@ -33,6 +32,7 @@ import torch
 from crypten.config import cfg
 
 from crypten_mpcache.patches import crypten_comparison, crypten_dealer, crypten_distributed
+from crypten_mpcache.patches import crypten_settings as crypten_settings_patch
 from crypten_mpcache.patches.crypten_comparison import COMPARISONS as COMPARISONS  # for the CLIs
 from crypten_mpcache.runtime import dealer as dealer_process
 from crypten_mpcache.runtime import offline
@@ -175,6 +175,7 @@ def _party_session(config: LaunchConfig) -> Iterator[None]:
     undone on exit."""
     with _dealer_hooks():
         crypten.init()
+        crypten_settings_patch.PATCH.install()
         crypten_distributed.OPENING_PATCH.install()
         crypten_comparison.use(config.comparison, config.dcf_max_elements)
         offline.use(offline.OfflineConfig(dealing=config.dealing,
@@ -186,6 +187,7 @@ def _party_session(config: LaunchConfig) -> Iterator[None]:
         finally:
             crypten_comparison.use("crypten")
             crypten_distributed.OPENING_PATCH.uninstall()
+            crypten_settings_patch.PATCH.uninstall()
             crypten.uninit()
 
 

@@ -6,9 +6,9 @@ pair's Beaver opening (each factor at its own shape) into one opened tensor: one
 each product then gets CrypTen's own scaling (a truncation by the fixed-point scale
 where both factors carry it, none where one is a scale-1 bit or count: the
 ``truncating`` products share one division). The opened words are those of the
-separate products: only rounds are saved. Used where a function's products are independent (the RMSNorm's, the
-SiLU's); ``products_pending`` leaves the opening to ``openings.open_together``, beside a
-one-hot's or a comparison's.
+separate products, less each factor's repeats (``products_pending``). Used where a
+function's products are independent (the RMSNorm's, the SiLU's); ``products_pending``
+leaves the opening to ``openings.open_together``, beside a one-hot's or a comparison's.
 """
 
 from __future__ import annotations
