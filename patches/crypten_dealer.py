@@ -1,14 +1,16 @@
 """Hooks our dealer-assisted protocols into CrypTen's trusted dealer (reversible).
 
 CrypTen's ``TTPServer`` serves a request by calling the method of that name. ``PATCH``
-adds four, each a thin adapter from the server's generators to the dealer side of a
+adds its requests, each a thin adapter from the server's generators to the dealer side of a
 protocol that lives beside the protocol:
 
 * ``premask_register`` / ``premask_triple``: fixed masks and (A_t, A_t (op) M) triples
   (``crypten_mpcache.secure.primitives.premask_dealer``);
 * ``comparison_material``: the masked comparison (``crypten_mpcache.secure.primitives.comparison``);
 * ``onehot_material``: the dealt unit vectors, as words or DPF keys
-  (``crypten_mpcache.secure.primitives.onehot_dealer``).
+  (``crypten_mpcache.secure.primitives.onehot_dealer``);
+* ``opened_input_material``: one opening of x for its truncations, squares and a later
+  product (``crypten_mpcache.secure.primitives.opened_input``).
 
 ``TRAFFIC_PATCH`` routes ``TTPClient.ttp_request`` through ``runtime.offline.serve_request``:
 recorded in a phase's dry run, served from the material dealt ahead, or fetched now and
@@ -28,7 +30,12 @@ from crypten.mpc.provider.ttp_provider import TTPClient, TTPServer
 
 from crypten_mpcache.patches import Patch, replace_method
 from crypten_mpcache.runtime.offline import serve_request
-from crypten_mpcache.secure.primitives import comparison_dealer, dcf_dealer, onehot_dealer
+from crypten_mpcache.secure.primitives import (
+    comparison_dealer,
+    dcf_dealer,
+    onehot_dealer,
+    opened_input,
+)
 from crypten_mpcache.secure.primitives.premask_dealer import MaskStore, Recipe, party0_product_share
 
 
@@ -71,6 +78,12 @@ def _onehot_material(server: Any, n: int, width: int) -> torch.Tensor:
                                           int(width))
 
 
+def _opened_input_material(server: Any, shape: tuple[int, ...], shifts: tuple[int, ...],
+                           partner: tuple[int, ...] | None) -> torch.Tensor:
+    return opened_input.ttp_party0_share(server._get_generators(device=None), shape, shifts,
+                                         partner)
+
+
 # Party 1 receives every word of a one-hot dealt as DPF keys (the correction words).
 _onehot_material.relay_words = (  # type: ignore[attr-defined]
     lambda n, width: onehot_dealer.relay_words(int(n), int(width)))
@@ -97,6 +110,7 @@ REQUESTS = {"premask_register": _premask_register,
             "premask_triple": _premask_triple,
             "comparison_material": _comparison_material,
             "onehot_material": _onehot_material,
+            "opened_input_material": _opened_input_material,
             "dcf_material": _dcf_material}
 
 
@@ -119,6 +133,9 @@ RESPONSE_SIZES: dict[str, Callable[..., Any]] = {
     "onehot_material": lambda n, width:
         (onehot_dealer.Layout(int(n), int(width)).cw_words,)
         if onehot_dealer.Layout(int(n), int(width)).uses_keys else (int(n), int(width)),
+    "opened_input_material": lambda shape, shifts, partner:
+        (opened_input.Layout(tuple(shape), tuple(shifts),
+                             None if partner is None else tuple(partner)).dependent_words,),
     "dcf_material": lambda n, start, count, width, bits=dcf_dealer.BITS:
         (dcf_dealer.Layout(int(count), int(width), int(bits)).party0_words,),
 }

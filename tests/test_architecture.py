@@ -29,6 +29,7 @@ PATCH_NEEDS = {
                                   f"{PACKAGE}.secure.primitives.comparison_dealer",
                                   f"{PACKAGE}.secure.primitives.dcf_dealer",
                                   f"{PACKAGE}.secure.primitives.onehot_dealer",
+                                  f"{PACKAGE}.secure.primitives.opened_input",
                                   f"{PACKAGE}.secure.primitives.premask_dealer"},
     f"{PATCHES}.crypten_distributed": {f"{PACKAGE}.runtime.opening"},
     f"{PATCHES}.crypten_settings": set(),

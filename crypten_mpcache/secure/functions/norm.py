@@ -29,7 +29,8 @@ from crypten_mpcache.secure.functions.lookup import (
     taylor_table,
 )
 from crypten_mpcache.secure.primitives.fixed_point import mul_public_int
-from crypten_mpcache.secure.primitives.openings import open_together
+from crypten_mpcache.secure.primitives.opened_input import OpenedInput, open_input_pending
+from crypten_mpcache.secure.primitives.openings import Pending, open_alone, open_together
 from crypten_mpcache.secure.primitives.products import multiply_together, products_pending
 
 
@@ -138,14 +139,30 @@ def _switches(config: NormConfig) -> list[float]:
 
 def mean_square_estimates(x: Any, config: NormConfig = NormConfig()) -> Any:
     """``(E, ..., 1)``: mean((x / 2**s)^2) * 4**s for each shift s of ``config`` (fine,
-    medium, coarse), all squares in one round. The 4**s times smaller squares keep
-    massive activations from wrapping CrypTen's truncation; ``rms_norm`` picks the
-    coarsest estimate above its switch."""
-    shifts = _shifts(config)
-    scaled = crypten.stack([x.div(2 ** s) if s else x for s in shifts])
-    squares = scaled.square().mean(-1, keepdim=True)
-    factors = torch.tensor([4 ** s for s in shifts]).view(-1, *([1] * x.dim()))
-    return mul_public_int(squares, factors)
+    medium, coarse), from ONE opening of x (``primitives.opened_input``: the dealer's
+    truncated masks give every shift's square). The 4**s times smaller squares keep
+    massive activations from wrapping the truncation; ``rms_norm`` picks the coarsest
+    estimate above its switch."""
+    return _estimates(open_alone(_opening(x, config, fused=False)), config)
+
+
+def _opening(x: Any, config: NormConfig, fused: bool) -> Pending[OpenedInput]:
+    """x's one opening, with the later x * S (S one word per row) dealt when ``fused``."""
+    return open_input_pending(x, tuple(_shifts(config)),
+                              (*x.shape[:-1], 1) if fused else None)
+
+
+def _estimates(opened: OpenedInput, config: NormConfig) -> Any:
+    squares = opened.squares().mean(-1, keepdim=True)
+    factors = torch.tensor([4 ** s for s in _shifts(config)])
+    return mul_public_int(squares, factors.view(-1, *([1] * (squares.dim() - 1))))
+
+
+def _fused(config: NormConfig) -> bool:
+    """The default order-1 table with switches and buckets: its tail takes x * S from x's
+    one opening (``_picked_order1``)."""
+    return bool(_switches(config)) and config.reduction.buckets > 1 and \
+        config.inv_sqrt == "lookup" and config.lookup_order == 1
 
 
 def _take_over(values: Any, bits: list[Any]) -> Any:
@@ -198,20 +215,22 @@ def normalized(x: Any, eps: float, config: NormConfig = NormConfig()) -> Any:
     values, no truncation before it), so a wrapped estimate that is not taken cancels.
     v = v_n * low * ratio**e with v_n in [1, ratio); S = (low * ratio**e)**-1/2.
     """
-    v_n, scale, picks = _reduced(x, eps, config)
-    fused = picks and crypten.is_encrypted_tensor(scale) and config.inv_sqrt == "lookup" \
-        and config.lookup_order == 1
+    fused = _fused(config)
+    opened = open_alone(_opening(x, config, fused))
+    v_n, scale, picks = _reduced(opened, eps, config)
     if fused:
-        return _picked_order1(x, v_n, scale, picks, config)
+        return _picked_order1(opened, v_n, scale, picks, config)
     y_n, scaled = _inv_sqrt_normalized(v_n, config, x, scale)
     return scaled * _take_over(y_n, picks)
 
 
-def _reduced(x: Any, eps: float, config: NormConfig) -> tuple[Any, Any, list[Any]]:
+def _reduced(opened: OpenedInput, eps: float, config: NormConfig
+             ) -> tuple[Any, Any, list[Any]]:
     """(v_n, S, picks): every estimate's v normalized into [1, ratio) (E, ..., 1), the
-    taken estimate's scale S (..., 1) and the switches' monotone pick bits; 3 rounds."""
+    taken estimate's scale S (..., 1) and the switches' monotone pick bits; 2 rounds
+    after x's opening."""
     red = config.reduction
-    v = mean_square_estimates(x, config) + eps
+    v = _estimates(opened, config) + eps
     switches = _switches(config)
     edges = red.edges                                   # empty with one bucket
     thresholds = torch.cat([edges, torch.tensor(switches, dtype=torch.float64) + eps])
@@ -240,18 +259,18 @@ def _weights(picks: list[Any]) -> Any:
     return crypten.stack([u - low for u, low in zip(upper, lower, strict=True)])
 
 
-def _picked_order1(x: Any, v_n: Any, scale: Any, picks: list[Any], config: NormConfig
-                   ) -> Any:
+def _picked_order1(opened: OpenedInput, v_n: Any, scale: Any, picks: list[Any],
+                   config: NormConfig) -> Any:
     """The order-1 table's tail in 3 rounds: y = sum_e w_e c0_e + c1_e (w_e d_e) with the
     one-hot weights w; w_e d_e and x * S beside the table's opening (bits times values:
-    exact, so a wrapped estimate's d cancels), the two picked terms in one round, then
-    (x * S) * y."""
+    exact, so a wrapped estimate's d cancels; x * S opens only S, x was opened for the
+    squares), the two picked terms in one round, then (x * S) * y."""
     steps = config.lookup_steps
     table = taylor_table("inv_sqrt", 0.5, steps, config.ratio * steps, 1)
     segment, d = segment_parts(v_n - 0.5, steps, int(table.shape[-1]))
     weights = _weights(picks)
-    onehots, (picked_d, scaled) = open_together(segment,
-                                                products_pending([(weights, d), (x, scale)]))
+    onehots, (picked_d,), scaled = open_together(segment, products_pending([(weights, d)]),
+                                                 opened.times_pending(scale))
     c0, c1 = table_read(onehots, table[0]), table_read(onehots, table[1])
     picked_c0, picked_c1d = multiply_together([(weights, c0), (c1, picked_d)])
     return scaled * (picked_c0 + picked_c1d).sum(0)
