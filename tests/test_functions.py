@@ -323,7 +323,9 @@ def test_exp_by_a_clipped_table_is_more_accurate_in_three_rounds(parties) -> Non
     plain, plain_rounds = r["softmax_squaring"]
     reference = torch.softmax(r["rows"].double(), dim=-1)
     assert (auto - reference).abs().max() < 2e-3 and (plain - reference).abs().max() < 5e-3
-    assert plain_rounds - auto_rounds == (6 if parties == 2 else 14)
+    # 3 parties: c_1 d (from d's one opening) truncates apart from c_2 d^2, one
+    # truncation protocol more than when both were Beaver products
+    assert plain_rounds - auto_rounds == (6 if parties == 2 else 13)
 
 
 def _direct_reciprocal_job() -> dict:
@@ -477,8 +479,8 @@ def test_silu_times_up_takes_up_along_the_gates(comparison: str) -> None:
         assert result["together"][1] == result["separate"][1] + result["product"][1] // 2
 
 
-def test_a_polynomial_with_the_wrong_powers_is_refused() -> None:
+def test_a_polynomial_from_the_step_opening_must_be_of_order_two() -> None:
     from crypten_mpcache.secure.functions.lookup import polynomial
 
-    with pytest.raises(ValueError, match=r"powers must hold d\^2..d\^2"):
-        polynomial(None, None, torch.zeros(3, 8, dtype=torch.long), powers=[])
+    with pytest.raises(ValueError, match="order-2 table"):
+        polynomial(None, None, torch.zeros(2, 8, dtype=torch.long), step=object())

@@ -19,10 +19,15 @@ from crypten.encoder import FixedPointEncoder
 
 from crypten_mpcache.runtime.cost import operator_scope
 from crypten_mpcache.secure.functions.approx import exp_nonpositive
-from crypten_mpcache.secure.functions.lookup import polynomial, segment_parts, taylor_table
+from crypten_mpcache.secure.functions.lookup import (
+    polynomial,
+    segment_parts,
+    step_opening,
+    taylor_table,
+)
 from crypten_mpcache.secure.primitives.fixed_point import fixed_scale, mul_public_int
+from crypten_mpcache.secure.primitives.opened_input import OpenedInput
 from crypten_mpcache.secure.primitives.openings import open_together
-from crypten_mpcache.secure.primitives.products import products_pending
 from crypten_mpcache.secure.primitives.select import (
     difference_bound,
     less_than_zero,
@@ -145,9 +150,9 @@ class _Gates:
 
 
 def _gates_and_segment(x: Any, config: ActivationConfig
-                       ) -> tuple[_Gates, Any, Any, list[Any] | None]:
-    """(gates, one-hot, d, [d^2] for order 2) of the table SiLU: the gates' comparison,
-    the segment's one-hot and d^2 open together (one round for all three). The gates are
+                       ) -> tuple[_Gates, Any, Any, OpenedInput | None]:
+    """(gates, one-hot, d, d's opening for order 2) of the table SiLU: the gates'
+    comparison, the segment's one-hot and d open together (one round for all three). The gates are
     compare-and-selects (``select.negative_part_pending``): [y < 0] and [y < 0] y for
     y = (x + edge, edge - x) from the comparison's own rounds, so [x > edge] x costs no
     product: edge [x > edge] - [edge - x < 0] (edge - x)."""
@@ -156,14 +161,13 @@ def _gates_and_segment(x: Any, config: ActivationConfig
     gates = negative_part_pending(crypten.stack([x + edge, x.neg() + edge]),
                                   difference_bound(config.input_bound_log2))
     segment, d = segment_parts(x + bound, steps, config.lookup_width)
-    powers = None
+    step = None
     if config.lookup_order == 1:
         (sides, selected), bits = open_together(gates, segment)
     else:
-        (sides, selected), bits, powers = open_together(gates, segment,
-                                                        products_pending([(d, d)]))
+        (sides, selected), bits, step = open_together(gates, segment, step_opening(d))
     return _Gates(1 - sides[0] - sides[1], _times_public(sides[1], edge) - selected[1]), \
-        bits, d, powers
+        bits, d, step
 
 
 def _times_public(bits: Any, value: float) -> Any:
@@ -208,8 +212,8 @@ def _silu_lookup(x: Any, config: ActivationConfig) -> Any:
     The gates compare x with -+(B - 4 / steps), exactly, so a gated-in v never wraps: a
     2-party truncation is off by at most one, CrypTen's 3-party protocol by -2..+3.
     """
-    gates, bits, d, powers = _gates_and_segment(x, config)
-    inner, _ = polynomial(bits, d, _table_inner(config), powers=powers)
+    gates, bits, d, step = _gates_and_segment(x, config)
+    inner, _ = polynomial(bits, d, _table_inner(config), step=step)
     return gates.mid * inner + gates.high_x
 
 
@@ -221,10 +225,9 @@ def silu_times(x: Any, up: Any, *, config: ActivationConfig = ActivationConfig()
     if config.method != "lookup":
         return silu(x, config=config) * up
     with operator_scope("activation"):
-        gates, bits, d, powers = _gates_and_segment(x, config)
+        gates, bits, d, step = _gates_and_segment(x, config)
         inner, (mid_up, high_x_up) = polynomial(bits, d, _table_inner(config),
-                                                [(gates.mid, up), (gates.high_x, up)],
-                                                powers)
+                                                [(gates.mid, up), (gates.high_x, up)], step)
         return inner * mid_up + high_x_up
 
 

@@ -17,6 +17,7 @@ from crypten.encoder import FixedPointEncoder
 
 from crypten_mpcache.secure.primitives.fixed_point import fixed_scale, mul_public_int
 from crypten_mpcache.secure.primitives.onehot import onehot_pending
+from crypten_mpcache.secure.primitives.opened_input import OpenedInput, open_input_pending
 from crypten_mpcache.secure.primitives.openings import (
     Pending,
     open_alone,
@@ -74,12 +75,12 @@ def segment_polynomial_with(shifted: Any, steps: int, table: torch.Tensor,
                             alongside: Sequence[tuple[Any, Any]]) -> tuple[Any, list[Any]]:
     """``segment_polynomial`` and the independent products ``alongside`` (pairs of
     secrets), the latter in the polynomial's last product round (no round of their own).
-    Order 2: d^2 is squared beside the index's opening, so the polynomial is one round
-    after it (2 rounds in all, Horner's 3)."""
+    Order 2: d is opened beside the index (``step_opening``: d^2 from that opening), so
+    the polynomial is one round after it (2 rounds in all, Horner's 3)."""
     pending, d = segment_parts(shifted, steps, int(table.shape[-1]))
     if int(table.shape[0]) == 3:
-        bits, powers = open_together(pending, products_pending([(d, d)]))
-        return polynomial(bits, d, table, alongside, powers)
+        bits, step = open_together(pending, step_opening(d))
+        return polynomial(bits, d, table, alongside, step)
     bits = open_alone(pending)
     return polynomial(bits, d, table, alongside)
 
@@ -90,9 +91,15 @@ def segment_polynomial_pending(shifted: Any, steps: int, table: torch.Tensor) ->
     pending, d = segment_parts(shifted, steps, int(table.shape[-1]))
     if int(table.shape[0]) != 3:
         return then(pending, lambda bits: polynomial(bits, d, table)[0])
-    return then(together(pending, products_pending([(d, d)])),
+    return then(together(pending, step_opening(d)),
                 lambda opened: then(polynomial_pending(opened[0], d, table, opened[1]),
                                     lambda result: result[0]))
+
+
+def step_opening(d: Any) -> Pending[OpenedInput]:
+    """The Taylor step's one opening at order 2 (``primitives.opened_input``): d^2 from
+    it, and c_1 d later opens only c_1."""
+    return open_input_pending(d, (0,), tuple(d.shape))
 
 
 def segment_parts(shifted: Any, steps: int, width: int) -> tuple[Pending[Any], Any]:
@@ -107,32 +114,33 @@ def segment_parts(shifted: Any, steps: int, width: int) -> tuple[Pending[Any], A
     return onehot_pending(segment, width), shifted - start   # [v mod W == j], d
 
 
-def polynomial_pending(bits: Any, d: Any, table: torch.Tensor, powers: Sequence[Any],
+def polynomial_pending(bits: Any, d: Any, table: torch.Tensor, step: OpenedInput,
                        alongside: Sequence[tuple[Any, Any]] = ()
                        ) -> Pending[tuple[Any, list[Any]]]:
-    """``polynomial`` given ``powers`` = [d^2, ..., d^order]: its one product round (every
-    c_k d^k and the products ``alongside``) left to ``openings.run_together``."""
-    if len(powers) != int(table.shape[0]) - 2:
-        raise ValueError(f"powers must hold d^2..d^{int(table.shape[0]) - 1}")
-    terms = [(table_read(bits, table[k]), p) for k, p in enumerate([d, *powers], 1)]
+    """The order-2 ``polynomial`` given d's opening ``step`` (``step_opening``): its one
+    product round (c_1 d opening c_1 only, c_2 d^2 and the products ``alongside``) left
+    to ``openings.run_together``."""
+    if int(table.shape[0]) != 3:
+        raise ValueError("polynomial_pending takes an order-2 table")
+    c1, c2 = table_read(bits, table[1]), table_read(bits, table[2])
+    square = step.squares()[0]
 
     def total(products: list[Any]) -> tuple[Any, list[Any]]:
-        out = table_read(bits, table[0])
-        for term in products[: len(terms)]:
-            out = out + term
-        return out, products[len(terms):]
+        c1_d, (c2_d2, *extra) = products
+        return table_read(bits, table[0]) + c1_d + c2_d2, extra
 
-    return then(products_pending([*terms, *alongside]), total)
+    return then(together(step.times_pending(c1),
+                         products_pending([(c2, square), *alongside])), total)
 
 
 def polynomial(bits: Any, d: Any, table: torch.Tensor,
                alongside: Sequence[tuple[Any, Any]] = (),
-               powers: Sequence[Any] | None = None) -> tuple[Any, list[Any]]:
+               step: OpenedInput | None = None) -> tuple[Any, list[Any]]:
     """sum_k table[k, v] d^k from the one-hot ``bits``, with the products ``alongside`` in
-    its last product round: one round given ``powers`` = [d^2, ..., d^order] (each c_k
-    d^k at once), else Horner (one round per order)."""
-    if powers is not None:
-        return open_alone(polynomial_pending(bits, d, table, powers, alongside))
+    its last product round: one round at order 2 given d's opening ``step`` (each c_k d^k
+    at once), else Horner (one round per order)."""
+    if step is not None:
+        return open_alone(polynomial_pending(bits, d, table, step, alongside))
     out = table_read(bits, table[-1])
     rows = list(reversed(range(int(table.shape[0]) - 1)))
     extra: list[Any] = []
