@@ -9,9 +9,9 @@ on the comparison protocol (the operators are the same code), so one run with th
 costs 8 online rounds and the dcf one 1, and the dealt bytes follow from the two
 protocols' layouts (``dealt_bytes``).
 
-    python benchmarks/comparison_census.py --json results/bench/census_dcf_smollm2.json \
+    python benchmarks/comparison_census.py --json results/bench/dcf_census_smollm2.json \
         -- generate --comparison masked --max-new-tokens 3
-    python benchmarks/comparison_census.py --json results/bench/census_dcf_llama2-7b.json \
+    python benchmarks/comparison_census.py --json results/bench/dcf_census_llama2-7b-2048.json \
         -- bench --shape llama2-7b --context 2048 --cache full,mpcache --dealer ttp \
         --steps 1 --comparison masked
 """
