@@ -98,6 +98,8 @@ def use(comparison: str, dcf_max_elements: int = HYBRID.dcf_max_elements) -> Non
         comparison, 0)
     # the calls that do not fuse take the masked comparison at the caller's width
     select.FUSED.masked_above = comparison in ("masked", "hybrid")
+    # an operator's own threshold (the softmax's) replaces the protocol's under hybrid only
+    select.FUSED.caller_threshold = comparison == "hybrid"
     for name, patch in _PATCHES.items():
         if name != comparison:
             patch.uninstall()

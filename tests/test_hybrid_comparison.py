@@ -71,10 +71,11 @@ def _softmax_rounds() -> dict:
 
 
 @pytest.mark.parametrize("comparison", ["hybrid", "masked"])
-def test_the_softmax_widens_the_threshold_for_its_own_calls(comparison):
+def test_the_softmax_sets_the_threshold_of_its_own_calls(comparison):
     """Under hybrid at a threshold of 8, SoftmaxConfig.dcf_max_elements = 64 gives the
     row max's 4 levels and the exp's clip DCF keys (and the exp its table): fewer rounds
-    than without it; under masked (no keys) it changes nothing. Both softmaxes exact."""
+    than at 0 (no call of its own takes keys); under masked (no keys) it changes nothing.
+    Both softmaxes exact."""
     config = LaunchConfig(parties=2, dealer="ttp", comparison=comparison,
                           dcf_max_elements=8, timeout_s=120)
     out = launch(_softmax_rounds, config=config)[0]
@@ -87,6 +88,50 @@ def test_the_softmax_widens_the_threshold_for_its_own_calls(comparison):
         assert out[64] == out[0]
 
 
+def _softmax_dcf_elements() -> dict:
+    """Elements compared by DCF keys in a masked softmax over 2 rows of 16 and of 64
+    scores, with the softmax's per-row bound at 8 and at its default; and the results."""
+    from crypten_mpcache.secure.functions.softmax import SoftmaxConfig, masked_softmax
+    from crypten_mpcache.secure.primitives import dcf_comparison
+
+    compared = []
+    prepared = dcf_comparison._prepared  # every DCF comparison's keys are taken here
+
+    def counting(share, *args, **kwargs):
+        compared.append(share.numel())
+        return prepared(share, *args, **kwargs)
+
+    dcf_comparison._prepared = counting
+    out = {}
+    for width in (16, 64):
+        scores = torch.linspace(-6.0, 5.0, 2 * width).reshape(2, width)
+        shared = crypten.cryptensor(scores, src=0)
+        for per_row in (8, SoftmaxConfig.dcf_max_per_row):
+            compared.clear()
+            probs = masked_softmax(shared, torch.ones(2, width, dtype=torch.long),
+                                   config=SoftmaxConfig(dcf_max_per_row=per_row))
+            out[width, per_row] = sum(compared)
+            out["error", width, per_row] = float(
+                (probs.get_plain_text() - torch.softmax(scores, -1)).abs().max())
+    return out
+
+
+def test_the_softmax_keys_per_row_stop_growing_with_the_row():
+    """Under hybrid (protocol threshold 4096), the softmax's per-row bound of 8 deals keys
+    for the row max's last levels only (8 + 4 + 2 + 1 pairs a row, whatever the width)
+    and none for the exp's clip: the same 30 elements at widths 16 and 64, where the
+    default bound (128) keys every level and the clip (2 x (15 + 16), then 2 x (63 + 64)).
+    Every softmax exact."""
+    config = LaunchConfig(parties=2, dealer="ttp", comparison="hybrid",
+                          dcf_max_elements=4096, timeout_s=120)
+    out = launch(_softmax_dcf_elements, config=config)[0]
+    assert out[16, 8] == out[64, 8] == 2 * (8 + 4 + 2 + 1)
+    assert (out[16, 128], out[64, 128]) == (2 * (15 + 16), 2 * (63 + 64))
+    for width in (16, 64):
+        for per_row in (8, 128):
+            assert out["error", width, per_row] < 2e-3
+
+
 def test_the_threshold_is_validated_and_reaches_the_launch():
     from crypten_mpcache.bench.runner import BenchConfig
     from crypten_mpcache.cli import main
@@ -96,6 +141,8 @@ def test_the_threshold_is_validated_and_reaches_the_launch():
     from crypten_mpcache.secure.functions.softmax import SoftmaxConfig
     with pytest.raises(ValueError, match="dcf_max_elements"):
         SoftmaxConfig(dcf_max_elements=-1)
+    with pytest.raises(ValueError, match="dcf_max_per_row"):
+        SoftmaxConfig(dcf_max_per_row=-1)
     with pytest.raises(ValueError, match="dcf_max_elements"):
         PrivateGenerationConfig(comparison="hybrid", dcf_max_elements=0)
     config = PrivateGenerationConfig(comparison="hybrid", dcf_max_elements=1024)

@@ -176,7 +176,7 @@ def exp_nonpositive(d: Any, iterations: int = 8, order: int = 2) -> Any:
 
 
 def lookup_exp_nonpositive(d: Any, steps: int, width: int, bound_log2: int | None,
-                           dcf_up_to: int = 0) -> Any:
+                           dcf_up_to: int | None = None) -> Any:
     """exp(d) for d <= 0 from a quadratic Taylor table of ``steps`` segments per unit, read
     through a dealt one-hot of ``width`` words: d is first clipped to -floor, floor =
     width / steps - 1 (exp(-floor) is below the fixed-point resolution from floor 12), by

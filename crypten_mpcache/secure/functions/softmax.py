@@ -43,15 +43,19 @@ class SoftmaxConfig:
         a table of ``exp_lookup_steps`` segments per unit read through a dealt one-hot of
         ``exp_lookup_width`` entries per element (DPF keys); 4 rounds, relative error
         <= 3.3e-4 at 16 steps) or "auto" (default): the table where the clip fuses (dcf,
-        or hybrid under its threshold or ``dcf_max_elements``) and the call has at most
+        or hybrid under the softmax's own threshold, below) and the call has at most
         ``exp_lookup_max_elements`` elements (a public shape: an MPCache step's few
         attended tokens), squaring otherwise.
-    dcf_max_elements: under ``--comparison hybrid``, the softmax's comparisons (each level
-        of the row max, the exp's clip) of at most this many elements take DCF keys
-        whatever the protocol's threshold: they save 3-4 rounds a call for keys of
-        ~1 KiB an element, and a layer has few of them, where a SiLU's gates, as many
-        elements per call in every layer, would take a model's whole dealer budget
-        (docs/fss.md, "One-hots from DPF keys").
+    dcf_max_elements, dcf_max_per_row: under ``--comparison hybrid``, the softmax's
+        comparisons (each level of the row max, the exp's clip) take DCF keys when the call
+        has at most ``dcf_max_elements`` elements AND at most ``dcf_max_per_row`` per row,
+        whatever the protocol's threshold (both are public shapes). They save 3-4 rounds
+        a call for keys of ~1 KiB an element, and a decode step has few of them, where a
+        SiLU's gates, as many elements per call in every layer, would take a model's whole
+        dealer budget (docs/fss.md, "One-hots from DPF keys"). The per-row bound keeps a
+        decode step's keys from growing with the context: a row max then deals keys for
+        its last levels only (at most 2 x dcf_max_per_row elements a row) and the exp's
+        clip only for rows that short (docs/fss.md, "Keys that stop growing").
     exp_iterations, exp_order: see ``exp_nonpositive``; exp(d) is valid for d > -2**iters.
     ratio, buckets: range reduction of the denominator, which lies in [1, allowed count]:
         rows of up to ratio**buckets allowed entries are exact to Newton precision.
@@ -88,6 +92,7 @@ class SoftmaxConfig:
     direct_steps: int = 64
     direct_max_width: int = 8192
     dcf_max_elements: int = 4096
+    dcf_max_per_row: int = 128
 
     def __post_init__(self) -> None:
         if not self.fill < 0:
@@ -116,8 +121,8 @@ class SoftmaxConfig:
             raise ValueError("lookup_steps must be a power of two in [1, 1024]")
         if self.lookup_order not in (1, 2):
             raise ValueError(f"lookup_order must be 1 or 2, got {self.lookup_order}")
-        if self.dcf_max_elements < 0:
-            raise ValueError("dcf_max_elements must be >= 0")
+        if self.dcf_max_elements < 0 or self.dcf_max_per_row < 0:
+            raise ValueError("dcf_max_elements and dcf_max_per_row must be >= 0")
         if not 6 <= self.direct_steps <= 1024 or self.direct_max_width < 0:
             raise ValueError("direct_steps must be in [6, 1024], direct_max_width >= 0")
 
@@ -137,14 +142,21 @@ def _reciprocal(denom: Any, allowed: int, config: SoftmaxConfig) -> Pending[Any]
                               config.lookup_order)
 
 
-def _exp(d: Any, config: SoftmaxConfig) -> Any:
+def dcf_threshold(scores: Any, config: SoftmaxConfig) -> int:
+    """The softmax's own hybrid threshold for calls over rows shaped like ``scores``: the
+    smaller of ``dcf_max_elements`` and ``dcf_max_per_row`` per row (a public shape)."""
+    rows = scores.numel() // max(1, scores.size(-1))
+    return min(config.dcf_max_elements, rows * config.dcf_max_per_row)
+
+
+def _exp(d: Any, config: SoftmaxConfig, dcf_up_to: int) -> Any:
     """exp(d) for the differences d <= 0 (|d| < 2**(score_bound_log2 + 1))."""
-    fused = fuses(d.numel(), config.dcf_max_elements)
+    fused = fuses(d.numel(), dcf_up_to)
     table = config.exp == "lookup" or (config.exp == "auto" and fused
                                        and d.numel() <= config.exp_lookup_max_elements)
     if table:
         return lookup_exp_nonpositive(d, config.exp_lookup_steps, config.exp_lookup_width,
-                                      config.score_bound_log2 + 2, config.dcf_max_elements)
+                                      config.score_bound_log2 + 2, dcf_up_to)
     return exp_nonpositive(d, config.exp_iterations, config.exp_order)
 
 
@@ -187,11 +199,12 @@ def masked_softmax_parts(scores: Any, mask01: torch.Tensor, *,
     with operator_scope("softmax"):
         mask = torch.as_tensor(mask01).to(torch.long)
         filled = mul_public_int(scores, mask) + (1 - mask).to(torch.float64) * config.fill
-        row_max = tournament_max(filled, config.score_bound_log2, config.dcf_max_elements)
+        dcf_up_to = dcf_threshold(filled, config)
+        row_max = tournament_max(filled, config.score_bound_log2, dcf_up_to)
         # masked differences become 0 before exp (fill - max would be far outside exp's
         # range: its 2**8 squarings of garbage wrap, harmless but wasted); then exact 0s
         diffs = mul_public_int(filled - row_max, mask)
-        exps = mul_public_int(_exp(diffs, config), mask)
+        exps = mul_public_int(_exp(diffs, config, dcf_up_to), mask)
         denom = exps.sum(-1, keepdim=True)
         allowed = max(1, int(mask.sum(-1).max()))
         return SoftmaxParts(exps, _reciprocal(denom, allowed, config))

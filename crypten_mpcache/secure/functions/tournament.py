@@ -15,12 +15,13 @@ from crypten_mpcache.secure.primitives.fixed_point import to_fixed
 from crypten_mpcache.secure.primitives.select import difference_bound, pair_max
 
 
-def tournament(x: Any, bound_log2: int | None = None, dcf_up_to: int = 0
+def tournament(x: Any, bound_log2: int | None = None, dcf_up_to: int | None = None
                ) -> tuple[Any, list[tuple[Any, int]]]:
     """Max over the last dim by a tournament of ADJACENT pairs, keeping each level's bits.
     ``bound_log2``: every |x| < 2^bound_log2 (so pair differences < 2^(bound_log2 + 1));
-    ``dcf_up_to``: levels of at most this many pairs take DCF keys under ``hybrid``
-    (``select.fuses``).
+    ``dcf_up_to``: under ``hybrid``, levels of at most this many elements (rows x pairs)
+    take DCF keys, the others the masked comparison (``select.fuses``; None: the
+    protocol's threshold).
 
     Adjacent pairing keeps every node's index range contiguous with the left node holding
     the lower indices, so "right wins only if strictly greater" gives ties to the lowest
@@ -40,7 +41,8 @@ def tournament(x: Any, bound_log2: int | None = None, dcf_up_to: int = 0
     return values, levels
 
 
-def tournament_max(x: Any, bound_log2: int | None = None, dcf_up_to: int = 0) -> Any:
+def tournament_max(x: Any, bound_log2: int | None = None, dcf_up_to: int | None = None
+                   ) -> Any:
     """Max over the last dim (keepdim), n - 1 comparisons in ceil(log2 n) rounds."""
     return tournament(x, bound_log2, dcf_up_to)[0]
 

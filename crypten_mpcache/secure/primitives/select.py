@@ -12,8 +12,10 @@ Which calls fuse is a public function of the call's size, set with the compariso
 protocol (``patches.crypten_comparison.use``): all calls under ``dcf``, calls of at most
 ``dcf_max_elements`` under ``hybrid`` (the others take the masked comparison's select),
 none under ``masked`` (its select) and ``crypten`` (a comparison and a product). Under
-``hybrid`` an operator may give its own calls keys further up (``dcf_up_to``: the
-softmax's, whose keys save the most rounds per dealt byte; ``SoftmaxConfig``).
+``hybrid`` an operator may set its own calls' threshold (``dcf_up_to``: the softmax's,
+wider than the protocol's for a short context's few rows, whose keys save the most rounds
+per dealt byte, and bounded per row so that a long context's keys stop growing with it;
+``SoftmaxConfig``).
 
 Bit widths: a caller that knows |x| < 2^B (real units) passes ``bound_log2=B``; the
 comparison then compares B + 16 bits instead of 63 (the sign of x is bit B + 16 of
@@ -38,22 +40,27 @@ from crypten_mpcache.secure.primitives.openings import Pending, nothing_to_open
 @dataclass
 class FusedSelect:
     """Calls of at most ``max_elements`` elements fuse (0: none); the others take the masked
-    comparison at the caller's width when ``masked_above`` (else ``x._ltz()``). Process
-    state of the comparison protocol, written only by ``patches.crypten_comparison.use``."""
+    comparison at the caller's width when ``masked_above`` (else ``x._ltz()``); where
+    ``caller_threshold`` (hybrid), a caller's own ``dcf_up_to`` replaces ``max_elements``.
+    Process state of the comparison protocol, written only by
+    ``patches.crypten_comparison.use``."""
 
     max_elements: int = 0
     masked_above: bool = False
+    caller_threshold: bool = False
 
 
 FUSED = FusedSelect()
 
 
-def fuses(numel: int, dcf_up_to: int = 0) -> bool:
+def fuses(numel: int, dcf_up_to: int | None = None) -> bool:
     """Whether a compare-and-select of ``numel`` elements takes the one-round DCF path:
-    up to the protocol's threshold, or up to the caller's ``dcf_up_to`` where the protocol
-    deals DCF keys at all (``hybrid``; ``masked`` and ``crypten`` never do)."""
-    widened = dcf_up_to if FUSED.max_elements > 0 else 0
-    return numel <= max(FUSED.max_elements, widened)
+    up to the protocol's threshold, or, under ``hybrid``, up to the caller's own
+    ``dcf_up_to`` where it gives one (wider or narrower; ``dcf`` always fuses, ``masked``
+    and ``crypten`` never do)."""
+    if dcf_up_to is None or not FUSED.caller_threshold:
+        return numel <= FUSED.max_elements
+    return numel <= dcf_up_to
 
 
 def compared_bits(bound_log2: int | None) -> int:
@@ -71,8 +78,8 @@ def difference_bound(bound_log2: int | None) -> int | None:
     return None if bound_log2 is None else bound_log2 + 1
 
 
-def pair_max(left: Any, right: Any, bound_log2: int | None = None, dcf_up_to: int = 0
-             ) -> tuple[Any, Any]:
+def pair_max(left: Any, right: Any, bound_log2: int | None = None,
+             dcf_up_to: int | None = None) -> tuple[Any, Any]:
     """([right > left] as scale-1 bits, max(left, right)); ties go to LEFT (its bit is 0).
     ``bound_log2``: |left - right| < 2^bound_log2 (narrower keys, see above); ``dcf_up_to``:
     see ``fuses``.
@@ -129,7 +136,7 @@ def negative_part_pending(x: Any, bound_log2: int | None = None) -> Pending[tupl
     return nothing_to_open(compare_then_select)
 
 
-def relu(x: Any, bound_log2: int | None = None, dcf_up_to: int = 0) -> Any:
+def relu(x: Any, bound_log2: int | None = None, dcf_up_to: int | None = None) -> Any:
     """max(x, 0) = x - min(x, 0) (fused) or x - x [x < 0] (comparison and product);
     ``dcf_up_to``: see ``fuses``."""
     if fuses(x.numel(), dcf_up_to):
