@@ -50,9 +50,11 @@ class SoftmaxConfig:
         comparisons (each level of the row max, the exp's clip) take DCF keys when the call
         has at most ``dcf_max_elements`` elements AND at most ``dcf_max_per_row`` per row,
         whatever the protocol's threshold (both are public shapes). They save 3-4 rounds
-        a call for keys of ~1 KiB an element, and a decode step has few of them, where a
-        SiLU's gates, as many elements per call in every layer, would take a model's whole
-        dealer budget (docs/fss.md, "One-hots from DPF keys"). The per-row bound keeps a
+        a call for keys of ~2 KiB an element (both parties' keys and the select's
+        payload; the masked comparison deals ~0.15 KiB), and a decode step has few of
+        them, where a SiLU's gates, as many elements per call in every layer, would take a
+        model's whole dealer budget (docs/fss.md, "One-hots from DPF keys"). The per-row
+        bound keeps a
         decode step's keys from growing with the context: a row max then deals keys for
         its last levels only (at most 2 x dcf_max_per_row elements a row) and the exp's
         clip only for rows that short (docs/fss.md, "Keys that stop growing").
