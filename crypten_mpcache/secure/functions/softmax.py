@@ -54,10 +54,10 @@ class SoftmaxConfig:
         payload; the masked comparison deals ~0.15 KiB), and a decode step has few of
         them, where a SiLU's gates, as many elements per call in every layer, would take a
         model's whole dealer budget (docs/fss.md, "One-hots from DPF keys"). The per-row
-        bound keeps a
-        decode step's keys from growing with the context: a row max then deals keys for
-        its last levels only (at most 2 x dcf_max_per_row elements a row) and the exp's
-        clip only for rows that short (docs/fss.md, "Keys that stop growing").
+        bound keeps a decode step's keys from growing with the context: a row max then
+        deals keys for its last levels only (at most 2 x dcf_max_per_row elements a row)
+        and the exp's clip only for rows that short (docs/fss.md, "Keys that stop
+        growing").
     exp_iterations, exp_order: see ``exp_nonpositive``; exp(d) is valid for d > -2**iters.
     ratio, buckets: range reduction of the denominator, which lies in [1, allowed count]:
         rows of up to ratio**buckets allowed entries are exact to Newton precision.
