@@ -90,7 +90,7 @@ def test_the_softmax_sets_the_threshold_of_its_own_calls(comparison):
 
 def _softmax_dcf_elements() -> dict:
     """Elements compared by DCF keys in a masked softmax over 2 rows of 16 and of 64
-    scores, with the softmax's per-row bound at 8 and at its default; and the results."""
+    scores, with the softmax's per-row bound at 8 and at 128; and the results."""
     from crypten_mpcache.secure.functions.softmax import SoftmaxConfig, masked_softmax
     from crypten_mpcache.secure.primitives import dcf_comparison
 
@@ -106,7 +106,7 @@ def _softmax_dcf_elements() -> dict:
     for width in (16, 64):
         scores = torch.linspace(-6.0, 5.0, 2 * width).reshape(2, width)
         shared = crypten.cryptensor(scores, src=0)
-        for per_row in (8, SoftmaxConfig.dcf_max_per_row):
+        for per_row in (8, 128):  # 128: the default
             compared.clear()
             probs = masked_softmax(shared, torch.ones(2, width, dtype=torch.long),
                                    config=SoftmaxConfig(dcf_max_per_row=per_row))
